@@ -1,0 +1,68 @@
+namespace Compaction.Allocator;
+
+/// <summary>
+/// Names a block of a <see cref="NativeHeap"/>. A handle stays valid while the block is allocated, even when the
+/// compactor relocates the block; it carries an index into the heap's handle table, a generation and a tag of the heap
+/// that issued it, so a stale, freed, forged or foreign handle is detected and rejected.
+/// </summary>
+public readonly struct BlockHandle : IEquatable<BlockHandle>
+{
+    /// <summary>Rebuilds a handle from <see cref="Value"/> (for example after it went through native code).</summary>
+    public BlockHandle(ulong value) => Value = value;
+
+    /// <summary>The 64-bit value: bits 0-31 index, 32-55 generation, 56-63 heap tag.</summary>
+    public ulong Value { get; }
+
+    /// <summary>True for <c>default(BlockHandle)</c>, which no heap ever issues.</summary>
+    public bool IsNull => Value == 0;
+
+    /// <inheritdoc/>
+    public bool Equals(BlockHandle other) => Value == other.Value;
+    /// <inheritdoc/>
+    public override bool Equals(object? obj) => obj is BlockHandle h && h.Value == Value;
+    /// <inheritdoc/>
+    public override int GetHashCode() => Value.GetHashCode();
+    /// <inheritdoc/>
+    public override string ToString() => $"BlockHandle(0x{Value:x16})";
+    /// <summary>Equality of values.</summary>
+    public static bool operator ==(BlockHandle a, BlockHandle b) => a.Value == b.Value;
+    /// <summary>Inequality of values.</summary>
+    public static bool operator !=(BlockHandle a, BlockHandle b) => a.Value != b.Value;
+}
+
+/// <summary>Why a handle was rejected.</summary>
+public enum InvalidHandleReason
+{
+    /// <summary><c>default(BlockHandle)</c>.</summary>
+    Null,
+    /// <summary>Issued by another heap.</summary>
+    Foreign,
+    /// <summary>Its index is outside the handle table: it was never issued.</summary>
+    Forged,
+    /// <summary>The block it named was freed (a stale handle or a double free).</summary>
+    Stale,
+}
+
+/// <summary>Thrown when a call receives a handle that does not name a live block of this heap.</summary>
+public sealed class InvalidBlockHandleException : ArgumentException
+{
+    internal InvalidBlockHandleException(BlockHandle handle, InvalidHandleReason reason)
+        : base(Describe(handle, reason), "handle")
+    {
+        Handle = handle;
+        Reason = reason;
+    }
+
+    /// <summary>The rejected handle.</summary>
+    public BlockHandle Handle { get; }
+    /// <summary>Why it was rejected.</summary>
+    public InvalidHandleReason Reason { get; }
+
+    private static string Describe(BlockHandle h, InvalidHandleReason r) => r switch
+    {
+        InvalidHandleReason.Null => "The handle is default(BlockHandle); no heap issues it.",
+        InvalidHandleReason.Foreign => $"{h} was issued by another heap.",
+        InvalidHandleReason.Forged => $"{h} was never issued by this heap (its index is out of range).",
+        _ => $"{h} names a block that was freed (stale handle or double free).",
+    };
+}

@@ -1,0 +1,257 @@
+using System.Runtime.CompilerServices;
+
+namespace Compaction.Allocator;
+
+// Per-thread caches: lookup, the fast pops and pushes, refills and flushes, and the disable/drain protocol
+// (native-layout.md, "Per-thread caches").
+public sealed unsafe partial class NativeHeap
+{
+    [ThreadStatic] private static ThreadCache? t_lastCache;
+    [ThreadStatic] private static List<ThreadCache>? t_caches;
+
+    private readonly bool _cachesEnabled;
+    private readonly Lock _cachesLock = new();       // guards _caches (copy on write) and serialises drains
+    private ThreadCache[] _caches = [];
+    private int _cacheDisable;                        // > 0: caches are off (lru_cache_disable's counter)
+    private long _liveBytesDirect;                    // live bytes/blocks changed outside any cache (interlocked)
+    private long _liveBlocksDirect;
+
+    /// <summary>The calling thread's cache for this heap, or null when the heap runs without caches.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ThreadCache? CurrentCache()
+    {
+        ThreadCache? tc = t_lastCache;
+        if (tc != null && tc.Heap == this) return tc;
+        return _cachesEnabled ? FindOrCreateCache() : null;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ThreadCache FindOrCreateCache()
+    {
+        List<ThreadCache> mine = t_caches ??= [];
+        mine.RemoveAll(c => c.Heap._disposed);
+        foreach (ThreadCache c in mine)
+            if (c.Heap == this) return t_lastCache = c;
+        var tc = new ThreadCache(this, Classes);
+        mine.Add(tc);
+        lock (_cachesLock)
+        {
+            PruneDeadCachesLocked();
+            _caches = [.. _caches, tc];
+        }
+        return t_lastCache = tc;
+    }
+
+    /// <summary>Flushes and forgets the caches of threads that have exited. Caller holds <see cref="_cachesLock"/>;
+    /// a dead thread never touches its cache again, so no drain protocol is needed.</summary>
+    private void PruneDeadCachesLocked()
+    {
+        if (Array.TrueForAll(_caches, c => c.Owner.IsAlive)) return;
+        foreach (ThreadCache c in _caches)
+            if (!c.Owner.IsAlive) FlushCache(c);
+        _caches = Array.FindAll(_caches, c => c.Owner.IsAlive);
+    }
+
+    /// <summary>
+    /// Enters the owner's side of the drain protocol: publish InUse, then read the disable counter.
+    /// Lock-free. The store may still sit in this core's store buffer when the load runs; the drainer's
+    /// process-wide barrier (after it raised the counter) forces it out, so either we see the counter or the drainer
+    /// sees InUse = 1 and waits. Volatile accesses are not reordered with each other by the JIT.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool EnterCache(ThreadCache tc)
+    {
+        Volatile.Write(ref tc.InUse, 1);
+        if (Volatile.Read(ref _cacheDisable) == 0) return true;
+        Volatile.Write(ref tc.InUse, 0);
+        return false;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ExitCache(ThreadCache tc) => Volatile.Write(ref tc.InUse, 0);
+
+    // ------------------------------------------------------------------ slots
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private nint PopSlot(ThreadCache tc, BlockKind kind, int c)
+    {
+        int si = ThreadCache.StackIndex(kind, c, Classes.Count);
+        int n = tc.SlotCount[si];
+        if (n == 0) return RefillSlots(tc, kind, c, si);
+        tc.SlotCount[si] = n - 1;
+        return tc.Slots[si][n - 1];
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private nint RefillSlots(ThreadCache tc, BlockKind kind, int c, int si)
+    {
+        nint[] stack = tc.Slots[si];
+        int n = Slabs[(int)kind].AllocateSlots(c, stack, Math.Max(1, stack.Length / 2));
+        if (n == 0) return 0;
+        tc.SlotCount[si] = n - 1;
+        return stack[n - 1];
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void PushSlot(ThreadCache tc, BlockKind kind, int c, nint addr)
+    {
+        int si = ThreadCache.StackIndex(kind, c, Classes.Count);
+        int n = tc.SlotCount[si];
+        nint[] stack = tc.Slots[si];
+        if (n == stack.Length) n = FlushSlots(tc, kind, c, si);
+        stack[n] = addr;
+        tc.SlotCount[si] = n + 1;
+    }
+
+    /// <summary>The batched free: the older half of a full stack goes back to its slabs under one class lock.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private int FlushSlots(ThreadCache tc, BlockKind kind, int c, int si)
+    {
+        nint[] stack = tc.Slots[si];
+        int keep = stack.Length / 2;
+        int n = tc.SlotCount[si];
+        Slabs[(int)kind].FreeSlots(c, stack.AsSpan(0, n - keep));
+        Array.Copy(stack, n - keep, stack, 0, keep);
+        tc.SlotCount[si] = keep;
+        return keep;
+    }
+
+    private nint AllocateSlotDirect(BlockKind kind, int c)
+    {
+        Span<nint> one = stackalloc nint[1];
+        return Slabs[(int)kind].AllocateSlots(c, one, 1) == 1 ? one[0] : 0;
+    }
+
+    // ------------------------------------------------------------------ handle entries
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private uint PopEntry(ThreadCache tc)
+    {
+        int n = tc.EntryCount;
+        if (n == 0) return RefillEntries(tc);
+        tc.EntryCount = n - 1;
+        return tc.Entries[n - 1];
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private uint RefillEntries(ThreadCache tc)
+    {
+        int n = Handles.Pop(tc.Entries.AsSpan(0, ThreadCache.EntryCapacity / 2));
+        if (n == 0) return 0;
+        tc.EntryCount = n - 1;
+        return tc.Entries[n - 1];
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void PushEntry(ThreadCache tc, uint index)
+    {
+        int n = tc.EntryCount;
+        if (n == ThreadCache.EntryCapacity)
+        {
+            int keep = ThreadCache.EntryCapacity / 2;
+            Handles.Push(tc.Entries.AsSpan(keep, n - keep));
+            n = keep;
+        }
+        tc.Entries[n] = index;
+        tc.EntryCount = n + 1;
+    }
+
+    private uint AllocateEntryDirect()
+    {
+        Span<uint> one = stackalloc uint[1];
+        return Handles.Pop(one) == 1 ? one[0] : 0;
+    }
+
+    private void ReleaseEntryDirect(uint index) => Handles.Push([index]);
+
+    private void AddLiveDirect(long bytes, long blocks)
+    {
+        Interlocked.Add(ref _liveBytesDirect, bytes);
+        Interlocked.Add(ref _liveBlocksDirect, blocks);
+    }
+
+    // ------------------------------------------------------------------ disable and drain (seed 001)
+
+    /// <summary>
+    /// Switches every thread's cache off and drains it (the kernel's lru_cache_disable): while the count of
+    /// disablers is above zero, allocations and frees bypass the caches, so no cache can hold a slot that a
+    /// migration wants to move. Pair with <see cref="EnableThreadCaches"/>. Takes <c>_cachesLock</c> and then class
+    /// locks and the handle-table lock; the caller must hold no heap lock.
+    /// </summary>
+    internal void DisableThreadCaches()
+    {
+        Interlocked.Increment(ref _cacheDisable);
+        DrainDisabledCaches();
+    }
+
+    /// <summary>Undoes one <see cref="DisableThreadCaches"/>.</summary>
+    internal void EnableThreadCaches() => Interlocked.Decrement(ref _cacheDisable);
+
+    /// <summary>Empties every thread's cache back into the slabs and the handle table (lru_add_drain_all).</summary>
+    internal void DrainThreadCaches()
+    {
+        DisableThreadCaches();
+        EnableThreadCaches();
+    }
+
+    internal bool ThreadCachesDisabled => Volatile.Read(ref _cacheDisable) > 0;
+
+    private void DrainDisabledCaches()
+    {
+        lock (_cachesLock)
+        {
+            // Make every owner's InUse store visible (and make them see the raised counter from now on).
+            Interlocked.MemoryBarrierProcessWide();
+            foreach (ThreadCache tc in _caches)
+            {
+                SpinWait spin = default;
+                while (Volatile.Read(ref tc.InUse) != 0) spin.SpinOnce();
+                FlushCache(tc);
+            }
+            PruneDeadCachesLocked();
+        }
+    }
+
+    /// <summary>Returns everything a cache holds. The owner must be out of it (drain protocol) or dead.</summary>
+    private void FlushCache(ThreadCache tc)
+    {
+        for (int si = 0; si < tc.Slots.Length; si++)
+        {
+            int n = tc.SlotCount[si];
+            if (n == 0) continue;
+            Slabs[si / Classes.Count].FreeSlots(si % Classes.Count, tc.Slots[si].AsSpan(0, n));
+            tc.SlotCount[si] = 0;
+        }
+        if (tc.EntryCount > 0)
+        {
+            Handles.Push(tc.Entries.AsSpan(0, tc.EntryCount));
+            tc.EntryCount = 0;
+        }
+        if (!tc.Owner.IsAlive)
+        {
+            AddLiveDirect(tc.LiveBytes, tc.LiveBlocks);
+            tc.LiveBytes = 0;
+            tc.LiveBlocks = 0;
+        }
+    }
+
+    /// <summary>Slots currently held by all caches (racy; for statistics and tests).</summary>
+    internal long CachedSlots()
+    {
+        long n = 0;
+        foreach (ThreadCache tc in Volatile.Read(ref _caches))
+            foreach (int count in tc.SlotCount) n += count;
+        return n;
+    }
+
+    private (long bytes, long blocks) LiveTotals()
+    {
+        long bytes = Volatile.Read(ref _liveBytesDirect), blocks = Volatile.Read(ref _liveBlocksDirect);
+        foreach (ThreadCache tc in Volatile.Read(ref _caches))
+        {
+            bytes += Volatile.Read(ref tc.LiveBytes);
+            blocks += Volatile.Read(ref tc.LiveBlocks);
+        }
+        return (bytes, blocks);
+    }
+}

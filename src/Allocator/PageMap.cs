@@ -1,0 +1,99 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Numerics;
+using System.Runtime.InteropServices;
+
+namespace Compaction.Allocator;
+
+/// <summary>
+/// Geometry of the arena and its native metadata: the page-descriptor array and the pageblock flag bitmap.
+/// </summary>
+/// <remarks>
+/// Page indices are absolute within the arena; the arena base is pageblock-aligned and zones start on
+/// max-order boundaries, so the buddy of page <c>p</c> at order <c>o</c> is simply <c>p ^ (1 &lt;&lt; o)</c>.
+/// The pageblock bitmap packs 4 bits per pageblock (like the kernel's NR_PAGEBLOCK_BITS): bit 0 migrate type,
+/// bit 1 reserved, bit 2 compaction skip bit, bit 3 reserved. Bits are changed with a CAS on the containing
+/// 32-bit word, so the compactor can set skip bits without the zone lock.
+/// </remarks>
+internal sealed unsafe class PageMap : IDisposable
+{
+    public const int MigrateTypeBit = 1 << 0;
+    public const int SkipBit = 1 << 2;
+
+    public readonly nint Base;
+    public readonly int PageShift;
+    public readonly int PageSize;
+    public readonly int PageCount;
+    public readonly int PageblockOrder;     // log2(pages per pageblock)
+    public readonly int PageblockPages;
+    public readonly int PageblockCount;
+    public readonly int MaxOrder;           // PageblockOrder + 1: the largest buddy order
+    public PageDescriptor* Pages;
+    private int* _pageblockBits;
+
+    public PageMap(nint baseAddress, int pageSize, int pageblockPages, int pageCount)
+    {
+        Base = baseAddress;
+        PageSize = pageSize;
+        PageShift = BitOperations.Log2((uint)pageSize);
+        PageblockPages = pageblockPages;
+        PageblockOrder = BitOperations.Log2((uint)pageblockPages);
+        MaxOrder = PageblockOrder + 1;
+        PageCount = pageCount;
+        PageblockCount = pageCount / pageblockPages;
+        Pages = (PageDescriptor*)NativeMemory.AlignedAlloc((nuint)pageCount * (nuint)sizeof(PageDescriptor), 64);
+        NativeMemory.Clear(Pages, (nuint)pageCount * (nuint)sizeof(PageDescriptor));
+        int words = (PageblockCount + 7) / 8;
+        _pageblockBits = (int*)NativeMemory.AllocZeroed((nuint)words * sizeof(int));
+    }
+
+    public long MetadataBytes => (long)PageCount * sizeof(PageDescriptor) + (PageblockCount + 7) / 8 * sizeof(int);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ref PageDescriptor Page(int index)
+    {
+        Debug.Assert((uint)index < (uint)PageCount);
+        return ref Pages[index];
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public int PageOf(nint address) => (int)((nuint)(address - Base) >> PageShift);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public nint AddressOf(int page) => Base + (nint)((nuint)(uint)page << PageShift);
+
+    /// <summary>Head page of the run or slab that contains <paramref name="page"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public int HeadOf(int page) => Pages[page].Kind == PageKind.Tail ? Pages[page].Aux : page;
+
+    public int PageblockOf(int page) => page >> PageblockOrder;
+
+    public int GetPageblockBits(int pageblock)
+    {
+        int word = Volatile.Read(ref _pageblockBits[pageblock >> 3]);
+        return (word >> ((pageblock & 7) * 4)) & 0xF;
+    }
+
+    public void SetPageblockBits(int pageblock, int mask, int value)
+    {
+        ref int word = ref _pageblockBits[pageblock >> 3];
+        int shift = (pageblock & 7) * 4;
+        while (true)
+        {
+            int old = Volatile.Read(ref word);
+            int updated = (old & ~(mask << shift)) | ((value & mask) << shift);
+            if (old == updated || Interlocked.CompareExchange(ref word, updated, old) == old) return;
+        }
+    }
+
+    public MigrateType GetMigrateType(int pageblock) => (MigrateType)(GetPageblockBits(pageblock) & MigrateTypeBit);
+    public void SetMigrateType(int pageblock, MigrateType type) => SetPageblockBits(pageblock, MigrateTypeBit, (int)type);
+    public bool GetSkip(int pageblock) => (GetPageblockBits(pageblock) & SkipBit) != 0;
+    public void SetSkip(int pageblock, bool skip) => SetPageblockBits(pageblock, SkipBit, skip ? SkipBit : 0);
+
+    public void Dispose()
+    {
+        if (Pages != null) { NativeMemory.AlignedFree(Pages); Pages = null; }
+        if (_pageblockBits != null) { NativeMemory.Free(_pageblockBits); _pageblockBits = null; }
+    }
+}

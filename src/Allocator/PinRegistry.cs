@@ -1,0 +1,135 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace Compaction.Allocator;
+
+/// <summary>
+/// Per-thread pin slots, the fast half of the asymmetric pin protocol (native-layout.md, "Pins").
+/// </summary>
+/// <remarks>
+/// Each thread that pins owns one record: a 64-byte line of <see cref="SlotsPerRecord"/> slots. A slot holds
+/// <c>(sequence &lt;&lt; 48) | entryAddress</c> of a pinned block's handle entry, or 0. Only the owning thread writes a
+/// non-zero value into an empty slot; only the holder of that pin clears it (from any thread). A migration, after
+/// freezing an entry and issuing <see cref="Interlocked.MemoryBarrierProcessWide"/>, scans every record: a pin whose
+/// slot store preceded the barrier is seen here, and a pin that comes after it sees the frozen state.
+/// Records are global (not per heap) because a slot names the entry by address, which is unique across heaps.
+/// A record is recycled when its thread dies with every slot empty; a record with pins still in it is kept, so leaked
+/// pins go on protecting their blocks.
+/// </remarks>
+internal static unsafe class PinRegistry
+{
+    public const int SlotsPerRecord = 8;
+    public const int TagShift = 48;
+    public const long AddressMask = (1L << TagShift) - 1;
+
+    private static readonly Lock s_lock = new();
+    private static nint[] s_records = new nint[64];
+    private static int s_count;
+    private static readonly Stack<nint> s_free = new();
+
+    [ThreadStatic] private static nint t_record;
+    [ThreadStatic] private static RecordOwner? t_owner;
+    [ThreadStatic] private static ushort t_sequence;
+
+    /// <summary>The calling thread's record, registering one on first use.</summary>
+    public static nint* Current
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            nint r = t_record;
+            return r != 0 ? (nint*)r : Register();
+        }
+    }
+
+    /// <summary>A slot value for <paramref name="entry"/> tagged with a per-thread sequence, so that releasing a pin
+    /// twice (an unbalanced unpin) is detected instead of clearing someone else's pin.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static nint Tag(HandleEntry* entry) => (nint)(((long)++t_sequence << TagShift) | (long)entry);
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static nint* Register()
+    {
+        nint record;
+        lock (s_lock)
+        {
+            if (s_free.Count > 0)
+            {
+                record = s_free.Pop();
+            }
+            else
+            {
+                record = (nint)NativeMemory.AlignedAlloc(SlotsPerRecord * (nuint)sizeof(nint), 64);
+                NativeMemory.Clear((void*)record, SlotsPerRecord * (nuint)sizeof(nint));
+                if (s_count == s_records.Length)
+                {
+                    var bigger = new nint[s_records.Length * 2];
+                    Array.Copy(s_records, bigger, s_count);
+                    Volatile.Write(ref s_records, bigger);
+                }
+                s_records[s_count] = record;
+                Volatile.Write(ref s_count, s_count + 1);
+            }
+        }
+        t_record = record;
+        t_owner = new RecordOwner(record);
+        return (nint*)record;
+    }
+
+    /// <summary>
+    /// True when some pin slot holds <paramref name="entry"/>. Lock-free. A caller deciding whether a frozen block may
+    /// move must have issued a process-wide barrier after freezing; other callers get a racy hint.
+    /// </summary>
+    public static bool IsPinned(HandleEntry* entry)
+    {
+        nint[] records = Volatile.Read(ref s_records);
+        int n = Math.Min(Volatile.Read(ref s_count), records.Length);
+        long target = (long)entry;
+        for (int r = 0; r < n; r++)
+        {
+            nint* slots = (nint*)records[r];
+            for (int s = 0; s < SlotsPerRecord; s++)
+                if (((long)Volatile.Read(ref slots[s]) & AddressMask) == target) return true;
+        }
+        return false;
+    }
+
+    /// <summary>True when the calling thread holds a slot pin on <paramref name="entry"/> (no barrier needed: own stores).</summary>
+    public static bool IsPinnedByCurrentThread(HandleEntry* entry)
+    {
+        nint* slots = (nint*)t_record;
+        if (slots == null) return false;
+        for (int s = 0; s < SlotsPerRecord; s++)
+            if (((long)slots[s] & AddressMask) == (long)entry) return true;
+        return false;
+    }
+
+    /// <summary>Counts slot pins whose entry satisfies <paramref name="owned"/> (racy; for Dispose and statistics).</summary>
+    public static int CountPins(Func<nint, bool> owned)
+    {
+        nint[] records = Volatile.Read(ref s_records);
+        int n = Math.Min(Volatile.Read(ref s_count), records.Length), pins = 0;
+        for (int r = 0; r < n; r++)
+        {
+            nint* slots = (nint*)records[r];
+            for (int s = 0; s < SlotsPerRecord; s++)
+            {
+                long v = Volatile.Read(ref slots[s]);
+                if (v != 0 && owned((nint)(v & AddressMask))) pins++;
+            }
+        }
+        return pins;
+    }
+
+    /// <summary>Returns a dead thread's record to the pool when it holds no pin.</summary>
+    private sealed class RecordOwner(nint record)
+    {
+        ~RecordOwner()
+        {
+            nint* slots = (nint*)record;
+            for (int s = 0; s < SlotsPerRecord; s++)
+                if (Volatile.Read(ref slots[s]) != 0) return;
+            lock (s_lock) s_free.Push(record);
+        }
+    }
+}

@@ -1,0 +1,272 @@
+using System.Diagnostics;
+
+namespace Compaction.Allocator;
+
+/// <summary>
+/// Size-class slabs for one <see cref="BlockKind"/> (zsmalloc/mimalloc style). A slab is a run of 1 to 16 pages
+/// holding equal slots; its first page descriptor is the slab's metadata (native-layout.md, "Slabs"). Slabs of a
+/// class sit on fullness-group lists; allocation takes from the fullest non-full slab, so that nearly empty slabs
+/// drain and can be freed (and so that the compactor has few sources to empty).
+/// </summary>
+/// <remarks>
+/// Lock ordering: a class's <see cref="SlabClass.Lock"/> is taken before a zone lock (to carve a new slab or free an
+/// empty one) and never while another class lock is held, except by the compactor, which takes them in class order.
+/// Every method ending in <c>Locked</c> requires the caller to hold the class lock.
+/// </remarks>
+internal sealed unsafe class SlabAllocator
+{
+    /// <summary>Fullness groups: 0 full, 1 at least 3/4, 2 at least 1/2, 3 at least 1/4, 4 above 0, 5 empty.</summary>
+    public const int Groups = 6;
+    public const int FullGroup = 0;
+    public const int EmptyGroup = 5;
+    /// <summary>Empty slabs a class keeps instead of freeing them at once (mimalloc keeps a few; avoids churn).</summary>
+    public const int RetainedEmptySlabs = 1;
+
+    public readonly BlockKind Kind;
+    public readonly SizeClasses Classes;
+    public readonly SlabClass[] Class;
+    private readonly NativeHeap _heap;
+    private readonly PageMap _map;
+
+    public SlabAllocator(NativeHeap heap, BlockKind kind, SizeClasses classes, PageMap map)
+    {
+        _heap = heap;
+        Kind = kind;
+        Classes = classes;
+        _map = map;
+        Class = new SlabClass[classes.Count];
+        for (int c = 0; c < Class.Length; c++) Class[c] = new SlabClass(c);
+    }
+
+    public static int GroupOf(int used, int capacity)
+    {
+        if (used == capacity) return FullGroup;
+        if (used == 0) return EmptyGroup;
+        return 4 - used * 4 / capacity;
+    }
+
+    /// <summary>Hands out up to <paramref name="max"/> slots of class <paramref name="c"/> into <paramref name="dst"/>,
+    /// fullest slab first, carving new slabs as needed. Takes the class lock. Returns how many were handed out
+    /// (fewer only when the arena is out of memory).</summary>
+    public int AllocateSlots(int c, Span<nint> dst, int max)
+    {
+        SlabClass cls = Class[c];
+        lock (cls.Lock)
+        {
+            int n = 0;
+            while (n < max)
+            {
+                int head = FindSlabLocked(cls, excludeHead: -1);
+                if (head < 0)
+                {
+                    head = CarveSlabLocked(cls);
+                    if (head < 0) break;
+                }
+                n += TakeSlotsLocked(cls, head, dst.Slice(n), max - n);
+            }
+            return n;
+        }
+    }
+
+    /// <summary>The fullest non-full slab of the class other than <paramref name="excludeHead"/>, or -1.</summary>
+    public int FindSlabLocked(SlabClass cls, int excludeHead)
+    {
+        for (int g = 1; g < Groups; g++)
+            for (int p = cls.GroupHeads[g]; p >= 0; p = _map.Page(p).Next)
+                if (p != excludeHead) return p;
+        return -1;
+    }
+
+    /// <summary>Takes up to <paramref name="max"/> slots from one slab; caller holds the class lock.</summary>
+    public int TakeSlotsLocked(SlabClass cls, int head, Span<nint> dst, int max)
+    {
+        int c = cls.Index;
+        int size = Classes.Size[c], capacity = Classes.SlotsPerSlab[c];
+        ref PageDescriptor d = ref _map.Page(head);
+        nint slab = _map.AddressOf(head);
+        int n = 0;
+        while (n < max && d.RefCount < capacity)
+        {
+            int slot;
+            if (d.Aux >= 0)
+            {
+                slot = d.Aux;
+                d.Aux = *(int*)(slab + slot * size);
+            }
+            else
+            {
+                slot = d.Bump++;
+            }
+            d.RefCount++;
+            dst[n++] = slab + slot * size;
+        }
+        cls.UsedSlots += n;
+        Regroup(cls, head, ref d);
+        return n;
+    }
+
+    /// <summary>Returns slots to their slabs. Takes the class lock. A slab that becomes empty is kept (up to
+    /// <see cref="RetainedEmptySlabs"/>) or freed to the buddy allocator.</summary>
+    public void FreeSlots(int c, ReadOnlySpan<nint> slots)
+    {
+        SlabClass cls = Class[c];
+        lock (cls.Lock)
+        {
+            foreach (nint addr in slots) FreeSlotLocked(cls, addr);
+        }
+    }
+
+    public void FreeSlotLocked(SlabClass cls, nint addr)
+    {
+        int c = cls.Index;
+        int head = _map.HeadOf(_map.PageOf(addr));
+        ref PageDescriptor d = ref _map.Page(head);
+        Debug.Assert(d.Kind == PageKind.SlabHead && (d.SizeClass & 0x7FFF) == c);
+        nint slab = _map.AddressOf(head);
+        int slot = Classes.SlotOf(c, (int)(addr - slab));
+        *(int*)addr = d.Aux;
+        d.Aux = slot;
+        d.RefCount--;
+        cls.UsedSlots--;
+        Regroup(cls, head, ref d);
+        if (d.RefCount == 0 && cls.EmptySlabs > RetainedEmptySlabs) ReleaseSlabLocked(cls, head);
+    }
+
+    /// <summary>Frees an empty slab's pages to the buddy allocator; caller holds the class lock (takes the zone lock).</summary>
+    public void ReleaseSlabLocked(SlabClass cls, int head)
+    {
+        ref PageDescriptor d = ref _map.Page(head);
+        Debug.Assert(d.RefCount == 0);
+        Unlink(cls, head, ref d, d.Aux2);
+        cls.Slabs--;
+        cls.SlabsFreed++;
+        _heap.FreePageRun(head, Classes.PagesPerSlab[cls.Index]);
+    }
+
+    private int CarveSlabLocked(SlabClass cls)
+    {
+        int c = cls.Index;
+        int pages = Classes.PagesPerSlab[c];
+        int head = _heap.AllocatePageRun(pages, Kind, (start, count) =>
+        {
+            ref PageDescriptor h = ref _map.Page(start);
+            h.Kind = PageKind.SlabHead;
+            h.SizeClass = (ushort)(c | ((int)Kind << 15));
+            h.Bump = 0;
+            h.RefCount = 0;
+            h.PinCount = 0;
+            h.Aux = -1;
+            h.Aux2 = -1;
+            h.Next = h.Prev = -1;
+            for (int p = start + 1; p < start + count; p++)
+            {
+                ref PageDescriptor t = ref _map.Page(p);
+                t.Kind = PageKind.Tail;
+                t.Aux = start;
+                t.PinCount = 0;
+            }
+        });
+        if (head < 0) return -1;
+        cls.Slabs++;
+        cls.SlabsCarved++;
+        ref PageDescriptor d = ref _map.Page(head);
+        Link(cls, head, ref d, EmptyGroup);
+        return head;
+    }
+
+    /// <summary>Moves a slab to the fullness group matching its RefCount.</summary>
+    public void Regroup(SlabClass cls, int head, ref PageDescriptor d)
+    {
+        int g = GroupOf(d.RefCount, Classes.SlotsPerSlab[cls.Index]);
+        if (g == d.Aux2) return;
+        Unlink(cls, head, ref d, d.Aux2);
+        Link(cls, head, ref d, g);
+    }
+
+    private void Link(SlabClass cls, int head, ref PageDescriptor d, int group)
+    {
+        d.Aux2 = group;
+        d.Prev = -1;
+        d.Next = cls.GroupHeads[group];
+        if (d.Next >= 0) _map.Page(d.Next).Prev = head;
+        cls.GroupHeads[group] = head;
+        cls.GroupCounts[group]++;
+    }
+
+    private void Unlink(SlabClass cls, int head, ref PageDescriptor d, int group)
+    {
+        if (group < 0) return;
+        if (d.Prev >= 0) _map.Page(d.Prev).Next = d.Next; else cls.GroupHeads[group] = d.Next;
+        if (d.Next >= 0) _map.Page(d.Next).Prev = d.Prev;
+        d.Next = d.Prev = -1;
+        d.Aux2 = -1;
+        cls.GroupCounts[group]--;
+    }
+
+    /// <summary>Address of the reverse-map word of the slot at <paramref name="addr"/> (its handle index).</summary>
+    public int* ReverseMapWord(nint addr, int c)
+    {
+        int head = _map.HeadOf(_map.PageOf(addr));
+        nint slab = _map.AddressOf(head);
+        int slot = Classes.SlotOf(c, (int)(addr - slab));
+        return (int*)(slab + Classes.ReverseMapOffset[c]) + slot;
+    }
+
+    /// <summary>Checks every slab of every class; caller holds no lock (takes each class lock). Null when consistent.</summary>
+    public string? Validate()
+    {
+        foreach (SlabClass cls in Class)
+        {
+            lock (cls.Lock)
+            {
+                long slabs = 0, used = 0;
+                int capacity = Classes.SlotsPerSlab[cls.Index];
+                for (int g = 0; g < Groups; g++)
+                {
+                    int n = 0;
+                    for (int p = cls.GroupHeads[g]; p >= 0; p = _map.Page(p).Next)
+                    {
+                        ref PageDescriptor d = ref _map.Page(p);
+                        if (d.Kind != PageKind.SlabHead) return $"{Kind} class {Classes.Size[cls.Index]}: page {p} on a fullness list is {d.Kind}";
+                        if (d.Aux2 != g || GroupOf(d.RefCount, capacity) != g) return $"{Kind} class {Classes.Size[cls.Index]}: slab {p} in wrong group {g}";
+                        int freeListed = 0;
+                        nint slab = _map.AddressOf(p);
+                        for (int s = d.Aux; s >= 0; s = *(int*)(slab + s * Classes.Size[cls.Index]))
+                        {
+                            if (s >= d.Bump || ++freeListed > capacity) return $"{Kind} class {Classes.Size[cls.Index]}: slab {p} free list corrupt";
+                        }
+                        if (d.RefCount + freeListed + (capacity - d.Bump) != capacity)
+                            return $"{Kind} class {Classes.Size[cls.Index]}: slab {p} used {d.RefCount} + free {freeListed} + uncarved {capacity - d.Bump} != {capacity}";
+                        n++;
+                        used += d.RefCount;
+                    }
+                    if (n != cls.GroupCounts[g]) return $"{Kind} class {Classes.Size[cls.Index]}: group {g} counts {cls.GroupCounts[g]}, list has {n}";
+                    slabs += n;
+                }
+                if (slabs != cls.Slabs || used != cls.UsedSlots) return $"{Kind} class {Classes.Size[cls.Index]}: counters disagree with lists";
+            }
+        }
+        return null;
+    }
+}
+
+/// <summary>One size class of a <see cref="SlabAllocator"/>; every field is protected by <see cref="Lock"/>.</summary>
+internal sealed class SlabClass
+{
+    public readonly Lock Lock = new();
+    public readonly int Index;
+    public readonly int[] GroupHeads = new int[SlabAllocator.Groups];
+    public readonly int[] GroupCounts = new int[SlabAllocator.Groups];
+    public long Slabs;
+    public long UsedSlots;
+    public long SlabsCarved;
+    public long SlabsFreed;
+
+    public SlabClass(int index)
+    {
+        Index = index;
+        Array.Fill(GroupHeads, -1);
+    }
+
+    public int EmptySlabs => GroupCounts[SlabAllocator.EmptyGroup];
+}

@@ -1,0 +1,405 @@
+using System.Diagnostics;
+using Compaction.Allocator.Os;
+
+namespace Compaction.Allocator;
+
+/// <summary>Which zone: the kernel's ZONE_NORMAL and ZONE_MOVABLE.</summary>
+internal enum ZoneKind : byte
+{
+    Normal = 0,
+    Movable = 1,
+}
+
+/// <summary>
+/// A zone of the arena and its buddy allocator: free lists per order and migrate type, split and merge, the kernel's
+/// fallback and pageblock-stealing rules, and exact page runs (the tail of a power-of-two block goes back, like
+/// alloc_pages_exact). Runs larger than the largest order take whole contiguous pageblocks.
+/// </summary>
+/// <remarks>
+/// Lock ordering: <see cref="Lock"/> is the innermost lock of the heap except the handle-table lock; callers may hold
+/// a size-class lock when they take it (native-layout.md, "Lock ordering").
+/// Every method whose name ends in <c>Locked</c> requires the caller to hold <see cref="Lock"/>.
+/// The zone spans pages <c>[Start, End)</c>, both aligned to the max-order block size.
+/// </remarks>
+internal sealed unsafe class Zone
+{
+    public const int MigrateTypes = 2;
+
+    public readonly Lock Lock = new();
+    public readonly ZoneKind Kind;
+    public readonly int Start;
+    public readonly int End;
+    private readonly PageMap _map;
+    private readonly ArenaMemory _memory;
+    private readonly int _maxOrder;
+    private readonly int[] _freeHeads;        // [order * MigrateTypes + type] -> first page of a free block, or -1
+    private readonly long[] _freeBlocks;      // same index -> number of free blocks on that list
+    private long _freePages;
+
+    public Zone(ZoneKind kind, int start, int end, PageMap map, ArenaMemory memory, MigrateType initialType)
+    {
+        Kind = kind;
+        Start = start;
+        End = end;
+        _map = map;
+        _memory = memory;
+        _maxOrder = map.MaxOrder;
+        _freeHeads = new int[(_maxOrder + 1) * MigrateTypes];
+        _freeBlocks = new long[(_maxOrder + 1) * MigrateTypes];
+        Array.Fill(_freeHeads, -1);
+        for (int pb = start >> map.PageblockOrder; pb < end >> map.PageblockOrder; pb++)
+            map.SetMigrateType(pb, initialType);
+        lock (Lock)
+        {
+            for (int p = start; p < end; p++) map.Page(p) = new PageDescriptor { Kind = PageKind.FreeTail, Next = -1, Prev = -1, Aux = -1 };
+            for (int p = start; p < end; p += 1 << _maxOrder)
+                AddFreeBlockLocked(p, _maxOrder, map.GetMigrateType(map.PageblockOf(p)));
+        }
+    }
+
+    public int PageCount => End - Start;
+    public long FreePages => Volatile.Read(ref _freePages);
+    public int MaxOrder => _maxOrder;
+    public bool Contains(int page) => page >= Start && page < End;
+
+    /// <summary>Free blocks on the list of (order, type); caller holds the lock for a consistent value.</summary>
+    public long FreeBlocks(int order, MigrateType type) => _freeBlocks[order * MigrateTypes + (int)type];
+
+    // ------------------------------------------------------------------ allocation
+
+    /// <summary>
+    /// Allocates exactly <paramref name="count"/> contiguous pages of migrate type <paramref name="type"/>, committing
+    /// their pageblocks. Takes the zone lock. Returns the first page, or -1 when the zone cannot serve the run
+    /// (no free block large enough, or the OS refused to commit).
+    /// </summary>
+    public int AllocatePages(int count, MigrateType type)
+    {
+        lock (Lock) return AllocatePagesLocked(count, type);
+    }
+
+    public int AllocatePagesLocked(int count, MigrateType type)
+    {
+        Debug.Assert(count > 0);
+        int order = OrderFor(count);
+        int start;
+        if (order > _maxOrder)
+        {
+            start = TakeContiguousPageblocksLocked(count, type);
+            if (start < 0) return -1;
+        }
+        else
+        {
+            start = RemoveSmallestLocked(order, type);
+            if (start < 0) start = RemoveFallbackLocked(order, type);
+            if (start < 0) return -1;
+            // Hand back the tail of the power-of-two block (alloc_pages_exact).
+            if (count < (1 << order)) FreeRangeLocked(start + count, (1 << order) - count);
+        }
+        if (!CommitRangeLocked(start, count))
+        {
+            FreeRangeLocked(start, count);
+            return -1;
+        }
+        for (int p = start; p < start + count; p++) _map.Page(p).AllocType = type;
+        return start;
+    }
+
+    /// <summary>Order of the smallest power-of-two block that holds <paramref name="count"/> pages.</summary>
+    public static int OrderFor(int count) => count <= 1 ? 0 : 32 - System.Numerics.BitOperations.LeadingZeroCount((uint)(count - 1));
+
+    private bool CommitRangeLocked(int start, int count)
+    {
+        int first = _map.PageblockOf(start), last = _map.PageblockOf(start + count - 1);
+        for (int pb = first; pb <= last; pb++)
+            if (!_memory.Commit(pb)) return false;
+        return true;
+    }
+
+    /// <summary>__rmqueue_smallest: the smallest free block of the wanted type that fits, split down (expand).</summary>
+    private int RemoveSmallestLocked(int order, MigrateType type)
+    {
+        for (int o = order; o <= _maxOrder; o++)
+        {
+            int head = _freeHeads[o * MigrateTypes + (int)type];
+            if (head < 0) continue;
+            RemoveFreeBlockLocked(head, o, type);
+            ExpandLocked(head, order, o, type);
+            return head;
+        }
+        return -1;
+    }
+
+    /// <summary>
+    /// __rmqueue_fallback: take the largest block of the other migrate type, so that types mix as little as possible.
+    /// A whole pageblock (or more) changes type outright. A smaller block claims its pageblock when the request is
+    /// large (at least half a pageblock order) or unmovable, and at least half of the pageblock is free or already of
+    /// the wanted type; otherwise only the block itself is stolen and the pageblock keeps its type.
+    /// </summary>
+    private int RemoveFallbackLocked(int order, MigrateType type)
+    {
+        MigrateType other = type == MigrateType.Movable ? MigrateType.Unmovable : MigrateType.Movable;
+        for (int o = _maxOrder; o >= order; o--)
+        {
+            int head = _freeHeads[o * MigrateTypes + (int)other];
+            if (head < 0) continue;
+            RemoveFreeBlockLocked(head, o, other);
+            MigrateType listType = other;
+            if (o >= _map.PageblockOrder)
+            {
+                for (int pb = _map.PageblockOf(head); pb <= _map.PageblockOf(head + (1 << o) - 1); pb++)
+                    _map.SetMigrateType(pb, type);
+                listType = type;
+            }
+            else if ((order >= _map.PageblockOrder / 2 || type == MigrateType.Unmovable) && TryClaimPageblockLocked(_map.PageblockOf(head), type))
+            {
+                listType = type;
+            }
+            ExpandLocked(head, order, o, listType);
+            Stats.PageblockFallbacks++;
+            return head;
+        }
+        return -1;
+    }
+
+    /// <summary>
+    /// Claims pageblock <paramref name="pb"/> for <paramref name="type"/> when free plus compatible pages make at least
+    /// half of it, moving its free blocks to the new type's lists (move_freepages_block).
+    /// </summary>
+    private bool TryClaimPageblockLocked(int pb, MigrateType type)
+    {
+        int first = pb << _map.PageblockOrder, end = first + _map.PageblockPages;
+        int free = 0, compatible = 0;
+        for (int p = first; p < end;)
+        {
+            ref PageDescriptor d = ref _map.Page(p);
+            if (d.Kind == PageKind.FreeHead) { free += 1 << d.Order; p += 1 << d.Order; continue; }
+            if (d.Kind != PageKind.FreeTail && d.AllocType == type) compatible++;
+            p++;
+        }
+        if (free + compatible < _map.PageblockPages / 2) return false;
+        MigrateType old = _map.GetMigrateType(pb);
+        _map.SetMigrateType(pb, type);
+        for (int p = first; p < end;)
+        {
+            ref PageDescriptor d = ref _map.Page(p);
+            if (d.Kind == PageKind.FreeHead)
+            {
+                int o = d.Order;
+                RemoveFreeBlockLocked(p, o, old);
+                AddFreeBlockLocked(p, o, type);
+                p += 1 << o;
+                continue;
+            }
+            p++;
+        }
+        Stats.PageblocksClaimed++;
+        return true;
+    }
+
+    /// <summary>expand(): split a block of order <paramref name="high"/> at <paramref name="page"/> down to
+    /// <paramref name="low"/>, putting each upper half on the free list of <paramref name="type"/>.</summary>
+    private void ExpandLocked(int page, int low, int high, MigrateType type)
+    {
+        while (high > low)
+        {
+            high--;
+            AddFreeBlockLocked(page + (1 << high), high, type);
+        }
+        _map.Page(page).Kind = PageKind.FreeTail; // the caller turns it into a run or slab head
+    }
+
+    /// <summary>
+    /// Finds <c>ceil(count / pageblock)</c> contiguous, wholly free pageblocks (lowest address first), removes them
+    /// from the free lists, gives back the pages beyond <paramref name="count"/>, and returns the first page or -1.
+    /// </summary>
+    private int TakeContiguousPageblocksLocked(int count, MigrateType type)
+    {
+        int need = (count + _map.PageblockPages - 1) >> _map.PageblockOrder;
+        int firstPb = Start >> _map.PageblockOrder, endPb = End >> _map.PageblockOrder;
+        int run = 0;
+        for (int pb = firstPb; pb < endPb; pb++)
+        {
+            run = IsPageblockFreeLocked(pb) ? run + 1 : 0;
+            if (run < need) continue;
+            int startPb = pb - need + 1;
+            int start = startPb << _map.PageblockOrder, end = (pb + 1) << _map.PageblockOrder;
+            // Pull every covering free block off its list; re-free what lies outside [start, end).
+            for (int p = start; p < end;)
+            {
+                FindFreeBlockLocked(p, out int head, out int order);
+                int blockEnd = head + (1 << order);
+                RemoveFreeBlockLocked(head, order, _map.GetMigrateType(_map.PageblockOf(head)));
+                for (int q = Math.Max(head, start); q < Math.Min(blockEnd, end); q++) _map.Page(q).Kind = PageKind.Tail;
+                if (head < start) FreeRangeLocked(head, start - head);
+                if (blockEnd > end) FreeRangeLocked(end, blockEnd - end);
+                p = blockEnd;
+            }
+            for (int b = startPb; b <= pb; b++) _map.SetMigrateType(b, type);
+            for (int q = start; q < end; q++) _map.Page(q).Kind = PageKind.FreeTail;
+            if (end - start > count) FreeRangeLocked(start + count, end - start - count);
+            return start;
+        }
+        return -1;
+    }
+
+    /// <summary>True when the whole pageblock is free: its first page lies in a free block of at least pageblock order.</summary>
+    public bool IsPageblockFreeLocked(int pb)
+    {
+        int first = pb << _map.PageblockOrder;
+        for (int o = _map.PageblockOrder; o <= _maxOrder; o++)
+        {
+            int head = first & ~((1 << o) - 1);
+            if (head < Start) break;
+            ref PageDescriptor d = ref _map.Page(head);
+            if (d.Kind == PageKind.FreeHead) return d.Order >= o;
+        }
+        return false;
+    }
+
+    private void FindFreeBlockLocked(int page, out int head, out int order)
+    {
+        for (int o = 0; o <= _maxOrder; o++)
+        {
+            int h = page & ~((1 << o) - 1);
+            ref PageDescriptor d = ref _map.Page(h);
+            if (d.Kind == PageKind.FreeHead && d.Order >= o) { head = h; order = d.Order; return; }
+        }
+        throw new InvalidOperationException($"page {page} is not inside a free block");
+    }
+
+    // ------------------------------------------------------------------ freeing
+
+    /// <summary>Frees pages <c>[start, start + count)</c>. Takes the zone lock.</summary>
+    public void FreePageRange(int start, int count)
+    {
+        lock (Lock) FreeRangeLocked(start, count);
+    }
+
+    /// <summary>Frees an arbitrary run by splitting it into naturally aligned power-of-two blocks, merging each.</summary>
+    public void FreeRangeLocked(int start, int count)
+    {
+        Debug.Assert(start >= Start && start + count <= End);
+        for (int p = start; p < start + count; p++)
+        {
+            ref PageDescriptor d = ref _map.Page(p);
+            d.Kind = PageKind.FreeTail;
+            d.RefCount = 0;
+            d.Aux = -1;
+        }
+        int s = start, remaining = count;
+        while (remaining > 0)
+        {
+            int order = System.Numerics.BitOperations.TrailingZeroCount(s | (1 << _maxOrder));
+            while ((1 << order) > remaining) order--;
+            FreeOneLocked(s, order);
+            s += 1 << order;
+            remaining -= 1 << order;
+        }
+    }
+
+    /// <summary>__free_one_page: merge with free buddies of equal order, never across pageblocks of different types.</summary>
+    private void FreeOneLocked(int page, int order)
+    {
+        MigrateType type = _map.GetMigrateType(_map.PageblockOf(page));
+        while (order < _maxOrder)
+        {
+            int buddy = page ^ (1 << order);
+            if (buddy < Start || buddy >= End) break;
+            ref PageDescriptor b = ref _map.Page(buddy);
+            if (b.Kind != PageKind.FreeHead || b.Order != order) break;
+            MigrateType buddyType = _map.GetMigrateType(_map.PageblockOf(buddy));
+            if (order >= _map.PageblockOrder && buddyType != type) break;
+            RemoveFreeBlockLocked(buddy, order, buddyType);
+            b.Kind = PageKind.FreeTail;
+            page = Math.Min(page, buddy);
+            order++;
+        }
+        AddFreeBlockLocked(page, order, type);
+    }
+
+    // ------------------------------------------------------------------ free lists
+
+    private void AddFreeBlockLocked(int page, int order, MigrateType type)
+    {
+        int list = order * MigrateTypes + (int)type;
+        ref PageDescriptor d = ref _map.Page(page);
+        d.Kind = PageKind.FreeHead;
+        d.Order = (byte)order;
+        d.Prev = -1;
+        d.Next = _freeHeads[list];
+        if (d.Next >= 0) _map.Page(d.Next).Prev = page;
+        _freeHeads[list] = page;
+        _freeBlocks[list]++;
+        _freePages += 1 << order;
+    }
+
+    private void RemoveFreeBlockLocked(int page, int order, MigrateType type)
+    {
+        int list = order * MigrateTypes + (int)type;
+        ref PageDescriptor d = ref _map.Page(page);
+        Debug.Assert(d.Kind == PageKind.FreeHead && d.Order == order);
+        if (d.Prev >= 0) _map.Page(d.Prev).Next = d.Next; else _freeHeads[list] = d.Next;
+        if (d.Next >= 0) _map.Page(d.Next).Prev = d.Prev;
+        d.Next = d.Prev = -1;
+        _freeBlocks[list]--;
+        _freePages -= 1 << order;
+    }
+
+    // ------------------------------------------------------------------ memory back to the OS
+
+    /// <summary>Decommits every committed, wholly free pageblock of the zone. Takes the zone lock.
+    /// Returns the bytes decommitted.</summary>
+    public long DecommitFreePageblocks()
+    {
+        long bytes = 0;
+        lock (Lock)
+        {
+            for (int pb = Start >> _map.PageblockOrder; pb < End >> _map.PageblockOrder; pb++)
+            {
+                if (!_memory.IsCommitted(pb) || !IsPageblockFreeLocked(pb)) continue;
+                _memory.Decommit(pb);
+                bytes += (long)_map.PageblockPages << _map.PageShift;
+            }
+        }
+        return bytes;
+    }
+
+    // ------------------------------------------------------------------ validation
+
+    /// <summary>Checks the free lists against the descriptors; caller holds the lock. Returns null when consistent.</summary>
+    public string? ValidateLocked()
+    {
+        long pages = 0;
+        for (int o = 0; o <= _maxOrder; o++)
+        {
+            for (int t = 0; t < MigrateTypes; t++)
+            {
+                long n = 0;
+                int prev = -1;
+                for (int p = _freeHeads[o * MigrateTypes + t]; p >= 0; p = _map.Page(p).Next)
+                {
+                    ref PageDescriptor d = ref _map.Page(p);
+                    if (!Contains(p)) return $"{Kind} zone: free page {p} outside the zone";
+                    if (d.Kind != PageKind.FreeHead || d.Order != o) return $"{Kind} zone: page {p} on order-{o} list is {d.Kind}/{d.Order}";
+                    if (d.Prev != prev) return $"{Kind} zone: broken back link at page {p}";
+                    if ((p & ((1 << o) - 1)) != 0) return $"{Kind} zone: free block {p} not aligned to order {o}";
+                    prev = p;
+                    n++;
+                    pages += 1 << o;
+                }
+                if (n != _freeBlocks[o * MigrateTypes + t]) return $"{Kind} zone: order {o} type {t} counts {_freeBlocks[o * MigrateTypes + t]}, list has {n}";
+            }
+        }
+        if (pages != _freePages) return $"{Kind} zone: free pages {_freePages}, lists hold {pages}";
+        return null;
+    }
+
+    public ZoneCounters Stats;
+}
+
+/// <summary>Anti-fragmentation event counters of a zone, written under its lock.</summary>
+internal struct ZoneCounters
+{
+    public long PageblockFallbacks;
+    public long PageblocksClaimed;
+}

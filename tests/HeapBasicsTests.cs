@@ -1,0 +1,174 @@
+using Compaction.Allocator;
+
+namespace Compaction.Tests;
+
+public class HeapBasicsTests
+{
+    [Theory]
+    [InlineData(1)]
+    [InlineData(16)]
+    [InlineData(17)]
+    [InlineData(255)]
+    [InlineData(4000)]
+    [InlineData(16384)]
+    [InlineData(16385)]
+    [InlineData(100_000)]
+    [InlineData(3 << 20)]
+    public void AllocatedBlockHasItsSizeAndKeepsItsBytes(long size)
+    {
+        using NativeHeap heap = TestHeaps.Small();
+        foreach (BlockKind kind in new[] { BlockKind.Movable, BlockKind.Unmovable })
+        {
+            BlockHandle h = heap.Allocate(size, kind);
+            Assert.Equal(size, heap.GetSize(h));
+            Assert.Equal(kind, heap.GetKind(h));
+            TestHeaps.Fill(heap, h);
+            Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+            using (PinScope pin = heap.Pin(h)) Assert.Equal(size, pin.Span.Length);
+            heap.Free(h);
+        }
+        TestHeaps.AssertValid(heap);
+    }
+
+    [Fact]
+    public void LiveBytesReturnToZeroAndEveryPageblockIsFreeAfterFreeingAll()
+    {
+        using NativeHeap heap = TestHeaps.Small();
+        var rng = new Random(7);
+        var handles = new List<BlockHandle>();
+        for (int i = 0; i < 1500; i++)
+            handles.Add(heap.Allocate(rng.Next(1, 3) == 1 ? rng.Next(1, 300) : rng.Next(1, 70_000), (BlockKind)rng.Next(2)));
+        long expected = handles.Sum(h => heap.GetSize(h));
+        Assert.Equal(expected, heap.GetStatistics().LiveBytes);
+        TestHeaps.AssertValid(heap);
+        foreach (BlockHandle h in handles) heap.Free(h);
+        Assert.Equal(0, heap.GetStatistics().LiveBytes);
+        Assert.Equal(0, heap.GetStatistics().LiveBlocks);
+        TestHeaps.AssertValid(heap);
+        Assert.True(heap.AllPageblocksFree());
+        TestHeaps.AssertValid(heap);
+    }
+
+    [Fact]
+    public void UnmovableBlocksNeverLandInTheMovableZone()
+    {
+        using NativeHeap heap = TestHeaps.Small(movablePercent: 50);
+        var handles = Enumerable.Range(0, 2000).Select(i => heap.Allocate(48 + i % 5000, BlockKind.Unmovable)).ToList();
+        TestHeaps.AssertValid(heap); // the validator checks the zone of every unmovable entry
+        HeapStatistics stats = heap.GetStatistics();
+        Assert.Equal(stats.Zones[1].Pages, stats.Zones[1].FreePages);
+        handles.ForEach(heap.Free);
+    }
+
+    [Fact]
+    public void StablePointerOfAnUnmovableBlockIsItsPinnedAddress()
+    {
+        using NativeHeap heap = TestHeaps.Small();
+        BlockHandle h = heap.Allocate(100, BlockKind.Unmovable);
+        nint p = heap.GetStablePointer(h);
+        using (PinScope pin = heap.Pin(h)) Assert.Equal(p, pin.Address);
+        heap.Free(h);
+    }
+
+    [Fact]
+    public void StablePointerOfAMovableBlockIsRefused()
+    {
+        using NativeHeap heap = TestHeaps.Small();
+        BlockHandle h = heap.Allocate(100);
+        Assert.Throws<InvalidOperationException>(() => heap.GetStablePointer(h));
+        heap.Free(h);
+    }
+
+    [Fact]
+    public void MovableBlocksFallBackToTheNormalZoneWhenTheMovableZoneIsFull()
+    {
+        using NativeHeap heap = TestHeaps.Small(movablePercent: 50, arenaBytes: 8L << 20);
+        var handles = new List<BlockHandle>();
+        while (heap.TryAllocate(64 * 1024, BlockKind.Movable, out BlockHandle h)) handles.Add(h);
+        HeapStatistics stats = heap.GetStatistics();
+        Assert.True(stats.Zones[0].FreePages < stats.Zones[0].Pages / 4, "the normal zone took the overflow");
+        TestHeaps.AssertValid(heap);
+        handles.ForEach(heap.Free);
+        TestHeaps.AssertValid(heap);
+    }
+
+    [Fact]
+    public void ExhaustedArenaThrowsOutOfMemoryAndTryAllocateReturnsFalse()
+    {
+        using NativeHeap heap = TestHeaps.Small(arenaBytes: 4L << 20);
+        var handles = new List<BlockHandle>();
+        while (heap.TryAllocate(1000, BlockKind.Unmovable, out BlockHandle h)) handles.Add(h);
+        Assert.NotEmpty(handles);
+        Assert.Throws<OutOfMemoryException>(() => heap.Allocate(1000, BlockKind.Unmovable));
+        TestHeaps.AssertValid(heap);
+        handles.ForEach(heap.Free);
+        TestHeaps.AssertValid(heap);
+    }
+
+    [Fact]
+    public void BlocksLargerThanTheLargestOrderTakeContiguousPageblocks()
+    {
+        using NativeHeap heap = TestHeaps.Small(movablePercent: 100);
+        long pageblock = 64 * 4096;
+        BlockHandle h = heap.Allocate(5 * pageblock + 10);
+        TestHeaps.Fill(heap, h);
+        Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+        TestHeaps.AssertValid(heap);
+        heap.Free(h);
+        TestHeaps.AssertValid(heap);
+        Assert.True(heap.AllPageblocksFree());
+    }
+
+    [Fact]
+    public void CommitFailureSurfacesAsAnAllocationFailure()
+    {
+        using NativeHeap heap = TestHeaps.Small(movablePercent: 100);
+        heap.Memory.FailNextCommit = true;
+        Assert.False(heap.TryAllocate(100_000, BlockKind.Movable, out _));
+        TestHeaps.AssertValid(heap);
+        BlockHandle h = heap.Allocate(100_000);
+        heap.Free(h);
+        Assert.True(heap.Memory.CommitFailures == 1);
+    }
+
+    [Fact]
+    public void ReleaseFreeMemoryDecommitsEmptiedPageblocks()
+    {
+        using NativeHeap heap = TestHeaps.Small();
+        var handles = Enumerable.Range(0, 200).Select(_ => heap.Allocate(40_000)).ToList();
+        long committed = heap.GetStatistics().CommittedBytes;
+        Assert.True(committed >= 200 * 40_000);
+        handles.ForEach(heap.Free);
+        long released = heap.ReleaseFreeMemory();
+        HeapStatistics stats = heap.GetStatistics();
+        Assert.Equal(committed, released);
+        Assert.Equal(0, stats.CommittedBytes);
+        Assert.Equal(released, stats.DecommittedBytes);
+        BlockHandle again = heap.Allocate(40_000); // recommits on demand
+        TestHeaps.Fill(heap, again);
+        Assert.Equal(0, TestHeaps.CountCorrupt(heap, again));
+        heap.Free(again);
+    }
+
+    [Fact]
+    public void PortableBackEndServesBlocksToo()
+    {
+        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 16L << 20, PageblockPages = 64, ForcePortableMemory = true });
+        BlockHandle h = heap.Allocate(123_456);
+        TestHeaps.Fill(heap, h);
+        Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+        heap.Free(h);
+        TestHeaps.AssertValid(heap);
+    }
+
+    [Fact]
+    public void HeapRunsWithoutPerThreadCaches()
+    {
+        using NativeHeap heap = TestHeaps.Small(caches: false);
+        var handles = Enumerable.Range(1, 500).Select(i => heap.Allocate(i)).ToList();
+        Assert.Equal(0, heap.GetStatistics().CachedSlots);
+        TestHeaps.AssertValid(heap);
+        handles.ForEach(heap.Free);
+        TestHeaps.AssertValid(heap);
+    }
+}

@@ -1,0 +1,41 @@
+using Compaction.Allocator;
+
+namespace Compaction.Tests;
+
+/// <summary>Small arenas for tests: 64 MiB reserved, pageblocks of 64 pages so that few bytes make many pageblocks.</summary>
+internal static class TestHeaps
+{
+    public static NativeHeap Small(int movablePercent = 50, bool caches = true, long arenaBytes = 64L << 20, int pageblockPages = 64)
+        => new(new HeapOptions
+        {
+            ArenaBytes = arenaBytes,
+            PageblockPages = pageblockPages,
+            MovableZonePercent = movablePercent,
+            PerThreadCaches = caches,
+        });
+
+    public static void AssertValid(NativeHeap heap)
+    {
+        List<string> problems = heap.Validate();
+        Assert.True(problems.Count == 0, "heap validator: " + string.Join("; ", problems.Take(10)));
+    }
+
+    /// <summary>The byte pattern written into a block: derived from its handle and the offset.</summary>
+    public static byte Pattern(BlockHandle h, int offset) => (byte)((h.Value * 0x9E3779B97F4A7C15UL >> 56) ^ (ulong)offset * 31);
+
+    public static void Fill(NativeHeap heap, BlockHandle h)
+    {
+        using PinScope pin = heap.Pin(h);
+        Span<byte> span = pin.Span;
+        for (int i = 0; i < span.Length; i++) span[i] = Pattern(h, i);
+    }
+
+    public static int CountCorrupt(NativeHeap heap, BlockHandle h)
+    {
+        using PinScope pin = heap.Pin(h);
+        Span<byte> span = pin.Span;
+        int bad = 0;
+        for (int i = 0; i < span.Length; i++) if (span[i] != Pattern(h, i)) bad++;
+        return bad;
+    }
+}
