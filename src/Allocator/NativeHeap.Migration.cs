@@ -118,6 +118,9 @@ public sealed unsafe partial class NativeHeap
         return MigrateEntry(HandleBits.Index(handle.Value));
     }
 
+    /// <summary>For tests: the block's current address (racy; stable only while the block is pinned).</summary>
+    internal nint CurrentAddress(BlockHandle handle) => Locate(handle)->Address;
+
     private long _migrationsSucceeded;
     private long _bytesMigrated;
 }

@@ -143,6 +143,7 @@ internal sealed unsafe class Zone
             int head = _freeHeads[o * MigrateTypes + (int)other];
             if (head < 0) continue;
             RemoveFreeBlockLocked(head, o, other);
+            _map.Page(head).Kind = PageKind.FreeTail; // off the lists: the claim below must not move it
             MigrateType listType = other;
             if (o >= _map.PageblockOrder)
             {
@@ -150,7 +151,7 @@ internal sealed unsafe class Zone
                     _map.SetMigrateType(pb, type);
                 listType = type;
             }
-            else if ((order >= _map.PageblockOrder / 2 || type == MigrateType.Unmovable) && TryClaimPageblockLocked(_map.PageblockOf(head), type))
+            else if ((order >= _map.PageblockOrder / 2 || type == MigrateType.Unmovable) && TryClaimPageblockLocked(_map.PageblockOf(head), type, head, o))
             {
                 listType = type;
             }
@@ -163,14 +164,16 @@ internal sealed unsafe class Zone
 
     /// <summary>
     /// Claims pageblock <paramref name="pb"/> for <paramref name="type"/> when free plus compatible pages make at least
-    /// half of it, moving its free blocks to the new type's lists (move_freepages_block).
+    /// half of it, moving its free blocks to the new type's lists (move_freepages_block). The block being stolen,
+    /// <paramref name="stolen"/> of <paramref name="stolenOrder"/>, is already off the lists and counts as compatible.
     /// </summary>
-    private bool TryClaimPageblockLocked(int pb, MigrateType type)
+    private bool TryClaimPageblockLocked(int pb, MigrateType type, int stolen, int stolenOrder)
     {
         int first = pb << _map.PageblockOrder, end = first + _map.PageblockPages;
         int free = 0, compatible = 0;
         for (int p = first; p < end;)
         {
+            if (p == stolen) { compatible += 1 << stolenOrder; p += 1 << stolenOrder; continue; }
             ref PageDescriptor d = ref _map.Page(p);
             if (d.Kind == PageKind.FreeHead) { free += 1 << d.Order; p += 1 << d.Order; continue; }
             if (d.Kind != PageKind.FreeTail && d.AllocType == type) compatible++;
@@ -181,6 +184,7 @@ internal sealed unsafe class Zone
         _map.SetMigrateType(pb, type);
         for (int p = first; p < end;)
         {
+            if (p == stolen) { p += 1 << stolenOrder; continue; }
             ref PageDescriptor d = ref _map.Page(p);
             if (d.Kind == PageKind.FreeHead)
             {

@@ -1,0 +1,156 @@
+using System.Diagnostics;
+using Compaction.Allocator;
+using Xunit.Abstractions;
+
+namespace Compaction.Tests;
+
+/// <summary>
+/// Mutator threads allocate, write, pin, verify and free while a relocating thread migrates their blocks.
+/// Every test prints its seed; set STRESS_SEED to replay one.
+/// </summary>
+public class StressTests(ITestOutputHelper output)
+{
+    private const int Mutators = 4;
+
+    [Fact]
+    public void MigrationsConcurrentWithMutatorsLoseNoByteAndNeverMoveAPinnedBlock()
+    {
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        output.WriteLine($"seed {seed}");
+        using NativeHeap heap = TestHeaps.Small(movablePercent: 75, arenaBytes: 128L << 20);
+        var published = new long[Mutators * 256];   // handles the relocator may move (racy, by design)
+        var stop = new CancellationTokenSource();
+        long corrupt = 0, pinnedMoves = 0, pins = 0, migrated = 0, pinnedRejects = 0;
+
+        var relocator = new Thread(() =>
+        {
+            var rng = new Random(seed ^ 0x5EED);
+            while (!stop.IsCancellationRequested)
+            {
+                var h = new BlockHandle((ulong)Volatile.Read(ref published[rng.Next(published.Length)]));
+                if (h.IsNull) continue;
+                switch (heap.Migrate(h))
+                {
+                    case MigrateResult.Success: migrated++; break;
+                    case MigrateResult.Pinned: pinnedRejects++; break;
+                }
+            }
+        });
+
+        var mutators = Enumerable.Range(0, Mutators).Select(t => new Thread(() =>
+        {
+            var rng = new Random(seed + t);
+            var mine = new List<BlockHandle>();
+            var sw = Stopwatch.StartNew();
+            for (int round = 0; sw.ElapsedMilliseconds < 3000 && round < 200_000; round++)
+            {
+                int op = rng.Next(10);
+                if (op < 4 || mine.Count < 16)
+                {
+                    long size = rng.Next(4) == 0 ? rng.Next(16 * 1024, 200_000) : rng.Next(1, 2048);
+                    BlockKind kind = rng.Next(5) == 0 ? BlockKind.Unmovable : BlockKind.Movable;
+                    if (!heap.TryAllocate(size, kind, out BlockHandle h)) continue;
+                    TestHeaps.Fill(heap, h);
+                    mine.Add(h);
+                    Volatile.Write(ref published[t * 256 + rng.Next(256)], (long)h.Value);
+                }
+                else if (op < 8)
+                {
+                    BlockHandle h = mine[rng.Next(mine.Count)];
+                    using PinScope pin = heap.Pin(h);
+                    Interlocked.Increment(ref pins);
+                    nint before = pin.Address;
+                    int bad = 0;
+                    Span<byte> span = pin.Span;
+                    for (int i = 0; i < span.Length; i += 1 + (i & 7)) if (span[i] != TestHeaps.Pattern(h, i)) bad++;
+                    span[0] = TestHeaps.Pattern(h, 0); // a write while pinned must survive later migrations
+                    Interlocked.Add(ref corrupt, bad);
+                    if (heap.CurrentAddress(h) != before) Interlocked.Increment(ref pinnedMoves);
+                }
+                else
+                {
+                    int i = rng.Next(mine.Count);
+                    BlockHandle h = mine[i];
+                    Interlocked.Add(ref corrupt, TestHeaps.CountCorrupt(heap, h));
+                    heap.Free(h);
+                    mine[i] = mine[^1];
+                    mine.RemoveAt(mine.Count - 1);
+                }
+            }
+            foreach (BlockHandle h in mine)
+            {
+                Interlocked.Add(ref corrupt, TestHeaps.CountCorrupt(heap, h));
+                heap.Free(h);
+            }
+        })).ToList();
+
+        relocator.Start();
+        try
+        {
+            mutators.ForEach(m => m.Start());
+            mutators.ForEach(m => m.Join());
+        }
+        finally
+        {
+            stop.Cancel();
+            relocator.Join(); // before the heap is disposed: Dispose must not race with other calls
+        }
+
+        output.WriteLine($"pins {pins}, migrated {migrated}, rejected as pinned {pinnedRejects}, corrupt bytes {corrupt}");
+        Assert.Equal(0, corrupt);
+        Assert.Equal(0, pinnedMoves);
+        Assert.True(migrated > 100, $"the relocator moved only {migrated} blocks");
+        Assert.Equal(0, heap.GetStatistics().LiveBytes);
+        TestHeaps.AssertValid(heap);
+        Assert.True(heap.AllPageblocksFree(), "every pageblock is free at the end");
+        TestHeaps.AssertValid(heap);
+    }
+
+    [Fact]
+    public void ABlockPinnedWhileRelocationsRunKeepsItsAddressAndEveryWrite()
+    {
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        output.WriteLine($"seed {seed}");
+        using NativeHeap heap = TestHeaps.Small();
+        var rng = new Random(seed);
+        var blocks = Enumerable.Range(0, 64).Select(_ => heap.Allocate(rng.Next(1, 512))).ToArray();
+        foreach (BlockHandle h in blocks) TestHeaps.Fill(heap, h);
+        var stop = new CancellationTokenSource();
+        long moved = 0;
+        var relocator = new Thread(() =>
+        {
+            var r = new Random(seed + 1);
+            while (!stop.IsCancellationRequested)
+                if (heap.Migrate(blocks[r.Next(blocks.Length)]) == MigrateResult.Success) moved++;
+        });
+        relocator.Start();
+        // The writer keeps incrementing a counter inside each block while pinned: a torn or lost write shows up as
+        // a counter that went backwards.
+        var counters = blocks.Select(h => TestHeaps.Pattern(h, 0)).ToArray();
+        var sw = Stopwatch.StartNew();
+        long iterations = 0;
+        try
+        {
+        while (sw.ElapsedMilliseconds < 1500 || moved < 50)
+        {
+            int i = rng.Next(blocks.Length);
+            using PinScope pin = heap.Pin(blocks[i]);
+            Assert.Equal(counters[i], pin.Span[0]);
+            counters[i]++;
+            pin.Span[0] = counters[i];
+            Assert.Equal(pin.Address, heap.CurrentAddress(blocks[i]));
+            iterations++;
+            if (sw.ElapsedMilliseconds > 20_000) break;
+        }
+        }
+        finally
+        {
+            stop.Cancel();
+            relocator.Join();
+        }
+        output.WriteLine($"iterations {iterations}, moved {moved}");
+        Assert.True(moved >= 50);
+        foreach (BlockHandle h in blocks) heap.Free(h);
+        TestHeaps.AssertValid(heap);
+    }
+}
