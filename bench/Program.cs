@@ -1,0 +1,79 @@
+using System.Diagnostics;
+using System.Reflection;
+using Compaction.Bench.Micro;
+using Compaction.Bench.Scenarios;
+
+namespace Compaction.Bench;
+
+/// <summary>
+/// Entry point: <c>dotnet run -c Release --project bench -- SCENARIO [options]</c>. The first argument names the
+/// scenario; add new ones to the switch in <see cref="Main"/> (and to <see cref="Usage"/>).
+/// </summary>
+public static class Program
+{
+    private const string ReexecMarker = "ALLOCATOR_BENCH_REEXEC";
+
+    private const string Usage = """
+        usage: dotnet run -c Release --project bench -- SCENARIO [options]
+          micro [--smoke] [--filter GLOB]... [--out FILE]
+                  BenchmarkDotNet micro benchmarks vs glibc, mimalloc, tcmalloc, jemalloc, ArrayPool;
+                  summary table -> bench/results/micro.md (--smoke: micro-smoke.md, --filter: micro-filtered.md)
+          demo [--seed N] [--arena-mib N] [--fill-percent P]
+                  fill a heap with a seeded mix of movable and unmovable blocks, free half, verify, print statistics
+          peers   which peer allocators load in this process
+        peers are installed by scripts/install-peers.sh (a missing one is skipped, never fatal)
+        """;
+
+    public static int Main(string[] args)
+    {
+        string scenario = args.Length > 0 ? args[0] : "help";
+        string[] rest = args.Length > 0 ? args[1..] : [];
+        switch (scenario)
+        {
+            case "micro":
+                return ReexecWithJemallocTunable(args) ?? MicroSuite.Run(rest);
+            case "demo":
+                return DemoScenario.Run(rest);
+            case "peers":
+                return ReexecWithJemallocTunable(args) ?? (Peers.PrintReport() == 0 ? 0 : 1);
+            case "help" or "-h" or "--help":
+                Console.WriteLine(Usage);
+                return 0;
+            default:
+                Console.Error.WriteLine($"unknown scenario '{scenario}'");
+                Console.Error.WriteLine(Usage);
+                return 2;
+        }
+    }
+
+    /// <summary>
+    /// jemalloc only loads into a process that started with GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096.
+    /// The benchmark job sets it for its child processes; this gives it to the host too (which decides which peers
+    /// to run, and runs them itself in --smoke's in-process mode) by starting this program again once with it set.
+    /// Returns the child's exit code, or null to go on in this process (already set, or the restart failed).
+    /// </summary>
+    private static int? ReexecWithJemallocTunable(string[] args)
+    {
+        if (Peers.HasJemallocTunable || Environment.GetEnvironmentVariable(ReexecMarker) != null || !OperatingSystem.IsLinux()) return null;
+        string? process = Environment.ProcessPath;
+        string? assembly = Assembly.GetEntryAssembly()?.Location;
+        if (process == null || string.IsNullOrEmpty(assembly)) return null;
+        var psi = new ProcessStartInfo(process) { UseShellExecute = false };
+        // Under `dotnet app.dll` the host is dotnet itself; under the apphost (dotnet run) it is the program.
+        if (Path.GetFileNameWithoutExtension(process) == "dotnet") psi.ArgumentList.Add(assembly);
+        foreach (string a in args) psi.ArgumentList.Add(a);
+        psi.Environment[Peers.TunablesVariable] = Peers.TunablesWithJemalloc();
+        psi.Environment[ReexecMarker] = "1";
+        try
+        {
+            using Process child = Process.Start(psi)!;
+            child.WaitForExit();
+            return child.ExitCode;
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"// could not restart with {Peers.TunablesVariable} set ({e.Message}); jemalloc will be skipped");
+            return null;
+        }
+    }
+}

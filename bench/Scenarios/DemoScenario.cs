@@ -1,0 +1,315 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Globalization;
+using Compaction.Allocator;
+
+namespace Compaction.Bench.Scenarios;
+
+/// <summary>
+/// The <c>demo</c> scenario: fragment a heap the way a long-running service does and show what is left.
+/// Phases (each a method, run in order by <see cref="Run"/>, each timed):
+/// <list type="number">
+/// <item><see cref="Fill"/>: a seeded mix of movable and unmovable blocks, 16 B-256 KiB (log-uniform), until the
+/// live bytes reach <see cref="DemoOptions.FillPercent"/> of the arena.</item>
+/// <item><see cref="WritePattern"/>: every block gets its id and a per-block byte.</item>
+/// <item><see cref="FreeRandomHalf"/>: a seeded random half of the blocks is freed.</item>
+/// <item><see cref="VerifySurvivors"/>: every survivor still holds its pattern (and its size).</item>
+/// <item><see cref="PrintStatistics"/>: the heap's statistics, buddy and page-type info, committed vs live.</item>
+/// <item><see cref="ProbePageblockAllocations"/>: how many pageblock-sized (2 MiB) blocks can still be allocated.</item>
+/// </list>
+/// The compactor slots in after <see cref="VerifySurvivors"/>: compact, verify again, print statistics and probe
+/// again (see the marked place in <see cref="Run"/>).
+/// </summary>
+public static class DemoScenario
+{
+    public static int Run(string[] args)
+    {
+        if (!DemoOptions.TryParse(args, out DemoOptions? options, out string? error))
+        {
+            Console.Error.WriteLine($"demo: {error}");
+            Console.Error.WriteLine(DemoOptions.Usage);
+            return 2;
+        }
+        Console.WriteLine($"demo: seed {options.Seed} (repeat with --seed {options.Seed}); arena {options.ArenaBytes >> 20} MiB; " +
+                          $"fill to {options.FillPercent}% live; blocks {options.MinSize} B-{options.MaxSize >> 10} KiB, {options.UnmovablePercent}% unmovable");
+        var total = Stopwatch.StartNew();
+        using var run = new DemoRun(options);
+
+        Phase("fill", () => Fill(run));
+        Phase("write pattern", () => WritePattern(run));
+        Phase("free random half", () => FreeRandomHalf(run));
+        long corrupt = Phase("verify survivors", () => VerifySurvivors(run));
+        Phase("statistics", () => PrintStatistics(run, "after freeing half"));
+        Phase("probe pageblock allocations", () => ProbePageblockAllocations(run));
+
+        // --- compaction goes here: Compact(run); corrupt += VerifySurvivors(run);
+        //     PrintStatistics(run, "after compaction"); ProbePageblockAllocations(run);
+
+        Phase("free all", () => FreeAll(run));
+        Console.WriteLine($"demo: {(corrupt == 0 ? "OK" : $"FAILED: {corrupt} corrupt block(s)")} in {total.Elapsed.TotalSeconds:F2} s (seed {options.Seed})");
+        return corrupt == 0 ? 0 : 1;
+    }
+
+    // ------------------------------------------------------------------ phases
+
+    /// <summary>Allocates blocks until the live bytes reach the target, or until allocations keep failing.</summary>
+    public static void Fill(DemoRun run)
+    {
+        DemoOptions o = run.Options;
+        long target = o.ArenaBytes * o.FillPercent / 100;
+        double logMin = Math.Log(o.MinSize), logMax = Math.Log(o.MaxSize);
+        long live = 0;
+        int failedMovable = 0, failedUnmovable = 0, failuresInARow = 0;
+        while (live < target && failuresInARow < 64)
+        {
+            int size = (int)Math.Min(o.MaxSize, Math.Exp(logMin + run.Rng.NextDouble() * (logMax - logMin)));
+            BlockKind kind = run.Rng.Next(100) < o.UnmovablePercent ? BlockKind.Unmovable : BlockKind.Movable;
+            if (run.Heap.TryAllocate(size, kind, out BlockHandle h))
+            {
+                run.Blocks.Add(new DemoBlock(h, kind, size, run.NextId++));
+                live += size;
+                failuresInARow = 0;
+            }
+            else
+            {
+                if (kind == BlockKind.Movable) failedMovable++; else failedUnmovable++;
+                failuresInARow++;
+            }
+        }
+        int unmovable = run.Blocks.Count(b => b.Kind == BlockKind.Unmovable);
+        Console.WriteLine($"  {run.Blocks.Count:N0} blocks ({run.Blocks.Count - unmovable:N0} movable, {unmovable:N0} unmovable), " +
+                          $"{live:N0} B live = {100.0 * live / o.ArenaBytes:F1}% of the arena; failed allocations: {failedMovable} movable, {failedUnmovable} unmovable");
+    }
+
+    /// <summary>Writes each block's pattern: movable blocks through a pin, unmovable ones through their stable pointer.</summary>
+    public static void WritePattern(DemoRun run)
+    {
+        long bytes = 0;
+        foreach (DemoBlock b in run.Blocks)
+        {
+            WithBytes(run.Heap, b, span => DemoBlock.Write(span, b.Id));
+            bytes += b.Size;
+        }
+        Console.WriteLine($"  wrote {bytes:N0} B");
+    }
+
+    /// <summary>Frees a seeded random half of the blocks; the rest stay in <see cref="DemoRun.Blocks"/>.</summary>
+    public static void FreeRandomHalf(DemoRun run)
+    {
+        List<DemoBlock> blocks = run.Blocks;
+        for (int i = blocks.Count - 1; i > 0; i--)
+        {
+            int j = run.Rng.Next(i + 1);
+            (blocks[i], blocks[j]) = (blocks[j], blocks[i]);
+        }
+        int half = blocks.Count / 2;
+        long bytes = 0;
+        for (int i = 0; i < half; i++)
+        {
+            run.Heap.Free(blocks[i].Handle);
+            bytes += blocks[i].Size;
+        }
+        blocks.RemoveRange(0, half);
+        Console.WriteLine($"  freed {half:N0} blocks, {bytes:N0} B; {blocks.Count:N0} survive");
+    }
+
+    /// <summary>Checks every survivor's size and pattern. Returns the number of corrupt blocks (and prints the first few).</summary>
+    public static long VerifySurvivors(DemoRun run)
+    {
+        long corrupt = 0;
+        foreach (DemoBlock b in run.Blocks)
+        {
+            long size = run.Heap.GetSize(b.Handle);
+            bool ok = size == b.Size;
+            if (ok) WithBytes(run.Heap, b, span => ok = DemoBlock.Check(span, b.Id));
+            if (ok) continue;
+            if (++corrupt <= 5) Console.WriteLine($"  CORRUPT block {b.Id} ({b.Kind}, {b.Size} B, heap says {size} B)");
+        }
+        Console.WriteLine($"  {run.Blocks.Count:N0} survivors checked, {corrupt} corrupt");
+        return corrupt;
+    }
+
+    /// <summary>Prints the statistics snapshot, buddy and page-type info, and committed vs live bytes.</summary>
+    public static void PrintStatistics(DemoRun run, string when)
+    {
+        HeapStatistics s = run.Heap.GetStatistics();
+        Console.WriteLine($"---- heap statistics ({when}) ----");
+        Console.Write(s.ToString());
+        Console.WriteLine("---- buddyinfo (free blocks per order) ----");
+        Console.Write(s.BuddyInfo());
+        Console.WriteLine("---- pagetypeinfo ----");
+        Console.Write(s.PageTypeInfo());
+        long freePages = s.Zones.Sum(z => z.FreePages);
+        Console.WriteLine($"committed {Mib(s.CommittedBytes)} vs live {Mib(s.LiveBytes)}: committed/live = " +
+                          $"{(s.LiveBytes > 0 ? (double)s.CommittedBytes / s.LiveBytes : 0):F2}; free pages {freePages:N0} ({Mib(freePages * s.PageSize)})");
+        if (ProcessMemory() is string rss) Console.WriteLine($"process: {rss}");
+    }
+
+    /// <summary>
+    /// Allocates pageblock-sized blocks (2 MiB by default), movable then unmovable, until one fails; reports how many
+    /// succeeded against how many the free pages could hold if they were contiguous; frees them again.
+    /// </summary>
+    public static (int Movable, int Unmovable) ProbePageblockAllocations(DemoRun run)
+    {
+        HeapStatistics before = run.Heap.GetStatistics();
+        long pageblockBytes = (long)before.PageSize * before.PageblockPages;
+        long ideal = before.Zones.Sum(z => z.FreePages) / before.PageblockPages;
+        int movable = ProbeKind(run.Heap, pageblockBytes, BlockKind.Movable);
+        int unmovable = ProbeKind(run.Heap, pageblockBytes, BlockKind.Unmovable);
+        Console.WriteLine($"  pageblock-sized ({pageblockBytes >> 20} MiB) allocations that succeed: {movable} movable, {unmovable} unmovable " +
+                          $"(each probed alone); the free pages would hold {ideal} if contiguous");
+        return (movable, unmovable);
+    }
+
+    /// <summary>Frees every survivor (the heap is then empty again).</summary>
+    public static void FreeAll(DemoRun run)
+    {
+        foreach (DemoBlock b in run.Blocks) run.Heap.Free(b.Handle);
+        run.Blocks.Clear();
+        HeapStatistics s = run.Heap.GetStatistics();
+        Console.WriteLine($"  live {s.LiveBytes:N0} B in {s.LiveBlocks} blocks; committed {Mib(s.CommittedBytes)}");
+    }
+
+    // ------------------------------------------------------------------ helpers
+
+    private static int ProbeKind(NativeHeap heap, long size, BlockKind kind)
+    {
+        var got = new List<BlockHandle>();
+        while (heap.TryAllocate(size, kind, out BlockHandle h)) got.Add(h);
+        foreach (BlockHandle h in got) heap.Free(h);
+        return got.Count;
+    }
+
+    private delegate void SpanAction(Span<byte> span);
+
+    /// <summary>Runs <paramref name="action"/> on the block's bytes: pinned when movable, by stable pointer when not.</summary>
+    private static unsafe void WithBytes(NativeHeap heap, DemoBlock b, SpanAction action)
+    {
+        if (b.Kind == BlockKind.Movable)
+        {
+            using PinScope pin = heap.Pin(b.Handle);
+            action(pin.Span);
+        }
+        else
+        {
+            action(new Span<byte>((void*)heap.GetStablePointer(b.Handle), b.Size));
+        }
+    }
+
+    private static void Phase(string name, Action phase) => Phase(name, () => { phase(); return 0; });
+
+    private static T Phase<T>(string name, Func<T> phase)
+    {
+        Console.WriteLine($"[{name}]");
+        var sw = Stopwatch.StartNew();
+        T result = phase();
+        Console.WriteLine($"[{name}] {sw.Elapsed.TotalMilliseconds:F1} ms");
+        return result;
+    }
+
+    /// <summary>VmRSS and the anonymous huge pages of this process (Linux), or null.</summary>
+    private static string? ProcessMemory()
+    {
+        try
+        {
+            if (!File.Exists("/proc/self/smaps_rollup")) return null;
+            var wanted = new[] { "Rss:", "AnonHugePages:" };
+            IEnumerable<string> lines = File.ReadLines("/proc/self/smaps_rollup").Where(l => wanted.Any(l.StartsWith));
+            return string.Join(", ", lines.Select(l => string.Join(' ', l.Split(' ', StringSplitOptions.RemoveEmptyEntries))));
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    private static string Mib(long bytes) => $"{bytes / (1024.0 * 1024):F1} MiB";
+}
+
+/// <summary>Settings of the demo; <c>--seed</c>, <c>--arena-mib</c>, <c>--fill-percent</c>, <c>--unmovable-percent</c>.</summary>
+public sealed class DemoOptions
+{
+    public const string Usage = "usage: demo [--seed N] [--arena-mib N (default 256)] [--fill-percent P (default 80)] [--unmovable-percent P (default 20)]";
+
+    /// <summary>Seed of every random choice; random (and printed) unless given.</summary>
+    public int Seed { get; set; } = Random.Shared.Next();
+    public long ArenaBytes { get; set; } = 256L << 20;
+    public int FillPercent { get; set; } = 80;
+    public int UnmovablePercent { get; set; } = 20;
+    public int MinSize { get; set; } = 16;
+    public int MaxSize { get; set; } = 256 * 1024;
+
+    public static bool TryParse(string[] args, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out DemoOptions? options, out string? error)
+    {
+        options = new DemoOptions();
+        error = null;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string a = args[i];
+            if (i + 1 >= args.Length || !long.TryParse(args[i + 1], NumberStyles.Integer, CultureInfo.InvariantCulture, out long v))
+            {
+                error = $"'{a}' needs a number";
+                options = null;
+                return false;
+            }
+            i++;
+            switch (a)
+            {
+                case "--seed" when v is >= int.MinValue and <= int.MaxValue: options.Seed = (int)v; break;
+                case "--arena-mib" when v is >= 8 and <= 1 << 20: options.ArenaBytes = v << 20; break;
+                case "--fill-percent" when v is >= 1 and <= 100: options.FillPercent = (int)v; break;
+                case "--unmovable-percent" when v is >= 0 and <= 100: options.UnmovablePercent = (int)v; break;
+                default:
+                    error = $"unknown option or value out of range: {a} {v}";
+                    options = null;
+                    return false;
+            }
+        }
+        return true;
+    }
+}
+
+/// <summary>One block of the demo: its handle, kind, requested size and the id written into it.</summary>
+public readonly record struct DemoBlock(BlockHandle Handle, BlockKind Kind, int Size, long Id)
+{
+    /// <summary>The byte that fills the block after its id.</summary>
+    public static byte Fill(long id) => (byte)((ulong)id * 0x9E3779B97F4A7C15UL >> 56);
+
+    /// <summary>The id (little-endian, as much of it as fits), then <see cref="Fill"/>.</summary>
+    public static void Write(Span<byte> span, long id)
+    {
+        Span<byte> header = stackalloc byte[8];
+        BinaryPrimitives.WriteInt64LittleEndian(header, id);
+        int n = Math.Min(8, span.Length);
+        header[..n].CopyTo(span);
+        span[n..].Fill(Fill(id));
+    }
+
+    public static bool Check(ReadOnlySpan<byte> span, long id)
+    {
+        Span<byte> header = stackalloc byte[8];
+        BinaryPrimitives.WriteInt64LittleEndian(header, id);
+        int n = Math.Min(8, span.Length);
+        return span[..n].SequenceEqual(header[..n]) && !span[n..].ContainsAnyExcept(Fill(id));
+    }
+}
+
+/// <summary>The state the phases share: the heap, the seeded random source and the live blocks.</summary>
+public sealed class DemoRun : IDisposable
+{
+    public DemoRun(DemoOptions options)
+    {
+        Options = options;
+        Rng = new Random(options.Seed);
+        Heap = new NativeHeap(new HeapOptions { ArenaBytes = options.ArenaBytes });
+    }
+
+    public DemoOptions Options { get; }
+    public Random Rng { get; }
+    public NativeHeap Heap { get; }
+    /// <summary>The live blocks (after <see cref="DemoScenario.FreeRandomHalf"/>: the survivors).</summary>
+    public List<DemoBlock> Blocks { get; } = [];
+    public long NextId { get; set; }
+
+    public void Dispose() => Heap.Dispose();
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs the peer allocators the micro benchmarks compare against (Debian packages):
+#   libjemalloc2 (libjemalloc.so.2), libmimalloc2.0 (libmimalloc.so.2), libtcmalloc-minimal4 (libtcmalloc_minimal.so.4).
+# Idempotent: does nothing (and touches no network) when all three are installed.
+# Without root or sudo, or without apt-get, it prints which peers the benchmarks will skip and exits 0:
+# a missing peer never fails the benchmarks, it is only left out of the table.
+set -u
+
+PACKAGES=(libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-peers: all peers present (${PACKAGES[*]})."
+    exit 0
+fi
+
+echo "install-peers: missing: ${missing[*]}"
+
+skip() {
+    echo "install-peers: $1"
+    echo "install-peers: the benchmarks will SKIP these peers: ${missing[*]}"
+    echo "install-peers: to install them: apt-get update && apt-get install -y ${missing[*]}"
+    exit 0
+}
+
+command -v apt-get >/dev/null 2>&1 || skip "apt-get not found (not a Debian-like system)."
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    SUDO=(sudo -n)
+else
+    skip "not root and no password-less sudo."
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+if ! "${SUDO[@]}" apt-get update -qq; then
+    skip "apt-get update failed."
+fi
+if ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+    skip "apt-get install failed."
+fi
+echo "install-peers: installed ${missing[*]}."
