@@ -17,7 +17,7 @@ public class StressTests(ITestOutputHelper output)
     {
         int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
         output.WriteLine($"seed {seed}");
-        using NativeHeap heap = TestHeaps.Small(movablePercent: 75, arenaBytes: 128L << 20);
+        using NativeHeap heap = TestHeaps.Small(movablePercent: 75, arenaBytes: 128L << 20);   // direct compaction on, too
         var published = new long[Mutators * 256];   // handles the relocator may move (racy, by design)
         var stop = new CancellationTokenSource();
         long corrupt = 0, pinnedMoves = 0, pins = 0, migrated = 0, pinnedRejects = 0;
@@ -104,6 +104,93 @@ public class StressTests(ITestOutputHelper output)
         TestHeaps.AssertValid(heap);
         Assert.True(heap.AllPageblocksFree(), "every pageblock is free at the end");
         TestHeaps.AssertValid(heap);
+    }
+
+    /// <summary>The background compactor at full aggressiveness (no budget, 1 ms interval, proactiveness 100,
+    /// immediate decommit) plus a thread running explicit full compactions, while 4 mutators pin, write and verify.</summary>
+    [Fact]
+    public void BackgroundCompactionConcurrentWithMutatorsLosesNoByteAndNeverMovesAPinnedBlock()
+    {
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        output.WriteLine($"seed {seed}");
+        using var heap = new NativeHeap(new HeapOptions
+        {
+            ArenaBytes = 64L << 20, PageblockPages = 64, MovableZonePercent = 75,
+            CompactionInterval = TimeSpan.FromMilliseconds(1), Proactiveness = 100,
+            CompactionBudgetBytes = 0, CompactionBudgetTime = TimeSpan.Zero, DecommitDelay = TimeSpan.Zero,
+        });
+        long corrupt = 0, pinnedMoves = 0, pins = 0, fullRuns = 0;
+        heap.StartBackgroundCompaction();
+        var stop = new CancellationTokenSource();
+        var explicitCompactor = new Thread(() =>
+        {
+            while (!stop.IsCancellationRequested) { heap.Compact(); fullRuns++; Thread.Sleep(5); }
+        });
+        explicitCompactor.Start();
+        try
+        {
+            var mutators = Enumerable.Range(0, Mutators).Select(t => new Thread(() =>
+            {
+                var rng = new Random(seed + t);
+                var mine = new List<BlockHandle>();
+                var sw = Stopwatch.StartNew();
+                while (sw.ElapsedMilliseconds < 3000)
+                {
+                    int op = rng.Next(10);
+                    if (op < 4 || mine.Count < 16)
+                    {
+                        long size = rng.Next(4) == 0 ? rng.Next(16 * 1024, 120_000) : rng.Next(1, 2048);
+                        BlockKind kind = rng.Next(6) == 0 ? BlockKind.Unmovable : BlockKind.Movable;
+                        if (!heap.TryAllocate(size, kind, out BlockHandle h)) continue;
+                        TestHeaps.Fill(heap, h);
+                        mine.Add(h);
+                    }
+                    else if (op < 8)
+                    {
+                        BlockHandle h = mine[rng.Next(mine.Count)];
+                        using PinScope pin = heap.Pin(h);
+                        Interlocked.Increment(ref pins);
+                        Span<byte> span = pin.Span;
+                        int bad = 0;
+                        for (int i = 0; i < span.Length; i += 1 + (i & 7)) if (span[i] != TestHeaps.Pattern(h, i)) bad++;
+                        Interlocked.Add(ref corrupt, bad);
+                        span[0] = TestHeaps.Pattern(h, 0);
+                        Thread.SpinWait(rng.Next(50));
+                        if (heap.CurrentAddress(h) != pin.Address) Interlocked.Increment(ref pinnedMoves);
+                    }
+                    else
+                    {
+                        int i = rng.Next(mine.Count);
+                        Interlocked.Add(ref corrupt, TestHeaps.CountCorrupt(heap, mine[i]));
+                        heap.Free(mine[i]);
+                        mine[i] = mine[^1];
+                        mine.RemoveAt(mine.Count - 1);
+                    }
+                }
+                foreach (BlockHandle h in mine)
+                {
+                    Interlocked.Add(ref corrupt, TestHeaps.CountCorrupt(heap, h));
+                    heap.Free(h);
+                }
+            })).ToList();
+            mutators.ForEach(m => m.Start());
+            mutators.ForEach(m => m.Join());
+        }
+        finally
+        {
+            stop.Cancel();
+            explicitCompactor.Join();
+            heap.StopBackgroundCompaction();
+        }
+        CompactionStatistics c = heap.GetStatistics().Compaction;
+        output.WriteLine($"pins {pins}, full runs {fullRuns}, corrupt bytes {corrupt}; {c}");
+        Assert.Equal(0, corrupt);
+        Assert.Equal(0, pinnedMoves);
+        Assert.True(c.CompactDaemonWake > 10 && c.PgmigrateSuccess > 0, "the compactors ran and moved pages");
+        HeapStatistics end = heap.GetStatistics();
+        Assert.True(end.LiveBytes == 0 && end.LiveBlocks == 0, $"live {end.LiveBytes} B in {end.LiveBlocks} blocks; validator: {string.Join("; ", heap.Validate().Take(5))}");
+        TestHeaps.AssertValid(heap);
+        Assert.True(heap.AllPageblocksFree(), "every pageblock is free at the end");
     }
 
     [Fact]

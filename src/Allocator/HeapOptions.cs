@@ -17,7 +17,8 @@ public sealed class HeapOptions
     public int PageblockPages { get; set; } = 512;
 
     /// <summary>Share of the arena, in percent, given to the movable zone (like the kernel's movablecore).
-    /// The rest is the normal zone, which holds unmovable blocks. From 0 to 100; default 75.</summary>
+    /// The rest is the normal zone, which holds unmovable blocks: at 100 there is no normal zone and every unmovable
+    /// allocation fails with OutOfMemoryException. From 0 to 100; default 75.</summary>
     public int MovableZonePercent { get; set; } = 75;
 
     /// <summary>Blocks up to this many bytes live in size-class slabs; larger ones take page runs.
@@ -33,6 +34,39 @@ public sealed class HeapOptions
     /// <summary>Keep per-thread caches of free slots and handles. Default true.</summary>
     public bool PerThreadCaches { get; set; } = true;
 
+    /// <summary>Compact a movable run's zone directly when a run cannot be allocated, before giving up
+    /// (the kernel's direct compaction). Default true.</summary>
+    public bool DirectCompaction { get; set; } = true;
+
+    /// <summary>Start the background compactor when the heap is created. Default false
+    /// (see <see cref="NativeHeap.StartBackgroundCompaction"/>).</summary>
+    public bool BackgroundCompaction { get; set; }
+
+    /// <summary>How often the background compactor wakes. From 1 ms to 1 hour; default 500 ms (kcompactd's HZ/2).</summary>
+    public TimeSpan CompactionInterval { get; set; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>Proactiveness of background compaction, 0 to 100 (the kernel's compaction_proactiveness): the pass
+    /// starts when the fragmentation score exceeds the high watermark and stops at the low one,
+    /// low = 100 - proactiveness. 0 turns proactive compaction off. Default 20 (watermarks 80 and 90).</summary>
+    public int Proactiveness { get; set; } = 20;
+
+    /// <summary>Bytes a background pass may move before it stops (its position is kept for the next wake).
+    /// 0 means no limit. Default 8 MiB.</summary>
+    public long CompactionBudgetBytes { get; set; } = 8L << 20;
+
+    /// <summary>Time a background pass may take before it stops. <see cref="TimeSpan.Zero"/> means no limit.
+    /// Default 2 ms.</summary>
+    public TimeSpan CompactionBudgetTime { get; set; } = TimeSpan.FromMilliseconds(2);
+
+    /// <summary>How long a pageblock must stay wholly free before the background compactor decommits it
+    /// (hysteresis, like jemalloc's decay). Zero decommits at the next wake. Default 10 s.</summary>
+    public TimeSpan DecommitDelay { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Leave per-thread caches on while compaction migrates blocks. Default false: caches are disabled and
+    /// drained for the length of a compaction run, because slots they hold make slab migration fail (seed 001).
+    /// Benchmarks turn this on to show the difference.</summary>
+    public bool ThreadCachesDuringMigration { get; set; }
+
     internal HeapOptions Clone() => (HeapOptions)MemberwiseClone();
 
     internal void Validate()
@@ -46,10 +80,19 @@ public sealed class HeapOptions
         if (SlabThreshold < 1024 || SlabThreshold > 32 * 1024)
             throw new ArgumentException($"SlabThreshold must be from 1024 to 32768; it was {SlabThreshold}.", nameof(SlabThreshold));
         long maxOrderBytes = 2L * PageSize * PageblockPages;
-        if (ArenaBytes < maxOrderBytes || ArenaBytes > (1L << 46))
-            throw new ArgumentException($"ArenaBytes must be from {maxOrderBytes} (two pageblocks) to 2^46; it was {ArenaBytes}.", nameof(ArenaBytes));
-        if ((long)PageSize * PageblockPages > 64L << 20)
-            throw new ArgumentException("A pageblock (PageSize * PageblockPages) may be at most 64 MiB.", nameof(PageblockPages));
+        long maxArena = Math.Min(1L << 46, ((long)int.MaxValue + 1) / (2 * PageblockPages) * maxOrderBytes); // page indices are ints
+        if (ArenaBytes < maxOrderBytes || ArenaBytes > maxArena)
+            throw new ArgumentException($"ArenaBytes must be from {maxOrderBytes} (two pageblocks) to {maxArena} for this page size; it was {ArenaBytes}.", nameof(ArenaBytes));
+        if (Proactiveness < 0 || Proactiveness > 100)
+            throw new ArgumentException($"Proactiveness must be from 0 to 100; it was {Proactiveness}.", nameof(Proactiveness));
+        if (CompactionInterval < TimeSpan.FromMilliseconds(1) || CompactionInterval > TimeSpan.FromHours(1))
+            throw new ArgumentException($"CompactionInterval must be from 1 ms to 1 hour; it was {CompactionInterval}.", nameof(CompactionInterval));
+        if (CompactionBudgetBytes < 0)
+            throw new ArgumentException($"CompactionBudgetBytes must not be negative; it was {CompactionBudgetBytes}.", nameof(CompactionBudgetBytes));
+        if (CompactionBudgetTime < TimeSpan.Zero)
+            throw new ArgumentException($"CompactionBudgetTime must not be negative; it was {CompactionBudgetTime}.", nameof(CompactionBudgetTime));
+        if (DecommitDelay < TimeSpan.Zero)
+            throw new ArgumentException($"DecommitDelay must not be negative; it was {DecommitDelay}.", nameof(DecommitDelay));
     }
 
     private static bool IsPowerOfTwo(int v) => v > 0 && (v & (v - 1)) == 0;

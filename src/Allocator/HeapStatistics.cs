@@ -31,6 +31,10 @@ public sealed class HeapStatistics
     public long BytesMigrated { get; internal init; }
     /// <summary>Slots held in per-thread caches.</summary>
     public long CachedSlots { get; internal init; }
+    /// <summary>Compaction counters since the heap was created, by the kernel's names.</summary>
+    public CompactionStatistics Compaction { get; internal init; } = new();
+    /// <summary>The background compactor's score: extfrag at pageblock order of the movable zone, in percent.</summary>
+    public int FragmentationScore { get; internal init; }
     /// <summary>The normal zone, then the movable zone (a zone of zero pages is left out).</summary>
     public IReadOnlyList<ZoneStatistics> Zones { get; internal init; } = [];
     /// <summary>Slab occupancy per size class and block kind (classes with no slab are left out).</summary>
@@ -74,6 +78,7 @@ public sealed class HeapStatistics
         var sb = new StringBuilder();
         sb.AppendLine($"live {LiveBytes:N0} B in {LiveBlocks:N0} blocks; committed {CommittedBytes:N0} B of {ReservedBytes:N0} B reserved; decommitted {DecommittedBytes:N0} B; metadata {MetadataBytes:N0} B");
         sb.Append(BuddyInfo());
+        sb.AppendLine($"fragmentation score {FragmentationScore}%");
         foreach (SlabClassStatistics c in SlabClasses)
             sb.AppendLine($"  slab {c.Kind,-9} {c.SlotSize,6} B: {c.Slabs,5} slabs x {c.SlotsPerSlab,4} slots ({c.PagesPerSlab} pages), {c.UsedSlots,8} used ({c.Occupancy:P0})");
         return sb.ToString();
@@ -108,6 +113,31 @@ public sealed class ZoneStatistics
     public long FreeBlocks(int order, MigrateType type) => _free[order * 2 + (int)type];
     /// <summary>Pageblocks of the zone whose migrate type is <paramref name="type"/>.</summary>
     public int Pageblocks(MigrateType type) => _pageblocks[(int)type];
+
+    /// <summary>Free blocks per order, summed over migrate types.</summary>
+    public long[] FreeBlocksPerOrder()
+    {
+        var free = new long[Orders];
+        for (int o = 0; o < Orders; o++) free[o] = _free[o * 2] + _free[o * 2 + 1];
+        return free;
+    }
+
+    /// <summary>The kernel's fragmentation index for a request of <paramref name="order"/> (thousandths; -1000 when
+    /// a suitable block is free).</summary>
+    public int FragmentationIndex(int order) => Allocator.Fragmentation.FragmentationIndex(FreeBlocksPerOrder(), order);
+    /// <summary>The kernel's unusable free space index for <paramref name="order"/> (thousandths).</summary>
+    public int UnusableFreeIndex(int order) => Allocator.Fragmentation.UnusableFreeIndex(FreeBlocksPerOrder(), order);
+    /// <summary>The kernel's extfrag score for <paramref name="order"/> (percent).</summary>
+    public int ExtfragScore(int order) => Allocator.Fragmentation.ExtfragForOrder(FreeBlocksPerOrder(), order);
+
+    /// <summary>One line per index, one column per order, like /sys/kernel/debug/extfrag/*.</summary>
+    public string FragmentationTable()
+    {
+        var sb = new StringBuilder();
+        sb.Append($"Zone {Name,-8} unusable    "); for (int o = 0; o < Orders; o++) sb.Append($" {UnusableFreeIndex(o) / 1000.0,6:0.000}"); sb.AppendLine();
+        sb.Append($"Zone {Name,-8} extfrag_index"); for (int o = 0; o < Orders; o++) sb.Append($" {FragmentationIndex(o) / 1000.0,6:0.000}"); sb.AppendLine();
+        return sb.ToString();
+    }
 }
 
 /// <summary>One size class of one block kind in a <see cref="HeapStatistics"/> snapshot.</summary>

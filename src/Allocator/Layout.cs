@@ -89,6 +89,7 @@ internal static class EntryState
     public const long Allocated = 1L << 17;
     public const long Movable = 1L << 18;
     public const long Run = 1L << 19;             // backed by a page run (else a slab slot)
+    public const long HasOwner = 1L << 20;        // a movable owner registered callbacks for the block
     public const int GenerationShift = 32;        // bits 32-63: generation, bumped on every free
 
     public static uint Generation(long state) => (uint)((ulong)state >> GenerationShift);

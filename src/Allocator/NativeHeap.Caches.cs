@@ -46,10 +46,12 @@ public sealed unsafe partial class NativeHeap
     /// a dead thread never touches its cache again, so no drain protocol is needed.</summary>
     private void PruneDeadCachesLocked()
     {
-        if (Array.TrueForAll(_caches, c => c.Owner.IsAlive)) return;
-        foreach (ThreadCache c in _caches)
-            if (!c.Owner.IsAlive) FlushCache(c);
-        _caches = Array.FindAll(_caches, c => c.Owner.IsAlive);
+        // One reading of IsAlive per cache: a thread that dies while we prune is either flushed and dropped here, or
+        // kept for the next prune, never dropped unflushed (which would lose its slots and its live-byte count).
+        ThreadCache[] dead = Array.FindAll(_caches, c => !c.Owner.IsAlive);
+        if (dead.Length == 0) return;
+        foreach (ThreadCache c in dead) FlushCache(c, ownerDead: true);
+        _caches = Array.FindAll(_caches, c => Array.IndexOf(dead, c) < 0);
     }
 
     /// <summary>
@@ -206,14 +208,15 @@ public sealed unsafe partial class NativeHeap
             {
                 SpinWait spin = default;
                 while (Volatile.Read(ref tc.InUse) != 0) spin.SpinOnce();
-                FlushCache(tc);
+                FlushCache(tc, ownerDead: false);
             }
             PruneDeadCachesLocked();
         }
     }
 
-    /// <summary>Returns everything a cache holds. The owner must be out of it (drain protocol) or dead.</summary>
-    private void FlushCache(ThreadCache tc)
+    /// <summary>Returns everything a cache holds. The owner must be out of it (drain protocol) or dead; a dead
+    /// owner's live counts move to the heap's direct counters, since the cache is about to be dropped.</summary>
+    private void FlushCache(ThreadCache tc, bool ownerDead)
     {
         for (int si = 0; si < tc.Slots.Length; si++)
         {
@@ -227,7 +230,7 @@ public sealed unsafe partial class NativeHeap
             Handles.Push(tc.Entries.AsSpan(0, tc.EntryCount));
             tc.EntryCount = 0;
         }
-        if (!tc.Owner.IsAlive)
+        if (ownerDead)
         {
             AddLiveDirect(tc.LiveBytes, tc.LiveBlocks);
             tc.LiveBytes = 0;

@@ -11,32 +11,27 @@ public sealed unsafe partial class NativeHeap
     /// and cannot be freed by this thread. Use with <c>using</c>:
     /// <code>using (var pin = heap.Pin(h)) pin.Span.Fill(1);</code>
     /// </summary>
-    /// <remarks>Lock-free, no interlocked instruction: the pin is published in a per-thread slot. A thread holding
-    /// more than 8 scopes at once pays an interlocked increment for the extra ones. Pinning an unmovable block works too.</remarks>
+    /// <remarks>Lock-free, no interlocked instruction: the pin is published in a per-thread slot (a thread holding
+    /// more than 8 scopes at once gets more slots on its first overflow). Pinning an unmovable block works too.</remarks>
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public PinScope Pin(BlockHandle handle)
     {
         HandleEntry* e = Locate(handle);
-        nint* slots = PinRegistry.Current;
-        for (int i = 0; i < PinRegistry.SlotsPerRecord; i++)
+        nint* slot = PinRegistry.FreeSlot();
+        nint tag = PinRegistry.Tag(e);
+        // Dekker with the migrator: store our slot, then load the state. The migrator stores Frozen, issues a
+        // process-wide barrier, then loads the slots. One of us sees the other (native-layout.md, "Pins").
+        Volatile.Write(ref *slot, tag);
+        long s = Volatile.Read(ref e->State);
+        if ((s & (EntryState.Allocated | EntryState.Frozen)) != EntryState.Allocated
+            || (EntryState.Generation(s) & HandleBits.GenerationMask) != HandleBits.Generation(handle.Value))
         {
-            if (slots[i] != 0) continue;
-            nint tag = PinRegistry.Tag(e);
-            // Dekker with the migrator: store our slot, then load the state. The migrator stores Frozen, issues a
-            // process-wide barrier, then loads the slots. One of us sees the other.
-            Volatile.Write(ref slots[i], tag);
-            long s = Volatile.Read(ref e->State);
-            if ((s & (EntryState.Allocated | EntryState.Frozen)) != EntryState.Allocated
-                || (EntryState.Generation(s) & HandleBits.GenerationMask) != HandleBits.Generation(handle.Value))
-            {
-                Volatile.Write(ref slots[i], 0);
-                return PinSlow(handle, e);
-            }
-            return new PinScope(this, &slots[i], tag, null, (byte*)e->Address, e->Size);
+            Volatile.Write(ref *slot, 0);
+            return PinSlow(handle, e);
         }
-        return PinAtomicScope(handle, e);
+        return new PinScope(this, slot, tag, (byte*)e->Address, e->Size);
     }
 
     /// <summary>The block was frozen by a migration (wait for the copy and retry) or is not live (throw).</summary>
@@ -49,15 +44,9 @@ public sealed unsafe partial class NativeHeap
             long s = Volatile.Read(ref e->State);
             CheckLive(handle, s);
             if ((s & EntryState.Frozen) == 0) return Pin(handle);
+            ThrowIfMigratingOnThisThread(e);
             spin.SpinOnce();
         }
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private PinScope PinAtomicScope(BlockHandle handle, HandleEntry* e)
-    {
-        AcquireAtomicPin(handle, e);
-        return new PinScope(this, null, 0, e, (byte*)e->Address, e->Size);
     }
 
     /// <summary>
@@ -86,7 +75,7 @@ public sealed unsafe partial class NativeHeap
         {
             long s = Volatile.Read(ref e->State);
             CheckLive(handle, s);
-            if ((s & EntryState.Frozen) != 0) { spin.SpinOnce(); continue; }
+            if ((s & EntryState.Frozen) != 0) { ThrowIfMigratingOnThisThread(e); spin.SpinOnce(); continue; }
             if ((s & EntryState.PinMask) == EntryState.PinMask)
                 throw new InvalidOperationException($"{handle} already holds the maximum of {EntryState.PinMask} atomic pins.");
             if (Interlocked.CompareExchange(ref e->State, s + 1, s) == s) break;
@@ -121,16 +110,14 @@ public readonly unsafe ref struct PinScope
     private readonly NativeHeap? _heap;
     private readonly nint* _slot;
     private readonly nint _tag;
-    private readonly HandleEntry* _atomicEntry;
     private readonly byte* _pointer;
     private readonly long _length;
 
-    internal PinScope(NativeHeap heap, nint* slot, nint tag, HandleEntry* atomicEntry, byte* pointer, long length)
+    internal PinScope(NativeHeap heap, nint* slot, nint tag, byte* pointer, long length)
     {
         _heap = heap;
         _slot = slot;
         _tag = tag;
-        _atomicEntry = atomicEntry;
         _pointer = pointer;
         _length = length;
     }
@@ -160,16 +147,10 @@ public readonly unsafe ref struct PinScope
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Dispose()
     {
-        if (_slot != null)
-        {
-            // Only the holder of a pin clears its slot; the tag tells a second release from a live pin.
-            if (*_slot != _tag) ThrowHelper.PinReleased();
-            Volatile.Write(ref *_slot, 0);
-        }
-        else if (_atomicEntry != null)
-        {
-            _heap!.ReleaseAtomicPin(_atomicEntry);
-        }
+        if (_slot == null) return;
+        // Only the holder of a pin clears its slot; the tag tells a second release from a live pin.
+        if (*_slot != _tag) ThrowHelper.PinReleased();
+        Volatile.Write(ref *_slot, 0);
         GC.KeepAlive(_heap);
     }
 }

@@ -49,6 +49,8 @@ public sealed unsafe partial class NativeHeap
             BlocksMigrated = Volatile.Read(ref _migrationsSucceeded),
             BytesMigrated = Volatile.Read(ref _bytesMigrated),
             CachedSlots = CachedSlots(),
+            Compaction = Compactor?.Counters.Snapshot() ?? new CompactionStatistics(),
+            FragmentationScore = Compactor?.Score() ?? 0,
             Zones = zones,
             SlabClasses = classes,
         };

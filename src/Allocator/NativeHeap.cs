@@ -20,7 +20,8 @@ namespace Compaction.Allocator;
 /// </remarks>
 public sealed unsafe partial class NativeHeap : IDisposable
 {
-    private static int s_nextTag;
+    private static readonly bool[] s_tagsInUse = new bool[256];   // tag 0 is never used: default handles stay foreign
+    private static int s_tagCursor;
 
     private readonly HeapOptions _options;
     private readonly byte _tag;
@@ -42,7 +43,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     {
         _options = (options ?? new HeapOptions()).Clone();
         _options.Validate();
-        _tag = (byte)(Interlocked.Increment(ref s_nextTag) % 255 + 1);
+        _tag = TakeTag();
 
         int pageSize = _options.PageSize, pbPages = _options.PageblockPages;
         long maxOrderBytes = 2L * pageSize * pbPages;
@@ -62,7 +63,12 @@ public sealed unsafe partial class NativeHeap : IDisposable
         Classes = new SizeClasses(_options.SlabThreshold, pageSize);
         Slabs = [new SlabAllocator(this, BlockKind.Movable, Classes, Map), new SlabAllocator(this, BlockKind.Unmovable, Classes, Map)];
         _cachesEnabled = _options.PerThreadCaches;
+        if (MovableZone != null) Compactor = new Compactor(this, MovableZone);
+        if (_options.BackgroundCompaction) StartBackgroundCompaction();
     }
+
+    /// <summary>The live options (not a copy); read by the compactor.</summary>
+    internal HeapOptions OptionsRef => _options;
 
     /// <summary>The options this heap was created with (a copy; changing it has no effect).</summary>
     public HeapOptions Options => _options.Clone();
@@ -130,6 +136,8 @@ public sealed unsafe partial class NativeHeap : IDisposable
         uint index = AllocateEntryDirect();
         if (index == 0) { handle = default; return false; }
         int start = AllocatePageRun(pages, kind, (s, count) => InitRun(s, count, index));
+        if (start < 0 && kind == BlockKind.Movable && Compactor != null && _options.DirectCompaction)
+            start = Compactor.DirectCompact(pages, index);
         if (start < 0)
         {
             ReleaseEntryDirect(index);
@@ -221,7 +229,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             s = Volatile.Read(ref e->State);
             CheckLive(handle, s);
             if ((s & EntryState.PinMask) != 0 || PinRegistry.IsPinnedByCurrentThread(e)) ThrowHelper.Pinned(handle);
-            if ((s & EntryState.Frozen) != 0) { spin.SpinOnce(); continue; } // a migration owns it for a copy's time
+            if ((s & EntryState.Frozen) != 0) { ThrowIfMigratingOnThisThread(e); spin.SpinOnce(); continue; } // a migration owns it for a copy's time
             long freed = EntryState.WithGeneration(EntryState.Generation(s) + 1);
             if (Interlocked.CompareExchange(ref e->State, freed, s) == s) break;
         }
@@ -230,6 +238,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         long size = e->Size;
         BlockKind kind = (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
         uint index = HandleBits.Index(handle.Value);
+        if ((s & EntryState.HasOwner) != 0) ForgetOwner(index);
         if ((s & EntryState.Run) != 0)
         {
             FreePageRun(Map.PageOf(addr), (int)((size + Map.PageSize - 1) >> Map.PageShift));
@@ -370,6 +379,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     public void Dispose()
     {
         if (_disposed) return;
+        StopDaemon();
         int pins = CountPins();
         if (pins > 0)
             throw new InvalidOperationException($"{pins} pin(s) are still held on blocks of this heap; release them before disposing it.");
@@ -384,10 +394,30 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if (!_disposed && CountPins() == 0) ReleaseNative();
     }
 
+    /// <summary>A heap tag no live heap holds, so that a handle of one heap is always foreign to another. With 255
+    /// heaps alive at once the tags run out and the next heap shares one (then stale-generation checks are all that
+    /// tell two such heaps' handles apart).</summary>
+    private static byte TakeTag()
+    {
+        lock (s_tagsInUse)
+        {
+            for (int i = 0; i < 255; i++)
+            {
+                int tag = (s_tagCursor + i) % 255 + 1;
+                if (s_tagsInUse[tag]) continue;
+                s_tagsInUse[tag] = true;
+                s_tagCursor = tag;
+                return (byte)tag;
+            }
+            return (byte)(Interlocked.Increment(ref s_tagCursor) % 255 + 1);
+        }
+    }
+
     private void ReleaseNative()
     {
-        _memory.Dispose();
-        Map.Dispose();
+        lock (s_tagsInUse) s_tagsInUse[_tag] = false;
+        _memory?.Dispose();   // null when the constructor threw (bad options) before reserving: the finalizer still runs
+        Map?.Dispose();
         Handles.Dispose();
     }
 

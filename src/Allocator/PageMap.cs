@@ -41,8 +41,9 @@ internal sealed unsafe class PageMap : IDisposable
         MaxOrder = PageblockOrder + 1;
         PageCount = pageCount;
         PageblockCount = pageCount / pageblockPages;
-        Pages = (PageDescriptor*)NativeMemory.AlignedAlloc((nuint)pageCount * (nuint)sizeof(PageDescriptor), 64);
-        NativeMemory.Clear(Pages, (nuint)pageCount * (nuint)sizeof(PageDescriptor));
+        // Zeroed lazily: a large calloc is fresh mmap'd memory, so untouched descriptors cost no page fault.
+        // All-zero is a valid descriptor (a FreeTail page).
+        Pages = (PageDescriptor*)NativeMemory.AllocZeroed((nuint)pageCount, (nuint)sizeof(PageDescriptor));
         int words = (PageblockCount + 7) / 8;
         _pageblockBits = (int*)NativeMemory.AllocZeroed((nuint)words * sizeof(int));
     }
@@ -93,7 +94,7 @@ internal sealed unsafe class PageMap : IDisposable
 
     public void Dispose()
     {
-        if (Pages != null) { NativeMemory.AlignedFree(Pages); Pages = null; }
+        if (Pages != null) { NativeMemory.Free(Pages); Pages = null; }
         if (_pageblockBits != null) { NativeMemory.Free(_pageblockBits); _pageblockBits = null; }
     }
 }

@@ -30,6 +30,7 @@ internal static unsafe class PinRegistry
     [ThreadStatic] private static nint t_record;
     [ThreadStatic] private static RecordOwner? t_owner;
     [ThreadStatic] private static ushort t_sequence;
+    [ThreadStatic] private static List<nint>? t_overflow;   // further records of a thread holding more than 8 pins
 
     /// <summary>The calling thread's record, registering one on first use.</summary>
     public static nint* Current
@@ -47,8 +48,43 @@ internal static unsafe class PinRegistry
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static nint Tag(HandleEntry* entry) => (nint)(((long)++t_sequence << TagShift) | (long)entry);
 
+    /// <summary>An empty slot of the calling thread: in its first record on the fast path, else in an overflow
+    /// record (registered on demand, kept for the thread's life), so that every pin is a slot pin.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static nint* FreeSlot()
+    {
+        nint* slots = Current;
+        for (int i = 0; i < SlotsPerRecord; i++)
+            if (slots[i] == 0) return &slots[i];
+        return FreeOverflowSlot();
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static nint* FreeOverflowSlot()
+    {
+        List<nint> overflow = t_overflow ??= [];
+        foreach (nint r in overflow)
+        {
+            nint* slots = (nint*)r;
+            for (int i = 0; i < SlotsPerRecord; i++)
+                if (slots[i] == 0) return &slots[i];
+        }
+        nint record = NewRecord();
+        overflow.Add(record);
+        t_owner!.Overflow = overflow;
+        return (nint*)record;
+    }
+
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static nint* Register()
+    {
+        nint record = NewRecord();
+        t_record = record;
+        t_owner = new RecordOwner(record);
+        return (nint*)record;
+    }
+
+    private static nint NewRecord()
     {
         nint record;
         lock (s_lock)
@@ -71,9 +107,7 @@ internal static unsafe class PinRegistry
                 Volatile.Write(ref s_count, s_count + 1);
             }
         }
-        t_record = record;
-        t_owner = new RecordOwner(record);
-        return (nint*)record;
+        return record;
     }
 
     /// <summary>
@@ -94,11 +128,38 @@ internal static unsafe class PinRegistry
         return false;
     }
 
+    /// <summary>Collects the entry addresses of every occupied pin slot into <paramref name="pinned"/> (cleared
+    /// first). After a freeze and a process-wide barrier this is exact for the frozen entries; otherwise a hint.</summary>
+    public static void Snapshot(HashSet<long> pinned)
+    {
+        pinned.Clear();
+        nint[] records = Volatile.Read(ref s_records);
+        int n = Math.Min(Volatile.Read(ref s_count), records.Length);
+        for (int r = 0; r < n; r++)
+        {
+            nint* slots = (nint*)records[r];
+            for (int s = 0; s < SlotsPerRecord; s++)
+            {
+                long v = Volatile.Read(ref slots[s]);
+                if (v != 0) pinned.Add(v & AddressMask);
+            }
+        }
+    }
+
     /// <summary>True when the calling thread holds a slot pin on <paramref name="entry"/> (no barrier needed: own stores).</summary>
     public static bool IsPinnedByCurrentThread(HandleEntry* entry)
     {
-        nint* slots = (nint*)t_record;
-        if (slots == null) return false;
+        if (t_record == 0) return false;
+        if (RecordHolds(t_record, entry)) return true;
+        if (t_overflow != null)
+            foreach (nint r in t_overflow)
+                if (RecordHolds(r, entry)) return true;
+        return false;
+    }
+
+    private static bool RecordHolds(nint record, HandleEntry* entry)
+    {
+        nint* slots = (nint*)record;
         for (int s = 0; s < SlotsPerRecord; s++)
             if (((long)slots[s] & AddressMask) == (long)entry) return true;
         return false;
@@ -121,15 +182,23 @@ internal static unsafe class PinRegistry
         return pins;
     }
 
-    /// <summary>Returns a dead thread's record to the pool when it holds no pin.</summary>
+    /// <summary>Returns a dead thread's records to the pool, each when it holds no pin.</summary>
     private sealed class RecordOwner(nint record)
     {
+        public List<nint>? Overflow;
+
         ~RecordOwner()
         {
-            nint* slots = (nint*)record;
+            Recycle(record);
+            if (Overflow != null) foreach (nint r in Overflow) Recycle(r);
+        }
+
+        private static void Recycle(nint r)
+        {
+            nint* slots = (nint*)r;
             for (int s = 0; s < SlotsPerRecord; s++)
                 if (Volatile.Read(ref slots[s]) != 0) return;
-            lock (s_lock) s_free.Push(record);
+            lock (s_lock) s_free.Push(r);
         }
     }
 }

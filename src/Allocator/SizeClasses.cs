@@ -18,6 +18,7 @@ internal sealed class SizeClasses
 
     public SizeClasses(int threshold, int pageSize)
     {
+        threshold = (threshold + 15) & ~15;   // every class is a multiple of 16 B, so slots stay 16-byte aligned
         Threshold = threshold;
         var sizes = new List<int>();
         for (int s = 16; s <= 128; s += 16) sizes.Add(s);

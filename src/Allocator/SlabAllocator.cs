@@ -38,6 +38,10 @@ internal sealed unsafe class SlabAllocator
         for (int c = 0; c < Class.Length; c++) Class[c] = new SlabClass(c);
     }
 
+    /// <summary><see cref="PageDescriptor.Flags"/> bit of a slab head: isolated by the compactor — off the fullness
+    /// lists, so no allocation takes from it, and never released while isolated.</summary>
+    public const byte IsolatedFlag = 1;
+
     public static int GroupOf(int used, int capacity)
     {
         if (used == capacity) return FullGroup;
@@ -65,6 +69,37 @@ internal sealed unsafe class SlabAllocator
                 n += TakeSlotsLocked(cls, head, dst.Slice(n), max - n);
             }
             return n;
+        }
+    }
+
+    /// <summary>The least-full non-empty slab of the class (zsmalloc's compaction source), or -1.</summary>
+    public int FindLeastFullLocked(SlabClass cls, HashSet<int> exclude)
+    {
+        for (int g = Groups - 2; g >= 1; g--)
+            for (int p = cls.GroupHeads[g]; p >= 0; p = _map.Page(p).Next)
+                if (!exclude.Contains(p)) return p;
+        return -1;
+    }
+
+    /// <summary>zs_can_compact: pages that consolidation could free in the class,
+    /// <c>(slots in all slabs - used slots) / slots per slab * pages per slab</c>. Caller holds the class lock.</summary>
+    public long CanCompactLocked(SlabClass cls)
+    {
+        int c = cls.Index, capacity = Classes.SlotsPerSlab[c];
+        return (cls.Slabs * capacity - cls.UsedSlots) / capacity * Classes.PagesPerSlab[c];
+    }
+
+    /// <summary>One slot from a slab other than <paramref name="excludeHead"/>: the fullest such slab, else a freshly
+    /// carved one. Takes the class lock. Returns 0 when the arena has no room for a new slab.</summary>
+    public nint AllocateSlotOutside(int c, int excludeHead)
+    {
+        SlabClass cls = Class[c];
+        Span<nint> one = stackalloc nint[1];
+        lock (cls.Lock)
+        {
+            int head = FindSlabLocked(cls, excludeHead);
+            if (head < 0) head = CarveSlabLocked(cls);
+            return head >= 0 && TakeSlotsLocked(cls, head, one, 1) == 1 ? one[0] : 0;
         }
     }
 
@@ -129,7 +164,74 @@ internal sealed unsafe class SlabAllocator
         d.RefCount--;
         cls.UsedSlots--;
         Regroup(cls, head, ref d);
-        if (d.RefCount == 0 && cls.EmptySlabs > RetainedEmptySlabs) ReleaseSlabLocked(cls, head);
+        if (d.RefCount == 0 && (d.Flags & IsolatedFlag) == 0 && cls.EmptySlabs > RetainedEmptySlabs) ReleaseSlabLocked(cls, head);
+    }
+
+    // ------------------------------------------------------------------ isolation (the compactor's side)
+
+    /// <summary>Takes a slab off its fullness list so that nothing allocates from it while its blocks move.
+    /// Caller holds the class lock.</summary>
+    public void IsolateLocked(SlabClass cls, int head)
+    {
+        ref PageDescriptor d = ref _map.Page(head);
+        Debug.Assert((d.Flags & IsolatedFlag) == 0);
+        Unlink(cls, head, ref d, d.Aux2);
+        d.Flags |= IsolatedFlag;
+    }
+
+    /// <summary>Ends a slab's isolation: back on the list of its fullness, or released when empty and either
+    /// <paramref name="releaseIfEmpty"/> is set (the compactor emptied it on purpose) or the class already keeps an
+    /// empty slab. Caller holds the class lock (takes the zone lock to release). True when the slab was released.</summary>
+    public bool PutbackLocked(SlabClass cls, int head, bool releaseIfEmpty)
+    {
+        ref PageDescriptor d = ref _map.Page(head);
+        Debug.Assert((d.Flags & IsolatedFlag) != 0);
+        d.Flags &= unchecked((byte)~IsolatedFlag);
+        Link(cls, head, ref d, GroupOf(d.RefCount, Classes.SlotsPerSlab[cls.Index]));
+        if (d.RefCount != 0 || (!releaseIfEmpty && cls.EmptySlabs <= RetainedEmptySlabs)) return false;
+        ReleaseSlabLocked(cls, head);
+        return true;
+    }
+
+    /// <summary>Writes the descriptors of a new, isolated slab of class <paramref name="cls"/> on pages the caller owns
+    /// (the compactor's destination). Caller holds the class lock and the zone lock.</summary>
+    public void InitIsolatedSlabLocked(SlabClass cls, int start)
+    {
+        InitSlabDescriptors(cls.Index, start, Classes.PagesPerSlab[cls.Index]);
+        _map.Page(start).Flags = IsolatedFlag;
+        cls.Slabs++;
+        cls.SlabsCarved++;
+    }
+
+    /// <summary>
+    /// Lists the live blocks of a slab: slots below Bump that are not on the free-slot list and whose reverse-map
+    /// entry is allocated, movable and still at that slot. Caller holds the class lock (so the free-slot list and
+    /// Bump are stable); the entry reads are racy and confirmed later by the freeze. Returns the slab's RefCount:
+    /// more than the blocks listed means some slots sit in thread caches or are being published (seed 001).
+    /// </summary>
+    public int ListLiveBlocksLocked(SlabClass cls, int head, List<uint> entries, List<long> states, List<nint> slots)
+    {
+        int c = cls.Index, size = Classes.Size[c];
+        ref PageDescriptor d = ref _map.Page(head);
+        nint slab = _map.AddressOf(head);
+        Span<ulong> free = stackalloc ulong[(d.Bump + 63) / 64 + 1];
+        for (int f = d.Aux; f >= 0; f = *(int*)(slab + f * size)) free[f >> 6] |= 1UL << f;
+        int* rmap = (int*)(slab + Classes.ReverseMapOffset[c]);
+        for (int slot = 0; slot < d.Bump; slot++)
+        {
+            if ((free[slot >> 6] & (1UL << slot)) != 0) continue;
+            uint index = (uint)rmap[slot];
+            if (index == 0 || index >= _heap.Handles.Count) continue;
+            HandleEntry* e = _heap.Handles.Get(index);
+            long state = Volatile.Read(ref e->State);
+            // A frozen entry belongs to another migration (its address may be about to change): not listed, so the
+            // slab's RefCount exceeds the list and the caller retries later.
+            if ((state & (EntryState.Allocated | EntryState.Run | EntryState.Frozen)) != EntryState.Allocated || e->Address != slab + slot * size) continue;
+            entries.Add(index);
+            states.Add(state);
+            slots.Add(slab + slot * size);
+        }
+        return d.RefCount;
     }
 
     /// <summary>Frees an empty slab's pages to the buddy allocator; caller holds the class lock (takes the zone lock).</summary>
@@ -147,25 +249,7 @@ internal sealed unsafe class SlabAllocator
     {
         int c = cls.Index;
         int pages = Classes.PagesPerSlab[c];
-        int head = _heap.AllocatePageRun(pages, Kind, (start, count) =>
-        {
-            ref PageDescriptor h = ref _map.Page(start);
-            h.Kind = PageKind.SlabHead;
-            h.SizeClass = (ushort)(c | ((int)Kind << 15));
-            h.Bump = 0;
-            h.RefCount = 0;
-            h.PinCount = 0;
-            h.Aux = -1;
-            h.Aux2 = -1;
-            h.Next = h.Prev = -1;
-            for (int p = start + 1; p < start + count; p++)
-            {
-                ref PageDescriptor t = ref _map.Page(p);
-                t.Kind = PageKind.Tail;
-                t.Aux = start;
-                t.PinCount = 0;
-            }
-        });
+        int head = _heap.AllocatePageRun(pages, Kind, (start, count) => InitSlabDescriptors(c, start, count));
         if (head < 0) return -1;
         cls.Slabs++;
         cls.SlabsCarved++;
@@ -174,9 +258,32 @@ internal sealed unsafe class SlabAllocator
         return head;
     }
 
-    /// <summary>Moves a slab to the fullness group matching its RefCount.</summary>
+    /// <summary>Writes a new slab's head and tail descriptors. Caller holds the zone lock of the pages.</summary>
+    private void InitSlabDescriptors(int c, int start, int count)
+    {
+        ref PageDescriptor h = ref _map.Page(start);
+        h.Kind = PageKind.SlabHead;
+        h.SizeClass = (ushort)(c | ((int)Kind << 15));
+        h.Bump = 0;
+        h.RefCount = 0;
+        h.PinCount = 0;
+        h.Flags = 0;
+        h.Aux = -1;
+        h.Aux2 = -1;
+        h.Next = h.Prev = -1;
+        for (int p = start + 1; p < start + count; p++)
+        {
+            ref PageDescriptor t = ref _map.Page(p);
+            t.Kind = PageKind.Tail;
+            t.Aux = start;
+            t.PinCount = 0;
+        }
+    }
+
+    /// <summary>Moves a slab to the fullness group matching its RefCount (an isolated slab stays off the lists).</summary>
     public void Regroup(SlabClass cls, int head, ref PageDescriptor d)
     {
+        if ((d.Flags & IsolatedFlag) != 0) return;
         int g = GroupOf(d.RefCount, Classes.SlotsPerSlab[cls.Index]);
         if (g == d.Aux2) return;
         Unlink(cls, head, ref d, d.Aux2);

@@ -51,8 +51,10 @@ internal sealed unsafe class Zone
             map.SetMigrateType(pb, initialType);
         lock (Lock)
         {
-            for (int p = start; p < end; p++) map.Page(p) = new PageDescriptor { Kind = PageKind.FreeTail, Next = -1, Prev = -1, Aux = -1 };
-            for (int p = start; p < end; p += 1 << _maxOrder)
+            // Descriptors start zeroed (FreeTail); only the heads of the initial max-order blocks are written.
+            // Highest first, so that the lowest block heads each list: allocations start at the bottom of the zone,
+            // and compaction's free scanner finds its targets at the top.
+            for (int p = end - (1 << _maxOrder); p >= start; p -= 1 << _maxOrder)
                 AddFreeBlockLocked(p, _maxOrder, map.GetMigrateType(map.PageblockOf(p)));
         }
     }
@@ -101,13 +103,14 @@ internal sealed unsafe class Zone
             return -1;
         }
         for (int p = start; p < start + count; p++) _map.Page(p).AllocType = type;
+        ClearSkipBits(start, count);
         return start;
     }
 
     /// <summary>Order of the smallest power-of-two block that holds <paramref name="count"/> pages.</summary>
     public static int OrderFor(int count) => count <= 1 ? 0 : 32 - System.Numerics.BitOperations.LeadingZeroCount((uint)(count - 1));
 
-    private bool CommitRangeLocked(int start, int count)
+    public bool CommitRangeLocked(int start, int count)
     {
         int first = _map.PageblockOf(start), last = _map.PageblockOf(start + count - 1);
         for (int pb = first; pb <= last; pb++)
@@ -301,9 +304,21 @@ internal sealed unsafe class Zone
         }
     }
 
+    /// <summary>
+    /// Skip bits are hints for the compactor's scanners. A pageblock whose contents change (pages allocated from it
+    /// or freed into it) loses its bit here, so a stale bit never hides it; this replaces the kernel's periodic
+    /// reset by kswapd, which this heap does not have. Reading first keeps the common case to a load.
+    /// </summary>
+    private void ClearSkipBits(int start, int count)
+    {
+        for (int pb = _map.PageblockOf(start); pb <= _map.PageblockOf(start + count - 1); pb++)
+            if (_map.GetSkip(pb)) _map.SetSkip(pb, false);
+    }
+
     /// <summary>__free_one_page: merge with free buddies of equal order, never across pageblocks of different types.</summary>
     private void FreeOneLocked(int page, int order)
     {
+        ClearSkipBits(page, 1 << order);
         MigrateType type = _map.GetMigrateType(_map.PageblockOf(page));
         while (order < _maxOrder)
         {
@@ -347,6 +362,31 @@ internal sealed unsafe class Zone
         d.Next = d.Prev = -1;
         _freeBlocks[list]--;
         _freePages -= 1 << order;
+    }
+
+    // ------------------------------------------------------------------ the free scanner's side
+
+    /// <summary>
+    /// isolate_freepages_block: takes every free block whose head lies in pageblock <paramref name="pb"/> off the free
+    /// lists and adds it to <paramref name="pool"/> (the compactor's private free list). Isolated pages are FreeTail
+    /// and on no list until <see cref="FreeRangeLocked"/> returns them. Returns the pages isolated.
+    /// </summary>
+    public int IsolateFreeBlocksLocked(int pb, List<(int start, int order)> pool)
+    {
+        int first = pb << _map.PageblockOrder, end = first + _map.PageblockPages, isolated = 0;
+        MigrateType type = _map.GetMigrateType(pb);
+        for (int p = first; p < end;)
+        {
+            ref PageDescriptor d = ref _map.Page(p);
+            if (d.Kind != PageKind.FreeHead) { p++; continue; }
+            int order = d.Order;
+            RemoveFreeBlockLocked(p, order, type);
+            d.Kind = PageKind.FreeTail;
+            pool.Add((p, order));
+            isolated += 1 << order;
+            p += 1 << order;
+        }
+        return isolated;
     }
 
     // ------------------------------------------------------------------ memory back to the OS

@@ -1,0 +1,57 @@
+namespace Compaction.Allocator;
+
+/// <summary>
+/// The compactor's private free list (the kernel's cc->freepages): pages the free scanner took off the buddy lists,
+/// kept as disjoint ranges sorted by start and coalesced with their neighbours. Only the compacting thread touches it.
+/// </summary>
+internal sealed class FreePool
+{
+    private readonly List<(int start, int length)> _ranges = [];
+
+    public int Count => _ranges.Count;
+    public IReadOnlyList<(int start, int length)> Ranges => _ranges;
+    public void Clear() => _ranges.Clear();
+
+    /// <summary>Adds pages [start, start + length), merging with adjacent ranges.</summary>
+    public void Add(int start, int length)
+    {
+        int i = LowerBound(start);
+        int end = start + length;
+        if (i > 0 && _ranges[i - 1].start + _ranges[i - 1].length == start)
+        {
+            start = _ranges[i - 1].start;
+            _ranges.RemoveAt(--i);
+        }
+        if (i < _ranges.Count && _ranges[i].start == end)
+        {
+            end += _ranges[i].length;
+            _ranges.RemoveAt(i);
+        }
+        _ranges.Insert(i, (start, end - start));
+    }
+
+    /// <summary>Best fit: takes <paramref name="pages"/> from the start of the shortest range that holds them.
+    /// Returns the first page, or -1 when no range is long enough.</summary>
+    public int Take(int pages)
+    {
+        int best = -1;
+        for (int i = 0; i < _ranges.Count; i++)
+            if (_ranges[i].length >= pages && (best < 0 || _ranges[i].length < _ranges[best].length)) best = i;
+        if (best < 0) return -1;
+        (int start, int length) = _ranges[best];
+        if (length == pages) _ranges.RemoveAt(best);
+        else _ranges[best] = (start + pages, length - pages);
+        return start;
+    }
+
+    private int LowerBound(int start)
+    {
+        int lo = 0, hi = _ranges.Count;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            if (_ranges[mid].start < start) lo = mid + 1; else hi = mid;
+        }
+        return lo;
+    }
+}

@@ -1,0 +1,37 @@
+namespace Compaction.Allocator;
+
+/// <summary>
+/// Callbacks of a block's owner, consulted when the compactor moves the block (the kernel's movable_operations for
+/// driver-owned pages, seed 003). Register with <see cref="NativeHeap.SetMovableOwner"/>.
+/// </summary>
+/// <remarks>
+/// Order of calls for one migration: <see cref="Isolate"/>; then, with the block frozen (no pin can start) and its
+/// bytes already copied, <see cref="Migrate"/>; <see cref="Putback"/> whenever an isolated block ends up not moved.
+/// Callbacks run on the compacting thread with no heap lock held. They may use the heap, but must not pin, free or
+/// re-own the block being migrated (that would wait for the migration itself; it throws InvalidOperationException).
+/// An exception from <see cref="Isolate"/> or <see cref="Migrate"/> aborts that block's migration and leaves the block
+/// intact at its old address.
+/// </remarks>
+public interface IMovableBlockOwner
+{
+    /// <summary>The compactor wants to move <paramref name="handle"/>. Return false to refuse this time (the block is
+    /// treated as busy and may be tried again later).</summary>
+    bool Isolate(BlockHandle handle);
+
+    /// <summary>The block's bytes were copied from <paramref name="oldAddress"/> to <paramref name="newAddress"/>.
+    /// Return <see cref="OwnerMigrateResult.Success"/> to complete the move (the handle then names the new address),
+    /// or <see cref="OwnerMigrateResult.TryAgain"/> to abort it for now (retried on a later pass).</summary>
+    OwnerMigrateResult Migrate(BlockHandle handle, nint oldAddress, nint newAddress);
+
+    /// <summary>An isolated block was not moved; it is still at its old address.</summary>
+    void Putback(BlockHandle handle);
+}
+
+/// <summary>An owner's answer to <see cref="IMovableBlockOwner.Migrate"/> (the kernel's 0 and -EAGAIN).</summary>
+public enum OwnerMigrateResult
+{
+    /// <summary>Complete the move.</summary>
+    Success,
+    /// <summary>Not now: keep the old place; the compactor retries on a later pass.</summary>
+    TryAgain,
+}
