@@ -183,7 +183,7 @@ public sealed unsafe partial class NativeHeap
         if (run)
         {
             int pages = (int)((size + Map.PageSize - 1) >> Map.PageShift);
-            int start = AllocatePageRun(pages, BlockKind.Movable, (st, count) => InitRun(st, count, index));
+            int start = AllocatePageRun(pages, BlockKind.Movable, PageRunInit.Run(index));
             return start < 0 ? 0 : Map.AddressOf(start);
         }
         return Slabs[(int)BlockKind.Movable].AllocateSlotOutside(Classes.ClassOf(size), excludeHead: Map.HeadOf(Map.PageOf(src)));

@@ -135,7 +135,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         int pages = checked((int)((size + Map.PageSize - 1) >> Map.PageShift));
         uint index = AllocateEntryDirect();
         if (index == 0) { handle = default; return false; }
-        int start = AllocatePageRun(pages, kind, (s, count) => InitRun(s, count, index));
+        int start = AllocatePageRun(pages, kind, PageRunInit.Run(index));
         if (start < 0 && kind == BlockKind.Movable && Compactor != null && _options.DirectCompaction)
             start = Compactor.DirectCompact(pages, index);
         if (start < 0)
@@ -183,10 +183,10 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// <summary>
     /// Allocates an exact page run for blocks of <paramref name="kind"/>: unmovable runs from the normal zone; movable
     /// runs from the movable zone, falling back to movable pageblocks of the normal zone (like the kernel's zonelist).
-    /// <paramref name="init"/> runs under the zone lock, so the run's descriptors are never seen half-written by a
-    /// reader holding that lock. Returns the first page or -1.
+    /// The descriptors are written (as <paramref name="init"/> says) under the zone lock, so they are never seen
+    /// half-written by a reader holding that lock. Returns the first page or -1.
     /// </summary>
-    internal int AllocatePageRun(int pages, BlockKind kind, Action<int, int> init)
+    internal int AllocatePageRun(int pages, BlockKind kind, PageRunInit init)
     {
         MigrateType type = kind == BlockKind.Movable ? MigrateType.Movable : MigrateType.Unmovable;
         Zone? first = kind == BlockKind.Movable ? MovableZone : NormalZone;
@@ -198,11 +198,19 @@ public sealed unsafe partial class NativeHeap : IDisposable
             {
                 int start = zone.AllocatePagesLocked(pages, type);
                 if (start < 0) continue;
-                init(start, pages);
+                if (init.SlabClass >= 0) Slabs[(int)kind].InitSlabDescriptors(init.SlabClass, start, pages);
+                else InitRun(start, pages, init.HandleIndex);
                 return start;
             }
         }
         return -1;
+    }
+
+    /// <summary>What <see cref="AllocatePageRun"/> writes into the new run's descriptors (no closure per call).</summary>
+    internal readonly record struct PageRunInit(uint HandleIndex, int SlabClass)
+    {
+        public static PageRunInit Run(uint handleIndex) => new(handleIndex, -1);
+        public static PageRunInit Slab(int sizeClass) => new(0, sizeClass);
     }
 
     /// <summary>Frees pages [start, start + count) to their zone. Takes the zone lock.</summary>

@@ -249,7 +249,7 @@ internal sealed unsafe class SlabAllocator
     {
         int c = cls.Index;
         int pages = Classes.PagesPerSlab[c];
-        int head = _heap.AllocatePageRun(pages, Kind, (start, count) => InitSlabDescriptors(c, start, count));
+        int head = _heap.AllocatePageRun(pages, Kind, NativeHeap.PageRunInit.Slab(c));
         if (head < 0) return -1;
         cls.Slabs++;
         cls.SlabsCarved++;
@@ -259,7 +259,7 @@ internal sealed unsafe class SlabAllocator
     }
 
     /// <summary>Writes a new slab's head and tail descriptors. Caller holds the zone lock of the pages.</summary>
-    private void InitSlabDescriptors(int c, int start, int count)
+    internal void InitSlabDescriptors(int c, int start, int count)
     {
         ref PageDescriptor h = ref _map.Page(start);
         h.Kind = PageKind.SlabHead;
