@@ -6,7 +6,15 @@ cd "$(dirname "$0")/.."
 log=$(mktemp)
 dotnet test tests/Allocator.Tests.csproj --logger "console;verbosity=normal" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
-summary=$(sed -nE 's/.*Failed: +([0-9]+), Passed: +([0-9]+), Skipped: +([0-9]+).*/\2 passed, \1 failed, \3 skipped/p' "$log" | tail -1)
-echo "${summary:-0 passed, 1 failed (the test run did not finish)}"
+# The console logger ends with "Total tests: N / Passed: N / Failed: N / Skipped: N" (zero counts omitted).
+count() { sed -nE "s/^[[:space:]]+$1: +([0-9]+).*/\1/p" "$log" | tail -1; }
+total=$(sed -nE 's/^Total tests: +([0-9]+).*/\1/p' "$log" | tail -1)
+passed=$(count Passed); failed=$(count Failed); skipped=$(count Skipped)
+if [ -z "$total" ]; then
+    echo "0 passed, 1 failed (the test run did not finish)"
+    rc=1
+else
+    echo "${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped"
+fi
 rm -f "$log"
 exit $rc

@@ -375,6 +375,7 @@ public class CompactionTests(ITestOutputHelper output)
         heap.Compact();
         Assert.Equal(4, owner.MigrateCalls);
         Assert.Equal(3, owner.Putbacks);
+        Assert.Equal(3, heap.GetStatistics().Compaction.MigrateOwnerRetry);
         Assert.NotEqual(before, heap.CurrentAddress(h));
         Assert.Equal(owner.NewAddress, heap.CurrentAddress(h));
         Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
@@ -401,6 +402,7 @@ public class CompactionTests(ITestOutputHelper output)
         Assert.Equal(before, heap.CurrentAddress(h));
         Assert.Equal(smallBefore, heap.CurrentAddress(small));
         Assert.True(run.PgmigrateFail > 0);
+        Assert.Equal(owner.MigrateCalls + smallOwner.MigrateCalls, run.MigrateOwnerFailed);
         Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
         Assert.Equal(0, TestHeaps.CountCorrupt(heap, small));
         heap.Free(h);

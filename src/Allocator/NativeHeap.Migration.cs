@@ -103,7 +103,12 @@ public sealed unsafe partial class NativeHeap
             batch.Result[i] = MigrateResult.Success;
             frozen++;
         }
-        if (frozen == 0) return 0;
+        if (frozen == 0)
+        {
+            if (counters != null)
+                for (int i = 0; i < batch.Count; i++) counters.CountOutcome(batch.Result[i]);
+            return 0;
+        }
 
         // Dekker with the pinners: every pin slot stored before this point is visible after it, and every pin that
         // loads the state word after it sees Frozen.
@@ -132,6 +137,8 @@ public sealed unsafe partial class NativeHeap
             Interlocked.Add(ref _bytesMigrated, size);
             if (counters != null) counters.BytesMoved += size;
         }
+        if (counters != null)
+            for (int i = 0; i < batch.Count; i++) counters.CountOutcome(batch.Result[i]);
         return moved;
     }
 

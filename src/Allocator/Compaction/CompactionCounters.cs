@@ -12,6 +12,20 @@ internal sealed class CompactionCounters
     public long CompactDaemonWake, CompactDaemonMigrateScanned, CompactDaemonFreeScanned;
     public long PagesCompacted, LockAcquisitions, PinnedPagesSkipped, CacheHeldFailures;
     public long BytesMoved, BytesDecommitted, CompactDeferred, SkipBitsSet, Captured, ContendedRuns;
+    public long MigrateBusy, MigratePinnedAfterFreeze, MigrateGone, MigrateOwnerRetry, MigrateOwnerFailed;
+
+    /// <summary>Counts one block migration outcome (every attempt, including the ones later retried).</summary>
+    public void CountOutcome(MigrateResult result)
+    {
+        switch (result)
+        {
+            case MigrateResult.Busy: MigrateBusy++; break;
+            case MigrateResult.Pinned: MigratePinnedAfterFreeze++; break;
+            case MigrateResult.Gone: MigrateGone++; break;
+            case MigrateResult.OwnerRetry: MigrateOwnerRetry++; break;
+            case MigrateResult.OwnerFailed: MigrateOwnerFailed++; break;
+        }
+    }
 
     public CompactionStatistics Snapshot() => new()
     {
@@ -36,6 +50,11 @@ internal sealed class CompactionCounters
         SkipBitsSet = Volatile.Read(ref SkipBitsSet),
         Captured = Volatile.Read(ref Captured),
         ContendedRuns = Volatile.Read(ref ContendedRuns),
+        MigrateBusy = Volatile.Read(ref MigrateBusy),
+        MigratePinnedAfterFreeze = Volatile.Read(ref MigratePinnedAfterFreeze),
+        MigrateGone = Volatile.Read(ref MigrateGone),
+        MigrateOwnerRetry = Volatile.Read(ref MigrateOwnerRetry),
+        MigrateOwnerFailed = Volatile.Read(ref MigrateOwnerFailed),
     };
 }
 
@@ -86,6 +105,18 @@ public sealed record CompactionStatistics
     /// <summary>Asynchronous runs that stopped on lock contention.</summary>
     public long ContendedRuns { get; init; }
 
+    /// <summary>Block migrations that found the block frozen, changed or refused by its owner's isolate (transient).</summary>
+    public long MigrateBusy { get; init; }
+    /// <summary>Block migrations that found a pin slot after the freeze and barrier (transient; the cheap check cannot
+    /// see short-term pins).</summary>
+    public long MigratePinnedAfterFreeze { get; init; }
+    /// <summary>Block migrations whose block was freed or moved by someone else meanwhile.</summary>
+    public long MigrateGone { get; init; }
+    /// <summary>Owner callbacks that answered "try again".</summary>
+    public long MigrateOwnerRetry { get; init; }
+    /// <summary>Owner callbacks that threw (the block stayed intact).</summary>
+    public long MigrateOwnerFailed { get; init; }
+
     /// <summary>Compaction efficiency: compact_success * 100 / compact_stall.</summary>
     public double CompactionEfficiency => CompactStall == 0 ? 0 : CompactSuccess * 100.0 / CompactStall;
     /// <summary>Scan efficiency: compact_migrate_scanned * 100 / compact_free_scanned.</summary>
@@ -115,5 +146,10 @@ public sealed record CompactionStatistics
         SkipBitsSet = after.SkipBitsSet - before.SkipBitsSet,
         Captured = after.Captured - before.Captured,
         ContendedRuns = after.ContendedRuns - before.ContendedRuns,
+        MigrateBusy = after.MigrateBusy - before.MigrateBusy,
+        MigratePinnedAfterFreeze = after.MigratePinnedAfterFreeze - before.MigratePinnedAfterFreeze,
+        MigrateGone = after.MigrateGone - before.MigrateGone,
+        MigrateOwnerRetry = after.MigrateOwnerRetry - before.MigrateOwnerRetry,
+        MigrateOwnerFailed = after.MigrateOwnerFailed - before.MigrateOwnerFailed,
     };
 }
