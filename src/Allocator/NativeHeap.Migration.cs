@@ -36,7 +36,9 @@ internal sealed class MigrationBatch
     public nint[] Src = new nint[64];
     public nint[] Dst = new nint[64];
     public MigrateResult[] Result = new MigrateResult[64];
+    public IMovableBlockOwner?[] Owner = new IMovableBlockOwner?[64];   // the owner that isolated the block, if any
     public int Count;
+    public bool InUse;                                                    // a nested MigrateEntry takes a fresh batch
     internal readonly HashSet<long> PinnedEntries = [];
 
     public void Clear() => Count = 0;
@@ -51,12 +53,14 @@ internal sealed class MigrationBatch
             Array.Resize(ref Src, n);
             Array.Resize(ref Dst, n);
             Array.Resize(ref Result, n);
+            Array.Resize(ref Owner, n);
         }
         Index[Count] = index;
         State[Count] = state;
         Src[Count] = src;
         Dst[Count] = dst;
         Result[Count] = MigrateResult.Busy;
+        Owner[Count] = null;
         Count++;
     }
 }
@@ -68,55 +72,75 @@ public sealed unsafe partial class NativeHeap
 
     /// <summary>
     /// Migrates every block of <paramref name="batch"/> from Src to Dst (each Dst already allocated by the caller,
-    /// with room for the block). Per block: owner isolate; freeze with a CAS expecting exactly State; re-check the
-    /// address; then one process-wide barrier for the batch; pin-slot scan; copy; owner migrate callback; reverse map;
-    /// repoint; unfreeze with a release store. Blocks that fail are unfrozen and keep their place; their owners get
-    /// putback. The caller holds no heap lock (owner callbacks run here) and frees Src of successes and Dst of
-    /// failures afterwards. Returns the number of blocks moved.
+    /// with room for the block). Per block: freeze with a CAS expecting exactly State; re-check the address; a
+    /// process-wide barrier; pin-slot scan; copy; reverse map; repoint; unfreeze with a release store. Blocks without
+    /// an owner go first, together, under one barrier. Blocks with an owner go one at a time afterwards (isolate,
+    /// freeze, barrier, copy, migrate callback), so that while an owner callback runs no other block is frozen by
+    /// this thread and the callback may use the heap. Blocks that fail are unfrozen in place and their owners get
+    /// putback. The caller holds no heap lock and frees Src of successes and Dst of failures afterwards. Returns the
+    /// number of blocks moved.
     /// </summary>
     internal int MigrateBatch(MigrationBatch batch, CompactionCounters? counters = null)
     {
         int frozen = 0;
+        bool owned = false;
         for (int i = 0; i < batch.Count; i++)
         {
-            HandleEntry* e = Handles.Get(batch.Index[i]);
-            long s = batch.State[i];
-            // A state word read while another migration held the block frozen must not be "frozen again": the CAS
-            // below would succeed as a no-op and two migrations would own the block.
-            // Likewise an atomic pin: the freeze CAS must expect a pin count of zero.
-            if ((s & EntryState.PinMask) != 0) { batch.Result[i] = MigrateResult.Pinned; continue; }
-            if ((s & EntryState.Frozen) != 0 || (s & EntryState.Allocated) == 0) { batch.Result[i] = MigrateResult.Busy; continue; }
-            if ((s & EntryState.HasOwner) != 0 && !OwnerIsolate(batch.Index[i], s, out batch.Result[i])) continue;
-            if (Interlocked.CompareExchange(ref e->State, s | EntryState.Frozen, s) != s)
-            {
-                batch.Result[i] = MigrateResult.Busy;
-                OwnerPutback(batch.Index[i], s);
-                continue;
-            }
-            // ABA guard: another migration may have moved the block and restored the very same state word since the
-            // caller read it. Only a frozen entry's address changes, so from here it is stable.
-            if (e->Address != batch.Src[i])
-            {
-                Unfreeze(batch, i, MigrateResult.Gone);
-                continue;
-            }
-            batch.Result[i] = MigrateResult.Success;
-            frozen++;
+            batch.Owner[i] = null;
+            if ((batch.State[i] & EntryState.HasOwner) != 0) { owned = true; batch.Result[i] = MigrateResult.Busy; continue; }
+            if (TryFreeze(batch, i)) frozen++;
         }
-        if (frozen == 0)
+        int moved = frozen > 0 ? FinishFrozen(batch, counters) : 0;
+        if (owned)
         {
-            if (counters != null)
-                for (int i = 0; i < batch.Count; i++) counters.CountOutcome(batch.Result[i]);
-            return 0;
+            for (int i = 0; i < batch.Count; i++)
+            {
+                if ((batch.State[i] & EntryState.HasOwner) == 0) continue;
+                if (!OwnerIsolate(batch, i) || !TryFreeze(batch, i)) continue;
+                moved += FinishFrozen(batch, counters, only: i);
+            }
         }
+        if (counters != null)
+            for (int i = 0; i < batch.Count; i++) counters.CountOutcome(batch.Result[i]);
+        return moved;
+    }
 
+    /// <summary>Steps 1 and 3-4 for one block: reject unusable expected states, freeze, check the address.
+    /// Result is Success while the block is frozen by us.</summary>
+    private bool TryFreeze(MigrationBatch batch, int i)
+    {
+        HandleEntry* e = Handles.Get(batch.Index[i]);
+        long s = batch.State[i];
+        // A state word read while another migration held the block frozen must not be "frozen again": the CAS below
+        // would succeed as a no-op and two migrations would own the block. Likewise an atomic pin: the freeze CAS
+        // must expect a pin count of zero.
+        if ((s & EntryState.PinMask) != 0) { FailUnfrozen(batch, i, MigrateResult.Pinned); return false; }
+        if ((s & EntryState.Frozen) != 0 || (s & EntryState.Allocated) == 0) { FailUnfrozen(batch, i, MigrateResult.Busy); return false; }
+        if (Interlocked.CompareExchange(ref e->State, s | EntryState.Frozen, s) != s) { FailUnfrozen(batch, i, MigrateResult.Busy); return false; }
+        // ABA guard: another migration may have moved the block and restored the very same state word since the
+        // caller read it. Only a frozen entry's address changes, so from here it is stable. An owned block must
+        // also still have the owner that isolated it (a re-own or unregister meanwhile makes this attempt void).
+        if (e->Address != batch.Src[i]) { Unfreeze(batch, i, MigrateResult.Gone); return false; }
+        if (batch.Owner[i] != null && (!_owners.TryGetValue(batch.Index[i], out IMovableBlockOwner? now) || now != batch.Owner[i]))
+        {
+            Unfreeze(batch, i, MigrateResult.Busy);
+            return false;
+        }
+        batch.Result[i] = MigrateResult.Success;
+        return true;
+    }
+
+    /// <summary>Steps 5-8 for the frozen blocks of the batch (or only block <paramref name="only"/>): one barrier, the
+    /// pin-slot snapshot, then copy, owner callback, reverse map, repoint and unfreeze.</summary>
+    private int FinishFrozen(MigrationBatch batch, CompactionCounters? counters, int only = -1)
+    {
         // Dekker with the pinners: every pin slot stored before this point is visible after it, and every pin that
         // loads the state word after it sees Frozen.
         Interlocked.MemoryBarrierProcessWide();
         PinRegistry.Snapshot(batch.PinnedEntries);
-
         int moved = 0;
-        for (int i = 0; i < batch.Count; i++)
+        int first = only >= 0 ? only : 0, end = only >= 0 ? only + 1 : batch.Count;
+        for (int i = first; i < end; i++)
         {
             if (batch.Result[i] != MigrateResult.Success) continue;
             HandleEntry* e = Handles.Get(batch.Index[i]);
@@ -127,7 +151,7 @@ public sealed unsafe partial class NativeHeap
             }
             long size = e->Size;
             Buffer.MemoryCopy((void*)batch.Src[i], (void*)batch.Dst[i], size, size);
-            if ((batch.State[i] & EntryState.HasOwner) != 0 && !OwnerMigrate(batch.Index[i], batch, i)) continue;
+            if (batch.Owner[i] != null && !OwnerMigrate(batch, i)) continue;
             if ((batch.State[i] & EntryState.Run) == 0)
                 *Slabs[(int)BlockKind.Movable].ReverseMapWord(batch.Dst[i], Classes.ClassOf(size)) = (int)batch.Index[i];
             e->Address = batch.Dst[i];
@@ -137,16 +161,21 @@ public sealed unsafe partial class NativeHeap
             Interlocked.Add(ref _bytesMigrated, size);
             if (counters != null) counters.BytesMoved += size;
         }
-        if (counters != null)
-            for (int i = 0; i < batch.Count; i++) counters.CountOutcome(batch.Result[i]);
         return moved;
+    }
+
+    /// <summary>A block we did not freeze: record why, and put it back to the owner that isolated it (if any).</summary>
+    private void FailUnfrozen(MigrationBatch batch, int i, MigrateResult why)
+    {
+        batch.Result[i] = why;
+        OwnerPutback(batch, i);
     }
 
     private void Unfreeze(MigrationBatch batch, int i, MigrateResult why)
     {
         Volatile.Write(ref Handles.Get(batch.Index[i])->State, batch.State[i]);
         batch.Result[i] = why;
-        OwnerPutback(batch.Index[i], batch.State[i]);
+        OwnerPutback(batch, i);
     }
 
     // ------------------------------------------------------------------ single blocks (tests and tools)
@@ -174,11 +203,21 @@ public sealed unsafe partial class NativeHeap
         nint dst = AllocateDestination(index, src, size, run);
         if (dst == 0) return MigrateResult.NoMemory;
 
-        MigrationBatch batch = t_batch ??= new MigrationBatch();
-        batch.Clear();
-        batch.Add(index, s, src, dst);
-        MigrateBatch(batch);
-        MigrateResult result = batch.Result[0];
+        // A nested call (from an owner callback) must not reuse the batch its caller is iterating.
+        MigrationBatch batch = t_batch is { InUse: false } b ? b : (t_batch = new MigrationBatch());
+        MigrateResult result;
+        batch.InUse = true;
+        try
+        {
+            batch.Clear();
+            batch.Add(index, s, src, dst);
+            MigrateBatch(batch);
+            result = batch.Result[0];
+        }
+        finally
+        {
+            batch.InUse = false;
+        }
         ReleaseStorage(result == MigrateResult.Success ? src : dst, size, run);
         return result;
     }

@@ -23,7 +23,13 @@ public sealed unsafe partial class NativeHeap
         while (true)
         {
             long s = Volatile.Read(ref e->State);
-            CheckLive(handle, s);
+            if (!IsLiveState(handle, s))
+            {
+                // Freed meanwhile: take back a registration this loop may have written (Free, which saw no flag,
+                // did not), then report the stale handle.
+                if (owner != null) _owners.TryRemove(new KeyValuePair<uint, IMovableBlockOwner>(index, owner));
+                CheckLive(handle, s);
+            }
             if ((s & EntryState.Movable) == 0) throw new InvalidOperationException($"{handle} is unmovable; only movable blocks have movable owners.");
             if ((s & EntryState.Frozen) != 0) { ThrowIfMigratingOnThisThread(e); spin.SpinOnce(); continue; }
             // The dictionary changes first: a migration that sees HasOwner always finds the owner, and one that sees
@@ -40,27 +46,39 @@ public sealed unsafe partial class NativeHeap
 
     private BlockHandle HandleOf(uint index, long state) => new(HandleBits.Encode(_tag, EntryState.Generation(state), index));
 
-    private bool OwnerIsolate(uint index, long state, out MigrateResult result)
+    private static bool IsLiveState(BlockHandle handle, long s) =>
+        (s & EntryState.Allocated) != 0 && (EntryState.Generation(s) & HandleBits.GenerationMask) == HandleBits.Generation(handle.Value);
+
+    /// <summary>Asks the block's owner to isolate it, remembering which owner answered: the same instance gets the
+    /// migrate and putback calls (a re-own meanwhile voids the attempt at the freeze). Returns false when the owner
+    /// refused or threw (Result says which) or when the owner is gone (Busy).</summary>
+    private bool OwnerIsolate(MigrationBatch batch, int i)
     {
-        result = MigrateResult.Busy;
-        if (!_owners.TryGetValue(index, out IMovableBlockOwner? owner)) return true;
+        uint index = batch.Index[i];
+        if (!_owners.TryGetValue(index, out IMovableBlockOwner? owner)) { batch.Result[i] = MigrateResult.Busy; return false; }
         try
         {
-            if (owner.Isolate(HandleOf(index, state))) return true;
+            if (owner.Isolate(HandleOf(index, batch.State[i])))
+            {
+                batch.Owner[i] = owner;
+                return true;
+            }
+            batch.Result[i] = MigrateResult.Busy;
         }
         catch (Exception)
         {
             Interlocked.Increment(ref _ownerCallbackFailures);
-            result = MigrateResult.OwnerFailed;
+            batch.Result[i] = MigrateResult.OwnerFailed;
         }
         return false;
     }
 
-    /// <summary>Runs the owner's migrate callback with the block frozen and copied. On refusal or exception the
-    /// block is unfrozen in place (and put back); returns false.</summary>
-    private bool OwnerMigrate(uint index, MigrationBatch batch, int i)
+    /// <summary>Runs the isolating owner's migrate callback with the block frozen and copied. On refusal or exception
+    /// the block is unfrozen in place (and put back); returns false.</summary>
+    private bool OwnerMigrate(MigrationBatch batch, int i)
     {
-        if (!_owners.TryGetValue(index, out IMovableBlockOwner? owner)) return true;
+        uint index = batch.Index[i];
+        IMovableBlockOwner owner = batch.Owner[i]!;
         HandleEntry* e = Handles.Get(index);
         OwnerMigrateResult answer;
         t_migratingEntry = e;
@@ -81,12 +99,15 @@ public sealed unsafe partial class NativeHeap
         return false;
     }
 
-    private void OwnerPutback(uint index, long state)
+    /// <summary>Tells the owner that isolated block <paramref name="i"/> (if any) that it was not moved.</summary>
+    private void OwnerPutback(MigrationBatch batch, int i)
     {
-        if ((state & EntryState.HasOwner) == 0 || !_owners.TryGetValue(index, out IMovableBlockOwner? owner)) return;
+        IMovableBlockOwner? owner = batch.Owner[i];
+        if (owner == null) return;
+        batch.Owner[i] = null;
         try
         {
-            owner.Putback(HandleOf(index, state));
+            owner.Putback(HandleOf(batch.Index[i], batch.State[i]));
         }
         catch (Exception)
         {

@@ -111,11 +111,19 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if (tc != null && EnterCache(tc))
         {
             // Fast path, no lock: a slot and an entry from this thread's stacks (about a dozen loads and stores).
-            addr = PopSlot(tc, kind, c);
-            index = addr != 0 ? PopEntry(tc) : 0;
-            if (index == 0 && addr != 0) { PushSlot(tc, kind, c, addr); addr = 0; }
-            if (addr != 0) { tc.LiveBytes += size; tc.LiveBlocks++; }
-            ExitCache(tc);
+            // ExitCache in a finally: a refill that throws (out of native memory for a handle chunk) must not leave
+            // InUse set, or the next drain would wait for ever.
+            try
+            {
+                addr = PopSlot(tc, kind, c);
+                index = addr != 0 ? PopEntry(tc) : 0;
+                if (index == 0 && addr != 0) { PushSlot(tc, kind, c, addr); addr = 0; }
+                if (addr != 0) { tc.LiveBytes += size; tc.LiveBlocks++; }
+            }
+            finally
+            {
+                ExitCache(tc);
+            }
         }
         else
         {
@@ -258,11 +266,17 @@ public sealed unsafe partial class NativeHeap : IDisposable
         ThreadCache? tc = CurrentCache();
         if (tc != null && EnterCache(tc))
         {
-            PushSlot(tc, kind, c, addr);
-            PushEntry(tc, index);
-            tc.LiveBytes -= size;
-            tc.LiveBlocks--;
-            ExitCache(tc);
+            try
+            {
+                PushSlot(tc, kind, c, addr);
+                PushEntry(tc, index);
+                tc.LiveBytes -= size;
+                tc.LiveBlocks--;
+            }
+            finally
+            {
+                ExitCache(tc);
+            }
         }
         else
         {

@@ -57,7 +57,8 @@ internal sealed class CompactControl
 /// (native-layout.md, "Compaction").
 /// </summary>
 /// <remarks>
-/// Lock ordering: <see cref="RunLock"/> is the outermost lock of the heap (one compaction at a time); a run then takes
+/// Lock ordering: <see cref="RunLock"/> is the outermost lock of the heap (one compaction at a time; recursive, so every
+/// entry point refuses to run when the current thread already holds it, as an owner callback would); a run then takes
 /// the cache lock (to disable caches), one class lock at a time, and zone locks inside class locks, like the
 /// allocator. No lock is held while blocks are frozen or owner callbacks run. All fields are protected by RunLock,
 /// except the counters, which are read racily.
@@ -111,6 +112,7 @@ internal sealed unsafe class Compactor
     /// compact the whole movable zone synchronously, ignoring and resetting skip bits. Takes RunLock.</summary>
     public void CompactAll()
     {
+        if (RunLock.IsHeldByCurrentThread) return;   // called from an owner callback of a running compaction
         lock (RunLock)
         {
             using var caches = new CacheGuard(_heap);
@@ -127,6 +129,9 @@ internal sealed unsafe class Compactor
     public int DirectCompact(int pages, uint index)
     {
         int order = Math.Min(Zone.OrderFor(pages), _map.MaxOrder + 1);
+        // RunLock is recursive: an owner callback that allocates must not start a compaction inside the running one
+        // (it would reuse the batch and the free pool the outer run is iterating).
+        if (RunLock.IsHeldByCurrentThread) return -1;
         lock (RunLock)
         {
             if (Deferred(order))
@@ -167,7 +172,7 @@ internal sealed unsafe class Compactor
     /// </summary>
     public void DaemonStep(TimeSpan now)
     {
-        if (!RunLock.TryEnter()) return;
+        if (RunLock.IsHeldByCurrentThread || !RunLock.TryEnter()) return;
         try
         {
             Counters.CompactDaemonWake++;

@@ -7,8 +7,12 @@ namespace Compaction.Allocator;
 /// <remarks>
 /// Order of calls for one migration: <see cref="Isolate"/>; then, with the block frozen (no pin can start) and its
 /// bytes already copied, <see cref="Migrate"/>; <see cref="Putback"/> whenever an isolated block ends up not moved.
-/// Callbacks run on the compacting thread with no heap lock held. They may use the heap, but must not pin, free or
-/// re-own the block being migrated (that would wait for the migration itself; it throws InvalidOperationException).
+/// Callbacks run on the compacting thread with no class, zone or table lock held, and while one runs its block is
+/// the only one that thread holds frozen. They may use the heap (allocate, pin and free other blocks), but must not
+/// pin, free or re-own the block being migrated (that would wait for the migration itself; it throws
+/// InvalidOperationException); a compaction they would start (an explicit one, a step, a direct one from a failed
+/// allocation) is skipped. The owner that answered <see cref="Isolate"/> is the one that gets <see cref="Migrate"/> or
+/// <see cref="Putback"/>; re-owning the block meanwhile voids the attempt (that owner gets Putback).
 /// An exception from <see cref="Isolate"/> or <see cref="Migrate"/> aborts that block's migration and leaves the block
 /// intact at its old address.
 /// </remarks>
