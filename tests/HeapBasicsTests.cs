@@ -152,6 +152,27 @@ public class HeapBasicsTests
     }
 
     [Fact]
+    public void ReleaseFreeMemoryPurgesFreeRunsInsidePageblocksStillInUseAndKeepsLiveBytes()
+    {
+        using NativeHeap heap = TestHeaps.Small(movablePercent: 100);
+        var blocks = Enumerable.Range(0, 400).Select(_ => heap.Allocate(30_000)).ToList();
+        foreach (BlockHandle h in blocks) TestHeaps.Fill(heap, h);
+        var kept = blocks.Where((_, i) => i % 8 == 0).ToList();   // one block in eight: every pageblock stays in use
+        foreach (BlockHandle h in blocks.Except(kept)) heap.Free(h);
+        long released = heap.ReleaseFreeMemory();
+        HeapStatistics stats = heap.GetStatistics();
+        Assert.True(stats.PurgedBytes > 0, "free runs between live blocks were purged");
+        Assert.True(released >= stats.PurgedBytes);
+        foreach (BlockHandle h in kept) Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+        BlockHandle again = heap.Allocate(30_000);   // purged pages are still usable (they read back as zero)
+        TestHeaps.Fill(heap, again);
+        Assert.Equal(0, TestHeaps.CountCorrupt(heap, again));
+        heap.Free(again);
+        kept.ForEach(heap.Free);
+        TestHeaps.AssertValid(heap);
+    }
+
+    [Fact]
     public void PortableBackEndServesBlocksToo()
     {
         using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 16L << 20, PageblockPages = 64, ForcePortableMemory = true });

@@ -19,6 +19,8 @@ public sealed class HeapStatistics
     public long ReservedBytes { get; internal init; }
     /// <summary>Bytes decommitted (returned to the OS) since the heap was created.</summary>
     public long DecommittedBytes { get; internal init; }
+    /// <summary>Bytes of free pages purged (madvise DONTNEED inside pageblocks still in use) since the heap was created.</summary>
+    public long PurgedBytes { get; internal init; }
     /// <summary>Native metadata: page descriptors, pageblock bitmap and handle table.</summary>
     public long MetadataBytes { get; internal init; }
     /// <summary>Page size in bytes.</summary>

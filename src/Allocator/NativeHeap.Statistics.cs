@@ -43,6 +43,7 @@ public sealed unsafe partial class NativeHeap
             CommittedBytes = _memory.CommittedBytes,
             ReservedBytes = _memory.ReservedBytes,
             DecommittedBytes = _memory.DecommittedBytes,
+            PurgedBytes = _memory.PurgedBytes,
             MetadataBytes = Map.MetadataBytes + Handles.MetadataBytes,
             PageSize = Map.PageSize,
             PageblockPages = Map.PageblockPages,

@@ -368,16 +368,29 @@ public sealed unsafe partial class NativeHeap : IDisposable
 
     // ------------------------------------------------------------------ memory back to the OS
 
-    /// <summary>Decommits every wholly free pageblock (madvise DONTNEED on Linux), so resident memory falls.
-    /// Drains the per-thread caches first. Returns the bytes decommitted.</summary>
+    /// <summary>Returns free memory to the OS so that resident memory falls: drains the per-thread caches, frees the
+    /// empty slabs kept for reuse, decommits every wholly free pageblock (madvise DONTNEED and PROT_NONE on Linux),
+    /// then purges free runs of at least 4 pages inside pageblocks still in use (madvise DONTNEED; they stay usable).
+    /// Returns the bytes decommitted or purged.</summary>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public long ReleaseFreeMemory()
     {
         if (_disposed) ThrowHelper.Disposed();
         DrainThreadCaches();
         ReleaseEmptySlabs();
-        return (NormalZone?.DecommitFreePageblocks() ?? 0) + (MovableZone?.DecommitFreePageblocks() ?? 0);
+        long bytes = 0;
+        foreach (Zone? z in (ReadOnlySpan<Zone?>)[NormalZone, MovableZone])
+        {
+            if (z == null) continue;
+            bytes += z.DecommitFreePageblocks();
+            bytes += z.PurgeFreeBlocks(PurgeMinOrder);
+        }
+        return bytes;
     }
+
+    /// <summary>Free runs shorter than 2^2 pages are left resident: purging them costs a system call per few pages
+    /// and they are the first to be reused.</summary>
+    private const int PurgeMinOrder = 2;
 
     /// <summary>Frees the empty slabs each class keeps for reuse.</summary>
     private void ReleaseEmptySlabs()

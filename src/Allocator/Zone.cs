@@ -408,6 +408,29 @@ internal sealed unsafe class Zone
         return bytes;
     }
 
+    /// <summary>
+    /// Purges free blocks of at least <paramref name="minOrder"/> inside committed pageblocks that are not wholly free
+    /// (those are decommitted whole): the pages between live blocks that a fragmented pageblock keeps resident, as
+    /// jemalloc's page purging does. Takes the zone lock. Returns the bytes purged.
+    /// </summary>
+    public long PurgeFreeBlocks(int minOrder)
+    {
+        long bytes = 0;
+        lock (Lock)
+        {
+            for (int o = minOrder; o <= _maxOrder; o++)
+                for (int t = 0; t < MigrateTypes; t++)
+                    for (int p = _freeHeads[o * MigrateTypes + t]; p >= 0; p = _map.Page(p).Next)
+                    {
+                        if (!_memory.IsCommitted(_map.PageblockOf(p))) continue;
+                        nuint length = (nuint)(1 << o) << _map.PageShift;
+                        _memory.Purge(_map.AddressOf(p), length);
+                        bytes += (long)length;
+                    }
+        }
+        return bytes;
+    }
+
     // ------------------------------------------------------------------ validation
 
     /// <summary>Checks the free lists against the descriptors; caller holds the lock. Returns null when consistent.</summary>

@@ -90,6 +90,7 @@ internal sealed unsafe class Compactor
     private readonly long[] _freeSinceTicks;                 // per pageblock of the arena: when it was first seen free
     private int _considered, _deferShift, _orderFailed;
     private int _proactiveDefer;
+    private bool _proactiveResume;   // the last proactive pass ended on its budget above the low watermark
 
     public Compactor(NativeHeap heap, Zone movableZone)
     {
@@ -189,16 +190,24 @@ internal sealed unsafe class Compactor
                 {
                     (int low, int high) = Fragmentation.Watermarks(o.Proactiveness);
                     int score = Score();
-                    if (score > high)
+                    // A pass starts above the high watermark; one that its budget cut short resumes at the next wake
+                    // (from the cached scanner positions) for as long as the score is above the low watermark.
+                    if (score > high || (_proactiveResume && score > low))
                     {
-                        // proactive_compact_node: the whole zone, skip hints ignored, synchronous-light.
-                        CompactZone(new CompactControl
+                        // proactive_compact_node: skip hints ignored, synchronous-light; a fresh pass covers the whole zone.
+                        CompactStatus status = CompactZone(new CompactControl
                         {
                             Mode = CompactMode.SyncLight, Proactive = true, Daemon = true, LowWatermark = low,
-                            WholeZone = true, IgnoreSkipHint = true,
+                            WholeZone = !_proactiveResume, IgnoreSkipHint = true,
                             BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks,
                         });
-                        _proactiveDefer = Score() < score ? 0 : ProactiveDeferWakes;
+                        int after = Score();
+                        _proactiveResume = status == CompactStatus.BudgetExhausted && after > low;
+                        _proactiveDefer = after < score || _proactiveResume ? 0 : ProactiveDeferWakes;
+                    }
+                    else
+                    {
+                        _proactiveResume = false;
                     }
                 }
             }

@@ -110,6 +110,21 @@ internal sealed unsafe class ArenaMemory : IDisposable
         Interlocked.Add(ref _decommittedBytes, (long)_pageblockBytes);
     }
 
+    /// <summary>
+    /// Drops the contents of free pages inside a committed pageblock (madvise MADV_DONTNEED): resident memory falls,
+    /// the range stays readable and writable and reads back as zero. Caller holds the zone lock and owns the range
+    /// (free pages: no block lives there, no metadata either). A no-op on the portable back end.
+    /// </summary>
+    public void Purge(nint address, nuint bytes)
+    {
+        if (!_linux) return;
+        LinuxMemory.madvise(address, bytes, LinuxMemory.MADV_DONTNEED);
+        Interlocked.Add(ref _purgedBytes, (long)bytes);
+    }
+
+    private long _purgedBytes;
+    public long PurgedBytes => Volatile.Read(ref _purgedBytes);
+
     public void Dispose()
     {
         nint p = Interlocked.Exchange(ref _rawBase, 0);
