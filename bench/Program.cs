@@ -20,6 +20,10 @@ public static class Program
                   summary table -> bench/results/micro.md (--smoke: micro-smoke.md, --filter: micro-filtered.md)
           demo [--seed N] [--arena-mib N] [--fill-percent P]
                   fill a heap with a seeded mix of movable and unmovable blocks, free half, verify, print statistics
+          compaction [--quick] [--seed N] [--only NAME[,NAME...]] [--out FILE]
+                  compaction scenarios, each beside its baseline: high-order success, throughput vs memcpy,
+                  proactive vs on-demand latency, mutator latency under the background compactor, RSS vs live;
+                  -> bench/results/compaction.md (--quick: compaction-quick.md, under a minute)
           peers   which peer allocators load in this process
         peers are installed by scripts/install-peers.sh (a missing one is skipped, never fatal)
         """;
@@ -34,6 +38,8 @@ public static class Program
                 return ReexecWithJemallocTunable(args) ?? MicroSuite.Run(rest);
             case "demo":
                 return DemoScenario.Run(rest);
+            case "compaction":
+                return CompactionSuite.Run(rest);
             case "peers":
                 return ReexecWithJemallocTunable(args) ?? (Peers.PrintReport() == 0 ? 0 : 1);
             case "help" or "-h" or "--help":

@@ -347,6 +347,23 @@ public class CompactionTests(ITestOutputHelper output)
         extra.ForEach(p => p.Dispose());
     }
 
+    [Fact]
+    public void AnIdleBackgroundWakeMovesNothingAndLeavesTheThreadCachesAlone()
+    {
+        using NativeHeap heap = MovableOnly(direct: false);
+        var rng = new Random(9);
+        var live = Enumerable.Range(0, 5000).Select(_ => heap.Allocate(rng.Next(16, 256))).ToList();
+        for (int i = 0; i < 200; i++) heap.Free(heap.Allocate(rng.Next(16, 256)));   // this thread's cache holds slots
+        long cached = heap.GetStatistics().CachedSlots;
+        Assert.True(cached > 0);
+        CompactionStatistics step = heap.RunCompactionStep(TimeSpan.FromSeconds(1));
+        Assert.Equal(1, step.CompactDaemonWake);
+        Assert.Equal(0, step.BytesMoved);
+        Assert.Equal(0, step.LockAcquisitions);
+        Assert.Equal(cached, heap.GetStatistics().CachedSlots);   // not drained: nothing was worth migrating
+        live.ForEach(heap.Free);
+    }
+
     private sealed class RetryingOwner(int refusals, bool throws = false) : IMovableBlockOwner
     {
         public int MigrateCalls, Putbacks, Isolations;

@@ -77,9 +77,9 @@ public static class MicroSuite
 
         Console.WriteLine($"micro: {(smoke ? "smoke (Dry job, in process)" : "Short job (1 launch, 3 warmup, 15 iterations of 100 ms)")}" +
                           $"{(filters.Count > 0 ? ", filter " + string.Join(" ", filters) : "")}; summary -> {outPath}");
-        string? loadBefore = LoadAverage();
+        string? loadBefore = RunInfo.LoadAverage();
         Summary[] summaries = BenchmarkRunner.Run(Classes, config);
-        string? loadAfter = LoadAverage();
+        string? loadAfter = RunInfo.LoadAverage();
 
         string command = "dotnet run -c Release --project bench -- micro" + (smoke ? " --smoke" : "") +
                          string.Concat(filters.Select(f => $" --filter '{f}'"));
@@ -111,7 +111,7 @@ public static class MicroSuite
         var inv = CultureInfo.InvariantCulture;
         sb.AppendLine(smoke ? "# Micro benchmarks (SMOKE run: one invoke each, numbers are meaningless)" : "# Micro benchmarks");
         sb.AppendLine();
-        sb.AppendLine($"Generated {DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", inv)} UTC by `{command}`, core at {CoreRevision()}.");
+        sb.AppendLine($"Generated {DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", inv)} UTC by `{command}`, core at {RunInfo.CoreRevision()}.");
         sb.AppendLine(smoke
             ? "Job: BenchmarkDotNet Dry (1 invoke, no warmup), InProcessEmitToolchain."
             : "Job: 1 launch, 3 warmup + 15 measured iterations of ~100 ms, one child process per benchmark (GLIBC_TUNABLES set for jemalloc).");
@@ -167,50 +167,6 @@ public static class MicroSuite
             }
         }
         return sb.ToString();
-    }
-
-    /// <summary>/proc/loadavg's first three fields (Linux), to tell a quiet machine from a busy one; or null.</summary>
-    private static string? LoadAverage()
-    {
-        try
-        {
-            return File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : null;
-        }
-        catch (IOException)
-        {
-            return null;
-        }
-    }
-
-    /// <summary>The commit the core was built from, and whether src/ had uncommitted changes ("unknown" without git).</summary>
-    private static string CoreRevision()
-    {
-        string root = Path.GetDirectoryName(Paths.BenchDirectory())!;
-        string? head = Git(root, "rev-parse --short HEAD");
-        if (head == null) return "an unknown revision (no git)";
-        string? dirty = Git(root, "status --porcelain -- src");
-        return dirty is { Length: > 0 } ? $"{head} plus uncommitted changes in src/" : head;
-    }
-
-    private static string? Git(string dir, string arguments)
-    {
-        try
-        {
-            var psi = new System.Diagnostics.ProcessStartInfo("git", $"-C \"{dir}\" {arguments}")
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                UseShellExecute = false,
-            };
-            using var p = System.Diagnostics.Process.Start(psi)!;
-            string output = p.StandardOutput.ReadToEnd().Trim();
-            p.WaitForExit();
-            return p.ExitCode == 0 ? output : null;
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            return null;
-        }
     }
 
     private static string Ratio(double? value, double? reference, IFormatProvider inv) =>

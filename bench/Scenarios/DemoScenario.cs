@@ -16,9 +16,10 @@ namespace Compaction.Bench.Scenarios;
 /// <item><see cref="VerifySurvivors"/>: every survivor still holds its pattern (and its size).</item>
 /// <item><see cref="PrintStatistics"/>: the heap's statistics, buddy and page-type info, committed vs live.</item>
 /// <item><see cref="ProbePageblockAllocations"/>: how many pageblock-sized (2 MiB) blocks can still be allocated.</item>
+/// <item><see cref="Compact"/>: <see cref="NativeHeap.Compact"/>, with its counters; then the survivors are verified,
+/// the statistics printed and the pageblock-sized allocations probed again.</item>
+/// <item><see cref="ReleaseFreeMemory"/>: wholly free pageblocks go back to the OS.</item>
 /// </list>
-/// The compactor slots in after <see cref="VerifySurvivors"/>: compact, verify again, print statistics and probe
-/// again (see the marked place in <see cref="Run"/>).
 /// </summary>
 public static class DemoScenario
 {
@@ -31,7 +32,8 @@ public static class DemoScenario
             return 2;
         }
         Console.WriteLine($"demo: seed {options.Seed} (repeat with --seed {options.Seed}); arena {options.ArenaBytes >> 20} MiB; " +
-                          $"fill to {options.FillPercent}% live; blocks {options.MinSize} B-{options.MaxSize >> 10} KiB, {options.UnmovablePercent}% unmovable");
+                          $"fill to {options.FillPercent}% live; blocks {options.MinSize} B-{options.MaxSize >> 10} KiB, {options.UnmovablePercent}% unmovable; " +
+                          "direct compaction off (only the explicit Compact() phase moves blocks)");
         var total = Stopwatch.StartNew();
         using var run = new DemoRun(options);
 
@@ -42,8 +44,11 @@ public static class DemoScenario
         Phase("statistics", () => PrintStatistics(run, "after freeing half"));
         Phase("probe pageblock allocations", () => ProbePageblockAllocations(run));
 
-        // --- compaction goes here: Compact(run); corrupt += VerifySurvivors(run);
-        //     PrintStatistics(run, "after compaction"); ProbePageblockAllocations(run);
+        Phase("compact", () => Compact(run));
+        corrupt += Phase("verify survivors after compaction", () => VerifySurvivors(run));
+        Phase("statistics", () => PrintStatistics(run, "after compaction"));
+        Phase("probe pageblock allocations after compaction", () => ProbePageblockAllocations(run));
+        Phase("release free memory", () => ReleaseFreeMemory(run));
 
         Phase("free all", () => FreeAll(run));
         Console.WriteLine($"demo: {(corrupt == 0 ? "OK" : $"FAILED: {corrupt} corrupt block(s)")} in {total.Elapsed.TotalSeconds:F2} s (seed {options.Seed})");
@@ -142,7 +147,7 @@ public static class DemoScenario
         long freePages = s.Zones.Sum(z => z.FreePages);
         Console.WriteLine($"committed {Mib(s.CommittedBytes)} vs live {Mib(s.LiveBytes)}: committed/live = " +
                           $"{(s.LiveBytes > 0 ? (double)s.CommittedBytes / s.LiveBytes : 0):F2}; free pages {freePages:N0} ({Mib(freePages * s.PageSize)})");
-        if (ProcessMemory() is string rss) Console.WriteLine($"process: {rss}");
+        if (ProcessMemory.Summary() is string rss) Console.WriteLine($"process: {rss}");
     }
 
     /// <summary>
@@ -160,6 +165,51 @@ public static class DemoScenario
                           $"(each probed alone); the free pages would hold {ideal} if contiguous");
         return (movable, unmovable);
     }
+
+    /// <summary>Compacts the whole movable zone (<see cref="NativeHeap.Compact"/>) and prints the run's counters.</summary>
+    public static CompactionStatistics Compact(DemoRun run)
+    {
+        var sw = Stopwatch.StartNew();
+        CompactionStatistics c = run.Heap.Compact();
+        sw.Stop();
+        Console.WriteLine($"  Compact() took {sw.Elapsed.TotalMilliseconds:F1} ms: moved {c.BytesMoved:N0} B ({Mib(c.BytesMoved)}) = " +
+                          $"{(sw.Elapsed.TotalSeconds > 0 ? c.BytesMoved / sw.Elapsed.TotalSeconds / 1e6 : 0):F0} MB/s");
+        Console.WriteLine("---- compaction counters (this run) ----");
+        foreach ((string name, long value) in Counters(c)) Console.WriteLine($"  {name,-30} {value,14:N0}");
+        Console.WriteLine($"  {"compaction efficiency",-30} {c.CompactionEfficiency,13:F1}%  (compact_success / compact_stall)");
+        Console.WriteLine($"  {"scan efficiency",-30} {c.ScanEfficiency,13:F1}%  (migrate scanned / free scanned)");
+        return c;
+    }
+
+    /// <summary>Gives free memory back to the OS (<see cref="NativeHeap.ReleaseFreeMemory"/>: wholly free pageblocks decommitted,
+    /// free runs inside used pageblocks purged) and prints what it gave back.</summary>
+    public static long ReleaseFreeMemory(DemoRun run)
+    {
+        HeapStatistics b = run.Heap.GetStatistics();
+        long released = run.Heap.ReleaseFreeMemory();
+        HeapStatistics s = run.Heap.GetStatistics();
+        long purged = s.PurgedBytes - b.PurgedBytes;
+        Console.WriteLine($"  ReleaseFreeMemory returned {released:N0} B ({Mib(released)}): {Mib(s.DecommittedBytes - b.DecommittedBytes)} of wholly free " +
+                          $"pageblocks decommitted, {Mib(purged)} of free runs purged inside pageblocks in use");
+        Console.WriteLine($"  committed {Mib(b.CommittedBytes)} -> {Mib(s.CommittedBytes)} ({Mib(s.CommittedBytes - purged)} not purged), live {Mib(s.LiveBytes)}: " +
+                          $"(committed - purged)/live = {(s.LiveBytes > 0 ? (double)(s.CommittedBytes - purged) / s.LiveBytes : 0):F2}");
+        if (ProcessMemory.Summary() is string rss) Console.WriteLine($"process: {rss}");
+        return released;
+    }
+
+    /// <summary>The counters by their kernel names, in /proc/vmstat order.</summary>
+    private static IEnumerable<(string, long)> Counters(CompactionStatistics c) =>
+    [
+        ("compact_stall", c.CompactStall), ("compact_fail", c.CompactFail), ("compact_success", c.CompactSuccess),
+        ("compact_migrate_scanned", c.CompactMigrateScanned), ("compact_free_scanned", c.CompactFreeScanned),
+        ("compact_isolated", c.CompactIsolated), ("pgmigrate_success", c.PgmigrateSuccess), ("pgmigrate_fail", c.PgmigrateFail),
+        ("compact_daemon_wake", c.CompactDaemonWake), ("compact_daemon_migrate_scanned", c.CompactDaemonMigrateScanned),
+        ("compact_daemon_free_scanned", c.CompactDaemonFreeScanned), ("pages_compacted (slabs)", c.PagesCompacted),
+        ("lock_acquisitions", c.LockAcquisitions), ("pinned_pages_skipped", c.PinnedPagesSkipped),
+        ("cache_held_failures", c.CacheHeldFailures), ("bytes_moved", c.BytesMoved), ("bytes_decommitted", c.BytesDecommitted),
+        ("compact_deferred", c.CompactDeferred), ("skip_bits_set", c.SkipBitsSet), ("captured", c.Captured),
+        ("contended_runs", c.ContendedRuns),
+    ];
 
     /// <summary>Frees every survivor (the heap is then empty again).</summary>
     public static void FreeAll(DemoRun run)
@@ -205,22 +255,6 @@ public static class DemoScenario
         T result = phase();
         Console.WriteLine($"[{name}] {sw.Elapsed.TotalMilliseconds:F1} ms");
         return result;
-    }
-
-    /// <summary>VmRSS and the anonymous huge pages of this process (Linux), or null.</summary>
-    private static string? ProcessMemory()
-    {
-        try
-        {
-            if (!File.Exists("/proc/self/smaps_rollup")) return null;
-            var wanted = new[] { "Rss:", "AnonHugePages:" };
-            IEnumerable<string> lines = File.ReadLines("/proc/self/smaps_rollup").Where(l => wanted.Any(l.StartsWith));
-            return string.Join(", ", lines.Select(l => string.Join(' ', l.Split(' ', StringSplitOptions.RemoveEmptyEntries))));
-        }
-        catch (IOException)
-        {
-            return null;
-        }
     }
 
     private static string Mib(long bytes) => $"{bytes / (1024.0 * 1024):F1} MiB";
@@ -301,7 +335,9 @@ public sealed class DemoRun : IDisposable
     {
         Options = options;
         Rng = new Random(options.Seed);
-        Heap = new NativeHeap(new HeapOptions { ArenaBytes = options.ArenaBytes });
+        // Direct compaction is off, so that the first probe shows what fragmentation leaves and the compaction phase
+        // shows what Compact() gives back (with it on, the first probe would already compact).
+        Heap = new NativeHeap(new HeapOptions { ArenaBytes = options.ArenaBytes, DirectCompaction = false });
     }
 
     public DemoOptions Options { get; }

@@ -179,38 +179,33 @@ internal sealed unsafe class Compactor
             Counters.CompactDaemonWake++;
             HeapOptions o = Options;
             long budgetTicks = o.CompactionBudgetTime == TimeSpan.Zero ? 0 : (long)(o.CompactionBudgetTime.TotalSeconds * Stopwatch.Frequency);
-            using (var caches = new CacheGuard(_heap))
+            (int low, int high) = Fragmentation.Watermarks(o.Proactiveness);
+            int score = Score();
+            bool proactive = o.Proactiveness > 0 && _proactiveDefer == 0 && (score > high || (_proactiveResume && score > low));
+            if (_proactiveDefer > 0) _proactiveDefer--;
+            // An idle wake costs no drain: caches are disabled only when some class is worth consolidating or a
+            // proactive pass is due (otherwise every wake would drain the caches, leaving part-used slabs to move).
+            if (proactive || AnyClassWorthConsolidating())
             {
+                using var caches = new CacheGuard(_heap);
                 ConsolidateSlabs(new CompactControl { Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks, StartTicks = Stopwatch.GetTimestamp(), BytesMovedAtStart = Counters.BytesMoved });
-                if (_proactiveDefer > 0)
+                if (proactive)
                 {
-                    _proactiveDefer--;
-                }
-                else if (o.Proactiveness > 0)
-                {
-                    (int low, int high) = Fragmentation.Watermarks(o.Proactiveness);
-                    int score = Score();
                     // A pass starts above the high watermark; one that its budget cut short resumes at the next wake
                     // (from the cached scanner positions) for as long as the score is above the low watermark.
-                    if (score > high || (_proactiveResume && score > low))
+                    // proactive_compact_node: skip hints ignored, synchronous-light; a fresh pass covers the whole zone.
+                    CompactStatus status = CompactZone(new CompactControl
                     {
-                        // proactive_compact_node: skip hints ignored, synchronous-light; a fresh pass covers the whole zone.
-                        CompactStatus status = CompactZone(new CompactControl
-                        {
-                            Mode = CompactMode.SyncLight, Proactive = true, Daemon = true, LowWatermark = low,
-                            WholeZone = !_proactiveResume, IgnoreSkipHint = true,
-                            BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks,
-                        });
-                        int after = Score();
-                        _proactiveResume = status == CompactStatus.BudgetExhausted && after > low;
-                        _proactiveDefer = after < score || _proactiveResume ? 0 : ProactiveDeferWakes;
-                    }
-                    else
-                    {
-                        _proactiveResume = false;
-                    }
+                        Mode = CompactMode.SyncLight, Proactive = true, Daemon = true, LowWatermark = low,
+                        WholeZone = !_proactiveResume, IgnoreSkipHint = true,
+                        BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks,
+                    });
+                    int after = Score();
+                    _proactiveResume = status == CompactStatus.BudgetExhausted && after > low;
+                    _proactiveDefer = after < score || _proactiveResume ? 0 : ProactiveDeferWakes;
                 }
             }
+            if (!proactive && score <= low) _proactiveResume = false;
             Trim(now);
         }
         finally
@@ -677,6 +672,31 @@ internal sealed unsafe class Compactor
         }
     }
 
+    /// <summary>
+    /// The background compactor's hysteresis for consolidation (like Redis active defrag's threshold): a class is worth
+    /// it when zs_can_compact would free at least two slabs and at least an eighth of the class's pages. Explicit
+    /// compaction consolidates down to zero regardless. Reads the class counters racily (a heuristic).
+    /// </summary>
+    private bool WorthConsolidatingLocked(SlabClass cls)
+    {
+        int capacity = _slabs.Classes.SlotsPerSlab[cls.Index];
+        long freeSlabs = (cls.Slabs * capacity - cls.UsedSlots) / capacity;
+        return cls.Slabs >= 3 && freeSlabs >= 2 && freeSlabs * 8 >= cls.Slabs;
+    }
+
+    private bool AnyClassWorthConsolidating()
+    {
+        foreach (SlabClass cls in _slabs.Class)
+        {
+            long slabs = Volatile.Read(ref cls.Slabs);
+            if (slabs < 3) continue;
+            int capacity = _slabs.Classes.SlotsPerSlab[cls.Index];
+            long freeSlabs = (slabs * capacity - Volatile.Read(ref cls.UsedSlots)) / capacity;
+            if (freeSlabs >= 2 && freeSlabs * 8 >= slabs) return true;
+        }
+        return false;
+    }
+
     /// <summary>One step of zs_compact for a class. Returns false when the class is done.</summary>
     private bool ConsolidateOne(CompactControl cc, SlabClass cls)
     {
@@ -686,6 +706,7 @@ internal sealed unsafe class Compactor
         try
         {
             if (_slabs.CanCompactLocked(cls) <= 0) return false;
+            if (cc.Daemon && !WorthConsolidatingLocked(cls)) return false;
             src = _slabs.FindLeastFullLocked(cls, _tried);
             if (src < 0) return false;
             _tried.Add(src);
