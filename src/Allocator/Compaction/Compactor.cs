@@ -553,8 +553,7 @@ internal sealed unsafe class Compactor
         lock (cls.Lock)
         {
             Counters.LockAcquisitions++;
-            for (int i = 0; i < _batch.Count; i++)
-                _slabs.FreeSlotLocked(cls, _batch.Result[i] == MigrateResult.Success ? _batch.Src[i] : _batch.Dst[i]);
+            ReleaseBatchSlotsLocked(cls);
             bool srcFreed = _slabs.PutbackLocked(cls, head, releaseIfEmpty: true);
             _slabs.PutbackLocked(cls, dst, releaseIfEmpty: true);
             if (srcFreed) Counters.LockAcquisitions++;
@@ -672,6 +671,14 @@ internal sealed unsafe class Compactor
         }
     }
 
+    /// <summary>After a slab batch: the source slot of every moved block and the destination slot of every block
+    /// that stayed are free again. Caller holds the class lock.</summary>
+    private void ReleaseBatchSlotsLocked(SlabClass cls)
+    {
+        for (int i = 0; i < _batch.Count; i++)
+            _slabs.FreeSlotLocked(cls, _batch.Result[i] == MigrateResult.Success ? _batch.Src[i] : _batch.Dst[i]);
+    }
+
     /// <summary>
     /// The background compactor's hysteresis for consolidation (like Redis active defrag's threshold): a class is worth
     /// it when zs_can_compact would free at least two slabs and at least an eighth of the class's pages. Explicit
@@ -738,8 +745,7 @@ internal sealed unsafe class Compactor
         lock (cls.Lock)
         {
             Counters.LockAcquisitions++;
-            for (int i = 0; i < _batch.Count; i++)
-                _slabs.FreeSlotLocked(cls, _batch.Result[i] == MigrateResult.Success ? _batch.Src[i] : _batch.Dst[i]);
+            ReleaseBatchSlotsLocked(cls);
             if (_slabs.PutbackLocked(cls, src, releaseIfEmpty: true))
             {
                 Counters.PagesCompacted += pages;
