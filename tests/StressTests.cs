@@ -20,7 +20,7 @@ public class StressTests(ITestOutputHelper output)
         using NativeHeap heap = TestHeaps.Small(movablePercent: 75, arenaBytes: 128L << 20);   // direct compaction on, too
         var published = new long[Mutators * 256];   // handles the relocator may move (racy, by design)
         var stop = new CancellationTokenSource();
-        long corrupt = 0, pinnedMoves = 0, pins = 0, migrated = 0, pinnedRejects = 0;
+        long migrated = 0, pinnedRejects = 0;
 
         var relocator = new Thread(() =>
         {
@@ -37,52 +37,10 @@ public class StressTests(ITestOutputHelper output)
             }
         });
 
+        var counts = new MutatorCounts();
         var mutators = Enumerable.Range(0, Mutators).Select(t => new Thread(() =>
-        {
-            var rng = new Random(seed + t);
-            var mine = new List<BlockHandle>();
-            var sw = Stopwatch.StartNew();
-            for (int round = 0; sw.ElapsedMilliseconds < 3000 && round < 200_000; round++)
-            {
-                int op = rng.Next(10);
-                if (op < 4 || mine.Count < 16)
-                {
-                    long size = rng.Next(4) == 0 ? rng.Next(16 * 1024, 200_000) : rng.Next(1, 2048);
-                    BlockKind kind = rng.Next(5) == 0 ? BlockKind.Unmovable : BlockKind.Movable;
-                    if (!heap.TryAllocate(size, kind, out BlockHandle h)) continue;
-                    TestHeaps.Fill(heap, h);
-                    mine.Add(h);
-                    Volatile.Write(ref published[t * 256 + rng.Next(256)], (long)h.Value);
-                }
-                else if (op < 8)
-                {
-                    BlockHandle h = mine[rng.Next(mine.Count)];
-                    using PinScope pin = heap.Pin(h);
-                    Interlocked.Increment(ref pins);
-                    nint before = pin.Address;
-                    int bad = 0;
-                    Span<byte> span = pin.Span;
-                    for (int i = 0; i < span.Length; i += 1 + (i & 7)) if (span[i] != TestHeaps.Pattern(h, i)) bad++;
-                    span[0] = TestHeaps.Pattern(h, 0); // a write while pinned must survive later migrations
-                    Interlocked.Add(ref corrupt, bad);
-                    if (heap.CurrentAddress(h) != before) Interlocked.Increment(ref pinnedMoves);
-                }
-                else
-                {
-                    int i = rng.Next(mine.Count);
-                    BlockHandle h = mine[i];
-                    Interlocked.Add(ref corrupt, TestHeaps.CountCorrupt(heap, h));
-                    heap.Free(h);
-                    mine[i] = mine[^1];
-                    mine.RemoveAt(mine.Count - 1);
-                }
-            }
-            foreach (BlockHandle h in mine)
-            {
-                Interlocked.Add(ref corrupt, TestHeaps.CountCorrupt(heap, h));
-                heap.Free(h);
-            }
-        })).ToList();
+            RunMutator(heap, seed + t, counts, maxRunBytes: 200_000, unmovableOneIn: 5, pinHoldSpins: 0,
+                onAllocated: (h, rng) => Volatile.Write(ref published[t * 256 + rng.Next(256)], (long)h.Value)))).ToList();
 
         relocator.Start();
         try
@@ -96,9 +54,9 @@ public class StressTests(ITestOutputHelper output)
             relocator.Join(); // before the heap is disposed: Dispose must not race with other calls
         }
 
-        output.WriteLine($"pins {pins}, migrated {migrated}, rejected as pinned {pinnedRejects}, corrupt bytes {corrupt}");
-        Assert.Equal(0, corrupt);
-        Assert.Equal(0, pinnedMoves);
+        output.WriteLine($"pins {counts.Pins}, migrated {migrated}, rejected as pinned {pinnedRejects}, corrupt bytes {counts.Corrupt}");
+        Assert.Equal(0, counts.Corrupt);
+        Assert.Equal(0, counts.PinnedMoves);
         Assert.True(migrated > 100, $"the relocator moved only {migrated} blocks");
         Assert.Equal(0, heap.GetStatistics().LiveBytes);
         TestHeaps.AssertValid(heap);
@@ -119,7 +77,8 @@ public class StressTests(ITestOutputHelper output)
             CompactionInterval = TimeSpan.FromMilliseconds(1), Proactiveness = 100,
             CompactionBudgetBytes = 0, CompactionBudgetTime = TimeSpan.Zero, DecommitDelay = TimeSpan.Zero,
         });
-        long corrupt = 0, pinnedMoves = 0, pins = 0, fullRuns = 0;
+        long fullRuns = 0;
+        var counts = new MutatorCounts();
         heap.StartBackgroundCompaction();
         var stop = new CancellationTokenSource();
         var explicitCompactor = new Thread(() =>
@@ -130,49 +89,7 @@ public class StressTests(ITestOutputHelper output)
         try
         {
             var mutators = Enumerable.Range(0, Mutators).Select(t => new Thread(() =>
-            {
-                var rng = new Random(seed + t);
-                var mine = new List<BlockHandle>();
-                var sw = Stopwatch.StartNew();
-                while (sw.ElapsedMilliseconds < 3000)
-                {
-                    int op = rng.Next(10);
-                    if (op < 4 || mine.Count < 16)
-                    {
-                        long size = rng.Next(4) == 0 ? rng.Next(16 * 1024, 120_000) : rng.Next(1, 2048);
-                        BlockKind kind = rng.Next(6) == 0 ? BlockKind.Unmovable : BlockKind.Movable;
-                        if (!heap.TryAllocate(size, kind, out BlockHandle h)) continue;
-                        TestHeaps.Fill(heap, h);
-                        mine.Add(h);
-                    }
-                    else if (op < 8)
-                    {
-                        BlockHandle h = mine[rng.Next(mine.Count)];
-                        using PinScope pin = heap.Pin(h);
-                        Interlocked.Increment(ref pins);
-                        Span<byte> span = pin.Span;
-                        int bad = 0;
-                        for (int i = 0; i < span.Length; i += 1 + (i & 7)) if (span[i] != TestHeaps.Pattern(h, i)) bad++;
-                        Interlocked.Add(ref corrupt, bad);
-                        span[0] = TestHeaps.Pattern(h, 0);
-                        Thread.SpinWait(rng.Next(50));
-                        if (heap.CurrentAddress(h) != pin.Address) Interlocked.Increment(ref pinnedMoves);
-                    }
-                    else
-                    {
-                        int i = rng.Next(mine.Count);
-                        Interlocked.Add(ref corrupt, TestHeaps.CountCorrupt(heap, mine[i]));
-                        heap.Free(mine[i]);
-                        mine[i] = mine[^1];
-                        mine.RemoveAt(mine.Count - 1);
-                    }
-                }
-                foreach (BlockHandle h in mine)
-                {
-                    Interlocked.Add(ref corrupt, TestHeaps.CountCorrupt(heap, h));
-                    heap.Free(h);
-                }
-            })).ToList();
+                RunMutator(heap, seed + t, counts, maxRunBytes: 120_000, unmovableOneIn: 6, pinHoldSpins: 50, onAllocated: null))).ToList();
             mutators.ForEach(m => m.Start());
             mutators.ForEach(m => m.Join());
         }
@@ -183,9 +100,9 @@ public class StressTests(ITestOutputHelper output)
             heap.StopBackgroundCompaction();
         }
         CompactionStatistics c = heap.GetStatistics().Compaction;
-        output.WriteLine($"pins {pins}, full runs {fullRuns}, corrupt bytes {corrupt}; {c}");
-        Assert.Equal(0, corrupt);
-        Assert.Equal(0, pinnedMoves);
+        output.WriteLine($"pins {counts.Pins}, full runs {fullRuns}, corrupt bytes {counts.Corrupt}; {c}");
+        Assert.Equal(0, counts.Corrupt);
+        Assert.Equal(0, counts.PinnedMoves);
         Assert.True(c.CompactDaemonWake > 10 && c.PgmigrateSuccess > 0, "the compactors ran and moved pages");
         HeapStatistics end = heap.GetStatistics();
         Assert.True(end.LiveBytes == 0 && end.LiveBlocks == 0, $"live {end.LiveBytes} B in {end.LiveBlocks} blocks; validator: {string.Join("; ", heap.Validate().Take(5))}");
@@ -239,5 +156,62 @@ public class StressTests(ITestOutputHelper output)
         Assert.True(moved >= 50);
         foreach (BlockHandle h in blocks) heap.Free(h);
         TestHeaps.AssertValid(heap);
+    }
+
+    private sealed class MutatorCounts
+    {
+        public long Corrupt, PinnedMoves, Pins;
+    }
+
+    /// <summary>
+    /// One mutator for 3 seconds: allocate (seeded mixed sizes and kinds) and write a pattern derived from the handle;
+    /// pin a block, verify it, write into it and check that its address did not change while pinned; verify and free.
+    /// Frees everything it still holds at the end, verifying each block first.
+    /// </summary>
+    private static void RunMutator(NativeHeap heap, int seed, MutatorCounts counts, int maxRunBytes, int unmovableOneIn,
+        int pinHoldSpins, Action<BlockHandle, Random>? onAllocated)
+    {
+        var rng = new Random(seed);
+        var mine = new List<BlockHandle>();
+        var sw = Stopwatch.StartNew();
+        while (sw.ElapsedMilliseconds < 3000)
+        {
+            int op = rng.Next(10);
+            if (op < 4 || mine.Count < 16)
+            {
+                long size = rng.Next(4) == 0 ? rng.Next(16 * 1024, maxRunBytes) : rng.Next(1, 2048);
+                BlockKind kind = rng.Next(unmovableOneIn) == 0 ? BlockKind.Unmovable : BlockKind.Movable;
+                if (!heap.TryAllocate(size, kind, out BlockHandle h)) continue;
+                TestHeaps.Fill(heap, h);
+                mine.Add(h);
+                onAllocated?.Invoke(h, rng);
+            }
+            else if (op < 8)
+            {
+                BlockHandle h = mine[rng.Next(mine.Count)];
+                using PinScope pin = heap.Pin(h);
+                Interlocked.Increment(ref counts.Pins);
+                Span<byte> span = pin.Span;
+                int bad = 0;
+                for (int i = 0; i < span.Length; i += 1 + (i & 7)) if (span[i] != TestHeaps.Pattern(h, i)) bad++;
+                Interlocked.Add(ref counts.Corrupt, bad);
+                span[0] = TestHeaps.Pattern(h, 0);   // a write while pinned must survive later migrations
+                if (pinHoldSpins > 0) Thread.SpinWait(rng.Next(pinHoldSpins));
+                if (heap.CurrentAddress(h) != pin.Address) Interlocked.Increment(ref counts.PinnedMoves);
+            }
+            else
+            {
+                int i = rng.Next(mine.Count);
+                Interlocked.Add(ref counts.Corrupt, TestHeaps.CountCorrupt(heap, mine[i]));
+                heap.Free(mine[i]);
+                mine[i] = mine[^1];
+                mine.RemoveAt(mine.Count - 1);
+            }
+        }
+        foreach (BlockHandle h in mine)
+        {
+            Interlocked.Add(ref counts.Corrupt, TestHeaps.CountCorrupt(heap, h));
+            heap.Free(h);
+        }
     }
 }
