@@ -83,6 +83,7 @@ internal sealed unsafe class Compactor
     private readonly List<uint> _entries = [];
     private readonly List<long> _states = [];
     private readonly List<nint> _slots = [];
+    private readonly List<(int head, int dst, int pages)> _runs = [];
     private readonly HashSet<int> _tried = [];
     private readonly int _firstPb, _lastPb;
     private readonly int[] _cachedMigratePb = new int[2];   // [async, sync]: where the next run resumes
@@ -424,19 +425,23 @@ internal sealed unsafe class Compactor
     {
         int passes = cc.Mode == CompactMode.Async ? AsyncPasses : SyncPasses;
         var pending = new List<int>(units);
+        var results = new List<(int head, MigrateResult result)>(units.Count);
         for (int pass = 0; pass < passes && pending.Count > 0; pass++)
         {
-            var retry = new List<int>();
+            results.Clear();
+            // The cluster's runs move together, under one process-wide barrier; each slab is its own batch.
+            MigrateRuns(cc, pending, migratePb, ref freePb, results);
             foreach (int head in pending)
+                if (_map.Page(head).Kind != PageKind.RunHead && !cc.Contended)
+                    results.Add((head, MigrateSlab(cc, head, migratePb, ref freePb)));
+            var retry = new List<int>();
+            foreach ((int head, MigrateResult r) in results)
             {
-                MigrateResult r = _map.Page(head).Kind == PageKind.RunHead
-                    ? MigrateRun(cc, head, migratePb, ref freePb)
-                    : MigrateSlab(cc, head, migratePb, ref freePb);
-                if (cc.Contended) return CompactStatus.Contended;
                 if (r == MigrateResult.NoMemory) return CompactStatus.NoTargets;
                 if (IsTransient(r)) retry.Add(head);
                 else if (r is MigrateResult.OwnerFailed) Counters.PgmigrateFail += UnitPages(head);
             }
+            if (cc.Contended) return CompactStatus.Contended;
             pending = retry;
         }
         foreach (int head in pending) Counters.PgmigrateFail += UnitPages(head);
@@ -457,46 +462,67 @@ internal sealed unsafe class Compactor
         };
     }
 
-    /// <summary>Moves a run (one large block) to free pages from the free scanner.</summary>
-    private MigrateResult MigrateRun(CompactControl cc, int head, int migratePb, ref int freePb)
+    /// <summary>
+    /// Moves the runs among <paramref name="heads"/> (one large block each) to free pages from the free scanner, all
+    /// in one batch: one process-wide barrier for the cluster instead of one per run. Adds a result per run head.
+    /// </summary>
+    private void MigrateRuns(CompactControl cc, List<int> heads, int migratePb, ref int freePb, List<(int head, MigrateResult result)> results)
     {
+        _batch.Clear();
+        _runs.Clear();
+        foreach (int head in heads)
+        {
+            if (_map.Page(head).Kind != PageKind.RunHead) continue;
+            MigrateResult r = PrepareRun(cc, head, migratePb, ref freePb, out long state, out int pages, out int dst);
+            if (r != MigrateResult.Success) { results.Add((head, r)); continue; }
+            _batch.Add((uint)_map.Page(dst).Aux, state, _map.AddressOf(head), _map.AddressOf(dst));
+            _runs.Add((head, dst, pages));
+        }
+        if (_batch.Count == 0) return;
+        _heap.MigrateBatch(_batch, Counters);
+        for (int i = 0; i < _batch.Count; i++)
+        {
+            (int head, int dst, int pages) = _runs[i];
+            if (_batch.Result[i] == MigrateResult.Success)
+            {
+                FreePages(cc, head, pages);
+                Counters.PgmigrateSuccess += pages;
+            }
+            else
+            {
+                ReturnToPool(dst, pages);
+            }
+            results.Add((head, _batch.Result[i]));
+        }
+    }
+
+    /// <summary>Validates a run by its entry and gives it destination pages (descriptors written, naming the entry).
+    /// Success means ready to migrate.</summary>
+    private MigrateResult PrepareRun(CompactControl cc, int head, int migratePb, ref int freePb, out long s, out int pages, out int dst)
+    {
+        s = 0; pages = 0; dst = -1;
         ref PageDescriptor d = ref _map.Page(head);
-        if (d.Kind != PageKind.RunHead) return MigrateResult.Gone;
         uint index = (uint)d.Aux;
         if (index == 0 || index >= _heap.Handles.Count) return MigrateResult.Gone;
         HandleEntry* e = _heap.Handles.Get(index);
         // The descriptor was read without a lock and may describe an older run at this page: take the run's size
         // from the entry, seqlock-style (state, address, size, state again), never from the descriptor.
-        long s = Volatile.Read(ref e->State);
+        s = Volatile.Read(ref e->State);
         nint address = Volatile.Read(ref e->Address);
         long size = Volatile.Read(ref e->Size);
         if ((s & (EntryState.Allocated | EntryState.Run | EntryState.Movable)) != (EntryState.Allocated | EntryState.Run | EntryState.Movable)
             || address != _map.AddressOf(head) || Volatile.Read(ref e->State) != s) return MigrateResult.Gone;
-        int pages = (int)((size + _map.PageSize - 1) >> _map.PageShift);
+        pages = (int)((size + _map.PageSize - 1) >> _map.PageShift);
         if ((s & EntryState.PinMask) != 0) return MigrateResult.Pinned;
         if ((s & EntryState.Frozen) != 0) return MigrateResult.Busy;
         if (pages > 1 << _map.MaxOrder) return MigrateResult.NotMovable; // multi-pageblock runs stay (see native-layout.md)
 
-        int dst = CompactionAlloc(cc, pages, migratePb, ref freePb);
+        dst = CompactionAlloc(cc, pages, migratePb, ref freePb);
         if (dst < 0) return cc.Contended ? MigrateResult.Busy : MigrateResult.NoMemory;
         if (!Acquire(_zone.Lock, cc)) { ReturnToPool(dst, pages); return MigrateResult.Busy; }
         _heap.InitRun(dst, pages, index);
         _zone.Lock.Exit();
-
-        _batch.Clear();
-        _batch.Add(index, s, _map.AddressOf(head), _map.AddressOf(dst));
-        _heap.MigrateBatch(_batch, Counters);
-        MigrateResult r = _batch.Result[0];
-        if (r == MigrateResult.Success)
-        {
-            FreePages(cc, head, pages);
-            Counters.PgmigrateSuccess += pages;
-        }
-        else
-        {
-            ReturnToPool(dst, pages);
-        }
-        return r;
+        return MigrateResult.Success;
     }
 
     /// <summary>

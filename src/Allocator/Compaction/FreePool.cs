@@ -36,7 +36,12 @@ internal sealed class FreePool
     {
         int best = -1;
         for (int i = 0; i < _ranges.Count; i++)
-            if (_ranges[i].length >= pages && (best < 0 || _ranges[i].length < _ranges[best].length)) best = i;
+        {
+            int candidate = _ranges[i].length;
+            if (candidate < pages || (best >= 0 && candidate >= _ranges[best].length)) continue;
+            best = i;
+            if (candidate == pages) break;   // an exact fit cannot be beaten
+        }
         if (best < 0) return -1;
         (int start, int length) = _ranges[best];
         if (length == pages) _ranges.RemoveAt(best);
