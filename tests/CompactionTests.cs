@@ -171,9 +171,9 @@ public class CompactionTests(ITestOutputHelper output)
     }
 
     /// <summary>Seed 002: after a seeded mix is fragmented, compaction grants most of the pageblock-sized runs that
-    /// the free memory could hold (free pages / pageblock). The goal is 98%; this heap reaches about 90%:
-    /// runs are contiguous and exact, so the 1-4 page tails they leave in the free scanner's pageblocks can only be
-    /// filled by slabs that small (see the README's results and native-layout.md, "Compaction").</summary>
+    /// the free memory could hold (free pages / pageblock). The benchmark (2 MiB pageblocks) reaches the 98%
+    /// at the median; with this test's 64-page pageblocks it is 94-96%, because runs are contiguous and exact and the
+    /// 1-4 page tails they leave can only be filled by slabs that small (README, "Results").</summary>
     [Fact]
     public void HighOrderRequestsAfterFragmentationSucceedWithCompaction()
     {
@@ -182,7 +182,7 @@ public class CompactionTests(ITestOutputHelper output)
         (int granted, int capacity) without = HighOrderRun(seed, compaction: false);
         (int granted, int capacity) with = HighOrderRun(seed, compaction: true);
         output.WriteLine($"pageblock-sized runs granted: without compaction {without.granted}/{without.capacity}, with {with.granted}/{with.capacity}");
-        Assert.True(with.granted >= 0.8 * with.capacity, $"{with.granted} of {with.capacity}");
+        Assert.True(with.granted >= 0.9 * with.capacity, $"{with.granted} of {with.capacity}");
         Assert.True(with.granted > without.granted);
     }
 

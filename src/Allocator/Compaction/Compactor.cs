@@ -148,6 +148,9 @@ internal sealed unsafe class Compactor
             foreach (CompactMode mode in (ReadOnlySpan<CompactMode>)[CompactMode.Async, CompactMode.SyncLight])
             {
                 var cc = new CompactControl { Mode = mode, CapturePages = pages, CaptureIndex = index };
+                // Escalating to synchronous: first turn part-used slabs into free pages (zs_compact), which the
+                // page-level pass alone cannot do.
+                if (mode == CompactMode.SyncLight) ConsolidateSlabs(cc);
                 CompactZone(cc);
                 if ((captured = cc.CapturedStart) >= 0) break;
             }
