@@ -6,7 +6,6 @@ namespace Compaction.Allocator;
 public sealed unsafe partial class NativeHeap
 {
     private readonly ConcurrentDictionary<uint, IMovableBlockOwner> _owners = new();
-    private long _ownerCallbackFailures;
 
     /// <summary>
     /// Registers <paramref name="owner"/> for a movable block: the compactor will ask it before moving the block and
@@ -67,8 +66,7 @@ public sealed unsafe partial class NativeHeap
         }
         catch (Exception)
         {
-            Interlocked.Increment(ref _ownerCallbackFailures);
-            batch.Result[i] = MigrateResult.OwnerFailed;
+            batch.Result[i] = MigrateResult.OwnerFailed;   // counted as MigrateOwnerFailed
         }
         return false;
     }
@@ -88,7 +86,6 @@ public sealed unsafe partial class NativeHeap
         }
         catch (Exception)
         {
-            Interlocked.Increment(ref _ownerCallbackFailures);
             t_migratingEntry = null;
             Unfreeze(batch, i, MigrateResult.OwnerFailed);
             return false;
@@ -111,7 +108,7 @@ public sealed unsafe partial class NativeHeap
         }
         catch (Exception)
         {
-            Interlocked.Increment(ref _ownerCallbackFailures);
+            // Nothing to undo: the block is intact at its old address whatever the owner's putback did.
         }
     }
 }

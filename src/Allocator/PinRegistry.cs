@@ -110,24 +110,6 @@ internal static unsafe class PinRegistry
         return record;
     }
 
-    /// <summary>
-    /// True when some pin slot holds <paramref name="entry"/>. Lock-free. A caller deciding whether a frozen block may
-    /// move must have issued a process-wide barrier after freezing; other callers get a racy hint.
-    /// </summary>
-    public static bool IsPinned(HandleEntry* entry)
-    {
-        nint[] records = Volatile.Read(ref s_records);
-        int n = Math.Min(Volatile.Read(ref s_count), records.Length);
-        long target = (long)entry;
-        for (int r = 0; r < n; r++)
-        {
-            nint* slots = (nint*)records[r];
-            for (int s = 0; s < SlotsPerRecord; s++)
-                if (((long)Volatile.Read(ref slots[s]) & AddressMask) == target) return true;
-        }
-        return false;
-    }
-
     /// <summary>Collects the entry addresses of every occupied pin slot into <paramref name="pinned"/> (cleared
     /// first). After a freeze and a process-wide barrier this is exact for the frozen entries; otherwise a hint.</summary>
     public static void Snapshot(HashSet<long> pinned)

@@ -310,7 +310,9 @@ internal sealed unsafe class SlabAllocator
         cls.GroupCounts[group]--;
     }
 
-    /// <summary>Address of the reverse-map word of the slot at <paramref name="addr"/> (its handle index).</summary>
+    /// <summary>Address of the reverse-map word of the slot at <paramref name="addr"/> (its handle index).
+    /// Lock-free: the caller owns the slot (just allocated, or a frozen migration's destination), which counts in the
+    /// slab's RefCount, so the slab cannot be released and its head and tail descriptors do not change meanwhile.</summary>
     public int* ReverseMapWord(nint addr, int c)
     {
         int head = _map.HeadOf(_map.PageOf(addr));
