@@ -37,14 +37,8 @@ public sealed class BuddyZoneTests(ITestOutputHelper output)
             {
                 int start = Zone.AllocatePagesLocked(count, type);
                 if (start < 0) return start;
-                ref PageDescriptor head = ref Map.Page(start);
-                head.Kind = PageKind.RunHead;
-                head.Aux2 = count;
-                for (int p = start + 1; p < start + count; p++)
-                {
-                    Map.Page(p).Kind = PageKind.Tail;
-                    Map.Page(p).Aux = start;
-                }
+                Map.Page(start).InitRunHead(0, count);
+                for (int p = start + 1; p < start + count; p++) Map.Page(p).InitTail(start);
                 return start;
             }
         }

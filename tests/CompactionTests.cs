@@ -284,11 +284,11 @@ public class CompactionTests(ITestOutputHelper output)
         var blocks = new List<BlockHandle>();
         while (heap.TryAllocate(60_000, BlockKind.Movable, out BlockHandle h)) blocks.Add(h);
         var pins = blocks.Select(heap.AcquirePin).ToList();
-        heap.Compactor!.CompactZone(new CompactControl { Mode = CompactMode.SyncLight, WholeZone = true });
+        lock (heap.Compactor!.RunLock) heap.Compactor.CompactZone(new CompactControl { Mode = CompactMode.SyncLight, WholeZone = true });
         long skipsSet = heap.GetStatistics().Compaction.SkipBitsSet;
         Assert.True(skipsSet > 0);
         long scanned = heap.GetStatistics().Compaction.CompactMigrateScanned;
-        heap.Compactor.CompactZone(new CompactControl { Mode = CompactMode.SyncLight, WholeZone = true });
+        lock (heap.Compactor!.RunLock) heap.Compactor.CompactZone(new CompactControl { Mode = CompactMode.SyncLight, WholeZone = true });
         Assert.Equal(scanned, heap.GetStatistics().Compaction.CompactMigrateScanned);   // every pageblock skipped
         pins.ForEach(p => p.Dispose());
         heap.Compact();   // SyncFull ignores and resets skip bits

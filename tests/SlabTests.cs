@@ -63,7 +63,7 @@ public sealed class SlabTests
 
         BlockHandle next = f.Heap.Allocate(BlockSize, BlockKind.Unmovable);
         Assert.Equal(nearlyFull, f.SlabOf(next));
-        Assert.Equal(SlabAllocator.FullGroup, f.Head(nearlyFull).Aux2);
+        Assert.Equal(SlabAllocator.FullGroup, f.Head(nearlyFull).SlabGroup);
 
         BlockHandle then = f.Heap.Allocate(BlockSize, BlockKind.Unmovable);
         Assert.Equal(half, f.SlabOf(then));                                  // the fullest left; never the nearly empty one
@@ -95,11 +95,11 @@ public sealed class SlabTests
             f.Heap.Free(remaining[^1]);
             remaining.RemoveAt(remaining.Count - 1);
             int expected = SlabAllocator.GroupOf(remaining.Count, f.Capacity);
-            Assert.Equal(expected, f.Head(head).Aux2);
+            Assert.Equal(expected, f.Head(head).SlabGroup);
             Assert.Equal(1, f.Cls.GroupCounts[expected]);
             Assert.Equal(1, f.Cls.GroupCounts.Sum());
         }
-        Assert.Equal(SlabAllocator.EmptyGroup, f.Head(head).Aux2);   // the one empty slab a class keeps
+        Assert.Equal(SlabAllocator.EmptyGroup, f.Head(head).SlabGroup);   // the one empty slab a class keeps
         TestHeaps.AssertValid(f.Heap);
     }
 

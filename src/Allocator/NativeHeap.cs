@@ -1,5 +1,14 @@
 using System.Runtime.CompilerServices;
+using Compaction.Allocator.Caches;
+using Compaction.Allocator.Compaction;
+using Compaction.Allocator.Handles;
+using Compaction.Allocator.Layout;
+using Compaction.Allocator.Migration;
 using Compaction.Allocator.Os;
+using Compaction.Allocator.Pages;
+using Compaction.Allocator.Pins;
+using Compaction.Allocator.Reclaim;
+using Compaction.Allocator.Slabs;
 
 namespace Compaction.Allocator;
 
@@ -17,6 +26,8 @@ namespace Compaction.Allocator;
 /// block is reached by pinning it (<see cref="Pin"/>, a scope), and a pinned block is never moved.</para>
 /// <para>Thread safety: every member may be called from any thread at the same time, except <see cref="Dispose"/>,
 /// which must not race with other calls on the same heap (as with any disposable resource).</para>
+/// <para>This class is the top layer: it builds the layers below it (pages, slabs, handles, caches, the migrator,
+/// the compactor, the reclaimer) and hands each what it needs; none of them sees the heap.</para>
 /// </remarks>
 public sealed unsafe partial class NativeHeap : IDisposable
 {
@@ -26,12 +37,15 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private readonly HeapOptions _options;
     private readonly byte _tag;
     private readonly ArenaMemory _memory;
-    internal readonly PageMap Map;
-    internal readonly Zone? NormalZone;
-    internal readonly Zone? MovableZone;
-    internal readonly SizeClasses Classes;
-    internal readonly SlabAllocator[] Slabs;       // [BlockKind]
-    internal readonly HandleTable Handles = new();
+    private readonly PageMap _map;
+    private readonly PageAllocator _pages;
+    private readonly SizeClasses _classes;
+    private readonly SlabAllocator[] _slabs;       // [BlockKind]
+    private readonly HandleTable _handles = new();
+    private readonly ThreadCaches _caches;
+    private readonly Migrator _migrator;
+    private readonly Compactor? _compactor;        // null when the heap has no movable zone
+    private readonly Reclaimer _reclaimer;
     private readonly long _maxBlockSize;
     private volatile bool _disposed;
 
@@ -44,31 +58,33 @@ public sealed unsafe partial class NativeHeap : IDisposable
         _options = (options ?? new HeapOptions()).Clone();
         _options.Validate();
         _tag = TakeTag();
+        try
+        {
+            int pageSize = _options.PageSize, pbPages = _options.PageblockPages;
+            long maxOrderBytes = 2L * pageSize * pbPages;
+            long arenaBytes = (_options.ArenaBytes + maxOrderBytes - 1) / maxOrderBytes * maxOrderBytes;
+            int pageCount = checked((int)(arenaBytes / pageSize));
+            _memory = new ArenaMemory((nuint)arenaBytes, (nuint)((long)pageSize * pbPages), _options.UseHugePages, _options.ForcePortableMemory);
+            _map = new PageMap(_memory.Base, pageSize, pbPages, pageCount);
+            _pages = new PageAllocator(_map, _memory, _options.MovableZonePercent);
+            _maxBlockSize = (long)_pages.LargestZonePages * pageSize;
 
-        int pageSize = _options.PageSize, pbPages = _options.PageblockPages;
-        long maxOrderBytes = 2L * pageSize * pbPages;
-        long arenaBytes = (_options.ArenaBytes + maxOrderBytes - 1) / maxOrderBytes * maxOrderBytes;
-        int pageCount = checked((int)(arenaBytes / pageSize));
-        _memory = new ArenaMemory((nuint)arenaBytes, (nuint)((long)pageSize * pbPages), _options.UseHugePages, _options.ForcePortableMemory);
-        Map = new PageMap(_memory.Base, pageSize, pbPages, pageCount);
-
-        // Zones are whole max-order blocks (two pageblocks), the normal zone first.
-        int maxOrderBlocks = (int)(arenaBytes / maxOrderBytes);
-        int movableBlocks = (int)Math.Round(maxOrderBlocks * _options.MovableZonePercent / 100.0);
-        int split = (maxOrderBlocks - movableBlocks) * 2 * pbPages;
-        if (split > 0) NormalZone = new Zone(ZoneKind.Normal, 0, split, Map, _memory, MigrateType.Unmovable);
-        if (split < pageCount) MovableZone = new Zone(ZoneKind.Movable, split, pageCount, Map, _memory, MigrateType.Movable);
-        _maxBlockSize = Math.Max(NormalZone?.PageCount ?? 0, MovableZone?.PageCount ?? 0) * (long)pageSize;
-
-        Classes = new SizeClasses(_options.SlabThreshold, pageSize);
-        Slabs = [new SlabAllocator(this, BlockKind.Movable, Classes, Map), new SlabAllocator(this, BlockKind.Unmovable, Classes, Map)];
-        _cachesEnabled = _options.PerThreadCaches;
-        if (MovableZone != null) Compactor = new Compactor(this, MovableZone);
+            _classes = new SizeClasses(_options.SlabThreshold, pageSize);
+            _slabs = [new SlabAllocator(_pages, BlockKind.Movable, _classes), new SlabAllocator(_pages, BlockKind.Unmovable, _classes)];
+            _caches = new ThreadCaches(_slabs, _handles, _classes, _options.PerThreadCaches);
+            _migrator = new Migrator(_handles, _pages, _slabs[(int)BlockKind.Movable], new OwnerRegistry(HandleOf));
+            if (_pages.Movable != null)
+                _compactor = new Compactor(_options, _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches);
+            _reclaimer = new Reclaimer(_options, _pages, _slabs, _caches, _compactor?.Counters ?? new CompactionStatistics());
+        }
+        catch
+        {
+            ReleaseNative();
+            GC.SuppressFinalize(this);
+            throw;
+        }
         if (_options.BackgroundCompaction) StartBackgroundCompaction();
     }
-
-    /// <summary>The live options (not a copy); read by the compactor.</summary>
-    internal HeapOptions OptionsRef => _options;
 
     /// <summary>The options this heap was created with (a copy; changing it has no effect).</summary>
     public HeapOptions Options => _options.Clone();
@@ -99,86 +115,68 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if (_disposed) ThrowHelper.Disposed();
         if ((ulong)(size - 1) >= (ulong)_maxBlockSize) ThrowHelper.BadSize(size);
         if ((uint)kind > (uint)BlockKind.Unmovable) throw new ArgumentOutOfRangeException(nameof(kind));
-        return size <= Classes.Threshold ? TryAllocateSmall(size, kind, out handle) : TryAllocateRun(size, kind, out handle);
+        return size <= _classes.Threshold ? TryAllocateSmall(size, kind, out handle) : TryAllocateRun(size, kind, out handle);
     }
 
     private bool TryAllocateSmall(long size, BlockKind kind, out BlockHandle handle)
     {
-        int c = Classes.ClassOf(size);
-        ThreadCache? tc = CurrentCache();
+        int c = _classes.ClassOf(size);
+        ThreadCache? tc = _caches.Current();
         nint addr;
         uint index;
-        if (tc != null && EnterCache(tc))
+        if (tc != null && _caches.Enter(tc))
         {
             // Fast path, no lock: a slot and an entry from this thread's stacks (about a dozen loads and stores).
-            // ExitCache in a finally: a refill that throws (out of native memory for a handle chunk) must not leave
+            // Exit in a finally: a refill that throws (out of native memory for a handle chunk) must not leave
             // InUse set, or the next drain would wait for ever.
             try
             {
-                addr = PopSlot(tc, kind, c);
-                index = addr != 0 ? PopEntry(tc) : 0;
-                if (index == 0 && addr != 0) { PushSlot(tc, kind, c, addr); addr = 0; }
+                addr = _caches.PopSlot(tc, kind, c);
+                index = addr != 0 ? _caches.PopEntry(tc) : 0;
+                if (index == 0 && addr != 0) { _caches.PushSlot(tc, kind, c, addr); addr = 0; }
                 if (addr != 0) { tc.LiveBytes += size; tc.LiveBlocks++; }
             }
             finally
             {
-                ExitCache(tc);
+                ThreadCaches.Exit(tc);
             }
         }
         else
         {
-            addr = AllocateSlotDirect(kind, c);
-            index = addr != 0 ? AllocateEntryDirect() : 0;
-            if (index == 0 && addr != 0) { Slabs[(int)kind].FreeSlots(c, [addr]); addr = 0; }
-            if (addr != 0) AddLiveDirect(size, 1);
+            addr = _caches.AllocateSlotDirect(kind, c);
+            index = addr != 0 ? _caches.AllocateEntryDirect() : 0;
+            if (index == 0 && addr != 0) { _slabs[(int)kind].FreeSlots(c, [addr]); addr = 0; }
+            if (addr != 0) _caches.AddLiveDirect(size, 1);
         }
         if (addr == 0) { handle = default; return false; }
-        *Slabs[(int)kind].ReverseMapWord(addr, c) = (int)index;
+        *_slabs[(int)kind].ReverseMapWord(addr, c) = (int)index;
         handle = Publish(index, addr, size, kind, run: false);
         return true;
     }
 
     private bool TryAllocateRun(long size, BlockKind kind, out BlockHandle handle)
     {
-        int pages = checked((int)((size + Map.PageSize - 1) >> Map.PageShift));
-        uint index = AllocateEntryDirect();
+        int pages = checked((int)((size + _map.PageSize - 1) >> _map.PageShift));
+        uint index = _caches.AllocateEntryDirect();
         if (index == 0) { handle = default; return false; }
-        int start = AllocatePageRun(pages, kind, PageRunInit.Run(index));
-        if (start < 0 && kind == BlockKind.Movable && Compactor != null && _options.DirectCompaction)
-            start = Compactor.DirectCompact(pages, index);
+        int start = _pages.AllocateRun(pages, kind, index);
+        if (start < 0 && kind == BlockKind.Movable && _compactor != null && _options.DirectCompaction)
+            start = _compactor.DirectCompact(pages, index);
         if (start < 0)
         {
-            ReleaseEntryDirect(index);
+            _caches.ReleaseEntryDirect(index);
             handle = default;
             return false;
         }
-        AddLiveDirect(size, 1);
-        handle = Publish(index, Map.AddressOf(start), size, kind, run: true);
+        _caches.AddLiveDirect(size, 1);
+        handle = Publish(index, _map.AddressOf(start), size, kind, run: true);
         return true;
-    }
-
-    /// <summary>Writes a run's descriptors: head names its handle, tails name their head. Caller holds the zone lock.</summary>
-    internal void InitRun(int start, int count, uint index)
-    {
-        ref PageDescriptor h = ref Map.Page(start);
-        h.Kind = PageKind.RunHead;
-        h.RefCount = 1;
-        h.PinCount = 0;
-        h.Aux = (int)index;
-        h.Aux2 = count;
-        for (int p = start + 1; p < start + count; p++)
-        {
-            ref PageDescriptor t = ref Map.Page(p);
-            t.Kind = PageKind.Tail;
-            t.Aux = start;
-            t.PinCount = 0;
-        }
     }
 
     /// <summary>Fills an entry and makes it live: the release store of the state word publishes address and size.</summary>
     private BlockHandle Publish(uint index, nint addr, long size, BlockKind kind, bool run)
     {
-        HandleEntry* e = Handles.Get(index);
+        HandleEntry* e = _handles.Get(index);
         uint generation = EntryState.Generation(e->State);
         e->Address = addr;
         e->Size = size;
@@ -187,44 +185,6 @@ public sealed unsafe partial class NativeHeap : IDisposable
         Volatile.Write(ref e->State, state);
         return new BlockHandle(HandleBits.Encode(_tag, generation, index));
     }
-
-    /// <summary>
-    /// Allocates an exact page run for blocks of <paramref name="kind"/>: unmovable runs from the normal zone; movable
-    /// runs from the movable zone, falling back to movable pageblocks of the normal zone (like the kernel's zonelist).
-    /// The descriptors are written (as <paramref name="init"/> says) under the zone lock, so they are never seen
-    /// half-written by a reader holding that lock. Returns the first page or -1.
-    /// </summary>
-    internal int AllocatePageRun(int pages, BlockKind kind, PageRunInit init)
-    {
-        MigrateType type = kind == BlockKind.Movable ? MigrateType.Movable : MigrateType.Unmovable;
-        Zone? first = kind == BlockKind.Movable ? MovableZone : NormalZone;
-        Zone? second = kind == BlockKind.Movable ? NormalZone : null;
-        foreach (Zone? zone in (ReadOnlySpan<Zone?>)[first, second])
-        {
-            if (zone == null) continue;
-            lock (zone.Lock)
-            {
-                int start = zone.AllocatePagesLocked(pages, type);
-                if (start < 0) continue;
-                if (init.SlabClass >= 0) Slabs[(int)kind].InitSlabDescriptors(init.SlabClass, start, pages);
-                else InitRun(start, pages, init.HandleIndex);
-                return start;
-            }
-        }
-        return -1;
-    }
-
-    /// <summary>What <see cref="AllocatePageRun"/> writes into the new run's descriptors (no closure per call).</summary>
-    internal readonly record struct PageRunInit(uint HandleIndex, int SlabClass)
-    {
-        public static PageRunInit Run(uint handleIndex) => new(handleIndex, -1);
-        public static PageRunInit Slab(int sizeClass) => new(0, sizeClass);
-    }
-
-    /// <summary>Frees pages [start, start + count) to their zone. Takes the zone lock.</summary>
-    internal void FreePageRun(int start, int count) => ZoneOf(start).FreePageRange(start, count);
-
-    internal Zone ZoneOf(int page) => MovableZone != null && MovableZone.Contains(page) ? MovableZone : NormalZone!;
 
     // ------------------------------------------------------------------ free
 
@@ -243,9 +203,9 @@ public sealed unsafe partial class NativeHeap : IDisposable
         while (true)
         {
             s = Volatile.Read(ref e->State);
-            CheckLive(handle, s);
+            HandleChecks.CheckLive(handle, s);
             if ((s & EntryState.PinMask) != 0 || PinRegistry.IsPinnedByCurrentThread(e)) ThrowHelper.Pinned(handle);
-            if ((s & EntryState.Frozen) != 0) { ThrowIfMigratingOnThisThread(e); spin.SpinOnce(); continue; } // a migration owns it for a copy's time
+            if ((s & EntryState.Frozen) != 0) { FrozenByThisThread.ThrowIfFrozenHere(e); spin.SpinOnce(); continue; } // a migration owns it for a copy's time
             long freed = EntryState.WithGeneration(EntryState.Generation(s) + 1);
             if (Interlocked.CompareExchange(ref e->State, freed, s) == s) break;
         }
@@ -254,35 +214,35 @@ public sealed unsafe partial class NativeHeap : IDisposable
         long size = e->Size;
         BlockKind kind = (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
         uint index = HandleBits.Index(handle.Value);
-        if ((s & EntryState.HasOwner) != 0) ForgetOwner(index);
+        if ((s & EntryState.HasOwner) != 0) _migrator.Owners.Forget(index, s);
         if ((s & EntryState.Run) != 0)
         {
-            FreePageRun(Map.PageOf(addr), (int)((size + Map.PageSize - 1) >> Map.PageShift));
-            ReleaseEntryDirect(index);
-            AddLiveDirect(-size, -1);
+            _pages.FreePages(_map.PageOf(addr), (int)((size + _map.PageSize - 1) >> _map.PageShift));
+            _caches.ReleaseEntryDirect(index);
+            _caches.AddLiveDirect(-size, -1);
             return;
         }
-        int c = Classes.ClassOf(size);
-        ThreadCache? tc = CurrentCache();
-        if (tc != null && EnterCache(tc))
+        int c = _classes.ClassOf(size);
+        ThreadCache? tc = _caches.Current();
+        if (tc != null && _caches.Enter(tc))
         {
             try
             {
-                PushSlot(tc, kind, c, addr);
-                PushEntry(tc, index);
+                _caches.PushSlot(tc, kind, c, addr);
+                _caches.PushEntry(tc, index);
                 tc.LiveBytes -= size;
                 tc.LiveBlocks--;
             }
             finally
             {
-                ExitCache(tc);
+                ThreadCaches.Exit(tc);
             }
         }
         else
         {
-            Slabs[(int)kind].FreeSlots(c, [addr]);
-            ReleaseEntryDirect(index);
-            AddLiveDirect(-size, -1);
+            _slabs[(int)kind].FreeSlots(c, [addr]);
+            _caches.ReleaseEntryDirect(index);
+            _caches.AddLiveDirect(-size, -1);
         }
     }
 
@@ -295,111 +255,35 @@ public sealed unsafe partial class NativeHeap : IDisposable
     {
         HandleEntry* e = Locate(handle);
         long s = Volatile.Read(ref e->State);
-        CheckLive(handle, s);
+        HandleChecks.CheckLive(handle, s);
         long size = e->Size;
         // Re-read: if the block was freed and the entry reused meanwhile, the size may be another block's.
-        CheckLive(handle, Volatile.Read(ref e->State));
+        HandleChecks.CheckLive(handle, Volatile.Read(ref e->State));
         return size;
     }
 
     /// <summary>The kind the block was allocated as.</summary>
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public BlockKind GetKind(BlockHandle handle)
     {
         HandleEntry* e = Locate(handle);
         long s = Volatile.Read(ref e->State);
-        CheckLive(handle, s);
+        HandleChecks.CheckLive(handle, s);
         return (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
     }
 
     /// <summary>The address of an unmovable block; it never changes until the block is freed.</summary>
     /// <exception cref="InvalidOperationException">The block is movable: pin it instead.</exception>
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public nint GetStablePointer(BlockHandle handle)
     {
         HandleEntry* e = Locate(handle);
         long s = Volatile.Read(ref e->State);
-        CheckLive(handle, s);
+        HandleChecks.CheckLive(handle, s);
         if ((s & EntryState.Movable) != 0) ThrowHelper.NotUnmovable(handle);
         return e->Address;
-    }
-
-    /// <summary>True when <paramref name="handle"/> names a live block of this heap (never throws, except when disposed).</summary>
-    public bool IsLive(BlockHandle handle)
-    {
-        if (_disposed) ThrowHelper.Disposed();
-        ulong v = handle.Value;
-        uint index = HandleBits.Index(v);
-        if (HandleBits.Tag(v) != _tag || index == 0 || index >= Handles.Count) return false;
-        long s = Volatile.Read(ref Handles.Get(index)->State);
-        return (s & EntryState.Allocated) != 0 && (EntryState.Generation(s) & HandleBits.GenerationMask) == HandleBits.Generation(v);
-    }
-
-    // ------------------------------------------------------------------ handle validation
-
-    /// <summary>Checks the tag and index of a handle and returns its entry (not yet its generation).
-    /// Lock-free: the table never shrinks and never moves an entry.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal HandleEntry* Locate(BlockHandle handle)
-    {
-        if (_disposed) ThrowHelper.Disposed();
-        ulong v = handle.Value;
-        uint index = HandleBits.Index(v);
-        if (HandleBits.Tag(v) != _tag || index == 0 || index >= Handles.Count) LocateFailed(handle);
-        return Handles.Get(index);
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private void LocateFailed(BlockHandle handle)
-    {
-        ulong v = handle.Value;
-        if (v == 0) ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Null);
-        if (HandleBits.Tag(v) != _tag) ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Foreign);
-        ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Forged);
-    }
-
-    /// <summary>Throws when state word <paramref name="s"/> is not the live block <paramref name="handle"/> names.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void CheckLive(BlockHandle handle, long s)
-    {
-        if ((s & EntryState.Allocated) == 0 || (EntryState.Generation(s) & HandleBits.GenerationMask) != HandleBits.Generation(handle.Value))
-            ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Stale);
-    }
-
-    // ------------------------------------------------------------------ memory back to the OS
-
-    /// <summary>Returns free memory to the OS so that resident memory falls: drains the per-thread caches, frees the
-    /// empty slabs kept for reuse, decommits every wholly free pageblock (madvise DONTNEED and PROT_NONE on Linux),
-    /// then purges free runs of at least 4 pages inside pageblocks still in use (madvise DONTNEED; they stay usable).
-    /// Returns the bytes decommitted or purged.</summary>
-    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
-    public long ReleaseFreeMemory()
-    {
-        if (_disposed) ThrowHelper.Disposed();
-        DrainThreadCaches();
-        ReleaseEmptySlabs();
-        long bytes = 0;
-        foreach (Zone? z in (ReadOnlySpan<Zone?>)[NormalZone, MovableZone])
-        {
-            if (z == null) continue;
-            bytes += z.DecommitFreePageblocks();
-            bytes += z.PurgeFreeBlocks(PurgeMinOrder);
-        }
-        return bytes;
-    }
-
-    /// <summary>Free runs shorter than 2^2 pages are left resident: purging them costs a system call per few pages
-    /// and they are the first to be reused.</summary>
-    private const int PurgeMinOrder = 2;
-
-    /// <summary>Frees the empty slabs each class keeps for reuse.</summary>
-    private void ReleaseEmptySlabs()
-    {
-        foreach (SlabAllocator slabs in Slabs)
-            foreach (SlabClass cls in slabs.Class)
-                lock (cls.Lock)
-                    while (cls.GroupHeads[SlabAllocator.EmptyGroup] >= 0)
-                        slabs.ReleaseSlabLocked(cls, cls.GroupHeads[SlabAllocator.EmptyGroup]);
     }
 
     // ------------------------------------------------------------------ dispose
@@ -409,24 +293,33 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// <see cref="ObjectDisposedException"/>. Calling it twice does nothing.
     /// </summary>
     /// <exception cref="InvalidOperationException">A block is still pinned (a <see cref="PinScope"/> not yet disposed,
-    /// or a <see cref="BlockPin"/> not yet released). Nothing is released and the heap stays usable: release the pins
-    /// and dispose again. Memory a pin exposes is therefore never unmapped under it.</exception>
+    /// or a <see cref="BlockPin"/> not yet released), or the call comes from inside a compaction of this heap (a
+    /// movable owner's callback). Nothing is released and the heap stays usable, background compaction included:
+    /// release the pins, or return from the callback, and dispose again. Memory a pin or a running migration uses is
+    /// therefore never unmapped under it.</exception>
     public void Dispose()
     {
         if (_disposed) return;
-        StopDaemon();
+        if (FrozenByThisThread.Any || (_compactor?.RunLock.IsHeldByCurrentThread ?? false))
+            throw new InvalidOperationException("A heap cannot be disposed from inside one of its compactions (a movable owner's callback); return from the callback first.");
         int pins = CountPins();
         if (pins > 0)
             throw new InvalidOperationException($"{pins} pin(s) are still held on blocks of this heap; release them before disposing it.");
+        StopDaemon();
         _disposed = true;
+        _caches.Close();
         ReleaseNative();
         GC.SuppressFinalize(this);
     }
 
-    /// <summary>Releases the native memory of a heap nobody disposed, unless a pin still exposes it.</summary>
+    /// <summary>Releases the native memory of a heap nobody disposed, unless a pin still exposes it. The background
+    /// thread holds the heap only weakly (and strongly only during a step), so an abandoned heap is finalized; its
+    /// thread sees the heap gone at its next wake and ends.</summary>
     ~NativeHeap()
     {
-        if (!_disposed && CountPins() == 0) ReleaseNative();
+        if (_disposed || CountPins() != 0) return;
+        _daemonStop?.Set();
+        ReleaseNative();
     }
 
     /// <summary>A heap tag no live heap holds, so that a handle of one heap is always foreign to another. With 255
@@ -448,25 +341,24 @@ public sealed unsafe partial class NativeHeap : IDisposable
         }
     }
 
+    /// <summary>Frees the tag, the arena and the metadata; safe on a half-built heap (a constructor that threw).</summary>
     private void ReleaseNative()
     {
         lock (s_tagsInUse) s_tagsInUse[_tag] = false;
-        _memory?.Dispose();   // null when the constructor threw (bad options) before reserving: the finalizer still runs
-        Map?.Dispose();
-        Handles.Dispose();
+        _memory?.Dispose();
+        _map?.Dispose();
+        _handles.Dispose();
     }
 
     private int CountPins()
     {
-        int pins = PinRegistry.CountPins(Handles.Owns);
-        uint n = Handles.Count;
+        int pins = PinRegistry.CountPins(_handles.Owns);
+        uint n = _handles.Count;
         for (uint i = 1; i < n; i++)
         {
-            long s = Volatile.Read(ref Handles.Get(i)->State);
+            long s = Volatile.Read(ref _handles.Get(i)->State);
             if ((s & EntryState.Allocated) != 0) pins += (int)(s & EntryState.PinMask);
         }
         return pins;
     }
-
-    internal ArenaMemory Memory => _memory;
 }

@@ -1,4 +1,4 @@
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Compaction;
 
 /// <summary>
 /// The compactor's private free list (the kernel's cc->freepages): pages the free scanner took off the buddy lists,

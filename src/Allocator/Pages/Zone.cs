@@ -1,7 +1,8 @@
 using System.Diagnostics;
+using Compaction.Allocator.Layout;
 using Compaction.Allocator.Os;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Pages;
 
 /// <summary>Which zone: the kernel's ZONE_NORMAL and ZONE_MOVABLE.</summary>
 internal enum ZoneKind : byte
@@ -60,11 +61,15 @@ internal sealed unsafe class Zone
     }
 
     public int PageCount => End - Start;
+    /// <summary>Free pages of the zone. Lock-free: a racy read of a counter written under the lock; a 64-bit load is
+    /// never torn, and callers use it as a heuristic or a statistic (a consistent value needs the lock).</summary>
     public long FreePages => Volatile.Read(ref _freePages);
     public int MaxOrder => _maxOrder;
     public bool Contains(int page) => page >= Start && page < End;
 
-    /// <summary>Free blocks on the list of (order, type); caller holds the lock for a consistent value.</summary>
+    /// <summary>Free blocks on the list of (order, type). Under the lock the value is exact; without it (the compactor's
+    /// score) it is a racy read of a 64-bit counter, never torn, at worst one update old: a heuristic may be off by one
+    /// block, nothing else depends on it.</summary>
     public long FreeBlocks(int order, MigrateType type) => _freeBlocks[order * MigrateTypes + (int)type];
 
     // ------------------------------------------------------------------ allocation
@@ -81,6 +86,7 @@ internal sealed unsafe class Zone
 
     public int AllocatePagesLocked(int count, MigrateType type)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         Debug.Assert(count > 0);
         int order = OrderFor(count);
         int start;
@@ -112,6 +118,7 @@ internal sealed unsafe class Zone
 
     public bool CommitRangeLocked(int start, int count)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         int first = _map.PageblockOf(start), last = _map.PageblockOf(start + count - 1);
         for (int pb = first; pb <= last; pb++)
             if (!_memory.Commit(pb)) return false;
@@ -121,6 +128,7 @@ internal sealed unsafe class Zone
     /// <summary>__rmqueue_smallest: the smallest free block of the wanted type that fits, split down (expand).</summary>
     private int RemoveSmallestLocked(int order, MigrateType type)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         for (int o = order; o <= _maxOrder; o++)
         {
             int head = _freeHeads[o * MigrateTypes + (int)type];
@@ -140,6 +148,7 @@ internal sealed unsafe class Zone
     /// </summary>
     private int RemoveFallbackLocked(int order, MigrateType type)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         MigrateType other = type == MigrateType.Movable ? MigrateType.Unmovable : MigrateType.Movable;
         for (int o = _maxOrder; o >= order; o--)
         {
@@ -172,6 +181,7 @@ internal sealed unsafe class Zone
     /// </summary>
     private bool TryClaimPageblockLocked(int pb, MigrateType type, int stolen, int stolenOrder)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         int first = pb << _map.PageblockOrder, end = first + _map.PageblockPages;
         int free = 0, compatible = 0;
         for (int p = first; p < end;)
@@ -207,6 +217,7 @@ internal sealed unsafe class Zone
     /// <paramref name="low"/>, putting each upper half on the free list of <paramref name="type"/>.</summary>
     private void ExpandLocked(int page, int low, int high, MigrateType type)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         while (high > low)
         {
             high--;
@@ -221,6 +232,7 @@ internal sealed unsafe class Zone
     /// </summary>
     private int TakeContiguousPageblocksLocked(int count, MigrateType type)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         int need = (count + _map.PageblockPages - 1) >> _map.PageblockOrder;
         int firstPb = Start >> _map.PageblockOrder, endPb = End >> _map.PageblockOrder;
         int run = 0;
@@ -252,6 +264,7 @@ internal sealed unsafe class Zone
     /// <summary>True when the whole pageblock is free: its first page lies in a free block of at least pageblock order.</summary>
     public bool IsPageblockFreeLocked(int pb)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         int first = pb << _map.PageblockOrder;
         for (int o = _map.PageblockOrder; o <= _maxOrder; o++)
         {
@@ -265,6 +278,7 @@ internal sealed unsafe class Zone
 
     private void FindFreeBlockLocked(int page, out int head, out int order)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         for (int o = 0; o <= _maxOrder; o++)
         {
             int h = page & ~((1 << o) - 1);
@@ -285,13 +299,11 @@ internal sealed unsafe class Zone
     /// <summary>Frees an arbitrary run by splitting it into naturally aligned power-of-two blocks, merging each.</summary>
     public void FreeRangeLocked(int start, int count)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         Debug.Assert(start >= Start && start + count <= End);
         for (int p = start; p < start + count; p++)
         {
-            ref PageDescriptor d = ref _map.Page(p);
-            d.Kind = PageKind.FreeTail;
-            d.RefCount = 0;
-            d.Aux = -1;
+            _map.Page(p).InitFree();
         }
         int s = start, remaining = count;
         while (remaining > 0)
@@ -318,6 +330,7 @@ internal sealed unsafe class Zone
     /// <summary>__free_one_page: merge with free buddies of equal order, never across pageblocks of different types.</summary>
     private void FreeOneLocked(int page, int order)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         ClearSkipBits(page, 1 << order);
         MigrateType type = _map.GetMigrateType(_map.PageblockOf(page));
         while (order < _maxOrder)
@@ -340,6 +353,7 @@ internal sealed unsafe class Zone
 
     private void AddFreeBlockLocked(int page, int order, MigrateType type)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         int list = order * MigrateTypes + (int)type;
         ref PageDescriptor d = ref _map.Page(page);
         d.Kind = PageKind.FreeHead;
@@ -354,6 +368,7 @@ internal sealed unsafe class Zone
 
     private void RemoveFreeBlockLocked(int page, int order, MigrateType type)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         int list = order * MigrateTypes + (int)type;
         ref PageDescriptor d = ref _map.Page(page);
         Debug.Assert(d.Kind == PageKind.FreeHead && d.Order == order);
@@ -373,6 +388,7 @@ internal sealed unsafe class Zone
     /// </summary>
     public int IsolateFreeBlocksLocked(int pb, List<(int start, int order)> pool)
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         int first = pb << _map.PageblockOrder, end = first + _map.PageblockPages, isolated = 0;
         MigrateType type = _map.GetMigrateType(pb);
         for (int p = first; p < end;)
@@ -389,53 +405,23 @@ internal sealed unsafe class Zone
         return isolated;
     }
 
-    // ------------------------------------------------------------------ memory back to the OS
-
-    /// <summary>Decommits every committed, wholly free pageblock of the zone. Takes the zone lock.
-    /// Returns the bytes decommitted.</summary>
-    public long DecommitFreePageblocks()
+    /// <summary>First free block on the list of (order, type), -1 when empty; follow <see cref="PageDescriptor.Next"/>.
+    /// Caller holds the lock for as long as it walks the list.</summary>
+    public int FreeListHeadLocked(int order, MigrateType type)
     {
-        long bytes = 0;
-        lock (Lock)
-        {
-            for (int pb = Start >> _map.PageblockOrder; pb < End >> _map.PageblockOrder; pb++)
-            {
-                if (!_memory.IsCommitted(pb) || !IsPageblockFreeLocked(pb)) continue;
-                _memory.Decommit(pb);
-                bytes += (long)_map.PageblockPages << _map.PageShift;
-            }
-        }
-        return bytes;
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        return _freeHeads[order * MigrateTypes + (int)type];
     }
 
-    /// <summary>
-    /// Purges free blocks of at least <paramref name="minOrder"/> inside committed pageblocks that are not wholly free
-    /// (those are decommitted whole): the pages between live blocks that a fragmented pageblock keeps resident, as
-    /// jemalloc's page purging does. Takes the zone lock. Returns the bytes purged.
-    /// </summary>
-    public long PurgeFreeBlocks(int minOrder)
-    {
-        long bytes = 0;
-        lock (Lock)
-        {
-            for (int o = minOrder; o <= _maxOrder; o++)
-                for (int t = 0; t < MigrateTypes; t++)
-                    for (int p = _freeHeads[o * MigrateTypes + t]; p >= 0; p = _map.Page(p).Next)
-                    {
-                        if (!_memory.IsCommitted(_map.PageblockOf(p))) continue;
-                        nuint length = (nuint)(1 << o) << _map.PageShift;
-                        _memory.Purge(_map.AddressOf(p), length);
-                        bytes += (long)length;
-                    }
-        }
-        return bytes;
-    }
+    /// <summary>The first pageblock of the zone, and one past its last.</summary>
+    public (int first, int end) Pageblocks => (Start >> _map.PageblockOrder, End >> _map.PageblockOrder);
 
     // ------------------------------------------------------------------ validation
 
     /// <summary>Checks the free lists against the descriptors; caller holds the lock. Returns null when consistent.</summary>
     public string? ValidateLocked()
     {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         long pages = 0;
         for (int o = 0; o <= _maxOrder; o++)
         {

@@ -1,6 +1,8 @@
 using System.Diagnostics;
+using Compaction.Allocator.Layout;
+using Compaction.Allocator.Pages;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Slabs;
 
 /// <summary>
 /// Size-class slabs for one <see cref="BlockKind"/> (zsmalloc/mimalloc style). A slab is a run of 1 to 16 pages
@@ -10,8 +12,9 @@ namespace Compaction.Allocator;
 /// </summary>
 /// <remarks>
 /// Lock ordering: a class's <see cref="SlabClass.Lock"/> is taken before a zone lock (to carve a new slab or free an
-/// empty one) and never while another class lock is held, except by the compactor, which takes them in class order.
-/// Every method ending in <c>Locked</c> requires the caller to hold the class lock.
+/// empty one) and never while another class lock is held: no path, the compactor's included, holds two class locks.
+/// Every method ending in <c>Locked</c>, and <see cref="Regroup"/>, requires the caller to hold the class lock (asserted
+/// in debug builds).
 /// </remarks>
 internal sealed unsafe class SlabAllocator
 {
@@ -25,22 +28,21 @@ internal sealed unsafe class SlabAllocator
     public readonly BlockKind Kind;
     public readonly SizeClasses Classes;
     public readonly SlabClass[] Class;
-    private readonly NativeHeap _heap;
+    private readonly PageAllocator _pages;
     private readonly PageMap _map;
 
-    public SlabAllocator(NativeHeap heap, BlockKind kind, SizeClasses classes, PageMap map)
+    public SlabAllocator(PageAllocator pages, BlockKind kind, SizeClasses classes)
     {
-        _heap = heap;
+        _pages = pages;
         Kind = kind;
         Classes = classes;
-        _map = map;
+        _map = pages.Map;
         Class = new SlabClass[classes.Count];
         for (int c = 0; c < Class.Length; c++) Class[c] = new SlabClass(c);
     }
 
-    /// <summary><see cref="PageDescriptor.Flags"/> bit of a slab head: isolated by the compactor — off the fullness
-    /// lists, so no allocation takes from it, and never released while isolated.</summary>
-    public const byte IsolatedFlag = 1;
+    [Conditional("DEBUG")]
+    private static void AssertLocked(SlabClass cls) => Debug.Assert(cls.Lock.IsHeldByCurrentThread, "caller holds the class lock");
 
     public static int GroupOf(int used, int capacity)
     {
@@ -75,6 +77,7 @@ internal sealed unsafe class SlabAllocator
     /// <summary>The least-full non-empty slab of the class (zsmalloc's compaction source), or -1.</summary>
     public int FindLeastFullLocked(SlabClass cls, HashSet<int> exclude)
     {
+        AssertLocked(cls);
         for (int g = Groups - 2; g >= 1; g--)
             for (int p = cls.GroupHeads[g]; p >= 0; p = _map.Page(p).Next)
                 if (!exclude.Contains(p)) return p;
@@ -85,6 +88,7 @@ internal sealed unsafe class SlabAllocator
     /// <c>(slots in all slabs - used slots) / slots per slab * pages per slab</c>. Caller holds the class lock.</summary>
     public long CanCompactLocked(SlabClass cls)
     {
+        AssertLocked(cls);
         int c = cls.Index, capacity = Classes.SlotsPerSlab[c];
         return (cls.Slabs * capacity - cls.UsedSlots) / capacity * Classes.PagesPerSlab[c];
     }
@@ -106,6 +110,7 @@ internal sealed unsafe class SlabAllocator
     /// <summary>The fullest non-full slab of the class other than <paramref name="excludeHead"/>, or -1.</summary>
     public int FindSlabLocked(SlabClass cls, int excludeHead)
     {
+        AssertLocked(cls);
         for (int g = 1; g < Groups; g++)
             for (int p = cls.GroupHeads[g]; p >= 0; p = _map.Page(p).Next)
                 if (p != excludeHead) return p;
@@ -115,6 +120,7 @@ internal sealed unsafe class SlabAllocator
     /// <summary>Takes up to <paramref name="max"/> slots from one slab; caller holds the class lock.</summary>
     public int TakeSlotsLocked(SlabClass cls, int head, Span<nint> dst, int max)
     {
+        AssertLocked(cls);
         int c = cls.Index;
         int size = Classes.Size[c], capacity = Classes.SlotsPerSlab[c];
         ref PageDescriptor d = ref _map.Page(head);
@@ -123,10 +129,10 @@ internal sealed unsafe class SlabAllocator
         while (n < max && d.RefCount < capacity)
         {
             int slot;
-            if (d.Aux >= 0)
+            if (d.SlabFreeSlot >= 0)
             {
-                slot = d.Aux;
-                d.Aux = *(int*)(slab + slot * size);
+                slot = d.SlabFreeSlot;
+                d.SlabFreeSlot = *(int*)(slab + slot * size);
             }
             else
             {
@@ -153,18 +159,19 @@ internal sealed unsafe class SlabAllocator
 
     public void FreeSlotLocked(SlabClass cls, nint addr)
     {
+        AssertLocked(cls);
         int c = cls.Index;
         int head = _map.HeadOf(_map.PageOf(addr));
         ref PageDescriptor d = ref _map.Page(head);
-        Debug.Assert(d.Kind == PageKind.SlabHead && (d.SizeClass & 0x7FFF) == c);
+        Debug.Assert(d.Kind == PageKind.SlabHead && d.SlabClass == c && d.SlabKind == Kind);
         nint slab = _map.AddressOf(head);
         int slot = Classes.SlotOf(c, (int)(addr - slab));
-        *(int*)addr = d.Aux;
-        d.Aux = slot;
+        *(int*)addr = d.SlabFreeSlot;
+        d.SlabFreeSlot = slot;
         d.RefCount--;
         cls.UsedSlots--;
         Regroup(cls, head, ref d);
-        if (d.RefCount == 0 && (d.Flags & IsolatedFlag) == 0 && cls.EmptySlabs > RetainedEmptySlabs) ReleaseSlabLocked(cls, head);
+        if (d.RefCount == 0 && !d.SlabIsolated && cls.EmptySlabs > RetainedEmptySlabs) ReleaseSlabLocked(cls, head);
     }
 
     // ------------------------------------------------------------------ isolation (the compactor's side)
@@ -173,10 +180,11 @@ internal sealed unsafe class SlabAllocator
     /// Caller holds the class lock.</summary>
     public void IsolateLocked(SlabClass cls, int head)
     {
+        AssertLocked(cls);
         ref PageDescriptor d = ref _map.Page(head);
-        Debug.Assert((d.Flags & IsolatedFlag) == 0);
-        Unlink(cls, head, ref d, d.Aux2);
-        d.Flags |= IsolatedFlag;
+        Debug.Assert(!d.SlabIsolated);
+        Unlink(cls, head, ref d, d.SlabGroup);
+        d.SlabIsolated = true;
     }
 
     /// <summary>Ends a slab's isolation: back on the list of its fullness, or released when empty and either
@@ -184,9 +192,10 @@ internal sealed unsafe class SlabAllocator
     /// empty slab. Caller holds the class lock (takes the zone lock to release). True when the slab was released.</summary>
     public bool PutbackLocked(SlabClass cls, int head, bool releaseIfEmpty)
     {
+        AssertLocked(cls);
         ref PageDescriptor d = ref _map.Page(head);
-        Debug.Assert((d.Flags & IsolatedFlag) != 0);
-        d.Flags &= unchecked((byte)~IsolatedFlag);
+        Debug.Assert(d.SlabIsolated);
+        d.SlabIsolated = false;
         Link(cls, head, ref d, GroupOf(d.RefCount, Classes.SlotsPerSlab[cls.Index]));
         if (d.RefCount != 0 || (!releaseIfEmpty && cls.EmptySlabs <= RetainedEmptySlabs)) return false;
         ReleaseSlabLocked(cls, head);
@@ -194,42 +203,36 @@ internal sealed unsafe class SlabAllocator
     }
 
     /// <summary>Writes the descriptors of a new, isolated slab of class <paramref name="cls"/> on pages the caller owns
-    /// (the compactor's destination). Caller holds the class lock and the zone lock.</summary>
-    public void InitIsolatedSlabLocked(SlabClass cls, int start)
+    /// (the compactor's destination) in <paramref name="zone"/>. Caller holds the class lock and the zone lock.</summary>
+    public void InitIsolatedSlabLocked(SlabClass cls, Zone zone, int start)
     {
-        InitSlabDescriptors(cls.Index, start, Classes.PagesPerSlab[cls.Index]);
-        _map.Page(start).Flags = IsolatedFlag;
+        AssertLocked(cls);
+        _pages.InitSlabLocked(zone, start, Classes.PagesPerSlab[cls.Index], cls.Index, Kind);
+        _map.Page(start).SlabIsolated = true;
         cls.Slabs++;
         cls.SlabsCarved++;
     }
 
     /// <summary>
-    /// Lists the live blocks of a slab: slots below Bump that are not on the free-slot list and whose reverse-map
-    /// entry is allocated, movable and still at that slot. Caller holds the class lock (so the free-slot list and
-    /// Bump are stable); the entry reads are racy and confirmed later by the freeze. Returns the slab's RefCount:
-    /// more than the blocks listed means some slots sit in thread caches or are being published (seed 001).
+    /// Lists the slots of a slab that are handed out: below Bump and not on the free-slot list, each with the handle
+    /// index its reverse-map word names (0 when not yet written). Caller holds the class lock (so the free-slot list
+    /// and Bump are stable); the reverse-map words are hints the caller confirms against the handle entries. Returns
+    /// the slab's RefCount: slots listed whose entry is not a live block of that slot are held by a thread cache or
+    /// being published.
     /// </summary>
-    public int ListLiveBlocksLocked(SlabClass cls, int head, List<uint> entries, List<long> states, List<nint> slots)
+    public int ListHandedOutSlotsLocked(SlabClass cls, int head, List<(uint index, nint slot)> slots)
     {
+        AssertLocked(cls);
         int c = cls.Index, size = Classes.Size[c];
         ref PageDescriptor d = ref _map.Page(head);
         nint slab = _map.AddressOf(head);
         Span<ulong> free = stackalloc ulong[(d.Bump + 63) / 64 + 1];
-        for (int f = d.Aux; f >= 0; f = *(int*)(slab + f * size)) free[f >> 6] |= 1UL << f;
+        for (int f = d.SlabFreeSlot; f >= 0; f = *(int*)(slab + f * size)) free[f >> 6] |= 1UL << f;
         int* rmap = (int*)(slab + Classes.ReverseMapOffset[c]);
         for (int slot = 0; slot < d.Bump; slot++)
         {
             if ((free[slot >> 6] & (1UL << slot)) != 0) continue;
-            uint index = (uint)rmap[slot];
-            if (index == 0 || index >= _heap.Handles.Count) continue;
-            HandleEntry* e = _heap.Handles.Get(index);
-            long state = Volatile.Read(ref e->State);
-            // A frozen entry belongs to another migration (its address may be about to change): not listed, so the
-            // slab's RefCount exceeds the list and the caller retries later.
-            if ((state & (EntryState.Allocated | EntryState.Run | EntryState.Frozen)) != EntryState.Allocated || e->Address != slab + slot * size) continue;
-            entries.Add(index);
-            states.Add(state);
-            slots.Add(slab + slot * size);
+            slots.Add(((uint)rmap[slot], slab + slot * size));
         }
         return d.RefCount;
     }
@@ -237,19 +240,21 @@ internal sealed unsafe class SlabAllocator
     /// <summary>Frees an empty slab's pages to the buddy allocator; caller holds the class lock (takes the zone lock).</summary>
     public void ReleaseSlabLocked(SlabClass cls, int head)
     {
+        AssertLocked(cls);
         ref PageDescriptor d = ref _map.Page(head);
         Debug.Assert(d.RefCount == 0);
-        Unlink(cls, head, ref d, d.Aux2);
+        Unlink(cls, head, ref d, d.SlabGroup);
         cls.Slabs--;
         cls.SlabsFreed++;
-        _heap.FreePageRun(head, Classes.PagesPerSlab[cls.Index]);
+        _pages.FreePages(head, Classes.PagesPerSlab[cls.Index]);
     }
 
     private int CarveSlabLocked(SlabClass cls)
     {
+        AssertLocked(cls);
         int c = cls.Index;
         int pages = Classes.PagesPerSlab[c];
-        int head = _heap.AllocatePageRun(pages, Kind, NativeHeap.PageRunInit.Slab(c));
+        int head = _pages.AllocateSlab(pages, Kind, c);
         if (head < 0) return -1;
         cls.Slabs++;
         cls.SlabsCarved++;
@@ -258,41 +263,20 @@ internal sealed unsafe class SlabAllocator
         return head;
     }
 
-    /// <summary>Writes a new slab's head and tail descriptors. Caller holds the zone lock of the pages.</summary>
-    internal void InitSlabDescriptors(int c, int start, int count)
-    {
-        ref PageDescriptor h = ref _map.Page(start);
-        h.Kind = PageKind.SlabHead;
-        h.SizeClass = (ushort)(c | ((int)Kind << 15));
-        h.Bump = 0;
-        h.RefCount = 0;
-        h.PinCount = 0;
-        h.Flags = 0;
-        h.Aux = -1;
-        h.Aux2 = -1;
-        h.Next = h.Prev = -1;
-        for (int p = start + 1; p < start + count; p++)
-        {
-            ref PageDescriptor t = ref _map.Page(p);
-            t.Kind = PageKind.Tail;
-            t.Aux = start;
-            t.PinCount = 0;
-        }
-    }
-
     /// <summary>Moves a slab to the fullness group matching its RefCount (an isolated slab stays off the lists).</summary>
     public void Regroup(SlabClass cls, int head, ref PageDescriptor d)
     {
-        if ((d.Flags & IsolatedFlag) != 0) return;
+        AssertLocked(cls);
+        if (d.SlabIsolated) return;
         int g = GroupOf(d.RefCount, Classes.SlotsPerSlab[cls.Index]);
-        if (g == d.Aux2) return;
-        Unlink(cls, head, ref d, d.Aux2);
+        if (g == d.SlabGroup) return;
+        Unlink(cls, head, ref d, d.SlabGroup);
         Link(cls, head, ref d, g);
     }
 
     private void Link(SlabClass cls, int head, ref PageDescriptor d, int group)
     {
-        d.Aux2 = group;
+        d.SlabGroup = group;
         d.Prev = -1;
         d.Next = cls.GroupHeads[group];
         if (d.Next >= 0) _map.Page(d.Next).Prev = head;
@@ -306,7 +290,7 @@ internal sealed unsafe class SlabAllocator
         if (d.Prev >= 0) _map.Page(d.Prev).Next = d.Next; else cls.GroupHeads[group] = d.Next;
         if (d.Next >= 0) _map.Page(d.Next).Prev = d.Prev;
         d.Next = d.Prev = -1;
-        d.Aux2 = -1;
+        d.SlabGroup = -1;
         cls.GroupCounts[group]--;
     }
 
@@ -337,10 +321,10 @@ internal sealed unsafe class SlabAllocator
                     {
                         ref PageDescriptor d = ref _map.Page(p);
                         if (d.Kind != PageKind.SlabHead) return $"{Kind} class {Classes.Size[cls.Index]}: page {p} on a fullness list is {d.Kind}";
-                        if (d.Aux2 != g || GroupOf(d.RefCount, capacity) != g) return $"{Kind} class {Classes.Size[cls.Index]}: slab {p} in wrong group {g}";
+                        if (d.SlabGroup != g || GroupOf(d.RefCount, capacity) != g) return $"{Kind} class {Classes.Size[cls.Index]}: slab {p} in wrong group {g}";
                         int freeListed = 0;
                         nint slab = _map.AddressOf(p);
-                        for (int s = d.Aux; s >= 0; s = *(int*)(slab + s * Classes.Size[cls.Index]))
+                        for (int s = d.SlabFreeSlot; s >= 0; s = *(int*)(slab + s * Classes.Size[cls.Index]))
                         {
                             if (s >= d.Bump || ++freeListed > capacity) return $"{Kind} class {Classes.Size[cls.Index]}: slab {p} free list corrupt";
                         }
@@ -357,25 +341,4 @@ internal sealed unsafe class SlabAllocator
         }
         return null;
     }
-}
-
-/// <summary>One size class of a <see cref="SlabAllocator"/>; every field is protected by <see cref="Lock"/>.</summary>
-internal sealed class SlabClass
-{
-    public readonly Lock Lock = new();
-    public readonly int Index;
-    public readonly int[] GroupHeads = new int[SlabAllocator.Groups];
-    public readonly int[] GroupCounts = new int[SlabAllocator.Groups];
-    public long Slabs;
-    public long UsedSlots;
-    public long SlabsCarved;
-    public long SlabsFreed;
-
-    public SlabClass(int index)
-    {
-        Index = index;
-        Array.Fill(GroupHeads, -1);
-    }
-
-    public int EmptySlabs => GroupCounts[SlabAllocator.EmptyGroup];
 }

@@ -2,8 +2,9 @@ using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Numerics;
 using System.Runtime.InteropServices;
+using Compaction.Allocator.Layout;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Pages;
 
 /// <summary>
 /// Geometry of the arena and its native metadata: the page-descriptor array and the pageblock flag bitmap.
@@ -11,15 +12,12 @@ namespace Compaction.Allocator;
 /// <remarks>
 /// Page indices are absolute within the arena; the arena base is pageblock-aligned and zones start on
 /// max-order boundaries, so the buddy of page <c>p</c> at order <c>o</c> is simply <c>p ^ (1 &lt;&lt; o)</c>.
-/// The pageblock bitmap packs 4 bits per pageblock (like the kernel's NR_PAGEBLOCK_BITS): bit 0 migrate type,
-/// bit 1 reserved, bit 2 compaction skip bit, bit 3 reserved. Bits are changed with a CAS on the containing
-/// 32-bit word, so the compactor can set skip bits without the zone lock.
+/// The pageblock bitmap's layout is <see cref="PageblockBits"/>. Bits are changed with a CAS on the containing
+/// 32-bit word, so the compactor can set skip bits without the zone lock; readers load the word without a lock
+/// (a skip bit is a hint, and the migrate type changes only under the zone lock, which its users hold).
 /// </remarks>
 internal sealed unsafe class PageMap : IDisposable
 {
-    public const int MigrateTypeBit = 1 << 0;
-    public const int SkipBit = 1 << 2;
-
     public readonly nint Base;
     public readonly int PageShift;
     public readonly int PageSize;
@@ -44,11 +42,11 @@ internal sealed unsafe class PageMap : IDisposable
         // Zeroed lazily: a large calloc is fresh mmap'd memory, so untouched descriptors cost no page fault.
         // All-zero is a valid descriptor (a FreeTail page).
         Pages = (PageDescriptor*)NativeMemory.AllocZeroed((nuint)pageCount, (nuint)sizeof(PageDescriptor));
-        int words = (PageblockCount + 7) / 8;
+        int words = (PageblockCount + PageblockBits.PageblocksPerWord - 1) / PageblockBits.PageblocksPerWord;
         _pageblockBits = (int*)NativeMemory.AllocZeroed((nuint)words * sizeof(int));
     }
 
-    public long MetadataBytes => (long)PageCount * sizeof(PageDescriptor) + (PageblockCount + 7) / 8 * sizeof(int);
+    public long MetadataBytes => (long)PageCount * sizeof(PageDescriptor) + (PageblockCount + PageblockBits.PageblocksPerWord - 1) / PageblockBits.PageblocksPerWord * sizeof(int);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ref PageDescriptor Page(int index)
@@ -65,20 +63,20 @@ internal sealed unsafe class PageMap : IDisposable
 
     /// <summary>Head page of the run or slab that contains <paramref name="page"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public int HeadOf(int page) => Pages[page].Kind == PageKind.Tail ? Pages[page].Aux : page;
+    public int HeadOf(int page) => Pages[page].Kind == PageKind.Tail ? Pages[page].TailHead : page;
 
     public int PageblockOf(int page) => page >> PageblockOrder;
 
     public int GetPageblockBits(int pageblock)
     {
-        int word = Volatile.Read(ref _pageblockBits[pageblock >> 3]);
-        return (word >> ((pageblock & 7) * 4)) & 0xF;
+        int word = Volatile.Read(ref _pageblockBits[PageblockBits.WordOf(pageblock)]);
+        return (word >> PageblockBits.ShiftOf(pageblock)) & ((1 << PageblockBits.BitsPerPageblock) - 1);
     }
 
     public void SetPageblockBits(int pageblock, int mask, int value)
     {
-        ref int word = ref _pageblockBits[pageblock >> 3];
-        int shift = (pageblock & 7) * 4;
+        ref int word = ref _pageblockBits[PageblockBits.WordOf(pageblock)];
+        int shift = PageblockBits.ShiftOf(pageblock);
         while (true)
         {
             int old = Volatile.Read(ref word);
@@ -87,10 +85,10 @@ internal sealed unsafe class PageMap : IDisposable
         }
     }
 
-    public MigrateType GetMigrateType(int pageblock) => (MigrateType)(GetPageblockBits(pageblock) & MigrateTypeBit);
-    public void SetMigrateType(int pageblock, MigrateType type) => SetPageblockBits(pageblock, MigrateTypeBit, (int)type);
-    public bool GetSkip(int pageblock) => (GetPageblockBits(pageblock) & SkipBit) != 0;
-    public void SetSkip(int pageblock, bool skip) => SetPageblockBits(pageblock, SkipBit, skip ? SkipBit : 0);
+    public MigrateType GetMigrateType(int pageblock) => (MigrateType)(GetPageblockBits(pageblock) & PageblockBits.MigrateTypeBit);
+    public void SetMigrateType(int pageblock, MigrateType type) => SetPageblockBits(pageblock, PageblockBits.MigrateTypeBit, (int)type);
+    public bool GetSkip(int pageblock) => (GetPageblockBits(pageblock) & PageblockBits.SkipBit) != 0;
+    public void SetSkip(int pageblock, bool skip) => SetPageblockBits(pageblock, PageblockBits.SkipBit, skip ? PageblockBits.SkipBit : 0);
 
     public void Dispose()
     {

@@ -1,8 +1,9 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using Compaction.Allocator.Layout;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Handles;
 
 /// <summary>
 /// The handle table: native chunks of 4096 entries of 32 bytes, never moved or freed before the heap, so an entry's
@@ -79,6 +80,7 @@ internal sealed unsafe class HandleTable : IDisposable
 
     private void AddChunkLocked()
     {
+        Debug.Assert(_lock.IsHeldByCurrentThread, "caller holds the table lock");
         if (_chunkCount == _chunks.Length)
         {
             var bigger = new nint[_chunks.Length * 2];
@@ -86,9 +88,9 @@ internal sealed unsafe class HandleTable : IDisposable
             Volatile.Write(ref _chunks, bigger);
         }
         nint chunk = (nint)NativeMemory.AlignedAlloc((nuint)ChunkEntries * (nuint)sizeof(HandleEntry), 64);
-        // Pin slots keep a 16-bit sequence above bit 48 of an entry's address (PinRegistry): an entry at or above
+        // Pin slots keep a 16-bit sequence above bit 48 of an entry's address (PinSlot): an entry at or above
         // 2^48 (5-level paging) would be misread, and a pinned block could move. Refuse rather than risk it.
-        if ((ulong)chunk + (ulong)ChunkEntries * (ulong)sizeof(HandleEntry) > 1UL << PinRegistry.TagShift)
+        if ((ulong)chunk + (ulong)ChunkEntries * (ulong)sizeof(HandleEntry) > 1UL << PinSlot.SequenceShift)
         {
             NativeMemory.AlignedFree((void*)chunk);
             throw new PlatformNotSupportedException("Handle entries above 2^48 cannot be named in pin slots.");

@@ -1,27 +1,51 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using Compaction.Allocator.Handles;
+using Compaction.Allocator.Slabs;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Caches;
 
-// Per-thread caches: lookup, the fast pops and pushes, refills and flushes, and the disable/drain protocol
-// (native-layout.md, "Per-thread caches").
-public sealed unsafe partial class NativeHeap
+/// <summary>
+/// The per-thread caches of one heap: lookup, the fast pops and pushes, refills and flushes, the live-byte counters
+/// and the disable/drain protocol (native-layout.md, "Per-thread caches").
+/// </summary>
+/// <remarks>
+/// Lock ordering: <see cref="_cachesLock"/> comes before the class locks and the handle-table lock, which a flush
+/// takes one at a time. The fast paths take no lock.
+/// </remarks>
+internal sealed unsafe class ThreadCaches
 {
     [ThreadStatic] private static ThreadCache? t_lastCache;
     [ThreadStatic] private static List<ThreadCache>? t_caches;
 
+    private readonly SlabAllocator[] _slabs;         // [BlockKind]
+    private readonly HandleTable _handles;
+    private readonly SizeClasses _classes;
     private readonly bool _cachesEnabled;
+    private volatile bool _closed;                    // the heap was disposed: caches of it are dropped on sight
     private readonly Lock _cachesLock = new();       // guards _caches (copy on write) and serialises drains
     private ThreadCache[] _caches = [];
     private int _cacheDisable;                        // > 0: caches are off (lru_cache_disable's counter)
     private long _liveBytesDirect;                    // live bytes/blocks changed outside any cache (interlocked)
     private long _liveBlocksDirect;
 
+    public ThreadCaches(SlabAllocator[] slabs, HandleTable handles, SizeClasses classes, bool enabled)
+    {
+        _slabs = slabs;
+        _handles = handles;
+        _classes = classes;
+        _cachesEnabled = enabled;
+    }
+
+    /// <summary>Marks the set closed (the heap is being disposed): threads drop their caches of it on next lookup.</summary>
+    public void Close() => _closed = true;
+
     /// <summary>The calling thread's cache for this heap, or null when the heap runs without caches.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ThreadCache? CurrentCache()
+    public ThreadCache? Current()
     {
         ThreadCache? tc = t_lastCache;
-        if (tc != null && tc.Heap == this) return tc;
+        if (tc != null && tc.Set == this) return tc;
         return _cachesEnabled ? FindOrCreateCache() : null;
     }
 
@@ -29,10 +53,10 @@ public sealed unsafe partial class NativeHeap
     private ThreadCache FindOrCreateCache()
     {
         List<ThreadCache> mine = t_caches ??= [];
-        mine.RemoveAll(c => c.Heap._disposed);
+        mine.RemoveAll(c => c.Set._closed);
         foreach (ThreadCache c in mine)
-            if (c.Heap == this) return t_lastCache = c;
-        var tc = new ThreadCache(this, Classes);
+            if (c.Set == this) return t_lastCache = c;
+        var tc = new ThreadCache(this, _classes);
         mine.Add(tc);
         lock (_cachesLock)
         {
@@ -46,6 +70,7 @@ public sealed unsafe partial class NativeHeap
     /// a dead thread never touches its cache again, so no drain protocol is needed.</summary>
     private void PruneDeadCachesLocked()
     {
+        Debug.Assert(_cachesLock.IsHeldByCurrentThread, "caller holds the caches lock");
         // One reading of IsAlive per cache: a thread that dies while we prune is either flushed and dropped here, or
         // kept for the next prune, never dropped unflushed (which would lose its slots and its live-byte count).
         ThreadCache[] dead = Array.FindAll(_caches, c => !c.Owner.IsAlive);
@@ -61,7 +86,7 @@ public sealed unsafe partial class NativeHeap
     /// sees InUse = 1 and waits. Volatile accesses are not reordered with each other by the JIT.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private bool EnterCache(ThreadCache tc)
+    public bool Enter(ThreadCache tc)
     {
         Volatile.Write(ref tc.InUse, 1);
         if (Volatile.Read(ref _cacheDisable) == 0) return true;
@@ -70,14 +95,14 @@ public sealed unsafe partial class NativeHeap
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void ExitCache(ThreadCache tc) => Volatile.Write(ref tc.InUse, 0);
+    public static void Exit(ThreadCache tc) => Volatile.Write(ref tc.InUse, 0);
 
     // ------------------------------------------------------------------ slots
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private nint PopSlot(ThreadCache tc, BlockKind kind, int c)
+    public nint PopSlot(ThreadCache tc, BlockKind kind, int c)
     {
-        int si = ThreadCache.StackIndex(kind, c, Classes.Count);
+        int si = ThreadCache.StackIndex(kind, c, _classes.Count);
         int n = tc.SlotCount[si];
         if (n == 0) return RefillSlots(tc, kind, c, si);
         tc.SlotCount[si] = n - 1;
@@ -88,16 +113,16 @@ public sealed unsafe partial class NativeHeap
     private nint RefillSlots(ThreadCache tc, BlockKind kind, int c, int si)
     {
         nint[] stack = tc.Slots[si];
-        int n = Slabs[(int)kind].AllocateSlots(c, stack, Math.Max(1, stack.Length / 2));
+        int n = _slabs[(int)kind].AllocateSlots(c, stack, Math.Max(1, stack.Length / 2));
         if (n == 0) return 0;
         tc.SlotCount[si] = n - 1;
         return stack[n - 1];
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void PushSlot(ThreadCache tc, BlockKind kind, int c, nint addr)
+    public void PushSlot(ThreadCache tc, BlockKind kind, int c, nint addr)
     {
-        int si = ThreadCache.StackIndex(kind, c, Classes.Count);
+        int si = ThreadCache.StackIndex(kind, c, _classes.Count);
         int n = tc.SlotCount[si];
         nint[] stack = tc.Slots[si];
         if (n == stack.Length) n = FlushSlots(tc, kind, c, si);
@@ -112,22 +137,22 @@ public sealed unsafe partial class NativeHeap
         nint[] stack = tc.Slots[si];
         int keep = stack.Length / 2;
         int n = tc.SlotCount[si];
-        Slabs[(int)kind].FreeSlots(c, stack.AsSpan(0, n - keep));
+        _slabs[(int)kind].FreeSlots(c, stack.AsSpan(0, n - keep));
         Array.Copy(stack, n - keep, stack, 0, keep);
         tc.SlotCount[si] = keep;
         return keep;
     }
 
-    private nint AllocateSlotDirect(BlockKind kind, int c)
+    public nint AllocateSlotDirect(BlockKind kind, int c)
     {
         Span<nint> one = stackalloc nint[1];
-        return Slabs[(int)kind].AllocateSlots(c, one, 1) == 1 ? one[0] : 0;
+        return _slabs[(int)kind].AllocateSlots(c, one, 1) == 1 ? one[0] : 0;
     }
 
     // ------------------------------------------------------------------ handle entries
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private uint PopEntry(ThreadCache tc)
+    public uint PopEntry(ThreadCache tc)
     {
         int n = tc.EntryCount;
         if (n == 0) return RefillEntries(tc);
@@ -138,65 +163,65 @@ public sealed unsafe partial class NativeHeap
     [MethodImpl(MethodImplOptions.NoInlining)]
     private uint RefillEntries(ThreadCache tc)
     {
-        int n = Handles.Pop(tc.Entries.AsSpan(0, ThreadCache.EntryCapacity / 2));
+        int n = _handles.Pop(tc.Entries.AsSpan(0, ThreadCache.EntryCapacity / 2));
         if (n == 0) return 0;
         tc.EntryCount = n - 1;
         return tc.Entries[n - 1];
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void PushEntry(ThreadCache tc, uint index)
+    public void PushEntry(ThreadCache tc, uint index)
     {
         int n = tc.EntryCount;
         if (n == ThreadCache.EntryCapacity)
         {
             int keep = ThreadCache.EntryCapacity / 2;
-            Handles.Push(tc.Entries.AsSpan(keep, n - keep));
+            _handles.Push(tc.Entries.AsSpan(keep, n - keep));
             n = keep;
         }
         tc.Entries[n] = index;
         tc.EntryCount = n + 1;
     }
 
-    private uint AllocateEntryDirect()
+    public uint AllocateEntryDirect()
     {
         Span<uint> one = stackalloc uint[1];
-        return Handles.Pop(one) == 1 ? one[0] : 0;
+        return _handles.Pop(one) == 1 ? one[0] : 0;
     }
 
-    private void ReleaseEntryDirect(uint index) => Handles.Push([index]);
+    public void ReleaseEntryDirect(uint index) => _handles.Push([index]);
 
-    private void AddLiveDirect(long bytes, long blocks)
+    public void AddLiveDirect(long bytes, long blocks)
     {
         Interlocked.Add(ref _liveBytesDirect, bytes);
         Interlocked.Add(ref _liveBlocksDirect, blocks);
     }
 
-    // ------------------------------------------------------------------ disable and drain (seed 001)
+    // ------------------------------------------------------------------ disable and drain
 
     /// <summary>
     /// Switches every thread's cache off and drains it (the kernel's lru_cache_disable): while the count of
     /// disablers is above zero, allocations and frees bypass the caches, so no cache can hold a slot that a
-    /// migration wants to move. Pair with <see cref="EnableThreadCaches"/>. Takes <c>_cachesLock</c> and then class
+    /// migration wants to move. Pair with <see cref="Enable"/>. Takes <c>_cachesLock</c> and then class
     /// locks and the handle-table lock; the caller must hold no heap lock.
     /// </summary>
-    internal void DisableThreadCaches()
+    public void Disable()
     {
         Interlocked.Increment(ref _cacheDisable);
         DrainDisabledCaches();
     }
 
-    /// <summary>Undoes one <see cref="DisableThreadCaches"/>.</summary>
-    internal void EnableThreadCaches() => Interlocked.Decrement(ref _cacheDisable);
+    /// <summary>Undoes one <see cref="Disable"/>.</summary>
+    public void Enable() => Interlocked.Decrement(ref _cacheDisable);
 
     /// <summary>Empties every thread's cache back into the slabs and the handle table (lru_add_drain_all).</summary>
-    internal void DrainThreadCaches()
+    public void Drain()
     {
-        DisableThreadCaches();
-        EnableThreadCaches();
+        Disable();
+        Enable();
     }
 
-    internal bool ThreadCachesDisabled => Volatile.Read(ref _cacheDisable) > 0;
+    public bool Disabled => Volatile.Read(ref _cacheDisable) > 0;
 
     private void DrainDisabledCaches()
     {
@@ -216,18 +241,18 @@ public sealed unsafe partial class NativeHeap
 
     /// <summary>Returns everything a cache holds. The owner must be out of it (drain protocol) or dead; a dead
     /// owner's live counts move to the heap's direct counters, since the cache is about to be dropped.</summary>
-    private void FlushCache(ThreadCache tc, bool ownerDead)
+    public void FlushCache(ThreadCache tc, bool ownerDead)
     {
         for (int si = 0; si < tc.Slots.Length; si++)
         {
             int n = tc.SlotCount[si];
             if (n == 0) continue;
-            Slabs[si / Classes.Count].FreeSlots(si % Classes.Count, tc.Slots[si].AsSpan(0, n));
+            _slabs[si / _classes.Count].FreeSlots(si % _classes.Count, tc.Slots[si].AsSpan(0, n));
             tc.SlotCount[si] = 0;
         }
         if (tc.EntryCount > 0)
         {
-            Handles.Push(tc.Entries.AsSpan(0, tc.EntryCount));
+            _handles.Push(tc.Entries.AsSpan(0, tc.EntryCount));
             tc.EntryCount = 0;
         }
         if (ownerDead)
@@ -238,8 +263,11 @@ public sealed unsafe partial class NativeHeap
         }
     }
 
+    /// <summary>Every registered cache (a copy-on-write array: a racy but consistent snapshot).</summary>
+    public ThreadCache[] All => Volatile.Read(ref _caches);
+
     /// <summary>Slots currently held by all caches (racy; for statistics and tests).</summary>
-    internal long CachedSlots()
+    public long CachedSlots()
     {
         long n = 0;
         foreach (ThreadCache tc in Volatile.Read(ref _caches))
@@ -247,7 +275,7 @@ public sealed unsafe partial class NativeHeap
         return n;
     }
 
-    private (long bytes, long blocks) LiveTotals()
+    public (long bytes, long blocks) LiveTotals()
     {
         long bytes = Volatile.Read(ref _liveBytesDirect), blocks = Volatile.Read(ref _liveBlocksDirect);
         foreach (ThreadCache tc in Volatile.Read(ref _caches))

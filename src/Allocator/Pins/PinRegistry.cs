@@ -1,7 +1,8 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using Compaction.Allocator.Layout;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Pins;
 
 /// <summary>
 /// Per-thread pin slots, the fast half of the asymmetric pin protocol (native-layout.md, "Pins").
@@ -18,9 +19,7 @@ namespace Compaction.Allocator;
 /// </remarks>
 internal static unsafe class PinRegistry
 {
-    public const int SlotsPerRecord = 8;
-    public const int TagShift = 48;
-    public const long AddressMask = (1L << TagShift) - 1;
+    public const int SlotsPerRecord = PinSlot.SlotsPerRecord;
 
     private static readonly Lock s_lock = new();
     private static nint[] s_records = new nint[64];
@@ -46,7 +45,7 @@ internal static unsafe class PinRegistry
     /// <summary>A slot value for <paramref name="entry"/> tagged with a per-thread sequence, so that releasing a pin
     /// twice (an unbalanced unpin) is detected instead of clearing someone else's pin.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static nint Tag(HandleEntry* entry) => (nint)(((long)++t_sequence << TagShift) | (long)entry);
+    public static nint Tag(HandleEntry* entry) => (nint)(((long)++t_sequence << PinSlot.SequenceShift) | (long)entry);
 
     /// <summary>An empty slot of the calling thread: in its first record on the fast path, else in an overflow
     /// record (registered on demand, kept for the thread's life), so that every pin is a slot pin.</summary>
@@ -123,7 +122,7 @@ internal static unsafe class PinRegistry
             for (int s = 0; s < SlotsPerRecord; s++)
             {
                 long v = Volatile.Read(ref slots[s]);
-                if (v != 0) pinned.Add(v & AddressMask);
+                if (v != 0) pinned.Add(v & PinSlot.AddressMask);
             }
         }
     }
@@ -143,7 +142,7 @@ internal static unsafe class PinRegistry
     {
         nint* slots = (nint*)record;
         for (int s = 0; s < SlotsPerRecord; s++)
-            if (((long)slots[s] & AddressMask) == (long)entry) return true;
+            if (((long)slots[s] & PinSlot.AddressMask) == (long)entry) return true;
         return false;
     }
 
@@ -158,7 +157,7 @@ internal static unsafe class PinRegistry
             for (int s = 0; s < SlotsPerRecord; s++)
             {
                 long v = Volatile.Read(ref slots[s]);
-                if (v != 0 && owned((nint)(v & AddressMask))) pins++;
+                if (v != 0 && owned((nint)(v & PinSlot.AddressMask))) pins++;
             }
         }
         return pins;

@@ -2,7 +2,7 @@ namespace Compaction.Allocator;
 
 /// <summary>
 /// Callbacks of a block's owner, consulted when the compactor moves the block (the kernel's movable_operations for
-/// driver-owned pages, seed 003). Register with <see cref="NativeHeap.SetMovableOwner"/>.
+/// driver-owned pages). Register with <see cref="NativeHeap.SetMovableOwner"/>.
 /// </summary>
 /// <remarks>
 /// Order of calls for one migration: <see cref="Isolate"/>; then, with the block frozen (no pin can start) and its
@@ -29,13 +29,4 @@ public interface IMovableBlockOwner
 
     /// <summary>An isolated block was not moved; it is still at its old address.</summary>
     void Putback(BlockHandle handle);
-}
-
-/// <summary>An owner's answer to <see cref="IMovableBlockOwner.Migrate"/> (the kernel's 0 and -EAGAIN).</summary>
-public enum OwnerMigrateResult
-{
-    /// <summary>Complete the move.</summary>
-    Success,
-    /// <summary>Not now: keep the old place; the compactor retries on a later pass.</summary>
-    TryAgain,
 }

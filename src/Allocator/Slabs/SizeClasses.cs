@@ -1,4 +1,4 @@
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Slabs;
 
 /// <summary>
 /// The size classes of the slab allocator: 16 B apart up to 128 B, then eight classes per doubling (at most 12.5%

@@ -1,12 +1,13 @@
 using System.Runtime.CompilerServices;
+using Compaction.Allocator.Slabs;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Caches;
 
 /// <summary>
 /// A thread's cache for one heap: stacks of free slots per (kind, size class), free handle entries, and the frees it
 /// batched (a freed slot goes back on its stack and reaches its slab only when the stack overflows). Like the kernel's
 /// per-CPU lists, slots in here count as used in their slab and so hold references that make slab consolidation fail
-/// (seed 001); <see cref="NativeHeap.DisableThreadCaches"/> switches every cache off and drains it.
+/// ; <see cref="ThreadCaches.Disable"/> switches every cache off and drains it.
 /// </summary>
 /// <remarks>
 /// Ownership: only the owning thread pushes or pops, and only between setting <see cref="InUse"/> to 1 and back to 0
@@ -21,7 +22,8 @@ internal sealed class ThreadCache
     /// <summary>1 while the owner touches the cache; the Dekker flag of the drain protocol.</summary>
     public int InUse;
     public readonly Thread Owner;
-    public readonly NativeHeap Heap;
+    /// <summary>The heap's cache set this cache belongs to.</summary>
+    public readonly ThreadCaches Set;
     public readonly nint[][] Slots;     // [kind * classes + class] -> stack
     public readonly int[] SlotCount;
     public readonly uint[] Entries = new uint[EntryCapacity];
@@ -30,9 +32,9 @@ internal sealed class ThreadCache
     public long LiveBytes;
     public long LiveBlocks;
 
-    public ThreadCache(NativeHeap heap, SizeClasses classes)
+    public ThreadCache(ThreadCaches set, SizeClasses classes)
     {
-        Heap = heap;
+        Set = set;
         Owner = Thread.CurrentThread;
         int n = classes.Count * 2;
         Slots = new nint[n][];

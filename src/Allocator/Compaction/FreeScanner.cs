@@ -1,0 +1,92 @@
+using System.Diagnostics;
+using Compaction.Allocator.Caches;
+using Compaction.Allocator.Handles;
+using Compaction.Allocator.Layout;
+using Compaction.Allocator.Migration;
+using Compaction.Allocator.Pages;
+using Compaction.Allocator.Slabs;
+using static Compaction.Allocator.CompactionCounter;
+
+namespace Compaction.Allocator.Compaction;
+
+// The free scanner and its pool: compaction_alloc, compaction_free, release_freepages.
+// Asynchronous runs take the zone lock with a try-lock wherever they acquire work (isolating free pages, committing,
+// writing a destination's descriptors); a miss ends the run as contended and takes no blocking lock afterwards. Only
+// giving pages back (a migrated source, the pool at the end of a run) blocks, because it cannot be left undone.
+internal sealed unsafe partial class Compactor
+{
+    private readonly FreePool _freePool = new();                      // cc->freepages, protected by RunLock
+    private readonly List<(int start, int order)> _isolated = [];     // one pageblock's isolated free blocks
+
+    /// <summary>
+    /// compaction_alloc: <paramref name="pages"/> contiguous free pages from the isolated pool, isolating more free
+    /// blocks with the free scanner (pageblock by pageblock, downward, never at or below the migrate scanner) when no
+    /// range of the pool is long enough. The pool keeps isolated pages as coalesced ranges, so a run of 9 pages can
+    /// use 8 + 1 adjacent free pages instead of needing a block of 16. Returns the first page (committed, marked
+    /// FreeTail, owned by the caller) or -1 when the scanners met or (async) a zone lock was contended.
+    /// </summary>
+    private int CompactionAlloc(CompactControl cc, int pages, int migratePb, ref int freePb)
+    {
+        while (true)
+        {
+            int start = _freePool.Take(pages);
+            if (start >= 0)
+            {
+                if (!Acquire(_zone.Lock, cc)) { _freePool.Add(start, pages); return -1; }
+                bool committed = _zone.CommitRangeLocked(start, pages);
+                _zone.Lock.Exit();
+                if (committed) return start;
+                _freePool.Add(start, pages);
+                return -1;
+            }
+            if (freePb <= migratePb) return -1;
+            int pb = freePb--;
+            if (!cc.IgnoreSkip && _map.GetSkip(pb)) continue;
+            if (!Acquire(_zone.Lock, cc)) { freePb++; return -1; }
+            _isolated.Clear();
+            int isolated = _zone.IsolateFreeBlocksLocked(pb, _isolated);
+            _zone.Lock.Exit();
+            foreach ((int s, int order) in _isolated) _freePool.Add(s, 1 << order);
+            Counters[CompactFreeScanned] += _map.PageblockPages;
+            if (cc.Daemon) Counters[CompactDaemonFreeScanned] += _map.PageblockPages;
+            Counters[CompactIsolated] += isolated;
+            if (isolated == 0 && !_map.GetSkip(pb))
+            {
+                _map.SetSkip(pb, true);
+                Counters[SkipBitsSet]++;
+            }
+        }
+    }
+
+    /// <summary>compaction_free: destination pages the caller did not use go back to the pool, their descriptors
+    /// back to FreeTail (the caller may have written run or slab descriptors on them). Lock-free: pool pages are on no
+    /// free list and belong to the compactor; the only other readers are the lock-free migrate scanner and buddy
+    /// merging, which needs a FreeHead and sees none here whichever value it reads.</summary>
+    private void ReturnToPool(int start, int pages)
+    {
+        for (int p = start; p < start + pages; p++) _map.Page(p).InitFree();
+        _freePool.Add(start, pages);
+    }
+
+    /// <summary>release_freepages: the pool goes back to the buddy allocator at the end of a run.</summary>
+    private void ReturnFreePool()
+    {
+        if (_freePool.Count == 0) return;
+        lock (_zone.Lock)
+        {
+            Counters[LockAcquisitions]++;
+            foreach ((int start, int length) in _freePool.Ranges) _zone.FreeRangeLocked(start, length);
+        }
+        _freePool.Clear();
+    }
+
+    /// <summary>Frees a migrated source run to the buddy allocator. Takes the zone lock (blocking, in every mode).</summary>
+    private void FreePages(int start, int pages)
+    {
+        lock (_zone.Lock)
+        {
+            Counters[LockAcquisitions]++;
+            _zone.FreeRangeLocked(start, pages);
+        }
+    }
+}

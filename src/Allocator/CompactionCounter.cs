@@ -1,0 +1,37 @@
+namespace Compaction.Allocator;
+
+/// <summary>
+/// The compaction counters, declared once: each is an index into <see cref="CompactionStatistics"/>' values, and the
+/// public property of the same name reads it. Kernel names (/proc/vmstat) where the kernel has the counter.
+/// </summary>
+internal enum CompactionCounter
+{
+    CompactStall,
+    CompactFail,
+    CompactSuccess,
+    CompactMigrateScanned,
+    CompactFreeScanned,
+    CompactIsolated,
+    PgmigrateSuccess,
+    PgmigrateFail,
+    CompactDaemonWake,
+    CompactDaemonMigrateScanned,
+    CompactDaemonFreeScanned,
+    PagesCompacted,
+    LockAcquisitions,
+    PinnedPagesSkipped,
+    CacheHeldFailures,
+    BytesMoved,
+    BytesDecommitted,
+    CompactDeferred,
+    SkipBitsSet,
+    Captured,
+    ContendedRuns,
+    MigrateBusy,
+    MigratePinnedAfterFreeze,
+    MigrateGone,
+    MigrateOwnerRetry,
+    MigrateOwnerFailed,
+    /// <summary>Not a counter: how many there are.</summary>
+    Count,
+}

@@ -1,0 +1,105 @@
+using static Compaction.Allocator.CompactionCounter;
+
+namespace Compaction.Allocator;
+
+/// <summary>Compaction counters (cumulative since the heap was created, or the difference over one run), named
+/// after the kernel's /proc/vmstat fields.</summary>
+/// <remarks>The heap keeps one live instance, written by the compacting thread (one compaction at a time) and read
+/// racily: each counter is a 64-bit value, never torn, and a snapshot may mix values a few updates apart.</remarks>
+public sealed class CompactionStatistics
+{
+    private readonly long[] _values = new long[(int)Count];
+
+    /// <summary>All counters zero.</summary>
+    public CompactionStatistics() { }
+
+    /// <summary>The live counter <paramref name="counter"/>; only the compacting thread writes it.</summary>
+    internal ref long this[CompactionCounter counter] => ref _values[(int)counter];
+
+    /// <summary>A copy of every counter (racy reads of the live values, see the remarks).</summary>
+    internal CompactionStatistics Snapshot()
+    {
+        var copy = new CompactionStatistics();
+        for (int i = 0; i < _values.Length; i++) copy._values[i] = Volatile.Read(ref _values[i]);
+        return copy;
+    }
+
+    private long Get(CompactionCounter counter) => _values[(int)counter];
+
+    /// <summary>Direct compactions started because an allocation failed.</summary>
+    public long CompactStall => Get(CompactionCounter.CompactStall);
+    /// <summary>Direct compactions that did not make the allocation possible.</summary>
+    public long CompactFail => Get(CompactionCounter.CompactFail);
+    /// <summary>Direct compactions after which the allocation succeeded.</summary>
+    public long CompactSuccess => Get(CompactionCounter.CompactSuccess);
+    /// <summary>Pages the migrate scanner looked at.</summary>
+    public long CompactMigrateScanned => Get(CompactionCounter.CompactMigrateScanned);
+    /// <summary>Pages the free scanner looked at.</summary>
+    public long CompactFreeScanned => Get(CompactionCounter.CompactFreeScanned);
+    /// <summary>Pages isolated: movable pages by the migrate scanner and free pages by the free scanner.</summary>
+    public long CompactIsolated => Get(CompactionCounter.CompactIsolated);
+    /// <summary>Pages migrated.</summary>
+    public long PgmigrateSuccess => Get(CompactionCounter.PgmigrateSuccess);
+    /// <summary>Pages whose migration failed after all retries.</summary>
+    public long PgmigrateFail => Get(CompactionCounter.PgmigrateFail);
+    /// <summary>Background compactor wake-ups.</summary>
+    public long CompactDaemonWake => Get(CompactionCounter.CompactDaemonWake);
+    /// <summary>Pages the migrate scanner looked at in background runs.</summary>
+    public long CompactDaemonMigrateScanned => Get(CompactionCounter.CompactDaemonMigrateScanned);
+    /// <summary>Pages the free scanner looked at in background runs.</summary>
+    public long CompactDaemonFreeScanned => Get(CompactionCounter.CompactDaemonFreeScanned);
+    /// <summary>Pages freed by slab consolidation (zsmalloc's pages_compacted).</summary>
+    public long PagesCompacted => Get(CompactionCounter.PagesCompacted);
+    /// <summary>Class and zone locks the compactor took.</summary>
+    public long LockAcquisitions => Get(CompactionCounter.LockAcquisitions);
+    /// <summary>Pages rejected as pinned by the lock-free check, before any lock.</summary>
+    public long PinnedPagesSkipped => Get(CompactionCounter.PinnedPagesSkipped);
+    /// <summary>Slab migrations that failed because a per-thread cache held a slot of the slab.</summary>
+    public long CacheHeldFailures => Get(CompactionCounter.CacheHeldFailures);
+    /// <summary>Bytes copied by compaction.</summary>
+    public long BytesMoved => Get(CompactionCounter.BytesMoved);
+    /// <summary>Bytes of emptied pageblocks returned to the OS by the background compactor's trim.</summary>
+    public long BytesDecommitted => Get(CompactionCounter.BytesDecommitted);
+    /// <summary>Direct compactions skipped by deferral.</summary>
+    public long CompactDeferred => Get(CompactionCounter.CompactDeferred);
+    /// <summary>Pageblock skip bits set.</summary>
+    public long SkipBitsSet => Get(CompactionCounter.SkipBitsSet);
+    /// <summary>Direct compactions that captured the freed run for the requester.</summary>
+    public long Captured => Get(CompactionCounter.Captured);
+    /// <summary>Asynchronous runs that stopped on lock contention.</summary>
+    public long ContendedRuns => Get(CompactionCounter.ContendedRuns);
+    /// <summary>Block migrations that found the block frozen, changed or refused by its owner's isolate (transient).</summary>
+    public long MigrateBusy => Get(CompactionCounter.MigrateBusy);
+    /// <summary>Block migrations that found a pin slot after the freeze and barrier (transient; the cheap check cannot
+    /// see short-term pins).</summary>
+    public long MigratePinnedAfterFreeze => Get(CompactionCounter.MigratePinnedAfterFreeze);
+    /// <summary>Block migrations whose block was freed or moved by someone else meanwhile.</summary>
+    public long MigrateGone => Get(CompactionCounter.MigrateGone);
+    /// <summary>Owner callbacks that answered "try again".</summary>
+    public long MigrateOwnerRetry => Get(CompactionCounter.MigrateOwnerRetry);
+    /// <summary>Owner callbacks that threw (the block stayed intact).</summary>
+    public long MigrateOwnerFailed => Get(CompactionCounter.MigrateOwnerFailed);
+
+    /// <summary>Compaction efficiency: compact_success * 100 / compact_stall.</summary>
+    public double CompactionEfficiency => CompactStall == 0 ? 0 : CompactSuccess * 100.0 / CompactStall;
+    /// <summary>Scan efficiency: compact_migrate_scanned * 100 / compact_free_scanned.</summary>
+    public double ScanEfficiency => CompactFreeScanned == 0 ? 0 : CompactMigrateScanned * 100.0 / CompactFreeScanned;
+
+    /// <summary>The counters of <paramref name="after"/> minus those of <paramref name="before"/>.</summary>
+    public static CompactionStatistics operator -(CompactionStatistics after, CompactionStatistics before)
+    {
+        ArgumentNullException.ThrowIfNull(after);
+        ArgumentNullException.ThrowIfNull(before);
+        var d = new CompactionStatistics();
+        for (int i = 0; i < d._values.Length; i++) d._values[i] = after._values[i] - before._values[i];
+        return d;
+    }
+
+    /// <summary>Every counter as "name value", one per line.</summary>
+    public override string ToString()
+    {
+        var sb = new System.Text.StringBuilder();
+        for (int i = 0; i < _values.Length; i++) sb.Append((CompactionCounter)i).Append(' ').Append(_values[i]).AppendLine();
+        return sb.ToString();
+    }
+}

@@ -1,0 +1,114 @@
+using Compaction.Allocator.Caches;
+using Compaction.Allocator.Handles;
+using Compaction.Allocator.Layout;
+using Compaction.Allocator.Pages;
+using Compaction.Allocator.Slabs;
+
+namespace Compaction.Allocator.Diagnostics;
+
+/// <summary>The whole-heap validator, run by tests and stress tests with the heap quiescent.</summary>
+internal static unsafe class HeapValidator
+{
+    /// <summary>
+    /// The expensive whole-heap check (mimalloc's third assertion level): free lists against descriptors, every page's
+    /// kind, every slab's counts, every live handle against its page or slot and reverse map, live totals against the
+    /// entries. Must run while no other thread uses the heap. Returns the problems found (empty when consistent).
+    /// </summary>
+    public static List<string> Validate(PageAllocator pages, SlabAllocator[] slabs, HandleTable handles, ThreadCaches caches)
+    {
+        PageMap map = pages.Map;
+        SizeClasses classes = slabs[0].Classes;
+        var problems = new List<string>();
+        foreach (Zone z in pages.Zones)
+        {
+            lock (z.Lock) { if (z.ValidateLocked() is string p) problems.Add(p); }
+        }
+        foreach (SlabAllocator s in slabs)
+            if (s.Validate() is string p) problems.Add(p);
+
+        // Walk the pages: every page is in exactly one free block, run or slab.
+        long freePages = 0;
+        for (int page = 0; page < map.PageCount;)
+        {
+            ref PageDescriptor d = ref map.Page(page);
+            switch (d.Kind)
+            {
+                case PageKind.FreeHead:
+                    freePages += 1 << d.Order;
+                    for (int t = page + 1; t < page + (1 << d.Order); t++)
+                        if (map.Page(t).Kind != PageKind.FreeTail) { problems.Add($"page {t} inside free block {page} is {map.Page(t).Kind}"); break; }
+                    page += 1 << d.Order;
+                    break;
+                case PageKind.RunHead:
+                case PageKind.SlabHead:
+                    int count = d.Kind == PageKind.RunHead ? d.RunPages : classes.PagesPerSlab[d.SlabClass];
+                    for (int t = page + 1; t < page + count; t++)
+                        if (map.Page(t).Kind != PageKind.Tail || map.Page(t).TailHead != page) { problems.Add($"page {t} of the run or slab at {page} is not its tail"); break; }
+                    if (d.Kind == PageKind.SlabHead && pages.ZoneOf(page) == pages.Movable && d.SlabKind != BlockKind.Movable)
+                        problems.Add($"unmovable slab at page {page} in the movable zone");
+                    page += count;
+                    break;
+                default:
+                    problems.Add($"page {page} is a stray {d.Kind}");
+                    page++;
+                    break;
+            }
+        }
+        long zoneFree = (pages.Normal?.FreePages ?? 0) + (pages.Movable?.FreePages ?? 0);
+        if (freePages != zoneFree) problems.Add($"pages in free blocks {freePages} != zones' free pages {zoneFree}");
+
+        // Every live handle names its storage, and its storage names it back.
+        long liveBytes = 0, liveBlocks = 0;
+        var slotsPerSlab = new Dictionary<int, int>();
+        for (uint i = 1; i < handles.Count; i++)
+        {
+            HandleEntry* e = handles.Get(i);
+            long s = e->State;
+            if ((s & EntryState.Allocated) == 0) continue;
+            liveBlocks++;
+            liveBytes += e->Size;
+            if ((s & EntryState.Frozen) != 0) problems.Add($"entry {i} is still frozen");
+            if (e->Address < map.Base || e->Address >= map.AddressOf(map.PageCount - 1) + map.PageSize) { problems.Add($"entry {i} points outside the arena"); continue; }
+            int page = map.PageOf(e->Address);
+            bool movable = (s & EntryState.Movable) != 0;
+            if (!movable && pages.Movable != null && pages.Movable.Contains(page)) problems.Add($"unmovable entry {i} lives in the movable zone");
+            if ((s & EntryState.Run) != 0)
+            {
+                ref PageDescriptor d = ref map.Page(page);
+                if (d.Kind != PageKind.RunHead || d.RunHandle != i || (long)d.RunPages << map.PageShift < e->Size)
+                    problems.Add($"entry {i}: its run head does not name it back");
+            }
+            else
+            {
+                int head = map.HeadOf(page);
+                ref PageDescriptor d = ref map.Page(head);
+                int c = classes.ClassOf(e->Size);
+                if (d.Kind != PageKind.SlabHead || d.SlabClass != c || d.SlabKind != (movable ? BlockKind.Movable : BlockKind.Unmovable))
+                    problems.Add($"entry {i}: not in a slab of its class and kind");
+                else if (*slabs[movable ? 0 : 1].ReverseMapWord(e->Address, c) != (int)i)
+                    problems.Add($"entry {i}: reverse map names {*slabs[movable ? 0 : 1].ReverseMapWord(e->Address, c)}");
+                slotsPerSlab[head] = slotsPerSlab.GetValueOrDefault(head) + 1;
+            }
+        }
+        (long bytes, long blocks) = caches.LiveTotals();
+        if (bytes != liveBytes || blocks != liveBlocks) problems.Add($"live counters say {bytes} B in {blocks} blocks; entries hold {liveBytes} B in {liveBlocks}");
+
+        // A slab's RefCount is its live blocks plus the slots cached by threads.
+        var cached = new Dictionary<int, int>();
+        foreach (ThreadCache tc in caches.All)
+            for (int si = 0; si < tc.Slots.Length; si++)
+                for (int k = 0; k < tc.SlotCount[si]; k++)
+                {
+                    int head = map.HeadOf(map.PageOf(tc.Slots[si][k]));
+                    cached[head] = cached.GetValueOrDefault(head) + 1;
+                }
+        for (int page = 0; page < map.PageCount; page++)
+        {
+            ref PageDescriptor d = ref map.Page(page);
+            if (d.Kind != PageKind.SlabHead) continue;
+            int expected = slotsPerSlab.GetValueOrDefault(page) + cached.GetValueOrDefault(page);
+            if (d.RefCount != expected) problems.Add($"slab {page}: RefCount {d.RefCount} but {expected} slots are live or cached");
+        }
+        return problems;
+    }
+}

@@ -1,0 +1,57 @@
+using System.Runtime.CompilerServices;
+using Compaction.Allocator.Layout;
+
+namespace Compaction.Allocator.Handles;
+
+/// <summary>
+/// The generation check, written once: does a state word describe the live block a handle names?
+/// (native-layout.md, "Handle table and handles").
+/// </summary>
+internal static class HandleChecks
+{
+    /// <summary>True when <paramref name="state"/> is allocated with the generation <paramref name="handle"/> carries.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool IsLive(BlockHandle handle, long state) =>
+        (state & EntryState.Allocated) != 0
+        && (EntryState.Generation(state) & HandleBits.GenerationMask) == HandleBits.Generation(handle.Value);
+
+    /// <summary>Throws <see cref="InvalidBlockHandleException"/> (Stale) unless <paramref name="state"/> is the live
+    /// block <paramref name="handle"/> names.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void CheckLive(BlockHandle handle, long state)
+    {
+        if (!IsLive(handle, state)) ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Stale);
+    }
+}
+
+/// <summary>
+/// The entry this thread holds frozen while a movable owner's callback runs (one per callback: owned blocks migrate
+/// one at a time; a callback that migrates another block nests). Waiting for that entry to unfreeze would wait for
+/// ourselves, so pins, frees and owner changes of it throw.
+/// </summary>
+internal static unsafe class FrozenByThisThread
+{
+    [ThreadStatic] private static HandleEntry* t_entry;
+
+    /// <summary>True while an owner callback runs on this thread with a block frozen.</summary>
+    public static bool Any => t_entry != null;
+
+    /// <summary>Records <paramref name="e"/> as frozen by this thread; returns the entry recorded before (nesting).</summary>
+    public static HandleEntry* Enter(HandleEntry* e)
+    {
+        HandleEntry* outer = t_entry;
+        t_entry = e;
+        return outer;
+    }
+
+    /// <summary>Restores the entry <see cref="Enter"/> returned.</summary>
+    public static void Exit(HandleEntry* outer) => t_entry = outer;
+
+    /// <summary>Throws when the calling thread is inside an owner callback for <paramref name="e"/>.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    public static void ThrowIfFrozenHere(HandleEntry* e)
+    {
+        if (t_entry == e)
+            throw new InvalidOperationException("A movable-owner callback may not pin, free or re-own the block being migrated.");
+    }
+}

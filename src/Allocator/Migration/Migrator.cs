@@ -1,0 +1,228 @@
+using Compaction.Allocator.Handles;
+using Compaction.Allocator.Layout;
+using Compaction.Allocator.Pages;
+using Compaction.Allocator.Pins;
+using Compaction.Allocator.Slabs;
+
+namespace Compaction.Allocator.Migration;
+
+/// <summary>
+/// The migration primitive: freeze, copy, repoint and unfreeze blocks whose destinations the caller allocated
+/// (native-layout.md, "Migration protocol"), and the movable owners it consults.
+/// </summary>
+/// <remarks>
+/// Takes no lock except, in <see cref="MigrateEntry"/>, the class or zone lock that allocates or frees one
+/// destination. Callers hold no class, zone or table lock while blocks are frozen. Counters are interlocked, since
+/// tests and tools may migrate beside a compaction.
+/// </remarks>
+internal sealed unsafe class Migrator
+{
+    [ThreadStatic] private static MigrationBatch? t_batch;
+
+    private readonly HandleTable _handles;
+    private readonly PageAllocator _pages;
+    private readonly SlabAllocator _slabs;     // the movable kind's: only movable blocks migrate
+    private long _blocksMigrated;
+    private long _bytesMigrated;
+
+    public Migrator(HandleTable handles, PageAllocator pages, SlabAllocator movableSlabs, OwnerRegistry owners)
+    {
+        _handles = handles;
+        _pages = pages;
+        _slabs = movableSlabs;
+        Owners = owners;
+    }
+
+    /// <summary>The movable owners of this heap's blocks.</summary>
+    public OwnerRegistry Owners { get; }
+
+    /// <summary>Blocks moved since the heap was created.</summary>
+    public long BlocksMigrated => Volatile.Read(ref _blocksMigrated);
+    /// <summary>Bytes copied by migrations since the heap was created.</summary>
+    public long BytesMigrated => Volatile.Read(ref _bytesMigrated);
+
+    /// <summary>
+    /// Migrates every block of <paramref name="batch"/> from Src to Dst (each Dst already allocated by the caller,
+    /// with room for the block). Per block: freeze with a CAS expecting exactly State; re-check the address; a
+    /// process-wide barrier; pin-slot scan; copy; reverse map; repoint; unfreeze with a release store. Blocks without
+    /// an owner go first, together, under one barrier. Blocks with an owner go one at a time afterwards (isolate,
+    /// freeze, barrier, copy, migrate callback), each with a barrier of its own, so that while an owner callback runs
+    /// no other block is frozen by this thread and the callback may use the heap. Blocks that fail are unfrozen in
+    /// place and their owners get putback; an exception (say, out of managed memory) unfreezes every block still
+    /// frozen before it leaves. The caller holds no heap lock and frees Src of successes and Dst of failures
+    /// afterwards. Returns the number of blocks moved; <see cref="MigrationBatch.BytesMoved"/> their bytes.
+    /// </summary>
+    public int MigrateBatch(MigrationBatch batch)
+    {
+        int frozen = 0;
+        bool owned = false;
+        batch.BytesMoved = 0;
+        for (int i = 0; i < batch.Count; i++)
+        {
+            batch.Owner[i] = null;
+            if ((batch.State[i] & EntryState.HasOwner) != 0) { owned = true; batch.Result[i] = MigrateResult.Busy; continue; }
+            if (TryFreeze(batch, i)) frozen++;
+        }
+        int moved = frozen > 0 ? FinishFrozen(batch, 0, batch.Count) : 0;
+        if (owned)
+        {
+            for (int i = 0; i < batch.Count; i++)
+            {
+                if ((batch.State[i] & EntryState.HasOwner) == 0) continue;
+                if (!Owners.Isolate(batch, i) || !TryFreeze(batch, i)) continue;
+                moved += FinishFrozen(batch, i, i + 1);
+            }
+        }
+        return moved;
+    }
+
+    /// <summary>Steps 1 and 3-4 for one block: reject unusable expected states, freeze, check the address.
+    /// Result is Success while the block is frozen by us.</summary>
+    private bool TryFreeze(MigrationBatch batch, int i)
+    {
+        HandleEntry* e = _handles.Get(batch.Index[i]);
+        long s = batch.State[i];
+        // A state word read while another migration held the block frozen must not be "frozen again": the CAS below
+        // would succeed as a no-op and two migrations would own the block. Likewise an atomic pin: the freeze CAS
+        // must expect a pin count of zero.
+        if ((s & EntryState.PinMask) != 0) { FailUnfrozen(batch, i, MigrateResult.Pinned); return false; }
+        if ((s & EntryState.Frozen) != 0 || (s & EntryState.Allocated) == 0) { FailUnfrozen(batch, i, MigrateResult.Busy); return false; }
+        if (Interlocked.CompareExchange(ref e->State, s | EntryState.Frozen, s) != s) { FailUnfrozen(batch, i, MigrateResult.Busy); return false; }
+        // ABA guard: another migration may have moved the block and restored the very same state word since the
+        // caller read it. Only a frozen entry's address changes, so from here it is stable. An owned block must
+        // also still have the owner that isolated it (a re-own or unregister meanwhile makes this attempt void).
+        if (e->Address != batch.Src[i]) { Unfreeze(batch, i, MigrateResult.Gone); return false; }
+        if (batch.Owner[i] != null && !Owners.IsStillOwner(batch.Index[i], s, batch.Owner[i]!))
+        {
+            Unfreeze(batch, i, MigrateResult.Busy);
+            return false;
+        }
+        batch.Result[i] = MigrateResult.Success;
+        return true;
+    }
+
+    /// <summary>Steps 5-8 for the frozen blocks among [<paramref name="first"/>, <paramref name="end"/>): one
+    /// barrier, the pin-slot snapshot, then copy, owner callback, reverse map, repoint and unfreeze. A block is frozen
+    /// exactly while its Result is Success and it has not been reached yet, which is what the handler undoes.</summary>
+    private int FinishFrozen(MigrationBatch batch, int first, int end)
+    {
+        int moved = 0, i = first;
+        try
+        {
+            // Dekker with the pinners: every pin slot stored before this point is visible after it, and every pin
+            // that loads the state word after it sees Frozen.
+            Interlocked.MemoryBarrierProcessWide();
+            PinRegistry.Snapshot(batch.PinnedEntries);
+            for (; i < end; i++)
+            {
+                if (batch.Result[i] != MigrateResult.Success) continue;
+                HandleEntry* e = _handles.Get(batch.Index[i]);
+                if (batch.PinnedEntries.Contains((long)e))
+                {
+                    Unfreeze(batch, i, MigrateResult.Pinned);
+                    continue;
+                }
+                long size = e->Size;
+                Buffer.MemoryCopy((void*)batch.Src[i], (void*)batch.Dst[i], size, size);
+                if (batch.Owner[i] != null && !Owners.Migrate(batch, i, e, this)) continue;
+                if ((batch.State[i] & EntryState.Run) == 0)
+                    *_slabs.ReverseMapWord(batch.Dst[i], _slabs.Classes.ClassOf(size)) = (int)batch.Index[i];
+                e->Address = batch.Dst[i];
+                Volatile.Write(ref e->State, batch.State[i]);
+                moved++;
+                batch.BytesMoved += size;
+            }
+        }
+        catch
+        {
+            // Nothing may stay frozen: every block not yet reached keeps its old place.
+            for (; i < end; i++)
+                if (batch.Result[i] == MigrateResult.Success) Unfreeze(batch, i, MigrateResult.Busy);
+            throw;
+        }
+        finally
+        {
+            Interlocked.Add(ref _blocksMigrated, moved);
+        }
+        Interlocked.Add(ref _bytesMigrated, batch.BytesMoved);
+        return moved;
+    }
+
+    /// <summary>A block we did not freeze: record why, and put it back to the owner that isolated it (if any).</summary>
+    private void FailUnfrozen(MigrationBatch batch, int i, MigrateResult why)
+    {
+        batch.Result[i] = why;
+        Owners.Putback(batch, i);
+    }
+
+    /// <summary>Ends our freeze of block <paramref name="i"/> in place (release store of the state read in step 1).</summary>
+    internal void Unfreeze(MigrationBatch batch, int i, MigrateResult why)
+    {
+        Volatile.Write(ref _handles.Get(batch.Index[i])->State, batch.State[i]);
+        batch.Result[i] = why;
+        Owners.Putback(batch, i);
+    }
+
+    // ------------------------------------------------------------------ single blocks (tests and tools)
+
+    /// <summary>
+    /// Moves the live movable block of entry <paramref name="index"/> to a new place of the same kind: a slot in
+    /// another slab of its class (the fullest), or a new page run. The caller must hold no heap lock.
+    /// </summary>
+    public MigrateResult MigrateEntry(uint index)
+    {
+        HandleEntry* e = _handles.Get(index);
+        long s = Volatile.Read(ref e->State);
+        // Cheap rejection, no lock: a racy read; the freeze CAS re-checks all of it.
+        if ((s & EntryState.Allocated) == 0) return MigrateResult.Gone;
+        if ((s & EntryState.Movable) == 0) return MigrateResult.NotMovable;
+        if ((s & EntryState.PinMask) != 0) return MigrateResult.Pinned;
+        if ((s & EntryState.Frozen) != 0) return MigrateResult.Busy;
+
+        nint src = Volatile.Read(ref e->Address);
+        long size = Volatile.Read(ref e->Size);
+        // Seqlock-style: if the state word is unchanged, the address and size read in between belong to the block
+        // the state describes (a free and reuse of the entry would have changed it), not to a later tenant.
+        if (Volatile.Read(ref e->State) != s) return MigrateResult.Busy;
+        bool run = (s & EntryState.Run) != 0;
+        nint dst = AllocateDestination(index, src, size, run);
+        if (dst == 0) return MigrateResult.NoMemory;
+
+        // A nested call (from an owner callback) must not reuse the batch its caller is iterating.
+        MigrationBatch batch = t_batch is { InUse: false } b ? b : (t_batch = new MigrationBatch());
+        MigrateResult result = MigrateResult.Busy;
+        batch.InUse = true;
+        try
+        {
+            batch.Clear();
+            batch.Add(index, s, src, dst);
+            MigrateBatch(batch);
+            result = batch.Result[0];
+        }
+        finally
+        {
+            batch.InUse = false;
+            ReleaseStorage(result == MigrateResult.Success ? src : dst, size, run);
+        }
+        return result;
+    }
+
+    private nint AllocateDestination(uint index, nint src, long size, bool run)
+    {
+        PageMap map = _pages.Map;
+        if (run)
+        {
+            int start = _pages.AllocateRun(PagesFor(size), BlockKind.Movable, index);
+            return start < 0 ? 0 : map.AddressOf(start);
+        }
+        return _slabs.AllocateSlotOutside(_slabs.Classes.ClassOf(size), excludeHead: map.HeadOf(map.PageOf(src)));
+    }
+
+    private void ReleaseStorage(nint addr, long size, bool run)
+    {
+        if (run) _pages.FreePages(_pages.Map.PageOf(addr), PagesFor(size));
+        else _slabs.FreeSlots(_slabs.Classes.ClassOf(size), [addr]);
+    }
+
+    private int PagesFor(long size) => (int)((size + _pages.Map.PageSize - 1) >> _pages.Map.PageShift);
+}

@@ -1,0 +1,63 @@
+using Compaction.Allocator.Compaction;
+using Compaction.Allocator.Diagnostics;
+using Compaction.Allocator.Handles;
+using Compaction.Allocator.Layout;
+using Compaction.Allocator.Migration;
+using Compaction.Allocator.Os;
+using Compaction.Allocator.Pages;
+using Compaction.Allocator.Slabs;
+
+namespace Compaction.Allocator;
+
+// Test hooks, all in one place: internal views of the layers and drivers that tests, benchmarks and tools use.
+// Nothing in the product calls them.
+public sealed unsafe partial class NativeHeap
+{
+    internal PageMap Map => _map;
+    internal PageAllocator Pages => _pages;
+    internal Zone? NormalZone => _pages.Normal;
+    internal Zone? MovableZone => _pages.Movable;
+    internal SizeClasses Classes => _classes;
+    internal SlabAllocator[] Slabs => _slabs;
+    internal HandleTable Handles => _handles;
+    internal ArenaMemory Memory => _memory;
+    internal Compactor? Compactor => _compactor;
+    internal Migrator Migrator => _migrator;
+
+    /// <summary>The whole-heap validator; the heap must be quiescent. Empty when consistent.</summary>
+    internal List<string> Validate() => HeapValidator.Validate(_pages, _slabs, _handles, _caches);
+
+    /// <summary>Switches every thread's cache off and drains it; pair with <see cref="EnableThreadCaches"/>.</summary>
+    internal void DisableThreadCaches() => _caches.Disable();
+    internal void EnableThreadCaches() => _caches.Enable();
+    internal void DrainThreadCaches() => _caches.Drain();
+    internal bool ThreadCachesDisabled => _caches.Disabled;
+    internal long CachedSlots() => _caches.CachedSlots();
+
+    /// <summary>Migrates the block <paramref name="handle"/> names, if it is live and movable.</summary>
+    internal MigrateResult Migrate(BlockHandle handle)
+    {
+        Locate(handle);
+        return _migrator.MigrateEntry(HandleBits.Index(handle.Value));
+    }
+
+    /// <summary>Migrates the live movable block of entry <paramref name="index"/>.</summary>
+    internal MigrateResult MigrateEntry(uint index) => _migrator.MigrateEntry(index);
+
+    /// <summary>The block's current address (racy; stable only while the block is pinned).</summary>
+    internal nint CurrentAddress(BlockHandle handle) => Locate(handle)->Address;
+
+    /// <summary>True when every pageblock of the arena is wholly free (after draining caches and releasing
+    /// retained empty slabs).</summary>
+    internal bool AllPageblocksFree()
+    {
+        _caches.Drain();
+        _reclaimer.ReleaseEmptySlabs();
+        for (int pb = 0; pb < _map.PageblockCount; pb++)
+        {
+            Zone z = _pages.ZoneOf(pb << _map.PageblockOrder);
+            lock (z.Lock) if (!z.IsPageblockFreeLocked(pb)) return false;
+        }
+        return true;
+    }
+}

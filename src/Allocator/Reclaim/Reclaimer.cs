@@ -1,0 +1,157 @@
+using System.Diagnostics;
+using Compaction.Allocator.Caches;
+using Compaction.Allocator.Layout;
+using Compaction.Allocator.Os;
+using Compaction.Allocator.Pages;
+using Compaction.Allocator.Slabs;
+using static Compaction.Allocator.CompactionCounter;
+
+namespace Compaction.Allocator.Reclaim;
+
+/// <summary>
+/// Gives free memory back to the OS so that resident memory follows live memory (native-layout.md, "Reclaim"):
+/// the delayed trim the background thread runs (decommit pageblocks that stayed wholly free for
+/// <see cref="HeapOptions.DecommitDelay"/>), and the explicit release (drain caches, free retained empty slabs,
+/// decommit every wholly free pageblock, purge free runs inside pageblocks still in use).
+/// </summary>
+/// <remarks>
+/// Lock ordering: <see cref="_trimLock"/> (a try-lock; a trim already running makes another one skip) comes before
+/// the cache lock, class locks and zone locks, each taken one at a time.
+/// </remarks>
+internal sealed class Reclaimer
+{
+    /// <summary>Free runs shorter than 2^2 pages are left resident: purging them costs a system call per few pages
+    /// and they are the first to be reused.</summary>
+    public const int PurgeMinOrder = 2;
+
+    private readonly HeapOptions _options;
+    private readonly PageAllocator _pages;
+    private readonly ArenaMemory _memory;
+    private readonly SlabAllocator[] _slabs;
+    private readonly ThreadCaches _caches;
+    private readonly CompactionStatistics _counters;
+    private readonly Lock _trimLock = new();
+    private readonly Dictionary<int, long> _freeSince = [];   // committed pageblock -> when it was first seen wholly free
+
+    public Reclaimer(HeapOptions options, PageAllocator pages, SlabAllocator[] slabs, ThreadCaches caches, CompactionStatistics counters)
+    {
+        _options = options;
+        _pages = pages;
+        _memory = pages.Memory;
+        _slabs = slabs;
+        _caches = caches;
+        _counters = counters;
+    }
+
+    /// <summary>
+    /// Decommits pageblocks that have been wholly free for at least <see cref="HeapOptions.DecommitDelay"/>
+    /// (hysteresis, like jemalloc's decay), so that resident memory follows live memory without thrashing when
+    /// memory is freed and reused at once. A pageblock's clock restarts whenever it is seen in use. Takes the trim
+    /// lock (try-lock: returns 0 if a trim runs) and each zone lock in turn. Returns the bytes decommitted.
+    /// </summary>
+    public long Trim(TimeSpan now)
+    {
+        if (!_trimLock.TryEnter()) return 0;
+        try
+        {
+            long delay = _options.DecommitDelay.Ticks, bytes = 0, nowTicks = Math.Max(1, now.Ticks);
+            long pageblockBytes = (long)_pages.Map.PageblockPages << _pages.Map.PageShift;
+            foreach (Zone z in _pages.Zones)
+            {
+                (int first, int end) = z.Pageblocks;
+                lock (z.Lock)
+                {
+                    for (int pb = first; pb < end; pb++)
+                    {
+                        if (!_memory.IsCommitted(pb) || !z.IsPageblockFreeLocked(pb)) { _freeSince.Remove(pb); continue; }
+                        if (!_freeSince.TryGetValue(pb, out long since)) { _freeSince[pb] = nowTicks; since = nowTicks; }
+                        if (nowTicks - since < delay) continue;
+                        _freeSince.Remove(pb);
+                        if (DecommitLocked(z, pb)) bytes += pageblockBytes;
+                    }
+                }
+            }
+            Interlocked.Add(ref _counters[BytesDecommitted], bytes);
+            return bytes;
+        }
+        finally
+        {
+            _trimLock.Exit();
+        }
+    }
+
+    /// <summary>
+    /// Returns free memory to the OS now: drains the per-thread caches, frees the empty slabs each class keeps, then
+    /// per zone decommits every wholly free committed pageblock and purges free runs of at least
+    /// 2^<see cref="PurgeMinOrder"/> pages inside pageblocks still in use. Takes the cache lock, then class locks and
+    /// zone locks one at a time. Returns the bytes decommitted or purged.
+    /// </summary>
+    public long ReleaseFreeMemory()
+    {
+        _caches.Drain();
+        ReleaseEmptySlabs();
+        long bytes = 0;
+        foreach (Zone z in _pages.Zones)
+        {
+            bytes += DecommitFreePageblocks(z);
+            bytes += PurgeFreeBlocks(z, PurgeMinOrder);
+        }
+        return bytes;
+    }
+
+    /// <summary>Frees the empty slabs each class keeps for reuse. Takes each class lock in turn.</summary>
+    public void ReleaseEmptySlabs()
+    {
+        foreach (SlabAllocator slabs in _slabs)
+            foreach (SlabClass cls in slabs.Class)
+                lock (cls.Lock)
+                    while (cls.GroupHeads[SlabAllocator.EmptyGroup] >= 0)
+                        slabs.ReleaseSlabLocked(cls, cls.GroupHeads[SlabAllocator.EmptyGroup]);
+    }
+
+    /// <summary>Decommits every committed, wholly free pageblock of <paramref name="z"/>. Takes the zone lock.
+    /// Returns the bytes decommitted.</summary>
+    private long DecommitFreePageblocks(Zone z)
+    {
+        long bytes = 0, pageblockBytes = (long)_pages.Map.PageblockPages << _pages.Map.PageShift;
+        (int first, int end) = z.Pageblocks;
+        lock (z.Lock)
+        {
+            for (int pb = first; pb < end; pb++)
+                if (_memory.IsCommitted(pb) && z.IsPageblockFreeLocked(pb) && DecommitLocked(z, pb)) bytes += pageblockBytes;
+        }
+        return bytes;
+    }
+
+    /// <summary>Decommits one wholly free pageblock; caller holds its zone's lock. False when the OS refused.</summary>
+    private bool DecommitLocked(Zone z, int pb)
+    {
+        Debug.Assert(z.Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        _memory.Decommit(pb);
+        return true;
+    }
+
+    /// <summary>
+    /// Purges free blocks of at least <paramref name="minOrder"/> inside committed pageblocks that are not wholly free
+    /// (those are decommitted whole): the pages between live blocks that a fragmented pageblock keeps resident, as
+    /// jemalloc's page purging does. Takes the zone lock. Returns the bytes purged.
+    /// </summary>
+    private long PurgeFreeBlocks(Zone z, int minOrder)
+    {
+        long bytes = 0;
+        PageMap map = _pages.Map;
+        lock (z.Lock)
+        {
+            for (int o = minOrder; o <= z.MaxOrder; o++)
+                foreach (MigrateType t in (ReadOnlySpan<MigrateType>)[MigrateType.Unmovable, MigrateType.Movable])
+                    for (int p = z.FreeListHeadLocked(o, t); p >= 0; p = map.Page(p).Next)
+                    {
+                        if (!_memory.IsCommitted(map.PageblockOf(p))) continue;
+                        nuint length = (nuint)(1 << o) << map.PageShift;
+                        _memory.Purge(map.AddressOf(p), length);
+                        bytes += (long)length;
+                    }
+        }
+        return bytes;
+    }
+}
