@@ -66,6 +66,20 @@ public class CompactionTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void MigratingTheOnlyBlockOfItsClassMovesItToAFreshSlab()
+    {
+        using NativeHeap heap = TestHeaps.Small(caches: false);
+        BlockHandle h = heap.Allocate(100);
+        TestHeaps.Fill(heap, h);
+        nint before = heap.CurrentAddress(h);
+        Assert.Equal(MigrateResult.Success, heap.Migrate(h));
+        Assert.NotEqual(before, heap.CurrentAddress(h));
+        Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+        heap.Free(h);
+        TestHeaps.AssertValid(heap);
+    }
+
+    [Fact]
     public void SlabConsolidationEmptiesTheLeastFullSlabsUntilNoneCouldBeFreed()
     {
         using NativeHeap heap = MovableOnly(direct: false);
