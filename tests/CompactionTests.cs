@@ -66,6 +66,20 @@ public class CompactionTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void MigratingTheOnlyBlockOfItsClassMovesItToAFreshSlab()
+    {
+        using NativeHeap heap = TestHeaps.Small(caches: false);
+        BlockHandle h = heap.Allocate(100);
+        TestHeaps.Fill(heap, h);
+        nint before = heap.CurrentAddress(h);
+        Assert.Equal(MigrateResult.Success, heap.Migrate(h));
+        Assert.NotEqual(before, heap.CurrentAddress(h));
+        Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+        heap.Free(h);
+        TestHeaps.AssertValid(heap);
+    }
+
+    [Fact]
     public void SlabConsolidationEmptiesTheLeastFullSlabsUntilNoneCouldBeFreed()
     {
         using NativeHeap heap = MovableOnly(direct: false);
@@ -336,13 +350,18 @@ public class CompactionTests(ITestOutputHelper output)
         while (heap.TryAllocate(20_000, BlockKind.Movable, out BlockHandle h)) more.Add(h);
         for (int i = 0; i < more.Count; i++) if (i % 4 != 0) heap.Free(more[i]);
         var extra = more.Where((_, i) => i % 4 == 0).Select(heap.AcquirePin).ToList();
-        if (heap.GetStatistics().FragmentationScore > 90)
-        {
-            heap.RunCompactionStep(TimeSpan.FromSeconds(2));           // no progress: back off
-            long scanned = heap.GetStatistics().Compaction.CompactDaemonMigrateScanned;
-            for (int i = 0; i < 10; i++) heap.RunCompactionStep(TimeSpan.FromSeconds(3 + i));
-            Assert.Equal(scanned, heap.GetStatistics().Compaction.CompactDaemonMigrateScanned);
-        }
+        int pinnedScore = heap.GetStatistics().FragmentationScore;
+        Assert.True(pinnedScore > 90, $"score {pinnedScore}: the pinned layout must be above the high watermark for a pass to start");
+        CompactionStatistics futile = heap.RunCompactionStep(TimeSpan.FromSeconds(2));
+        Assert.True(futile.CompactDaemonMigrateScanned > 0, "the step above the high watermark ran no pass");
+        Assert.Equal(0, futile.PgmigrateSuccess);                        // everything is pinned: no progress, so back off
+        long scanned = heap.GetStatistics().Compaction.CompactDaemonMigrateScanned;
+        for (int i = 0; i < 10; i++) Assert.Equal(1, heap.RunCompactionStep(TimeSpan.FromSeconds(3 + i)).CompactDaemonWake);
+        Assert.Equal(scanned, heap.GetStatistics().Compaction.CompactDaemonMigrateScanned);
+        // The back-off is bounded: 64 wakes after the futile pass (native-layout.md, "Compaction"), the daemon tries again.
+        const int BackOffWakes = 64;
+        for (int i = 0; i < BackOffWakes; i++) heap.RunCompactionStep(TimeSpan.FromSeconds(13 + i));
+        Assert.True(heap.GetStatistics().Compaction.CompactDaemonMigrateScanned > scanned, "the daemon never tried again after its back-off");
         pins.ForEach(p => p.Dispose());
         extra.ForEach(p => p.Dispose());
     }

@@ -70,6 +70,25 @@ public class FragmentationTests
         Assert.Equal(-1000, zone.FragmentationIndex(pbOrder));       // a fresh zone is all max-order blocks
         Assert.Equal(0, zone.UnusableFreeIndex(pbOrder));
         Assert.Equal(0, zone.ExtfragScore(pbOrder));
-        Assert.Contains("unusable", zone.FragmentationTable());
+    }
+
+    [Fact]
+    public void TheFragmentationTableHasTheUnusableAndExtfragIndicesOfEveryOrder()
+    {
+        using NativeHeap heap = TestHeaps.Small(movablePercent: 100, caches: false);
+        // Runs of 5 pages, every other one freed: the small holes make the indices of the higher orders non-trivial.
+        var pages = Enumerable.Range(0, 2000).Select(_ => heap.Allocate(20_000)).ToList();
+        for (int i = 0; i < pages.Count; i += 2) heap.Free(pages[i]);
+        ZoneStatistics zone = heap.GetStatistics().Zones.Single();
+        string[] lines = zone.FragmentationTable().Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        Assert.Equal(2, lines.Length);
+        Assert.StartsWith("Zone Movable  unusable", lines[0]);
+        Assert.StartsWith("Zone Movable  extfrag_index", lines[1]);
+        string[] unusable = lines[0].Split(' ', StringSplitOptions.RemoveEmptyEntries)[3..];
+        string[] extfrag = lines[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[3..];
+        Assert.Equal(Enumerable.Range(0, zone.Orders).Select(o => $"{zone.UnusableFreeIndex(o) / 1000.0:0.000}"), unusable);
+        Assert.Equal(Enumerable.Range(0, zone.Orders).Select(o => $"{zone.FragmentationIndex(o) / 1000.0:0.000}"), extfrag);
+        Assert.Contains(unusable, v => v != $"{0:0.000}" && v != $"{1:0.000}");   // the holes show: neither all free nor none
+        pages.Where((_, i) => i % 2 == 1).ToList().ForEach(heap.Free);
     }
 }

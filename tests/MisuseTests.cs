@@ -397,27 +397,6 @@ public sealed class MisuseTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void OverflowPinScopeDisposedTwiceIsAnUnbalancedUnpin()
-    {
-        using NativeHeap heap = TestHeaps.Small();
-        BlockHandle h = heap.Allocate(100);
-        BlockHandle other = heap.Allocate(100);
-        Exception? e = null;
-        // Fill the thread's slots with pins of another block, so the next scope is an atomic (overflow) pin.
-        PinNested(heap, other, PinRegistry.SlotsPerRecord, () =>
-        {
-            PinScope overflow = heap.Pin(h);
-            overflow.Dispose();
-            try { overflow.Dispose(); } catch (Exception ex) { e = ex; }
-        });
-        Assert.IsType<InvalidOperationException>(e);
-        TestHeaps.AssertValid(heap);
-        heap.Free(h);
-        heap.Free(other);
-        AssertStillServes(heap);
-    }
-
-    [Fact]
     public void BlockPinDisposedTwiceIsANoOpAndLeavesOtherPinsAlone()
     {
         using NativeHeap heap = TestHeaps.Small();

@@ -165,14 +165,15 @@ public class StressTests(ITestOutputHelper output)
 
     /// <summary>
     /// One mutator for 3 seconds: allocate (seeded mixed sizes and kinds) and write a pattern derived from the handle;
-    /// pin a block, verify it, write into it and check that its address did not change while pinned; verify and free.
-    /// Frees everything it still holds at the end, verifying each block first.
+    /// pin a block, verify it, write a new first byte into it and check that its address did not change while pinned;
+    /// verify and free. Frees everything it still holds at the end, verifying each block first.
     /// </summary>
     private static void RunMutator(NativeHeap heap, int seed, MutatorCounts counts, int maxRunBytes, int unmovableOneIn,
         int pinHoldSpins, Action<BlockHandle, Random>? onAllocated)
     {
         var rng = new Random(seed);
         var mine = new List<BlockHandle>();
+        var firstByte = new List<byte>();   // byte 0 of each of mine: the value last written there while pinned
         var sw = Stopwatch.StartNew();
         while (sw.ElapsedMilliseconds < 3000)
         {
@@ -184,34 +185,52 @@ public class StressTests(ITestOutputHelper output)
                 if (!heap.TryAllocate(size, kind, out BlockHandle h)) continue;
                 TestHeaps.Fill(heap, h);
                 mine.Add(h);
+                firstByte.Add(TestHeaps.Pattern(h, 0));
                 onAllocated?.Invoke(h, rng);
             }
             else if (op < 8)
             {
-                BlockHandle h = mine[rng.Next(mine.Count)];
+                int k = rng.Next(mine.Count);
+                BlockHandle h = mine[k];
                 using PinScope pin = heap.Pin(h);
                 Interlocked.Increment(ref counts.Pins);
                 Span<byte> span = pin.Span;
-                int bad = 0;
-                for (int i = 0; i < span.Length; i += 1 + (i & 7)) if (span[i] != TestHeaps.Pattern(h, i)) bad++;
+                int bad = span[0] != firstByte[k] ? 1 : 0;
+                for (int i = 1; i < span.Length; i += 1 + (i & 7)) if (span[i] != TestHeaps.Pattern(h, i)) bad++;
                 Interlocked.Add(ref counts.Corrupt, bad);
-                span[0] = TestHeaps.Pattern(h, 0);   // a write while pinned must survive later migrations
+                // A write while pinned must survive later migrations: a new value (never the one already there),
+                // checked at the next pin and before the free.
+                byte written = (byte)(firstByte[k] + 1 + rng.Next(255));
+                span[0] = written;
+                firstByte[k] = written;
                 if (pinHoldSpins > 0) Thread.SpinWait(rng.Next(pinHoldSpins));
                 if (heap.CurrentAddress(h) != pin.Address) Interlocked.Increment(ref counts.PinnedMoves);
             }
             else
             {
                 int i = rng.Next(mine.Count);
-                Interlocked.Add(ref counts.Corrupt, TestHeaps.CountCorrupt(heap, mine[i]));
+                Interlocked.Add(ref counts.Corrupt, CountCorrupt(heap, mine[i], firstByte[i]));
                 heap.Free(mine[i]);
                 mine[i] = mine[^1];
+                firstByte[i] = firstByte[^1];
                 mine.RemoveAt(mine.Count - 1);
+                firstByte.RemoveAt(firstByte.Count - 1);
             }
         }
-        foreach (BlockHandle h in mine)
+        for (int i = 0; i < mine.Count; i++)
         {
-            Interlocked.Add(ref counts.Corrupt, TestHeaps.CountCorrupt(heap, h));
-            heap.Free(h);
+            Interlocked.Add(ref counts.Corrupt, CountCorrupt(heap, mine[i], firstByte[i]));
+            heap.Free(mine[i]);
         }
+    }
+
+    /// <summary>Bytes that differ from the block's pattern, except byte 0, which must hold the last value written.</summary>
+    private static int CountCorrupt(NativeHeap heap, BlockHandle h, byte first)
+    {
+        using PinScope pin = heap.Pin(h);
+        Span<byte> span = pin.Span;
+        int bad = span[0] != first ? 1 : 0;
+        for (int i = 1; i < span.Length; i++) if (span[i] != TestHeaps.Pattern(h, i)) bad++;
+        return bad;
     }
 }

@@ -1,0 +1,78 @@
+using System.Runtime.InteropServices;
+using Compaction.Allocator;
+using Xunit.Abstractions;
+
+namespace Compaction.Tests;
+
+/// <summary>Decommitting many scattered pageblocks keeps the process's mappings bounded, never claims more than the
+/// OS did, and never leaves the process unable to get memory.</summary>
+[Collection(ProcessWideResources.Name)]
+public sealed unsafe partial class DecommitFailureTests(ITestOutputHelper output)
+{
+    private const int PageblockPages = 16;                 // 64 KiB pageblocks
+    private const long PageblockBytes = PageblockPages * 4096L;
+    private const int Pageblocks = 140_000;                // every other one freed: 70,000 holes, past vm.max_map_count
+    private const int MapLimit = 60_000;
+
+    /// <summary>On the code this test was written against, the mapping splits past vm.max_map_count, mprotect fails
+    /// unnoticed and the runtime aborts on its next mmap: hence the trait.</summary>
+    [Fact]
+    [Trait(ProcessFatal.Trait, ProcessFatal.Value)]
+    public void ReleasingEveryOtherOfManyPageblocksKeepsMappingsBoundedCountsOnlyRealDecommitsAndKeepsTheProcessWorking()
+    {
+        if (!OperatingSystem.IsLinux()) { output.WriteLine("skipped: needs /proc/self/maps and mincore (Linux only)"); return; }
+        int limit = Math.Min(MapLimit, ProcSelf.MaxMapCount() * 9 / 10);
+        using var heap = new NativeHeap(new HeapOptions
+        {
+            ArenaBytes = Pageblocks * PageblockBytes, PageblockPages = PageblockPages, MovableZonePercent = 100,
+            DirectCompaction = false, UseHugePages = false,
+        });
+        // 64 KiB blocks are page runs of exactly one pageblock; allocating one commits its pageblock without touching it.
+        var blocks = new List<BlockHandle>(Pageblocks);
+        while (heap.TryAllocate(PageblockBytes, BlockKind.Movable, out BlockHandle h)) blocks.Add(h);
+        Assert.True(blocks.Count > Pageblocks * 9 / 10, $"only {blocks.Count} blocks fit");
+        // The blocks about to be freed get one touched page each, so that their release is visible as residency.
+        var freed = new List<nint>();
+        for (int i = 0; i < blocks.Count; i += 2)
+        {
+            using PinScope pin = heap.Pin(blocks[i]);
+            pin.Span[0] = 1;
+            freed.Add(pin.Address);
+        }
+        HeapStatistics before = heap.GetStatistics();
+        for (int i = 0; i < blocks.Count; i += 2) heap.Free(blocks[i]);
+
+        heap.ReleaseFreeMemory();
+
+        int maps = ProcSelf.MapCount();
+        HeapStatistics after = heap.GetStatistics();
+        long claimed = after.DecommittedBytes - before.DecommittedBytes + after.PurgedBytes - before.PurgedBytes;
+        long released = freed.Count(a => !IsResident(a)) * PageblockBytes;
+        output.WriteLine($"{blocks.Count} pageblocks committed, {freed.Count} freed; {maps} mappings (limit {limit}); decommitted+purged {claimed:N0} B; freed pageblocks no longer resident {released:N0} B");
+
+        // The process still gets memory from the OS: managed arrays, a collection, a thread (a stack mapping).
+        var arrays = Enumerable.Range(0, 64).Select(_ => new byte[1 << 20]).ToList();
+        GC.Collect();
+        var thread = new Thread(() => arrays.Add(new byte[1 << 20]));
+        thread.Start();
+        thread.Join();
+        Assert.True(maps < limit, $"{maps} mappings after the release: the decommits split the arena's mapping");
+        Assert.True(claimed <= released, $"the statistics claim {claimed:N0} B returned to the OS; only {released:N0} B were");
+        Assert.True(after.CommittedBytes >= before.CommittedBytes - released, "committed bytes fell by more than was released");
+        // And the heap keeps serving: the released pageblocks are committed again.
+        for (int i = 0; i < blocks.Count; i += 2) blocks[i] = heap.Allocate(PageblockBytes);
+        using (PinScope pin = heap.Pin(blocks[0])) { pin.Span.Fill(7); Assert.Equal(7, pin.Span[^1]); }
+        blocks.ForEach(heap.Free);
+        GC.KeepAlive(arrays);
+    }
+
+    private static bool IsResident(nint address)
+    {
+        byte vec = 0;
+        Assert.Equal(0, mincore(address, 4096, &vec));
+        return (vec & 1) != 0;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int mincore(nint addr, nuint length, byte* vec);
+}
