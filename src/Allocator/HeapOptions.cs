@@ -63,7 +63,7 @@ public sealed class HeapOptions
     public TimeSpan DecommitDelay { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>Leave per-thread caches on while compaction migrates blocks. Default false: caches are disabled and
-    /// drained for the length of a compaction run, because slots they hold make slab migration fail (seed 001).
+    /// drained for the length of a compaction run, because slots they hold make slab migration fail.
     /// Benchmarks turn this on to show the difference.</summary>
     public bool ThreadCachesDuringMigration { get; set; }
 

@@ -6,8 +6,8 @@ namespace Compaction.Allocator.Caches;
 /// <summary>
 /// A thread's cache for one heap: stacks of free slots per (kind, size class), free handle entries, and the frees it
 /// batched (a freed slot goes back on its stack and reaches its slab only when the stack overflows). Like the kernel's
-/// per-CPU lists, slots in here count as used in their slab and so hold references that make slab consolidation fail
-/// ; <see cref="ThreadCaches.Disable"/> switches every cache off and drains it.
+/// per-CPU lists, slots in here count as used in their slab and so hold references that make slab consolidation fail;
+/// <see cref="ThreadCaches.Disable"/> switches every cache off and drains it.
 /// </summary>
 /// <remarks>
 /// Ownership: only the owning thread pushes or pops, and only between setting <see cref="InUse"/> to 1 and back to 0

@@ -251,20 +251,27 @@ internal sealed unsafe partial class Compactor
             _runs.Add((head, dst, pages));
         }
         if (_batch.Count == 0) return;
-        Migrate(_batch);
-        for (int i = 0; i < _batch.Count; i++)
+        try
         {
-            (int head, int dst, int pages) = _runs[i];
-            if (_batch.Result[i] == MigrateResult.Success)
+            Migrate(_batch);
+        }
+        finally
+        {
+            // Even when the migration threw: moved runs free their source, the others their destination.
+            for (int i = 0; i < _batch.Count; i++)
             {
-                FreePages(head, pages);
-                Counters[PgmigrateSuccess] += pages;
+                (int head, int dst, int pages) = _runs[i];
+                if (_batch.Result[i] == MigrateResult.Success)
+                {
+                    FreePages(head, pages);
+                    Counters[PgmigrateSuccess] += pages;
+                }
+                else
+                {
+                    ReturnToPool(dst, pages);
+                }
+                results.Add((head, _batch.Result[i]));
             }
-            else
-            {
-                ReturnToPool(dst, pages);
-            }
-            results.Add((head, _batch.Result[i]));
         }
     }
 
@@ -345,17 +352,23 @@ internal sealed unsafe partial class Compactor
             cls.Lock.Exit();
         }
 
-        int moved = Migrate(_batch);
-
-        lock (cls.Lock)
+        // Settled in a finally: a migration that throws has unfrozen what it did not move, and its results say so.
+        int moved = 0;
+        try
         {
-            Counters[LockAcquisitions]++;
-            ReleaseBatchSlotsLocked(cls);
-            bool srcFreed = _slabs.PutbackLocked(cls, head, releaseIfEmpty: true);
-            _slabs.PutbackLocked(cls, dst, releaseIfEmpty: true);
-            if (srcFreed) Counters[LockAcquisitions]++;
-            if (moved == _batch.Count) { Counters[PgmigrateSuccess] += pages; return MigrateResult.Success; }
+            moved = Migrate(_batch);
         }
+        finally
+        {
+            lock (cls.Lock)
+            {
+                Counters[LockAcquisitions]++;
+                ReleaseBatchSlotsLocked(cls);
+                if (_slabs.PutbackLocked(cls, head, releaseIfEmpty: true)) Counters[LockAcquisitions]++;
+                _slabs.PutbackLocked(cls, dst, releaseIfEmpty: true);
+            }
+        }
+        if (moved == _batch.Count) { Counters[PgmigrateSuccess] += pages; return MigrateResult.Success; }
         for (int i = 0; i < _batch.Count; i++)
             if (_batch.Result[i] != MigrateResult.Success && _batch.Result[i] != MigrateResult.Gone) return _batch.Result[i];
         return MigrateResult.Busy;   // every remaining block was freed or moved by someone else: look again

@@ -94,16 +94,23 @@ internal sealed unsafe partial class Compactor
             cls.Lock.Exit();
         }
 
-        int moved = Migrate(_batch);
-
-        lock (cls.Lock)
+        // Settled in a finally: a migration that throws has unfrozen what it did not move, and its results say so.
+        int moved = 0;
+        try
         {
-            Counters[LockAcquisitions]++;
-            ReleaseBatchSlotsLocked(cls);
-            if (_slabs.PutbackLocked(cls, src, releaseIfEmpty: true))
+            moved = Migrate(_batch);
+        }
+        finally
+        {
+            lock (cls.Lock)
             {
-                Counters[PagesCompacted] += pages;
                 Counters[LockAcquisitions]++;
+                ReleaseBatchSlotsLocked(cls);
+                if (_slabs.PutbackLocked(cls, src, releaseIfEmpty: true))
+                {
+                    Counters[PagesCompacted] += pages;
+                    Counters[LockAcquisitions]++;
+                }
             }
         }
         // Blocks that failed stay in the source slab, which is now marked tried; a later run retries them.

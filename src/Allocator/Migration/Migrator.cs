@@ -15,7 +15,7 @@ namespace Compaction.Allocator.Migration;
 /// destination. Callers hold no class, zone or table lock while blocks are frozen. Counters are interlocked, since
 /// tests and tools may migrate beside a compaction.
 /// </remarks>
-internal sealed unsafe class Migrator
+internal sealed unsafe partial class Migrator
 {
     [ThreadStatic] private static MigrationBatch? t_batch;
 
@@ -112,6 +112,7 @@ internal sealed unsafe class Migrator
             // Dekker with the pinners: every pin slot stored before this point is visible after it, and every pin
             // that loads the state word after it sees Frozen.
             Interlocked.MemoryBarrierProcessWide();
+            BeforePinSnapshot?.Invoke();
             PinRegistry.Snapshot(batch.PinnedEntries);
             for (; i < end; i++)
             {
