@@ -1,10 +1,3 @@
-using System.Diagnostics;
-using Compaction.Allocator.Caches;
-using Compaction.Allocator.Handles;
-using Compaction.Allocator.Layout;
-using Compaction.Allocator.Migration;
-using Compaction.Allocator.Pages;
-using Compaction.Allocator.Slabs;
 using static Compaction.Allocator.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;

@@ -1,9 +1,6 @@
 using System.Diagnostics;
-using Compaction.Allocator.Caches;
-using Compaction.Allocator.Handles;
 using Compaction.Allocator.Layout;
 using Compaction.Allocator.Migration;
-using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
 using static Compaction.Allocator.CompactionCounter;
 
@@ -352,22 +349,7 @@ internal sealed unsafe partial class Compactor
             cls.Lock.Exit();
         }
 
-        // Settled in a finally: a migration that throws has unfrozen what it did not move, and its results say so.
-        int moved = 0;
-        try
-        {
-            moved = Migrate(_batch);
-        }
-        finally
-        {
-            lock (cls.Lock)
-            {
-                Counters[LockAcquisitions]++;
-                ReleaseBatchSlotsLocked(cls);
-                if (_slabs.PutbackLocked(cls, head, releaseIfEmpty: true)) Counters[LockAcquisitions]++;
-                _slabs.PutbackLocked(cls, dst, releaseIfEmpty: true);
-            }
-        }
+        (int moved, _) = MigrateSlabBatch(cls, head, dst);
         if (moved == _batch.Count) { Counters[PgmigrateSuccess] += pages; return MigrateResult.Success; }
         for (int i = 0; i < _batch.Count; i++)
             if (_batch.Result[i] != MigrateResult.Success && _batch.Result[i] != MigrateResult.Gone) return _batch.Result[i];

@@ -1,9 +1,5 @@
 using System.Diagnostics;
-using Compaction.Allocator.Caches;
-using Compaction.Allocator.Handles;
-using Compaction.Allocator.Layout;
 using Compaction.Allocator.Migration;
-using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
 using static Compaction.Allocator.CompactionCounter;
 
@@ -27,6 +23,35 @@ internal sealed unsafe partial class Compactor
             _tried.Clear();
             while (!BudgetSpent(cc) && !cc.Contended && ConsolidateOne(cc, cls)) { }
         }
+    }
+
+    /// <summary>
+    /// Migrates <see cref="_batch"/> (blocks of slab <paramref name="src"/> of <paramref name="cls"/>, taken off the
+    /// lists by the caller) and settles both slabs under the class lock: slots freed, the source put back (released
+    /// when emptied), the destination slab <paramref name="dst"/> too when there is one (-1: none). Settled in a
+    /// finally: a migration that throws has unfrozen what it did not move, and the batch's results say which moved.
+    /// Caller holds RunLock and no class lock. Returns the blocks moved and whether the source was released.
+    /// </summary>
+    private (int moved, bool srcFreed) MigrateSlabBatch(SlabClass cls, int src, int dst)
+    {
+        int moved = 0;
+        bool srcFreed;
+        try
+        {
+            moved = Migrate(_batch);
+        }
+        finally
+        {
+            lock (cls.Lock)
+            {
+                Counters[LockAcquisitions]++;
+                ReleaseBatchSlotsLocked(cls);
+                srcFreed = _slabs.PutbackLocked(cls, src, releaseIfEmpty: true);
+                if (srcFreed) Counters[LockAcquisitions]++;
+                if (dst >= 0) _slabs.PutbackLocked(cls, dst, releaseIfEmpty: true);
+            }
+        }
+        return (moved, srcFreed);
     }
 
     /// <summary>After a slab batch: the source slot of every moved block and the destination slot of every block
@@ -94,25 +119,8 @@ internal sealed unsafe partial class Compactor
             cls.Lock.Exit();
         }
 
-        // Settled in a finally: a migration that throws has unfrozen what it did not move, and its results say so.
-        int moved = 0;
-        try
-        {
-            moved = Migrate(_batch);
-        }
-        finally
-        {
-            lock (cls.Lock)
-            {
-                Counters[LockAcquisitions]++;
-                ReleaseBatchSlotsLocked(cls);
-                if (_slabs.PutbackLocked(cls, src, releaseIfEmpty: true))
-                {
-                    Counters[PagesCompacted] += pages;
-                    Counters[LockAcquisitions]++;
-                }
-            }
-        }
+        (int moved, bool srcFreed) = MigrateSlabBatch(cls, src, dst: -1);
+        if (srcFreed) Counters[PagesCompacted] += pages;
         // Blocks that failed stay in the source slab, which is now marked tried; a later run retries them.
         Counters[PgmigrateSuccess] += moved == _batch.Count && _batch.Count == _entries.Count ? pages : 0;
         return true;
