@@ -156,7 +156,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
 
     private bool TryAllocateRun(long size, BlockKind kind, out BlockHandle handle)
     {
-        int pages = checked((int)((size + _map.PageSize - 1) >> _map.PageShift));
+        int pages = _map.PagesFor(size);
         uint index = _caches.AllocateEntryDirect();
         if (index == 0) { handle = default; return false; }
         int start = _pages.AllocateRun(pages, kind, index);
@@ -217,7 +217,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if ((s & EntryState.HasOwner) != 0) _migrator.Owners.Forget(index, s);
         if ((s & EntryState.Run) != 0)
         {
-            _pages.FreePages(_map.PageOf(addr), (int)((size + _map.PageSize - 1) >> _map.PageShift));
+            _pages.FreePages(_map.PageOf(addr), _map.PagesFor(size));
             _caches.ReleaseEntryDirect(index);
             _caches.AddLiveDirect(-size, -1);
             return;

@@ -288,7 +288,7 @@ internal sealed unsafe partial class Compactor
         long size = Volatile.Read(ref e->Size);
         if ((s & (EntryState.Allocated | EntryState.Run | EntryState.Movable)) != (EntryState.Allocated | EntryState.Run | EntryState.Movable)
             || address != _map.AddressOf(head) || Volatile.Read(ref e->State) != s) return MigrateResult.Gone;
-        pages = (int)((size + _map.PageSize - 1) >> _map.PageShift);
+        pages = _map.PagesFor(size);
         if ((s & EntryState.PinMask) != 0) return MigrateResult.Pinned;
         if ((s & EntryState.Frozen) != 0) return MigrateResult.Busy;
         if (pages > 1 << _map.MaxOrder) return MigrateResult.NotMovable; // multi-pageblock runs stay (see native-layout.md)

@@ -225,5 +225,5 @@ internal sealed unsafe partial class Migrator
         else _slabs.FreeSlots(_slabs.Classes.ClassOf(size), [addr]);
     }
 
-    private int PagesFor(long size) => (int)((size + _pages.Map.PageSize - 1) >> _pages.Map.PageShift);
+    private int PagesFor(long size) => _pages.Map.PagesFor(size);
 }

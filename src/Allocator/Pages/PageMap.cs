@@ -67,6 +67,10 @@ internal sealed unsafe class PageMap : IDisposable
 
     public int PageblockOf(int page) => page >> PageblockOrder;
 
+    /// <summary>Pages a block of <paramref name="bytes"/> occupies as a run (bytes at most the arena's size).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public int PagesFor(long bytes) => (int)((bytes + PageSize - 1) >> PageShift);
+
     public int GetPageblockBits(int pageblock)
     {
         int word = Volatile.Read(ref _pageblockBits[PageblockBits.WordOf(pageblock)]);
