@@ -5,7 +5,8 @@ using Xunit.Abstractions;
 namespace Compaction.Tests;
 
 /// <summary>Decommitting many scattered pageblocks keeps the process's mappings bounded, never claims more than the
-/// OS did, and never leaves the process unable to get memory.</summary>
+/// OS did, and never leaves the process unable to get memory; a decommit or purge the OS refuses is counted, leaves
+/// its memory committed and accounted, and raises nothing.</summary>
 [Collection(ProcessWideResources.Name)]
 public sealed unsafe partial class DecommitFailureTests(ITestOutputHelper output)
 {
@@ -64,6 +65,95 @@ public sealed unsafe partial class DecommitFailureTests(ITestOutputHelper output
         using (PinScope pin = heap.Pin(blocks[0])) { pin.Span.Fill(7); Assert.Equal(7, pin.Span[^1]); }
         blocks.ForEach(heap.Free);
         GC.KeepAlive(arrays);
+    }
+
+    [Fact]
+    public void ARefusedDecommitIsCountedLeavesItsPageblockCommittedAndAccountedAndALaterReleaseTakesIt()
+    {
+        using NativeHeap heap = TestHeaps.Small();
+        long pageblockBytes = (long)heap.Map.PageblockPages << heap.Map.PageShift;
+        var blocks = Enumerable.Range(0, 200).Select(_ => heap.Allocate(40_000)).ToList();
+        long committed = heap.GetStatistics().CommittedBytes;
+        Assert.True(committed >= 2 * pageblockBytes);
+        blocks.ForEach(heap.Free);
+
+        heap.Memory.FailNextDecommit = true;
+        long released = heap.ReleaseFreeMemory();
+
+        HeapStatistics stats = heap.GetStatistics();
+        Assert.Equal(1, stats.DecommitFailures);
+        Assert.Equal(committed - pageblockBytes, released);                  // all but the refused pageblock,
+        Assert.Equal(pageblockBytes, stats.CommittedBytes);                  // which is still committed, and counted so
+        Assert.Equal(released, stats.DecommittedBytes);
+        Assert.Equal(0, stats.PurgedBytes);                                  // and not purged either: it waits whole
+        TestHeaps.AssertValid(heap);
+
+        // The next release decommits it; allocations recommit what they need.
+        Assert.Equal(pageblockBytes, heap.ReleaseFreeMemory());
+        stats = heap.GetStatistics();
+        Assert.Equal(0, stats.CommittedBytes);
+        Assert.Equal(committed, stats.DecommittedBytes);
+        Assert.Equal(1, stats.DecommitFailures);
+        AssertAllocationsWork(heap);
+    }
+
+    [Fact]
+    public void ARefusedDecommitInTheBackgroundTrimIsCountedAndRaisesNothing()
+    {
+        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 64L << 20, PageblockPages = 64, DecommitDelay = TimeSpan.Zero });
+        long pageblockBytes = (long)heap.Map.PageblockPages << heap.Map.PageShift;
+        var blocks = Enumerable.Range(0, 200).Select(_ => heap.Allocate(40_000)).ToList();
+        blocks.ForEach(heap.Free);
+        heap.ReleaseFreeMemory();       // drains the caches and empty slabs; nothing stays committed
+        blocks = Enumerable.Range(0, 200).Select(_ => heap.Allocate(40_000)).ToList();
+        long committed = heap.GetStatistics().CommittedBytes;
+        blocks.ForEach(heap.Free);
+
+        heap.Memory.FailNextDecommit = true;
+        CompactionStatistics step = heap.RunCompactionStep(TimeSpan.FromSeconds(1));
+
+        HeapStatistics stats = heap.GetStatistics();
+        Assert.Equal(1, stats.DecommitFailures);
+        Assert.Equal(committed - pageblockBytes, step.BytesDecommitted);
+        Assert.Equal(pageblockBytes, stats.CommittedBytes);
+        TestHeaps.AssertValid(heap);
+        Assert.Equal(pageblockBytes, heap.RunCompactionStep(TimeSpan.FromSeconds(2)).BytesDecommitted);
+        Assert.Equal(0, heap.GetStatistics().CommittedBytes);
+        AssertAllocationsWork(heap);
+    }
+
+    [Fact]
+    public void ARefusedPurgeIsCountedAndNotReportedAsPurged()
+    {
+        using NativeHeap heap = TestHeaps.Small(movablePercent: 100);
+        var blocks = Enumerable.Range(0, 400).Select(_ => heap.Allocate(30_000)).ToList();
+        foreach (BlockHandle h in blocks) TestHeaps.Fill(heap, h);
+        var kept = blocks.Where((_, i) => i % 8 == 0).ToList();   // one block in eight: every pageblock stays in use
+        foreach (BlockHandle h in blocks.Except(kept)) heap.Free(h);
+        long committed = heap.GetStatistics().CommittedBytes;
+
+        heap.Memory.FailNextDecommit = true;   // no pageblock is wholly free: the first to be refused is a purge
+        long released = heap.ReleaseFreeMemory();
+
+        HeapStatistics stats = heap.GetStatistics();
+        Assert.Equal(1, stats.DecommitFailures);
+        Assert.Equal(0, stats.DecommittedBytes);
+        Assert.Equal(stats.PurgedBytes, released);
+        Assert.Equal(committed, stats.CommittedBytes);
+        foreach (BlockHandle h in kept) Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+        TestHeaps.AssertValid(heap);
+        AssertAllocationsWork(heap);
+        kept.ForEach(heap.Free);
+    }
+
+    /// <summary>The heap still serves blocks whose bytes can be written and read back.</summary>
+    private static void AssertAllocationsWork(NativeHeap heap)
+    {
+        var again = Enumerable.Range(0, 50).Select(_ => heap.Allocate(40_000)).ToList();
+        foreach (BlockHandle h in again) TestHeaps.Fill(heap, h);
+        foreach (BlockHandle h in again) Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+        again.ForEach(heap.Free);
+        TestHeaps.AssertValid(heap);
     }
 
     private static bool IsResident(nint address)

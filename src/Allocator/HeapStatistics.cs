@@ -17,10 +17,15 @@ public sealed class HeapStatistics
     public long CommittedBytes { get; internal init; }
     /// <summary>Bytes of address space reserved for the arena.</summary>
     public long ReservedBytes { get; internal init; }
-    /// <summary>Bytes decommitted (returned to the OS) since the heap was created.</summary>
+    /// <summary>Bytes decommitted since the heap was created: wholly free pageblocks whose resident memory went back to
+    /// the OS (the range stays mapped, and is committed again on reuse without a system call).</summary>
     public long DecommittedBytes { get; internal init; }
     /// <summary>Bytes of free pages purged (madvise DONTNEED inside pageblocks still in use) since the heap was created.</summary>
     public long PurgedBytes { get; internal init; }
+    /// <summary>Decommits and purges the OS refused since the heap was created. Each left its memory committed (and
+    /// resident), counted in <see cref="CommittedBytes"/> and not in <see cref="DecommittedBytes"/> or
+    /// <see cref="PurgedBytes"/>; a later release or trim tries again.</summary>
+    public long DecommitFailures { get; internal init; }
     /// <summary>Native metadata: page descriptors, pageblock bitmap and handle table.</summary>
     public long MetadataBytes { get; internal init; }
     /// <summary>Page size in bytes.</summary>

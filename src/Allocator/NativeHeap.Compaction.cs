@@ -122,8 +122,9 @@ public sealed partial class NativeHeap
 
     /// <summary>Returns free memory to the OS so that resident memory falls: drains the per-thread caches, frees the
     /// empty slabs kept for reuse, decommits every wholly free pageblock (madvise DONTNEED on Linux), then purges
-    /// free runs of at least 4 pages inside pageblocks still in use (madvise DONTNEED; they stay usable).
-    /// Returns the bytes decommitted or purged.</summary>
+    /// free runs of at least 4 pages inside pageblocks still in use (madvise DONTNEED; they stay usable). A decommit or
+    /// purge the OS refuses is counted (<see cref="HeapStatistics.DecommitFailures"/>) and leaves that memory committed;
+    /// it raises no exception. Returns the bytes decommitted or purged.</summary>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public long ReleaseFreeMemory()
     {

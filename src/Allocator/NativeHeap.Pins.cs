@@ -23,17 +23,16 @@ public sealed unsafe partial class NativeHeap
     {
         HandleEntry* e = Locate(handle);
         nint* slot = PinRegistry.FreeSlot();
-        nint tag = PinRegistry.Tag(e);
         // Dekker with the migrator: store our slot, then load the state. The migrator stores Frozen, issues a
         // process-wide barrier, then loads the slots. One of us sees the other (native-layout.md, "Pins").
-        Volatile.Write(ref *slot, tag);
+        long sequence = PinRegistry.Publish(slot, e);
         long s = Volatile.Read(ref e->State);
         if ((s & EntryState.Frozen) != 0 || !HandleChecks.IsLive(handle, s))
         {
             Volatile.Write(ref *slot, 0);
             return PinSlow(handle, e);
         }
-        return new PinScope(this, slot, tag, (byte*)e->Address, e->Size);
+        return new PinScope(this, slot, sequence, (byte*)e->Address, e->Size);
     }
 
     /// <summary>The block was frozen by a migration (wait for the copy and retry) or is not live (throw).</summary>

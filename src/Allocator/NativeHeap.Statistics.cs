@@ -46,6 +46,7 @@ public sealed unsafe partial class NativeHeap
             ReservedBytes = _memory.ReservedBytes,
             DecommittedBytes = _memory.DecommittedBytes,
             PurgedBytes = _memory.PurgedBytes,
+            DecommitFailures = _memory.DecommitFailures,
             MetadataBytes = _map.MetadataBytes + _handles.MetadataBytes,
             PageSize = _map.PageSize,
             PageblockPages = _map.PageblockPages,

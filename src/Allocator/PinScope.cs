@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using Compaction.Allocator.Pins;
 
 namespace Compaction.Allocator;
 
@@ -10,15 +11,15 @@ public readonly unsafe ref struct PinScope
 {
     private readonly NativeHeap? _heap;
     private readonly nint* _slot;
-    private readonly nint _tag;
+    private readonly long _sequence;
     private readonly byte* _pointer;
     private readonly long _length;
 
-    internal PinScope(NativeHeap heap, nint* slot, nint tag, byte* pointer, long length)
+    internal PinScope(NativeHeap heap, nint* slot, long sequence, byte* pointer, long length)
     {
         _heap = heap;
         _slot = slot;
-        _tag = tag;
+        _sequence = sequence;
         _pointer = pointer;
         _length = length;
     }
@@ -49,8 +50,8 @@ public readonly unsafe ref struct PinScope
     public void Dispose()
     {
         if (_slot == null) return;
-        // Only the holder of a pin clears its slot; the tag tells a second release from a live pin.
-        if (*_slot != _tag) ThrowHelper.PinReleased();
+        // Only the holder of a pin clears its slot; the slot's sequence tells a second release from a later pin.
+        if (!PinRegistry.Holds(_slot, _sequence)) ThrowHelper.PinReleased();
         Volatile.Write(ref *_slot, 0);
         GC.KeepAlive(_heap);
     }

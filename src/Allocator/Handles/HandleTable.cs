@@ -88,13 +88,6 @@ internal sealed unsafe class HandleTable : IDisposable
             Volatile.Write(ref _chunks, bigger);
         }
         nint chunk = (nint)NativeMemory.AlignedAlloc((nuint)ChunkEntries * (nuint)sizeof(HandleEntry), 64);
-        // Pin slots keep a 16-bit sequence above bit 48 of an entry's address (PinSlot): an entry at or above
-        // 2^48 (5-level paging) would be misread, and a pinned block could move. Refuse rather than risk it.
-        if ((ulong)chunk + (ulong)ChunkEntries * (ulong)sizeof(HandleEntry) > 1UL << PinSlot.SequenceShift)
-        {
-            NativeMemory.AlignedFree((void*)chunk);
-            throw new PlatformNotSupportedException("Handle entries above 2^48 cannot be named in pin slots.");
-        }
         NativeMemory.Clear((void*)chunk, (nuint)ChunkEntries * (nuint)sizeof(HandleEntry));
         _chunks[_chunkCount++] = chunk;
     }

@@ -1,15 +1,21 @@
 namespace Compaction.Allocator.Layout;
 
 /// <summary>
-/// Format of a pin slot (native-layout.md, "Pins"): <c>(sequence &lt;&lt; 48) | entryAddress</c> of the pinned
-/// block's handle entry, or 0 for an empty slot. Entry addresses must therefore lie below 2^48.
+/// Layout of a pin record (native-layout.md, "Pins"): two 64-byte cache lines, aligned to their 128-byte pair.
+/// Line 0 holds <see cref="SlotsPerRecord"/> slots, each the address of a pinned block's handle entry, or 0 for an
+/// empty slot; the migrator's snapshot reads only this line. Line 1 holds one 64-bit sequence per slot: how many pins
+/// have taken that slot, bumped by each pin before it publishes its entry, read back by the pin's release to tell its
+/// own pin from a later one in the same slot. Only the record's thread writes either line, except that a pin's
+/// holder clears its slot.
 /// </summary>
-internal static class PinSlot
+internal static unsafe class PinSlot
 {
-    public const int SequenceShift = 48;
-    public const long AddressMask = (1L << SequenceShift) - 1;
     /// <summary>Slots per record: one 64-byte cache line of pointer-sized slots.</summary>
     public const int SlotsPerRecord = 8;
 
-    public static long EntryOf(long slot) => slot & AddressMask;
+    /// <summary>Bytes of a record (the slot line and the sequence line); also its alignment.</summary>
+    public const int RecordBytes = 2 * 64;
+
+    /// <summary>The sequence word of <paramref name="slot"/>: same index, one line further on.</summary>
+    public static long* SequenceOf(nint* slot) => (long*)(slot + SlotsPerRecord);
 }

@@ -8,14 +8,15 @@ namespace Compaction.Allocator.Pins;
 /// Per-thread pin slots, the fast half of the asymmetric pin protocol (native-layout.md, "Pins").
 /// </summary>
 /// <remarks>
-/// Each thread that pins owns one record: a 64-byte line of <see cref="SlotsPerRecord"/> slots. A slot holds
-/// <c>(sequence &lt;&lt; 48) | entryAddress</c> of a pinned block's handle entry, or 0. Only the owning thread writes a
-/// non-zero value into an empty slot; only the holder of that pin clears it (from any thread). A migration, after
+/// Each thread that pins owns one record (<see cref="PinSlot"/>): a 64-byte line of <see cref="SlotsPerRecord"/> slots,
+/// each the address of a pinned block's handle entry or 0, and a line of per-slot 64-bit sequences. Only the owning
+/// thread writes a non-zero value into an empty slot (and bumps the slot's sequence just before); only the holder of
+/// that pin clears it (from any thread). A migration, after
 /// freezing an entry and issuing <see cref="Interlocked.MemoryBarrierProcessWide"/>, scans every record: a pin whose
 /// slot store preceded the barrier is seen here, and a pin that comes after it sees the frozen state.
 /// Records are global (not per heap) because a slot names the entry by address, which is unique across heaps.
-/// A record is recycled when its thread dies with every slot empty; a record with pins still in it is kept, so leaked
-/// pins go on protecting their blocks.
+/// A record is recycled when its thread dies with every slot empty (its sequences go on counting up, never reset); a
+/// record with pins still in it is kept, so leaked pins go on protecting their blocks.
 /// </remarks>
 internal static unsafe class PinRegistry
 {
@@ -28,7 +29,6 @@ internal static unsafe class PinRegistry
 
     [ThreadStatic] private static nint t_record;
     [ThreadStatic] private static RecordOwner? t_owner;
-    [ThreadStatic] private static ushort t_sequence;
     [ThreadStatic] private static List<nint>? t_overflow;   // further records of a thread holding more than 8 pins
 
     /// <summary>The calling thread's record, registering one on first use.</summary>
@@ -42,10 +42,28 @@ internal static unsafe class PinRegistry
         }
     }
 
-    /// <summary>A slot value for <paramref name="entry"/> tagged with a per-thread sequence, so that releasing a pin
-    /// twice (an unbalanced unpin) is detected instead of clearing someone else's pin.</summary>
+    /// <summary>
+    /// Takes the empty <paramref name="slot"/> of the calling thread for <paramref name="entry"/>: bumps the slot's
+    /// sequence, then publishes the entry's address (a release store, so a holder that sees the entry sees the new
+    /// sequence too). Returns the pin's sequence, which no later pin of that slot gets again (for 2^64 pins), so that
+    /// releasing a pin twice (an unbalanced unpin) is detected instead of clearing someone else's pin.
+    /// </summary>
+    /// <remarks>Plain loads and stores only: the record's sequence line is written by its thread alone.</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static nint Tag(HandleEntry* entry) => (nint)(((long)++t_sequence << PinSlot.SequenceShift) | (long)entry);
+    public static long Publish(nint* slot, HandleEntry* entry)
+    {
+        long* sequence = PinSlot.SequenceOf(slot);
+        long pin = *sequence + 1;
+        *sequence = pin;
+        Volatile.Write(ref *slot, (nint)entry);
+        return pin;
+    }
+
+    /// <summary>True when <paramref name="slot"/> still holds the pin that got <paramref name="sequence"/>: occupied,
+    /// and no pin has taken the slot since (each would have bumped its sequence before publishing).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool Holds(nint* slot, long sequence) =>
+        Volatile.Read(ref *slot) != 0 && *PinSlot.SequenceOf(slot) == sequence;
 
     /// <summary>An empty slot of the calling thread: in its first record on the fast path, else in an overflow
     /// record (registered on demand, kept for the thread's life), so that every pin is a slot pin.</summary>
@@ -94,8 +112,8 @@ internal static unsafe class PinRegistry
             }
             else
             {
-                record = (nint)NativeMemory.AlignedAlloc(SlotsPerRecord * (nuint)sizeof(nint), 64);
-                NativeMemory.Clear((void*)record, SlotsPerRecord * (nuint)sizeof(nint));
+                record = (nint)NativeMemory.AlignedAlloc(PinSlot.RecordBytes, PinSlot.RecordBytes);
+                NativeMemory.Clear((void*)record, PinSlot.RecordBytes);
                 if (s_count == s_records.Length)
                 {
                     var bigger = new nint[s_records.Length * 2];
@@ -122,7 +140,7 @@ internal static unsafe class PinRegistry
             for (int s = 0; s < SlotsPerRecord; s++)
             {
                 long v = Volatile.Read(ref slots[s]);
-                if (v != 0) pinned.Add(v & PinSlot.AddressMask);
+                if (v != 0) pinned.Add(v);
             }
         }
     }
@@ -142,7 +160,7 @@ internal static unsafe class PinRegistry
     {
         nint* slots = (nint*)record;
         for (int s = 0; s < SlotsPerRecord; s++)
-            if (((long)slots[s] & PinSlot.AddressMask) == (long)entry) return true;
+            if (slots[s] == (nint)entry) return true;
         return false;
     }
 
@@ -156,8 +174,8 @@ internal static unsafe class PinRegistry
             nint* slots = (nint*)records[r];
             for (int s = 0; s < SlotsPerRecord; s++)
             {
-                long v = Volatile.Read(ref slots[s]);
-                if (v != 0 && owned((nint)(v & PinSlot.AddressMask))) pins++;
+                nint v = Volatile.Read(ref slots[s]);
+                if (v != 0 && owned(v)) pins++;
             }
         }
         return pins;

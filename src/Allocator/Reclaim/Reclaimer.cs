@@ -123,18 +123,19 @@ internal sealed class Reclaimer
         return bytes;
     }
 
-    /// <summary>Decommits one wholly free pageblock; caller holds its zone's lock. False when the OS refused.</summary>
+    /// <summary>Decommits one wholly free, committed pageblock; caller holds its zone's lock. False when the OS refused:
+    /// the pageblock then stays committed and accounted, the refusal is counted (<see cref="ArenaMemory.DecommitFailures"/>),
+    /// and a later release or trim tries again.</summary>
     private bool DecommitLocked(Zone z, int pb)
     {
         Debug.Assert(z.Lock.IsHeldByCurrentThread, "caller holds the zone lock");
-        _memory.Decommit(pb);
-        return true;
+        return _memory.Decommit(pb);
     }
 
     /// <summary>
     /// Purges free blocks of at least <paramref name="minOrder"/> inside committed pageblocks that are not wholly free
     /// (those are decommitted whole): the pages between live blocks that a fragmented pageblock keeps resident, as
-    /// jemalloc's page purging does. Takes the zone lock. Returns the bytes purged.
+    /// jemalloc's page purging does. Takes the zone lock. Returns the bytes purged (none on the portable back end).
     /// </summary>
     private long PurgeFreeBlocks(Zone z, int minOrder)
     {
@@ -142,14 +143,16 @@ internal sealed class Reclaimer
         PageMap map = _pages.Map;
         lock (z.Lock)
         {
-            for (int o = minOrder; o <= z.MaxOrder; o++)
+            // A free block of pageblock order or more spans wholly free pageblocks: those are the decommit's (one the
+            // OS refused to decommit waits for the next release or trim), so only smaller blocks are purged.
+            for (int o = minOrder; o < map.PageblockOrder; o++)
                 foreach (MigrateType t in (ReadOnlySpan<MigrateType>)[MigrateType.Unmovable, MigrateType.Movable])
                     for (int p = z.FreeListHeadLocked(o, t); p >= 0; p = map.Page(p).Next)
                     {
                         if (!_memory.IsCommitted(map.PageblockOf(p))) continue;
                         nuint length = (nuint)(1 << o) << map.PageShift;
-                        _memory.Purge(map.AddressOf(p), length);
-                        bytes += (long)length;
+                        // A refused purge is counted by the arena and leaves the pages resident: not returned bytes.
+                        if (_memory.Purge(map.AddressOf(p), length)) bytes += (long)length;
                     }
         }
         return bytes;
