@@ -50,7 +50,7 @@ public sealed unsafe partial class NativeHeap
             ReservedBytes = _memory.ReservedBytes,
             DecommittedBytes = _memory.DecommittedBytes,
             PurgedBytes = _memory.PurgedBytes,
-            MetadataBytes = _map.MetadataBytes + _handles.MetadataBytes,
+            MetadataBytes = _pages.MetadataBytes + _handles.MetadataBytes,
             PageSize = _map.PageSize,
             PageblockPages = _map.PageblockPages,
             BlocksMigrated = _migrator.BlocksMigrated,
