@@ -26,6 +26,17 @@ public sealed class ReservationCostTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void TheMetadataANearlyEmptyOneTebibyteHeapReportsFollowsItsUseNotItsReservation()
+    {
+        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = OneTebibyte });
+        var blocks = Enumerable.Range(0, 1000).Select(i => heap.Allocate(16 + i % 2000, (BlockKind)(i & 1))).ToList();
+        HeapStatistics stats = heap.GetStatistics();
+        output.WriteLine($"metadata {stats.MetadataBytes:N0} B for {stats.CommittedBytes:N0} B committed of {stats.ReservedBytes:N0} B reserved");
+        Assert.True(stats.MetadataBytes < ResidentGrowthLimit, $"the heap reports {stats.MetadataBytes >> 20} MiB of metadata");
+        blocks.ForEach(heap.Free);
+    }
+
+    [Fact]
     public void CompactingANearlyEmptyOneTebibyteHeapScansPagesInProportionToUse()
     {
         using var heap = new NativeHeap(new HeapOptions { ArenaBytes = OneTebibyte });

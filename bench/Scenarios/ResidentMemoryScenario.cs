@@ -99,12 +99,12 @@ public static unsafe class ResidentMemoryScenario
             report.Tables.Add(table);
         }
         report.Notes.Add($"THP mode is `{RunInfo.TransparentHugePages() ?? "unknown"}`: with huge pages a committed 2 MiB pageblock becomes resident " +
-                         "as a whole at its first touch (compaction's destinations at the top of the zone included), so RSS follows committed bytes, " +
+                         "as a whole at its first touch (compaction's destinations at the top of the used range included), so RSS follows committed bytes, " +
                          "whose granularity is 2 MiB; the `UseHugePages = false` rows show the same heap with 4 KiB pages.");
         report.Notes.Add("*Released* is what `ReleaseFreeMemory()` returned: wholly free pageblocks decommitted, plus free runs of 4 or more pages " +
                          "inside pageblocks still in use purged (madvise DONTNEED; they stay committed, so *committed after* includes them).");
         report.Notes.Add("After compaction, NativeHeap's RSS is about its committed bytes, less the purged runs, plus its metadata: the page descriptors " +
-                         "(32 B per 4 KiB page of the whole arena) and the handle table (32 B per entry, sized by the peak number of blocks and " +
+                         "(32 B per 4 KiB page below the zones' frontiers: the part of the arena ever handed out) and the handle table (32 B per entry, sized by the peak number of blocks and " +
                          "never shrunk), which is why the small-block rows, with four times as many blocks at the peak as at the end, stay far above 1.");
         report.Notes.Add("Unmovable blocks never move and live in the normal zone, so its pageblocks stay as sparse as the frees left them: " +
                          "the 20% unmovable row is there to show that limit, not held to the goal.");

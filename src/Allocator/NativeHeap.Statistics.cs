@@ -18,13 +18,17 @@ public sealed unsafe partial class NativeHeap
             var free = new long[orders * 2];
             var pageblocks = new int[2];
             long freePages;
+            int firstPb, frontierPb;
             lock (z.Lock)
             {
                 for (int o = 0; o < orders; o++)
                     for (int t = 0; t < 2; t++) free[o * 2 + t] = z.FreeBlocks(o, (MigrateType)t);
                 freePages = z.FreePages;
+                (firstPb, frontierPb) = z.UsedPageblocks;
             }
-            for (int pb = z.Start >> _map.PageblockOrder; pb < z.End >> _map.PageblockOrder; pb++) pageblocks[(int)_map.GetMigrateType(pb)]++;
+            // Below the frontier each pageblock has its type bits; above it every pageblock is of the zone's type.
+            for (int pb = firstPb; pb < frontierPb; pb++) pageblocks[(int)_map.GetMigrateType(pb)]++;
+            pageblocks[(int)z.InitialType] += (z.End >> _map.PageblockOrder) - frontierPb;
             zones.Add(new ZoneStatistics(z.Kind.ToString(), z.PageCount, freePages, orders, free, pageblocks));
         }
         var classes = new List<SlabClassStatistics>();
@@ -47,7 +51,7 @@ public sealed unsafe partial class NativeHeap
             DecommittedBytes = _memory.DecommittedBytes,
             PurgedBytes = _memory.PurgedBytes,
             DecommitFailures = _memory.DecommitFailures,
-            MetadataBytes = _map.MetadataBytes + _handles.MetadataBytes,
+            MetadataBytes = _pages.MetadataBytes + _handles.MetadataBytes,
             PageSize = _map.PageSize,
             PageblockPages = _map.PageblockPages,
             BlocksMigrated = _migrator.BlocksMigrated,

@@ -53,10 +53,15 @@ public sealed unsafe partial class NativeHeap
     {
         _caches.Drain();
         _reclaimer.ReleaseEmptySlabs();
-        for (int pb = 0; pb < _map.PageblockCount; pb++)
+        foreach (Zone z in _pages.Zones)
         {
-            Zone z = _pages.ZoneOf(pb << _map.PageblockOrder);
-            lock (z.Lock) if (!z.IsPageblockFreeLocked(pb)) return false;
+            lock (z.Lock)
+            {
+                // Above the frontier every pageblock is free (never handed out).
+                (int first, int end) = z.UsedPageblocks;
+                for (int pb = first; pb < end; pb++)
+                    if (!z.IsPageblockFreeLocked(pb)) return false;
+            }
         }
         return true;
     }

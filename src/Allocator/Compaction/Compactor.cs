@@ -44,9 +44,9 @@ internal sealed unsafe partial class Compactor
     private readonly ThreadCaches _caches;
     private readonly CompactionDeferral _deferral;
     private readonly MigrationBatch _batch = new();
-    private readonly int _firstPb, _lastPb;
+    private readonly int _firstPb;
     private readonly int[] _cachedMigratePb = new int[2];   // [async, sync]: where the next run resumes
-    private readonly int[] _cachedFreePb = new int[2];
+    private readonly int[] _cachedFreePb = new int[2];      // ... FromTheTop: at the top of the used range
     private int _proactiveDefer;
     private bool _proactiveResume;   // the last proactive pass ended on its budget above the low watermark
 
@@ -61,7 +61,6 @@ internal sealed unsafe partial class Compactor
         _migrator = migrator;
         _caches = caches;
         _firstPb = _zone.Start >> _map.PageblockOrder;
-        _lastPb = (_zone.End >> _map.PageblockOrder) - 1;
         ResetCachedPositions();
         _deferral = new CompactionDeferral(_map.MaxOrder);
     }
@@ -190,6 +189,17 @@ internal sealed unsafe partial class Compactor
     }
 
     // ------------------------------------------------------------------ helpers of every part
+
+    /// <summary>A cached free-scanner position meaning "start at the top of the used range".</summary>
+    private const int FromTheTop = int.MaxValue;
+
+    /// <summary>
+    /// The last pageblock below the zone's frontier: the top of the range the scanners walk. Above the frontier the
+    /// zone was never handed out (free, uncommitted, descriptors untouched), so there is nothing to move and no
+    /// target worth moving to. Lock-free read of <see cref="Zone.Frontier"/>: it is written under the zone lock and
+    /// only rises, so a stale value only leaves out pageblocks handed out since (a later run scans them).
+    /// </summary>
+    private int UsedTopPb => (_zone.Frontier >> _map.PageblockOrder) - 1;
 
     /// <summary>Runs the migration primitive on a batch and counts its outcomes and bytes. Caller holds RunLock and
     /// no other lock.</summary>

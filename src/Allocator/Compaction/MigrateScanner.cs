@@ -22,19 +22,21 @@ internal sealed unsafe partial class Compactor
 
     private void ResetCachedPositions()
     {
-        for (int m = 0; m < 2; m++) { _cachedMigratePb[m] = _firstPb; _cachedFreePb[m] = _lastPb; }
+        for (int m = 0; m < 2; m++) { _cachedMigratePb[m] = _firstPb; _cachedFreePb[m] = FromTheTop; }
     }
 
-    /// <summary>__reset_isolation_suitable: clear every skip bit of the zone.</summary>
+    /// <summary>__reset_isolation_suitable: clear every skip bit of the zone. Only the scanners set skip bits, and they
+    /// never pass the frontier, so the pageblocks above it have none.</summary>
     public void ResetSkipBits()
     {
-        for (int pb = _firstPb; pb <= _lastPb; pb++) _map.SetSkip(pb, false);
+        for (int pb = _firstPb, top = UsedTopPb; pb <= top; pb++) _map.SetSkip(pb, false);
     }
 
     /// <summary>
     /// compact_zone: the migrate scanner walks pageblocks up from the cached (or first) position, isolating movable
     /// runs and slabs in clusters of <see cref="ClusterMax"/> pages and migrating them to free blocks that the free
-    /// scanner isolates walking down from the top; it ends when the scanners meet or a finish condition holds.
+    /// scanner isolates walking down from the top of the used range (the last pageblock below the frontier, not the
+    /// zone's end); it ends when the scanners meet or a finish condition holds.
     /// Caller holds RunLock and has dealt with the per-thread caches.
     /// </summary>
     public CompactStatus CompactZone(CompactControl cc)
@@ -42,7 +44,8 @@ internal sealed unsafe partial class Compactor
         Debug.Assert(RunLock.IsHeldByCurrentThread, "caller holds RunLock");
         int m = cc.Mode == CompactMode.Async ? 0 : 1;
         int migratePb = cc.WholeZone ? _firstPb : _cachedMigratePb[m];
-        int freePb = cc.WholeZone ? _lastPb : _cachedFreePb[m];
+        // One read of the frontier per run (see UsedTopPb): both scanners stay below it.
+        int freePb = Math.Min(cc.WholeZone ? FromTheTop : _cachedFreePb[m], UsedTopPb);
         if (cc.Mode == CompactMode.SyncFull) ResetSkipBits();
         cc.StartTicks = Stopwatch.GetTimestamp();
         cc.BytesMovedAtStart = Counters[BytesMoved];
@@ -67,7 +70,7 @@ internal sealed unsafe partial class Compactor
             if (status is CompactStatus.Complete or CompactStatus.NoTargets)
             {
                 _cachedMigratePb[m] = _firstPb;
-                _cachedFreePb[m] = _lastPb;
+                _cachedFreePb[m] = FromTheTop;
             }
             else
             {

@@ -10,9 +10,10 @@ namespace Compaction.Allocator.Diagnostics;
 internal static unsafe class HeapValidator
 {
     /// <summary>
-    /// The expensive whole-heap check (mimalloc's third assertion level): free lists against descriptors, every page's
-    /// kind, every slab's counts, every live handle against its page or slot and reverse map, live totals against the
-    /// entries. Must run while no other thread uses the heap. Returns the problems found (empty when consistent).
+    /// The expensive whole-heap check (mimalloc's third assertion level): free lists against descriptors, the kind of
+    /// every page below the zones' frontiers, every slab's counts, every live handle against its page or slot and
+    /// reverse map, live totals against the entries. Must run while no other thread uses the heap. Returns the
+    /// problems found (empty when consistent).
     /// </summary>
     public static List<string> Validate(PageAllocator pages, SlabAllocator[] slabs, HandleTable handles, ThreadCaches caches)
     {
@@ -26,32 +27,40 @@ internal static unsafe class HeapValidator
         foreach (SlabAllocator s in slabs)
             if (s.Validate() is string p) problems.Add(p);
 
-        // Walk the pages: every page is in exactly one free block, run or slab.
+        // Walk the pages below each zone's frontier: every page is in exactly one free block, run or slab. Above the
+        // frontier the zone was never handed out (free max-order blocks, descriptors still zero): not walked, so the
+        // check costs what the heap uses, not what it reserves.
         long freePages = 0;
-        for (int page = 0; page < map.PageCount;)
+        foreach (Zone z in pages.Zones)
         {
-            ref PageDescriptor d = ref map.Page(page);
-            switch (d.Kind)
+            int frontier = z.Frontier;
+            freePages += z.End - frontier;
+            for (int page = z.Start; page < frontier;)
             {
-                case PageKind.FreeHead:
-                    freePages += 1 << d.Order;
-                    for (int t = page + 1; t < page + (1 << d.Order); t++)
-                        if (map.Page(t).Kind != PageKind.FreeTail) { problems.Add($"page {t} inside free block {page} is {map.Page(t).Kind}"); break; }
-                    page += 1 << d.Order;
-                    break;
-                case PageKind.RunHead:
-                case PageKind.SlabHead:
-                    int count = d.Kind == PageKind.RunHead ? d.RunPages : classes.PagesPerSlab[d.SlabClass];
-                    for (int t = page + 1; t < page + count; t++)
-                        if (map.Page(t).Kind != PageKind.Tail || map.Page(t).TailHead != page) { problems.Add($"page {t} of the run or slab at {page} is not its tail"); break; }
-                    if (d.Kind == PageKind.SlabHead && pages.ZoneOf(page) == pages.Movable && d.SlabKind != BlockKind.Movable)
-                        problems.Add($"unmovable slab at page {page} in the movable zone");
-                    page += count;
-                    break;
-                default:
-                    problems.Add($"page {page} is a stray {d.Kind}");
-                    page++;
-                    break;
+                ref PageDescriptor d = ref map.Page(page);
+                switch (d.Kind)
+                {
+                    case PageKind.FreeHead:
+                        freePages += 1 << d.Order;
+                        for (int t = page + 1; t < page + (1 << d.Order); t++)
+                            if (map.Page(t).Kind != PageKind.FreeTail) { problems.Add($"page {t} inside free block {page} is {map.Page(t).Kind}"); break; }
+                        page += 1 << d.Order;
+                        break;
+                    case PageKind.RunHead:
+                    case PageKind.SlabHead:
+                        int count = d.Kind == PageKind.RunHead ? d.RunPages : classes.PagesPerSlab[d.SlabClass];
+                        if (page + count > frontier) problems.Add($"the run or slab at {page} reaches past the {z.Kind} zone's frontier {frontier}");
+                        for (int t = page + 1; t < page + count; t++)
+                            if (map.Page(t).Kind != PageKind.Tail || map.Page(t).TailHead != page) { problems.Add($"page {t} of the run or slab at {page} is not its tail"); break; }
+                        if (d.Kind == PageKind.SlabHead && z == pages.Movable && d.SlabKind != BlockKind.Movable)
+                            problems.Add($"unmovable slab at page {page} in the movable zone");
+                        page += count;
+                        break;
+                    default:
+                        problems.Add($"page {page} is a stray {d.Kind}");
+                        page++;
+                        break;
+                }
             }
         }
         long zoneFree = (pages.Normal?.FreePages ?? 0) + (pages.Movable?.FreePages ?? 0);
@@ -102,13 +111,14 @@ internal static unsafe class HeapValidator
                     int head = map.HeadOf(map.PageOf(tc.Slots[si][k]));
                     cached[head] = cached.GetValueOrDefault(head) + 1;
                 }
-        for (int page = 0; page < map.PageCount; page++)
-        {
-            ref PageDescriptor d = ref map.Page(page);
-            if (d.Kind != PageKind.SlabHead) continue;
-            int expected = slotsPerSlab.GetValueOrDefault(page) + cached.GetValueOrDefault(page);
-            if (d.RefCount != expected) problems.Add($"slab {page}: RefCount {d.RefCount} but {expected} slots are live or cached");
-        }
+        foreach (Zone z in pages.Zones)
+            for (int page = z.Start, frontier = z.Frontier; page < frontier; page++)
+            {
+                ref PageDescriptor d = ref map.Page(page);
+                if (d.Kind != PageKind.SlabHead) continue;
+                int expected = slotsPerSlab.GetValueOrDefault(page) + cached.GetValueOrDefault(page);
+                if (d.RefCount != expected) problems.Add($"slab {page}: RefCount {d.RefCount} but {expected} slots are live or cached");
+            }
         return problems;
     }
 }

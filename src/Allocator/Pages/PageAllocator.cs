@@ -41,6 +41,19 @@ internal sealed class PageAllocator
         Zones = Normal == null ? [Movable!] : Movable == null ? [Normal] : [Normal, Movable];
     }
 
+    /// <summary>Native metadata bytes in use: the page descriptors below each zone's frontier (the rest of the array
+    /// was never written, so it is not resident) plus the pageblock bitmap. Lock-free: the frontiers are read racily
+    /// (see <see cref="Zone.Frontier"/>), so the value may lag a concurrent allocation by a max-order block.</summary>
+    public unsafe long MetadataBytes
+    {
+        get
+        {
+            long pages = 0;
+            foreach (Zone z in Zones) pages += z.Frontier - z.Start;
+            return pages * sizeof(PageDescriptor) + Map.PageblockBitmapBytes;
+        }
+    }
+
     /// <summary>Pages of the larger zone: the longest run any request could get.</summary>
     public int LargestZonePages => Math.Max(Normal?.PageCount ?? 0, Movable?.PageCount ?? 0);
 

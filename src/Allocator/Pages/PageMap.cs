@@ -40,13 +40,16 @@ internal sealed unsafe class PageMap : IDisposable
         PageCount = pageCount;
         PageblockCount = pageCount / pageblockPages;
         // Zeroed lazily: a large calloc is fresh mmap'd memory, so untouched descriptors cost no page fault.
-        // All-zero is a valid descriptor (a FreeTail page).
+        // All-zero is a valid descriptor (a FreeTail page); the zones write descriptors only below their frontiers, so
+        // the resident part of the array follows the pages the heap has used (native-layout.md, section 2).
         Pages = (PageDescriptor*)NativeMemory.AllocZeroed((nuint)pageCount, (nuint)sizeof(PageDescriptor));
         int words = (PageblockCount + PageblockBits.PageblocksPerWord - 1) / PageblockBits.PageblocksPerWord;
         _pageblockBits = (int*)NativeMemory.AllocZeroed((nuint)words * sizeof(int));
     }
 
-    public long MetadataBytes => (long)PageCount * sizeof(PageDescriptor) + (PageblockCount + PageblockBits.PageblocksPerWord - 1) / PageblockBits.PageblocksPerWord * sizeof(int);
+    /// <summary>Bytes of the pageblock bitmap (4 bits per pageblock of the whole arena: 256 KiB per TiB reserved).
+    /// The descriptor array's bytes in use depend on the zones' frontiers (<see cref="PageAllocator.MetadataBytes"/>).</summary>
+    public long PageblockBitmapBytes => (long)(PageblockCount + PageblockBits.PageblocksPerWord - 1) / PageblockBits.PageblocksPerWord * sizeof(int);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ref PageDescriptor Page(int index)

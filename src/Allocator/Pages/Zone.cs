@@ -21,6 +21,12 @@ internal enum ZoneKind : byte
 /// a size-class lock when they take it (native-layout.md, "Lock ordering").
 /// Every method whose name ends in <c>Locked</c> requires the caller to hold <see cref="Lock"/>.
 /// The zone spans pages <c>[Start, End)</c>, both aligned to the max-order block size.
+/// <para>The <b>frontier</b> (<see cref="Frontier"/>) splits the zone in two: the max-order blocks at and above it were
+/// never handed to the free lists, so their descriptors are the untouched zeros of the descriptor array and their
+/// pageblocks' migrate type bits are not written yet; they count as free blocks of <see cref="InitialType"/>. The
+/// allocator takes the next one, lowest first, only when the free lists cannot serve a request
+/// (<see cref="ExtendFrontierLocked"/>), so everything that walks the zone walks <c>[Start, Frontier)</c> and costs
+/// what the zone has used, not what it reserves (native-layout.md, "Zones and migrate types").</para>
 /// </remarks>
 internal sealed unsafe class Zone
 {
@@ -30,34 +36,32 @@ internal sealed unsafe class Zone
     public readonly ZoneKind Kind;
     public readonly int Start;
     public readonly int End;
+    /// <summary>The migrate type of the zone's fresh pageblocks: those above the frontier, and each one as it is
+    /// handed out (unmovable for the normal zone, movable for the movable zone).</summary>
+    public readonly MigrateType InitialType;
     private readonly PageMap _map;
     private readonly ArenaMemory _memory;
     private readonly int _maxOrder;
     private readonly int[] _freeHeads;        // [order * MigrateTypes + type] -> first page of a free block, or -1
     private readonly long[] _freeBlocks;      // same index -> number of free blocks on that list
-    private long _freePages;
+    private long _freePages;                  // free pages on the lists plus every page above the frontier
+    private int _frontier;                    // first page never handed out; only rises; written under the lock
 
     public Zone(ZoneKind kind, int start, int end, PageMap map, ArenaMemory memory, MigrateType initialType)
     {
         Kind = kind;
         Start = start;
         End = end;
+        InitialType = initialType;
         _map = map;
         _memory = memory;
         _maxOrder = map.MaxOrder;
         _freeHeads = new int[(_maxOrder + 1) * MigrateTypes];
         _freeBlocks = new long[(_maxOrder + 1) * MigrateTypes];
         Array.Fill(_freeHeads, -1);
-        for (int pb = start >> map.PageblockOrder; pb < end >> map.PageblockOrder; pb++)
-            map.SetMigrateType(pb, initialType);
-        lock (Lock)
-        {
-            // Descriptors start zeroed (FreeTail); only the heads of the initial max-order blocks are written.
-            // Highest first, so that the lowest block heads each list: allocations start at the bottom of the zone,
-            // and compaction's free scanner finds its targets at the top.
-            for (int p = end - (1 << _maxOrder); p >= start; p -= 1 << _maxOrder)
-                AddFreeBlockLocked(p, _maxOrder, map.GetMigrateType(map.PageblockOf(p)));
-        }
+        // Nothing is written to the descriptors or the pageblock bitmap: the whole zone starts above the frontier.
+        _frontier = start;
+        _freePages = end - start;
     }
 
     public int PageCount => End - Start;
@@ -67,10 +71,30 @@ internal sealed unsafe class Zone
     public int MaxOrder => _maxOrder;
     public bool Contains(int page) => page >= Start && page < End;
 
-    /// <summary>Free blocks on the list of (order, type). Under the lock the value is exact; without it (the compactor's
-    /// score) it is a racy read of a 64-bit counter, never torn, at worst one update old: a heuristic may be off by one
-    /// block, nothing else depends on it.</summary>
-    public long FreeBlocks(int order, MigrateType type) => _freeBlocks[order * MigrateTypes + (int)type];
+    /// <summary>
+    /// The first page above which the zone was never handed out: <c>[Start, Frontier)</c> is the used range, whose
+    /// descriptors and pageblock bits are meaningful; <c>[Frontier, End)</c> is max-order free blocks of
+    /// <see cref="InitialType"/>, all zeros. Under the lock the value is exact. Lock-free readers (the compactor's
+    /// scanners, statistics) are safe because it is written only under the lock, after the descriptors and bits of
+    /// the block it passes, it only rises, and an int load is never torn: a stale value is lower than the real one,
+    /// which only ends a walk early, before pages that were free (never handed out) when the walk began.
+    /// </summary>
+    public int Frontier => Volatile.Read(ref _frontier);
+
+    /// <summary>Max-order blocks above the frontier (lock-free like <see cref="Frontier"/>).</summary>
+    private long FrontierBlocks => (End - Frontier) >> _maxOrder;
+
+    /// <summary>Free blocks of (order, type), the blocks above the frontier included (max-order blocks of
+    /// <see cref="InitialType"/>). Under the lock the value is exact; without it (the compactor's score) it is a racy
+    /// read of 64-bit counters, never torn, at worst one update old: a heuristic may be off by one block, nothing else
+    /// depends on it.</summary>
+    public long FreeBlocks(int order, MigrateType type) =>
+        _freeBlocks[order * MigrateTypes + (int)type] + (order == _maxOrder && type == InitialType ? FrontierBlocks : 0);
+
+    /// <summary>The migrate type of pageblock <paramref name="pb"/> of this zone: its bitmap bits below the frontier,
+    /// <see cref="InitialType"/> above it (bits not written yet). Exact under the lock; lock-free it is as racy as
+    /// any pageblock-bit read.</summary>
+    public MigrateType MigrateTypeOf(int pb) => pb << _map.PageblockOrder >= Frontier ? InitialType : _map.GetMigrateType(pb);
 
     // ------------------------------------------------------------------ allocation
 
@@ -97,7 +121,16 @@ internal sealed unsafe class Zone
         }
         else
         {
+            // Where the block comes from, in order (the kernel's rules, with the frontier's blocks in the place they
+            // would hold on the free list of the zone's type, at its max order):
+            //  1. the smallest fitting free block of the request's own type (__rmqueue_smallest);
+            //  2. when the request is of the zone's type: the frontier's next max-order block, which is of that type,
+            //     so it is used before any block of the other type is stolen and types mix no more than before;
+            //  3. the largest block of the other type (__rmqueue_fallback). For a request of the other type the
+            //     frontier's blocks are the zone type's largest blocks: one is taken (and changes type outright) only
+            //     when no max-order block of the zone's type is free on the lists, and before any smaller block.
             start = RemoveSmallestLocked(order, type);
+            if (start < 0 && type == InitialType && ExtendFrontierLocked()) start = RemoveSmallestLocked(order, type);
             if (start < 0) start = RemoveFallbackLocked(order, type);
             if (start < 0) return -1;
             // Hand back the tail of the power-of-two block (alloc_pages_exact).
@@ -153,6 +186,8 @@ internal sealed unsafe class Zone
         for (int o = _maxOrder; o >= order; o--)
         {
             int head = _freeHeads[o * MigrateTypes + (int)other];
+            // The frontier's blocks are max-order blocks of the zone's type (rule 3 in AllocatePagesLocked).
+            if (head < 0 && o == _maxOrder && other == InitialType && ExtendFrontierLocked()) head = _freeHeads[o * MigrateTypes + (int)other];
             if (head < 0) continue;
             RemoveFreeBlockLocked(head, o, other);
             _map.Page(head).Kind = PageKind.FreeTail; // off the lists: the claim below must not move it
@@ -229,6 +264,8 @@ internal sealed unsafe class Zone
     /// <summary>
     /// Finds <c>ceil(count / pageblock)</c> contiguous, wholly free pageblocks (lowest address first), removes them
     /// from the free lists, gives back the pages beyond <paramref name="count"/>, and returns the first page or -1.
+    /// A run that reaches the frontier continues above it: every pageblock there is free, so the frontier is raised
+    /// by just the blocks the run needs, and only when the zone holds them.
     /// </summary>
     private int TakeContiguousPageblocksLocked(int count, MigrateType type)
     {
@@ -238,8 +275,19 @@ internal sealed unsafe class Zone
         int run = 0;
         for (int pb = firstPb; pb < endPb; pb++)
         {
-            run = IsPageblockFreeLocked(pb) ? run + 1 : 0;
-            if (run < need) continue;
+            if (pb << _map.PageblockOrder >= _frontier)
+            {
+                int missing = need - run;
+                if (endPb - pb < missing) return -1;
+                pb += missing - 1;   // the run's last pageblock
+                while (_frontier >> _map.PageblockOrder <= pb) ExtendFrontierLocked();
+                run = need;
+            }
+            else
+            {
+                run = IsPageblockFreeLocked(pb) ? run + 1 : 0;
+                if (run < need) continue;
+            }
             int startPb = pb - need + 1;
             int start = startPb << _map.PageblockOrder, end = (pb + 1) << _map.PageblockOrder;
             // Pull every covering free block off its list; re-free what lies outside [start, end).
@@ -261,11 +309,13 @@ internal sealed unsafe class Zone
         return -1;
     }
 
-    /// <summary>True when the whole pageblock is free: its first page lies in a free block of at least pageblock order.</summary>
+    /// <summary>True when the whole pageblock is free: it lies above the frontier, or its first page lies in a free
+    /// block of at least pageblock order.</summary>
     public bool IsPageblockFreeLocked(int pb)
     {
         Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         int first = pb << _map.PageblockOrder;
+        if (first >= _frontier) return true;
         for (int o = _map.PageblockOrder; o <= _maxOrder; o++)
         {
             int head = first & ~((1 << o) - 1);
@@ -300,7 +350,7 @@ internal sealed unsafe class Zone
     public void FreeRangeLocked(int start, int count)
     {
         Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
-        Debug.Assert(start >= Start && start + count <= End);
+        Debug.Assert(start >= Start && start + count <= _frontier, "only pages below the frontier were ever handed out");
         for (int p = start; p < start + count; p++)
         {
             _map.Page(p).InitFree();
@@ -353,6 +403,13 @@ internal sealed unsafe class Zone
 
     private void AddFreeBlockLocked(int page, int order, MigrateType type)
     {
+        LinkFreeBlockLocked(page, order, type);
+        _freePages += 1 << order;
+    }
+
+    /// <summary>Puts a free block on its list without counting its pages (the frontier's blocks are counted already).</summary>
+    private void LinkFreeBlockLocked(int page, int order, MigrateType type)
+    {
         Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         int list = order * MigrateTypes + (int)type;
         ref PageDescriptor d = ref _map.Page(page);
@@ -363,7 +420,25 @@ internal sealed unsafe class Zone
         if (d.Next >= 0) _map.Page(d.Next).Prev = page;
         _freeHeads[list] = page;
         _freeBlocks[list]++;
-        _freePages += 1 << order;
+    }
+
+    // ------------------------------------------------------------------ the frontier
+
+    /// <summary>
+    /// Hands the lowest max-order block above the frontier to the free lists of <see cref="InitialType"/>: writes its
+    /// pageblocks' migrate type and its head descriptor (its other descriptors are the zeros of a FreeTail already),
+    /// then raises the frontier past it, last, so a lock-free reader that sees the new frontier sees the block's
+    /// descriptors too. False when the frontier is at the zone's end. Caller holds the lock.
+    /// </summary>
+    private bool ExtendFrontierLocked()
+    {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        int block = _frontier, end = block + (1 << _maxOrder);
+        if (block == End) return false;
+        for (int pb = block >> _map.PageblockOrder; pb < end >> _map.PageblockOrder; pb++) _map.SetMigrateType(pb, InitialType);
+        LinkFreeBlockLocked(block, _maxOrder, InitialType);
+        Volatile.Write(ref _frontier, end);
+        return true;
     }
 
     private void RemoveFreeBlockLocked(int page, int order, MigrateType type)
@@ -389,6 +464,7 @@ internal sealed unsafe class Zone
     public int IsolateFreeBlocksLocked(int pb, List<(int start, int order)> pool)
     {
         Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        Debug.Assert(pb << _map.PageblockOrder < _frontier, "the free scanner works below the frontier");
         int first = pb << _map.PageblockOrder, end = first + _map.PageblockPages, isolated = 0;
         MigrateType type = _map.GetMigrateType(pb);
         for (int p = first; p < end;)
@@ -413,8 +489,9 @@ internal sealed unsafe class Zone
         return _freeHeads[order * MigrateTypes + (int)type];
     }
 
-    /// <summary>The first pageblock of the zone, and one past its last.</summary>
-    public (int first, int end) Pageblocks => (Start >> _map.PageblockOrder, End >> _map.PageblockOrder);
+    /// <summary>The first pageblock of the zone, and one past the last below the frontier: the pageblocks a walk of
+    /// the zone visits. Lock-free like <see cref="Frontier"/> (a stale end only ends a walk early).</summary>
+    public (int first, int end) UsedPageblocks => (Start >> _map.PageblockOrder, Frontier >> _map.PageblockOrder);
 
     // ------------------------------------------------------------------ validation
 
@@ -432,7 +509,7 @@ internal sealed unsafe class Zone
                 for (int p = _freeHeads[o * MigrateTypes + t]; p >= 0; p = _map.Page(p).Next)
                 {
                     ref PageDescriptor d = ref _map.Page(p);
-                    if (!Contains(p)) return $"{Kind} zone: free page {p} outside the zone";
+                    if (p < Start || p >= _frontier) return $"{Kind} zone: free page {p} outside the zone's used range";
                     if (d.Kind != PageKind.FreeHead || d.Order != o) return $"{Kind} zone: page {p} on order-{o} list is {d.Kind}/{d.Order}";
                     if (d.Prev != prev) return $"{Kind} zone: broken back link at page {p}";
                     if ((p & ((1 << o) - 1)) != 0) return $"{Kind} zone: free block {p} not aligned to order {o}";
@@ -443,7 +520,8 @@ internal sealed unsafe class Zone
                 if (n != _freeBlocks[o * MigrateTypes + t]) return $"{Kind} zone: order {o} type {t} counts {_freeBlocks[o * MigrateTypes + t]}, list has {n}";
             }
         }
-        if (pages != _freePages) return $"{Kind} zone: free pages {_freePages}, lists hold {pages}";
+        if (_frontier < Start || _frontier > End || (_frontier & ((1 << _maxOrder) - 1)) != 0) return $"{Kind} zone: frontier {_frontier} is not a max-order boundary of the zone";
+        if (pages + (End - _frontier) != _freePages) return $"{Kind} zone: free pages {_freePages}, lists hold {pages} and {End - _frontier} lie above the frontier";
         return null;
     }
 

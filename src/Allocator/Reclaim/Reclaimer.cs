@@ -58,9 +58,10 @@ internal sealed class Reclaimer
             long pageblockBytes = (long)_pages.Map.PageblockPages << _pages.Map.PageShift;
             foreach (Zone z in _pages.Zones)
             {
-                (int first, int end) = z.Pageblocks;
                 lock (z.Lock)
                 {
+                    // Pageblocks above the frontier were never committed: the walk ends there.
+                    (int first, int end) = z.UsedPageblocks;
                     for (int pb = first; pb < end; pb++)
                     {
                         if (!_memory.IsCommitted(pb) || !z.IsPageblockFreeLocked(pb)) { _freeSince.Remove(pb); continue; }
@@ -114,9 +115,9 @@ internal sealed class Reclaimer
     private long DecommitFreePageblocks(Zone z)
     {
         long bytes = 0, pageblockBytes = (long)_pages.Map.PageblockPages << _pages.Map.PageShift;
-        (int first, int end) = z.Pageblocks;
         lock (z.Lock)
         {
+            (int first, int end) = z.UsedPageblocks;   // above the frontier nothing was ever committed
             for (int pb = first; pb < end; pb++)
                 if (_memory.IsCommitted(pb) && z.IsPageblockFreeLocked(pb) && DecommitLocked(z, pb)) bytes += pageblockBytes;
         }
