@@ -43,7 +43,15 @@ internal sealed unsafe class PageMap : IDisposable
         // All-zero is a valid descriptor (a FreeTail page).
         Pages = (PageDescriptor*)NativeMemory.AllocZeroed((nuint)pageCount, (nuint)sizeof(PageDescriptor));
         int words = (PageblockCount + PageblockBits.PageblocksPerWord - 1) / PageblockBits.PageblocksPerWord;
-        _pageblockBits = (int*)NativeMemory.AllocZeroed((nuint)words * sizeof(int));
+        try
+        {
+            _pageblockBits = (int*)NativeMemory.AllocZeroed((nuint)words * sizeof(int));
+        }
+        catch
+        {
+            Dispose();   // a constructor that throws leaves nothing behind: the heap never sees this map
+            throw;
+        }
     }
 
     public long MetadataBytes => (long)PageCount * sizeof(PageDescriptor) + (PageblockCount + PageblockBits.PageblocksPerWord - 1) / PageblockBits.PageblocksPerWord * sizeof(int);
