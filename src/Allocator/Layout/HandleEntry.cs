@@ -33,18 +33,32 @@ internal static class EntryState
     public static long WithGeneration(uint generation) => (long)((ulong)generation << GenerationShift);
 }
 
-/// <summary>Bit layout of a 64-bit handle (native-layout.md, "Handle").</summary>
+/// <summary>Bit layout of a 64-bit handle (native-layout.md, "Handle"): the entry's index in the process-wide
+/// handle table (bits 0-31) and the generation it was issued with (bits 32-63). No heap tag: the chunk that holds the
+/// index names the heap that owns it.</summary>
 internal static class HandleBits
 {
     public const int IndexBits = 32;
-    public const int GenerationBits = 24;
-    public const uint GenerationMask = (1u << GenerationBits) - 1;
-    public const int TagShift = IndexBits + GenerationBits;
 
-    public static ulong Encode(byte heapTag, uint generation, uint index)
-        => ((ulong)heapTag << TagShift) | ((ulong)(generation & GenerationMask) << IndexBits) | index;
+    public static ulong Encode(uint generation, uint index) => ((ulong)generation << IndexBits) | index;
 
     public static uint Index(ulong h) => (uint)h;
-    public static uint Generation(ulong h) => (uint)(h >> IndexBits) & GenerationMask;
-    public static byte Tag(ulong h) => (byte)(h >> TagShift);
+    public static uint Generation(ulong h) => (uint)(h >> IndexBits);
+}
+
+/// <summary>
+/// One slot of the process-wide chunk directory (native-layout.md, "Handle table"): where a chunk of handle entries
+/// lives and which heap owns it now. 16 bytes, so both words of a slot share a cache line.
+/// </summary>
+/// <remarks>
+/// <see cref="Entries"/> is written once, before the chunk is first published, and never changes; <see cref="Owner"/>
+/// is written (release) when a heap takes or gives back the chunk, and read (acquire) by every handle validation.
+/// </remarks>
+[StructLayout(LayoutKind.Sequential, Size = 16)]
+internal struct HandleChunk
+{
+    /// <summary>The chunk's first entry (null while the slot is unused).</summary>
+    public nint Entries;
+    /// <summary>Id of the heap that owns the chunk; 0 while no heap owns it.</summary>
+    public long Owner;
 }
