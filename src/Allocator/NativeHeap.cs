@@ -175,7 +175,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private BlockHandle Publish(uint index, nint addr, long size, BlockKind kind, bool run)
     {
         HandleEntry* e = _handles.Get(index);
-        Debug.Assert((e->State & EntryState.Allocated) == 0, "only free entries are handed out");
+        Debug.Assert((e->State & (EntryState.Allocated | EntryState.Retired)) == 0, "only free, unretired entries are handed out");
         uint generation = EntryState.Generation(e->State);
         e->Address = addr;
         e->Size = size;
@@ -197,7 +197,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     public void Free(BlockHandle handle)
     {
         HandleEntry* e = Locate(handle);
-        long s;
+        long s, freed;
         SpinWait spin = default;
         while (true)
         {
@@ -205,7 +205,9 @@ public sealed unsafe partial class NativeHeap : IDisposable
             HandleChecks.CheckLive(handle, s);
             if ((s & EntryState.PinMask) != 0 || PinRegistry.IsPinnedByCurrentThread(e)) ThrowHelper.Pinned(handle);
             if ((s & EntryState.Frozen) != 0) { FrozenByThisThread.ThrowIfFrozenHere(e); spin.SpinOnce(); continue; } // a migration owns it for a copy's time
-            long freed = EntryState.WithGeneration(EntryState.Generation(s) + 1);
+            // Generation + 1, or retirement when the generation would wrap (EntryState.Freed): a retired entry goes
+            // back to no list, so it is never handed out again and its last handle stays stale for ever.
+            freed = EntryState.Freed(s);
             if (Interlocked.CompareExchange(ref e->State, freed, s) == s) break;
         }
         // The entry is ours now: no migration can freeze it (its CAS expects Allocated) and no pin can succeed.
@@ -213,11 +215,13 @@ public sealed unsafe partial class NativeHeap : IDisposable
         long size = e->Size;
         BlockKind kind = (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
         uint index = HandleBits.Index(handle.Value);
+        bool retired = EntryState.IsRetired(freed);
+        if (retired) _handles.NoteRetired();
         if ((s & EntryState.HasOwner) != 0) _migrator.Owners.Forget(index, s);
         if ((s & EntryState.Run) != 0)
         {
             _pages.FreePages(_map.PageOf(addr), (int)((size + _map.PageSize - 1) >> _map.PageShift));
-            _caches.ReleaseEntryDirect(index);
+            if (!retired) _caches.ReleaseEntryDirect(index);
             _caches.AddLiveDirect(-size, -1);
             return;
         }
@@ -228,7 +232,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             try
             {
                 _caches.PushSlot(tc, kind, c, addr);
-                _caches.PushEntry(tc, index);
+                if (!retired) _caches.PushEntry(tc, index);
                 tc.LiveBytes -= size;
                 tc.LiveBlocks--;
             }
@@ -240,7 +244,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         else
         {
             _slabs[(int)kind].FreeSlots(c, [addr]);
-            _caches.ReleaseEntryDirect(index);
+            if (!retired) _caches.ReleaseEntryDirect(index);
             _caches.AddLiveDirect(-size, -1);
         }
     }

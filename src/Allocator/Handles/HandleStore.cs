@@ -15,7 +15,14 @@ namespace Compaction.Allocator.Handles;
 /// freeing every entry in them (bumping their generations), so a later owner never honours an earlier owner's
 /// handle, however many heaps live or have lived. Owner ids are 64-bit and never reused.</para>
 /// <para>Chunks are never freed or moved: an entry's address names it in pin slots, and a reader that validated an
-/// index may still be reading its entry when the chunk changes hands.</para>
+/// index may still be reading its entry when the chunk changes hands. Entries are never freed either, only retired
+/// (<see cref="EntryState.Retired"/>) when their generation runs out.</para>
+/// <para>Guarantee: a heap accepts a handle only while the block it was issued for is live. An (index, generation)
+/// pair is issued at most once in the process: a chunk's owner changes only after every entry in it is freed, and
+/// an entry retires instead of wrapping its generation (<see cref="EntryState.Freed"/>). Exhaustion: an entry serves
+/// 2^32 blocks (2^32 frees) before it retires; the table runs out only when <see cref="MaxEntries"/> entries are
+/// retired or held by heaps (live, or free in a heap's list) — 2^62 frees at the earliest — and then allocation fails
+/// cleanly (TryAllocate returns false, Allocate throws OutOfMemoryException).</para>
 /// <para>Lock-free readers (every handle validation) read a directory slot: <see cref="HandleChunk.Entries"/> is
 /// written before the chunk's first owner is published and never changes, and <see cref="HandleChunk.Owner"/> is
 /// written with a release store and read with an acquire load, so a reader that sees an owner also sees the chunk.
@@ -42,12 +49,16 @@ internal static unsafe class HandleStore
     private static readonly Stack<int> s_freeChunks = new();   // chunks no heap owns, most recently given back on top
     private static int s_chunkCount;                            // chunks made so far; written under s_lock, read lock-free
     private static long s_lastOwner;                            // the last owner id handed out
+    private static long s_retired;                              // entries retired, all heaps together
 
     /// <summary>Entries made so far (all chunks, owned or not). An index at or above it was never issued: Forged.</summary>
     public static uint Count => (uint)Volatile.Read(ref s_chunkCount) << ChunkShift;
 
     /// <summary>Chunks no heap owns at the moment (racy; for tests).</summary>
     public static int FreeChunks { get { lock (s_lock) return s_freeChunks.Count; } }
+
+    /// <summary>Entries retired by all heaps together since the process started.</summary>
+    public static long RetiredEntries => Volatile.Read(ref s_retired);
 
     /// <summary>A heap id no other heap has had or will have (64 bits: never exhausted in practice). Never 0.</summary>
     public static long NewOwner() => Interlocked.Increment(ref s_lastOwner);
@@ -103,7 +114,7 @@ internal static unsafe class HandleStore
     }
 
     /// <summary>Takes <paramref name="chunk"/> back from <paramref name="owner"/>. Every entry in it must already be
-    /// free, with a generation no handle of <paramref name="owner"/> carries (the release store of the
+    /// free or retired, with a generation no handle of <paramref name="owner"/> carries (the release store of the
     /// owner orders those writes before any later owner's reads). Takes the store lock.</summary>
     public static void GiveBack(int chunk, long owner)
     {
@@ -114,6 +125,9 @@ internal static unsafe class HandleStore
             s_freeChunks.Push(chunk);
         }
     }
+
+    /// <summary>Counts <paramref name="n"/> newly retired entries.</summary>
+    public static void CountRetired(long n) => Interlocked.Add(ref s_retired, n);
 
     private static nint NewChunk()
     {

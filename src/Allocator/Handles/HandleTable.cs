@@ -12,8 +12,10 @@ namespace Compaction.Allocator.Handles;
 /// <para>The heap takes a chunk whenever its free list runs dry, and gives every chunk back on
 /// <see cref="Dispose"/>, after freeing each live entry in them (generation + 1), so the dead heap's handles are
 /// stale for the chunk's next owner. A chunk taken from the store threads its entries onto the free list, lowest
-/// index on top.</para>
-/// <para>Free entries form a LIFO list through <see cref="HandleEntry.Link"/> under <see cref="_lock"/>.</para>
+/// index on top, skipping retired ones: a retired entry is never handed out again, by any heap.</para>
+/// <para>Free entries form a LIFO list through <see cref="HandleEntry.Link"/> under <see cref="_lock"/>.
+/// An entry reaches the list only free and not retired: the heap's Free retires an entry whose generation ran out
+/// instead of returning it (<see cref="EntryState.Freed"/>).</para>
 /// <para>Lock ordering: <see cref="_lock"/> is the innermost lock of the heap; the store's lock nests inside it.</para>
 /// </remarks>
 internal sealed unsafe class HandleTable : IDisposable
@@ -25,6 +27,7 @@ internal sealed unsafe class HandleTable : IDisposable
     private int _chunkCount;
     private uint _freeHead;               // 0 = empty (index 0 is never issued, so never free)
     private long _freeEntries;
+    private long _retired;                // retired entries in the chunks this heap holds
     private bool _disposed;
 
     /// <summary>Takes a fresh owner id; no chunk yet (the first <see cref="Pop"/> takes one).</summary>
@@ -88,10 +91,10 @@ internal sealed unsafe class HandleTable : IDisposable
             int n = 0;
             while (n < dst.Length)
             {
-                if (_freeHead == 0 && !TakeChunkLocked()) break;
+                if (_freeHead == 0 && !RefillLocked()) break;
                 uint i = _freeHead;
                 HandleEntry* e = HandleStore.Get(i);
-                Debug.Assert((e->State & EntryState.Allocated) == 0, "a free entry is not live");
+                Debug.Assert((e->State & (EntryState.Allocated | EntryState.Retired)) == 0, "a free entry is neither live nor retired");
                 _freeHead = (uint)e->Link;
                 _freeEntries--;
                 dst[n++] = i;
@@ -100,8 +103,8 @@ internal sealed unsafe class HandleTable : IDisposable
         }
     }
 
-    /// <summary>Returns entries to the free list. Their state words must already carry the bumped generation.
-    /// Takes the table lock.</summary>
+    /// <summary>Returns entries to the free list. Their state words must already carry the bumped generation, and none
+    /// may be retired. Takes the table lock.</summary>
     public void Push(ReadOnlySpan<uint> entries)
     {
         lock (_lock)
@@ -110,7 +113,7 @@ internal sealed unsafe class HandleTable : IDisposable
             foreach (uint i in entries)
             {
                 HandleEntry* e = Get(i);
-                Debug.Assert((e->State & EntryState.Allocated) == 0, "only free entries are pushed");
+                Debug.Assert((e->State & (EntryState.Allocated | EntryState.Retired)) == 0, "only free, unretired entries are pushed");
                 e->Link = _freeHead;
                 _freeHead = i;
                 _freeEntries++;
@@ -118,7 +121,24 @@ internal sealed unsafe class HandleTable : IDisposable
         }
     }
 
-    /// <summary>Takes a chunk from the store and threads its entries onto the free list, lowest index on top.
+    /// <summary>Counts an entry that the heap's Free retired (it is not pushed). Takes the table lock.</summary>
+    public void NoteRetired()
+    {
+        lock (_lock) _retired++;
+        HandleStore.CountRetired(1);
+    }
+
+    /// <summary>Takes chunks from the store until the free list has an entry (a recycled chunk may hold only retired
+    /// ones). Caller holds the table lock. False when the store has no chunk to give.</summary>
+    private bool RefillLocked()
+    {
+        Debug.Assert(_lock.IsHeldByCurrentThread, "caller holds the table lock");
+        while (_freeHead == 0)
+            if (!TakeChunkLocked()) return false;
+        return true;
+    }
+
+    /// <summary>Takes a chunk from the store and threads its usable entries onto the free list, lowest index on top.
     /// Caller holds the table lock. False when the store has none to give.</summary>
     private bool TakeChunkLocked()
     {
@@ -138,6 +158,7 @@ internal sealed unsafe class HandleTable : IDisposable
         {
             HandleEntry* e = HandleStore.Get(i);
             Debug.Assert((e->State & EntryState.Allocated) == 0, "a chunk comes back with every entry freed");
+            if (EntryState.IsRetired(e->State)) { _retired++; continue; }   // spent by an earlier owner: never reused
             e->Link = _freeHead;
             _freeHead = i;
             _freeEntries++;
@@ -158,8 +179,11 @@ internal sealed unsafe class HandleTable : IDisposable
     /// <summary>Entries on the free list (thread caches hold more). Takes the table lock.</summary>
     public long FreeEntries { get { lock (_lock) return _freeEntries; } }
 
+    /// <summary>Retired entries in this heap's chunks. Takes the table lock.</summary>
+    public long RetiredEntries { get { lock (_lock) return _retired; } }
+
     /// <summary>
-    /// Frees every live entry (generation + 1, as a Free does) and gives every chunk
+    /// Frees every live entry (generation + 1, or retirement when it would wrap, as a Free does) and gives every chunk
     /// back to the store, so that the chunks' next owners reject this heap's handles as stale. The heap must be
     /// quiescent: no call, pin or migration may race with it (the heap's Dispose guarantees it). Takes the table lock.
     /// Calling it twice does nothing.
@@ -170,6 +194,7 @@ internal sealed unsafe class HandleTable : IDisposable
         {
             if (_disposed) return;
             _disposed = true;
+            long retired = 0;
             for (int c = 0; c < _chunkCount; c++)
             {
                 uint first = (uint)_chunks[c] << HandleStore.ChunkShift;
@@ -179,13 +204,17 @@ internal sealed unsafe class HandleTable : IDisposable
                     long s = e->State;
                     if ((s & EntryState.Allocated) == 0) continue;   // free: its generation was never issued
                     Debug.Assert((s & (EntryState.Frozen | EntryState.PinMask)) == 0, "a disposed heap holds no pins or migrations");
-                    Volatile.Write(ref e->State, EntryState.WithGeneration(EntryState.Generation(s) + 1));
+                    long freed = EntryState.Freed(s);
+                    if (EntryState.IsRetired(freed)) retired++;
+                    Volatile.Write(ref e->State, freed);
                 }
                 HandleStore.GiveBack(_chunks[c], Owner);   // after the bumps: the owner's release store orders them
             }
+            if (retired > 0) HandleStore.CountRetired(retired);
             _chunkCount = 0;
             _freeHead = 0;
             _freeEntries = 0;
+            _retired = 0;
         }
     }
 }

@@ -27,10 +27,28 @@ internal static class EntryState
     public const long Movable = 1L << 18;
     public const long Run = 1L << 19;             // backed by a page run (else a slab slot)
     public const long HasOwner = 1L << 20;        // a movable owner registered callbacks for the block
+    public const long Retired = 1L << 21;         // the generation ran out: never allocated again (see Freed)
     public const int GenerationShift = 32;        // bits 32-63: generation, bumped on every free
+
+    /// <summary>The last generation an entry is issued with; freeing it retires the entry.</summary>
+    public const uint LastGeneration = uint.MaxValue;
 
     public static uint Generation(long state) => (uint)((ulong)state >> GenerationShift);
     public static long WithGeneration(uint generation) => (long)((ulong)generation << GenerationShift);
+
+    /// <summary>
+    /// The state word after freeing the block <paramref name="live"/> describes: not allocated, generation + 1, so
+    /// every handle of the freed block is stale. An entry whose generation would wrap retires instead (Retired, the
+    /// generation kept at <see cref="LastGeneration"/>): a wrapped generation would make a handle issued 2^32 frees
+    /// ago bit-identical to a new one. So each (index, generation) pair is issued at most once, ever.
+    /// </summary>
+    public static long Freed(long live)
+    {
+        uint g = Generation(live);
+        return g == LastGeneration ? Retired | WithGeneration(LastGeneration) : WithGeneration(g + 1);
+    }
+
+    public static bool IsRetired(long state) => (state & Retired) != 0;
 }
 
 /// <summary>Bit layout of a 64-bit handle (native-layout.md, "Handle"): the entry's index in the process-wide
