@@ -62,6 +62,32 @@ public sealed class ArenaLimitsTests(ITestOutputHelper output)
         TestHeaps.AssertValid(after);
     }
 
+    /// <summary>Whatever the geometry, the largest accepted arena is whole max-order blocks of at most int.MaxValue
+    /// pages with a max-order block of headroom below 2^31 (so page + (1 &lt;&lt; order) never overflows), and its
+    /// zone split is computed without overflow (2^26 blocks of 16-page pageblocks times a percentage exceed an int).</summary>
+    [Theory]
+    [InlineData(4096, 16)]
+    [InlineData(4096, 512)]
+    [InlineData(4096, 1024)]
+    [InlineData(65536, 16)]
+    [InlineData(65536, 1024)]
+    public void TheLargestAcceptedArenaHasPageIndicesThatFitAnIntAndAZoneSplitThatDoesNotOverflow(int pageSize, int pageblockPages)
+    {
+        var options = new HeapOptions { PageSize = pageSize, PageblockPages = pageblockPages };
+        long max = LargestAcceptedArenaBytes(options);
+        long blockPages = 2L * pageblockPages;
+        Assert.Equal(0, max % (blockPages * pageSize));
+        long pages = max / pageSize;
+        Assert.True(pages + blockPages <= 1L << 31, $"{pages} pages leave no max-order block of headroom below 2^31");
+        int blocks = (int)(pages / blockPages);
+        foreach (int percent in new[] { 0, 1, 50, 75, 99, 100 })
+        {
+            int movable = PageAllocator.MovableBlocks(blocks, percent);
+            Assert.InRange(movable, 0, blocks);
+            Assert.InRange(movable, (long)blocks * percent / 100 - 1, (long)blocks * percent / 100 + 1);
+        }
+    }
+
     [Fact]
     public void AnArenaTooLargeForItsPageDescriptorsIsRejectedAsABadOption()
     {

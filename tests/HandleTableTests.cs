@@ -10,16 +10,19 @@ public sealed class HandleTableTests
         using var table = new HandleTable();
         var first = new uint[5];
         Assert.Equal(5, table.Pop(first));
-        Assert.Equal([1u, 2, 3, 4, 5], first);              // index 0 is never issued
-        Assert.Equal(6u, table.Count);
+        // A chunk's entries come lowest index first (index 0 is never issued; a recycled chunk skips retired entries).
+        Assert.True(first[0] != 0 && first.Zip(first.Skip(1)).All(p => p.First < p.Second), string.Join(", ", first));
+        Assert.All(first, i => Assert.True(table.Owns(i)));
+        long free = table.FreeEntries;                        // the rest of the chunk
 
-        table.Push([2u, 4u]);
-        Assert.Equal(2, table.FreeEntries);
+        table.Push([first[1], first[3]]);
+        Assert.Equal(free + 2, table.FreeEntries);
         var again = new uint[3];
         Assert.Equal(3, table.Pop(again));
-        Assert.Equal([4u, 2, 6], again);                     // the freed ones first, newest first; then a new one
-        Assert.Equal(7u, table.Count);
-        Assert.Equal(0, table.FreeEntries);
+        Assert.Equal(first[3], again[0]);                    // the freed ones first, newest first...
+        Assert.Equal(first[1], again[1]);
+        Assert.True(again[2] > first[4]);                    // ...then the next entry of the chunk
+        Assert.Equal(free - 1, table.FreeEntries);
     }
 
     [Fact]
@@ -37,11 +40,17 @@ public sealed class HandleTableTests
             Assert.True(table.Get(one[0]) == firstEntry);
             Assert.Equal(12345, firstEntry->Size);
             Assert.True(table.Owns((nint)table.Get(many[^1])));
+            Assert.True(table.Owns(many[^1]));
             using var other = new HandleTable();
             other.Pop(one);
             Assert.False(table.Owns((nint)other.Get(one[0])));
+            Assert.False(table.Owns(one[0]));
+            Assert.NotEqual(table.Owner, other.Owner);
+            // 32-byte entries, whole chunks: at least 4 (more only if a recycled chunk held retired entries).
+            int chunks = many.Select(i => i >> 12).Distinct().Count();
+            Assert.True(chunks >= 4, $"{chunks} chunks");
+            Assert.Equal((long)chunks * HandleTable.ChunkEntries * 32, table.MetadataBytes);
         }
-        Assert.Equal(4L * HandleTable.ChunkEntries * 32, table.MetadataBytes);   // 32-byte entries, 4 chunks
     }
 
     [Theory]
@@ -53,10 +62,11 @@ public sealed class HandleTableTests
         var earlier = new List<BlockHandle>();
         BlockHandle h = heap.Allocate(64);
         uint index = HandleBits.Index(h.Value);
+        uint generation = HandleBits.Generation(h.Value);   // 0 in a new chunk; a recycled chunk's entries go on counting
         for (int round = 0; round < 50; round++)
         {
             Assert.Equal(index, HandleBits.Index(h.Value));                       // the entry is reused...
-            Assert.Equal((uint)round, HandleBits.Generation(h.Value));            // ...one generation later
+            Assert.Equal(generation + (uint)round, HandleBits.Generation(h.Value)); // ...one generation later
             foreach (BlockHandle old in earlier)
                 Assert.Equal(InvalidHandleReason.Stale, Assert.Throws<InvalidBlockHandleException>(() => heap.GetSize(old)).Reason);
             Assert.Equal(64, heap.GetSize(h));
@@ -69,14 +79,13 @@ public sealed class HandleTableTests
     }
 
     [Fact]
-    public void AHandleCarriesItsHeapTagGenerationAndIndex()
+    public void AHandleCarriesItsGenerationAndIndexAndNoHeapTag()
     {
-        ulong v = HandleBits.Encode(0xAB, 0x123456, 0xDEADBEEF);
-        Assert.Equal(0xAB123456DEADBEEFUL, v);
-        Assert.Equal((byte)0xAB, HandleBits.Tag(v));
-        Assert.Equal(0x123456u, HandleBits.Generation(v));
+        ulong v = HandleBits.Encode(0x12345678, 0xDEADBEEF);
+        Assert.Equal(0x12345678DEADBEEFUL, v);
+        Assert.Equal(0x12345678u, HandleBits.Generation(v));
         Assert.Equal(0xDEADBEEFu, HandleBits.Index(v));
-        Assert.Equal(0x123456u, HandleBits.Generation(HandleBits.Encode(1, 0x7123456, 1)));   // 24 bits are kept
+        Assert.Equal(uint.MaxValue, HandleBits.Generation(HandleBits.Encode(uint.MaxValue, 1)));   // all 32 bits are kept
     }
 
     [Fact]
@@ -84,10 +93,10 @@ public sealed class HandleTableTests
     {
         using NativeHeap heap = TestHeaps.Small(caches: false);
         var handles = Enumerable.Range(0, 100).Select(_ => heap.Allocate(70_000)).ToList();
-        uint count = heap.Handles.Count;
+        var runEntries = handles.Select(h => HandleBits.Index(h.Value)).ToHashSet();
         handles.ForEach(heap.Free);
         handles = Enumerable.Range(0, 100).Select(_ => heap.Allocate(50)).ToList();
-        Assert.Equal(count, heap.Handles.Count);            // no new entry was made
+        Assert.True(runEntries.SetEquals(handles.Select(h => HandleBits.Index(h.Value))));   // the runs' entries, no new one
         handles.ForEach(heap.Free);
         TestHeaps.AssertValid(heap);
     }

@@ -3,8 +3,8 @@ using Compaction.Allocator;
 namespace Compaction.Tests;
 
 /// <summary>Handles of two heaps are never confused, however many heaps live at once or have lived before.</summary>
-/// <remarks>In the process-wide collection: the heaps here take tags (or whatever tells heaps apart) from the same
-/// process-wide pool as every other test's heaps.</remarks>
+/// <remarks>In the process-wide collection: the heaps here take handle chunks from the same process-wide table as
+/// every other test's heaps.</remarks>
 [Collection(ProcessWideResources.Name)]
 public sealed class HeapTagTests
 {
@@ -97,6 +97,50 @@ public sealed class HeapTagTests
             b.Free(hb);
         }
         a.Free(ha);
+    }
+
+    /// <summary>Dispose frees the blocks still live in its handle chunks (their generations move on) before giving the
+    /// chunks back, so the heap that takes a chunk next rejects the dead heap's handles as stale even once its own
+    /// block sits in the very same entry.</summary>
+    [Fact]
+    public void TheNextOwnerOfADisposedHeapsChunkRejectsHandlesOfBlocksLiveAtDispose()
+    {
+        NativeHeap dead = Tiny();
+        BlockHandle h = dead.Allocate(16);
+        uint index = HandleBits.Index(h.Value);
+        dead.Dispose();
+        var heaps = new List<NativeHeap>();
+        try
+        {
+            // Chunks are given out most recently returned first, but another test may return one in between.
+            NativeHeap? next = null;
+            var tenants = new List<BlockHandle>();
+            for (int attempt = 0; attempt < 64 && next == null; attempt++)
+            {
+                NativeHeap t = Tiny();
+                heaps.Add(t);
+                BlockHandle probe = t.Allocate(16);
+                if (t.Handles.Owns(index)) { next = t; tenants.Add(probe); }
+            }
+            Assert.True(next != null, "no heap got the chunk back");
+            while (HandleBits.Index(tenants[^1].Value) != index && tenants.Count < HandleTable.ChunkEntries)
+                tenants.Add(next.Allocate(16));
+            BlockHandle tenant = tenants[^1];
+            Assert.Equal(index, HandleBits.Index(tenant.Value));
+            TestHeaps.Fill(next, tenant);
+
+            Assert.False(next.IsLive(h));
+            Assert.Equal(InvalidHandleReason.Stale, Assert.Throws<InvalidBlockHandleException>(() => next.Free(h)).Reason);
+            Assert.Equal(InvalidHandleReason.Stale, Assert.Throws<InvalidBlockHandleException>(() => next.Pin(h).Dispose()).Reason);
+            Assert.True(next.IsLive(tenant));
+            Assert.Equal(0, TestHeaps.CountCorrupt(next, tenant));
+            foreach (BlockHandle t in tenants) next.Free(t);
+            TestHeaps.AssertValid(next);
+        }
+        finally
+        {
+            foreach (NativeHeap t in heaps) t.Dispose();
+        }
     }
 
     private static void AddHeap(List<NativeHeap> heaps, List<BlockHandle> handles)

@@ -173,7 +173,7 @@ public sealed class MisuseTests(ITestOutputHelper output)
         BlockHandle mine = heap.Allocate(64);
         BlockHandle theirs = other.Allocate(64);
         TestHeaps.Fill(other, theirs);
-        Assert.Equal(HandleBits.Index(mine.Value), HandleBits.Index(theirs.Value));   // same index, other tag
+        Assert.False(heap.Handles.Owns(HandleBits.Index(theirs.Value)));   // their entry lies in a chunk of the other heap
 
         AssertRejected(heap, theirs, InvalidHandleReason.Foreign);
 
@@ -203,21 +203,24 @@ public sealed class MisuseTests(ITestOutputHelper output)
     {
         using NativeHeap heap = TestHeaps.Small();
         BlockHandle live = heap.Allocate(64);
-        byte tag = HandleBits.Tag(live.Value);
-        AssertRejected(heap, new BlockHandle(HandleBits.Encode(tag, 0, heap.Handles.Count)), InvalidHandleReason.Forged);
-        AssertRejected(heap, new BlockHandle(HandleBits.Encode(tag, 0, uint.MaxValue)), InvalidHandleReason.Forged);
-        AssertRejected(heap, new BlockHandle(HandleBits.Encode(tag, 0, 0)), InvalidHandleReason.Forged);
+        uint generation = HandleBits.Generation(live.Value);
+        AssertRejected(heap, new BlockHandle(HandleBits.Encode(generation, HandleStore.Count)), InvalidHandleReason.Forged);
+        AssertRejected(heap, new BlockHandle(HandleBits.Encode(generation, HandleStore.MaxEntries)), InvalidHandleReason.Forged);
+        AssertRejected(heap, new BlockHandle(HandleBits.Encode(generation, uint.MaxValue)), InvalidHandleReason.Forged);
+        AssertRejected(heap, new BlockHandle(HandleBits.Encode(generation, 0)), InvalidHandleReason.Forged);
         heap.Free(live);
         AssertStillServes(heap);
     }
 
-    /// <summary>What a heap must answer for a value that is not one of its live handles.</summary>
-    private static InvalidHandleReason ExpectedReason(NativeHeap heap, byte tag, ulong v)
+    /// <summary>What a heap must answer for a value that is not one of its live handles: the index is beyond the
+    /// process-wide table (Forged), in a chunk another heap owns or a dead heap gave back (Foreign), or in a chunk of
+    /// this heap with a generation that is not its block's (Stale).</summary>
+    private static InvalidHandleReason ExpectedReason(NativeHeap heap, ulong v)
     {
         uint index = HandleBits.Index(v);
         if (v == 0) return InvalidHandleReason.Null;
-        if (HandleBits.Tag(v) != tag) return InvalidHandleReason.Foreign;
-        if (index == 0 || index >= heap.Handles.Count) return InvalidHandleReason.Forged;
+        if (index == 0 || index >= HandleStore.Count) return InvalidHandleReason.Forged;
+        if (!heap.Handles.Owns(index)) return InvalidHandleReason.Foreign;
         return InvalidHandleReason.Stale;
     }
 
@@ -235,18 +238,18 @@ public sealed class MisuseTests(ITestOutputHelper output)
         for (int i = 0; i < live.Count; i += 3) heap.Free(live[i]);     // leave freed entries behind too
         live = live.Where((_, i) => i % 3 != 0).ToList();
         foreach (BlockHandle h in live) TestHeaps.Fill(heap, h);
-        byte tag = HandleBits.Tag(live[0].Value);
+        uint[] mine = heap.Handles.Indices().ToArray();
 
         var seen = new Dictionary<InvalidHandleReason, int>();
         int tested = 0;
         while (tested < 10_000)
         {
             ulong v = (ulong)rng.NextInt64() ^ ((ulong)rng.Next(2) << 63);
-            if (nearMisses)  // this heap's tag and an index near the table: only the generation can give it away
-                v = HandleBits.Encode(tag, (uint)rng.Next(), (uint)rng.Next((int)heap.Handles.Count + 8));
+            if (nearMisses)  // an index of this heap's chunks: only the generation can give it away
+                v = HandleBits.Encode((uint)rng.NextInt64(1L << 32), mine[rng.Next(mine.Length)]);
             if (heap.IsLive(new BlockHandle(v))) continue;    // a lucky guess names a real block: not misuse
             var h = new BlockHandle(v);
-            InvalidHandleReason expected = ExpectedReason(heap, tag, v);
+            InvalidHandleReason expected = ExpectedReason(heap, v);
             InvalidBlockHandleException e;
             e = Assert.Throws<InvalidBlockHandleException>(() => heap.Free(h));
             Assert.True(expected == e.Reason, $"Free(0x{v:x16}): expected {expected}, got {e.Reason}");

@@ -2,15 +2,16 @@ namespace Compaction.Allocator;
 
 /// <summary>
 /// Names a block of a <see cref="NativeHeap"/>. A handle stays valid while the block is allocated, even when the
-/// compactor relocates the block; it carries an index into the heap's handle table, a generation and a tag of the heap
-/// that issued it, so a stale, freed, forged or foreign handle is detected and rejected.
+/// compactor relocates the block. It carries an index into the process-wide handle table, whose chunks each belong to
+/// one heap at a time, and the generation of the entry when the block was allocated: a stale (freed), forged or
+/// foreign handle is detected and rejected, however many heaps live or have lived.
 /// </summary>
 public readonly struct BlockHandle : IEquatable<BlockHandle>
 {
     /// <summary>Rebuilds a handle from <see cref="Value"/> (for example after it went through native code).</summary>
     public BlockHandle(ulong value) => Value = value;
 
-    /// <summary>The 64-bit value: bits 0-31 index, 32-55 generation, 56-63 heap tag.</summary>
+    /// <summary>The 64-bit value: bits 0-31 index, bits 32-63 generation.</summary>
     public ulong Value { get; }
 
     /// <summary>True for <c>default(BlockHandle)</c>, which no heap ever issues.</summary>

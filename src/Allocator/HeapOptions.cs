@@ -6,7 +6,9 @@ namespace Compaction.Allocator;
 /// </summary>
 public sealed class HeapOptions
 {
-    /// <summary>Bytes of virtual address space to reserve (rounded up to whole pageblocks). Default 1 GiB.
+    /// <summary>Bytes of virtual address space to reserve (rounded up to whole max-order blocks, two pageblocks).
+    /// Default 1 GiB. From two pageblocks to the smaller of 64 TiB and the whole max-order blocks that fit in
+    /// int.MaxValue pages (just under 8 TiB with the default 4 KiB pages).
     /// Reserving costs no memory on Linux; memory is committed one pageblock at a time as it is used.</summary>
     public long ArenaBytes { get; set; } = 1L << 30;
 
@@ -80,7 +82,9 @@ public sealed class HeapOptions
         if (SlabThreshold < 1024 || SlabThreshold > 32 * 1024)
             throw new ArgumentException($"SlabThreshold must be from 1024 to 32768; it was {SlabThreshold}.", nameof(SlabThreshold));
         long maxOrderBytes = 2L * PageSize * PageblockPages;
-        long maxArena = Math.Min(1L << 46, ((long)int.MaxValue + 1) / (2 * PageblockPages) * maxOrderBytes); // page indices are ints
+        // Page indices are ints: at most int.MaxValue pages, in whole max-order blocks (zones are made of them). Rounding
+        // down leaves a max-order block of headroom, so page + (1 << order) stays below 2^31 for any page of the arena.
+        long maxArena = Math.Min(1L << 46, int.MaxValue / (2L * PageblockPages) * maxOrderBytes);
         if (ArenaBytes < maxOrderBytes || ArenaBytes > maxArena)
             throw new ArgumentException($"ArenaBytes must be from {maxOrderBytes} (two pageblocks) to {maxArena} for this page size; it was {ArenaBytes}.", nameof(ArenaBytes));
         if (Proactiveness < 0 || Proactiveness > 100)

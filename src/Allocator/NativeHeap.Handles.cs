@@ -12,33 +12,51 @@ public sealed unsafe partial class NativeHeap
     public bool IsLive(BlockHandle handle)
     {
         if (_disposed) ThrowHelper.Disposed();
-        ulong v = handle.Value;
-        uint index = HandleBits.Index(v);
-        if (HandleBits.Tag(v) != _tag || index == 0 || index >= _handles.Count) return false;
-        return HandleChecks.IsLive(handle, Volatile.Read(ref _handles.Get(index)->State));
+        HandleEntry* e = TryLocate(handle);
+        return e != null && HandleChecks.IsLive(handle, Volatile.Read(ref e->State));
     }
 
-    /// <summary>Checks the tag and index of a handle and returns its entry (not yet its generation).
-    /// Lock-free: the table never shrinks and never moves an entry.</summary>
+    /// <summary>Checks that the handle's index lies in a chunk of this heap and returns its entry (not yet its
+    /// generation): the caller's generation check decides whether it is live.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal HandleEntry* Locate(BlockHandle handle)
     {
         if (_disposed) ThrowHelper.Disposed();
-        ulong v = handle.Value;
-        uint index = HandleBits.Index(v);
-        if (HandleBits.Tag(v) != _tag || index == 0 || index >= _handles.Count) LocateFailed(handle);
-        return _handles.Get(index);
+        HandleEntry* e = TryLocate(handle);
+        if (e == null) LocateFailed(handle);
+        return e;
+    }
+
+    /// <summary>
+    /// The entry of the handle's index when its chunk belongs to this heap, else null (index 0 included).
+    /// Cost: four loads with <see cref="_disposed"/> — this heap's id, and the directory slot's owner and chunk
+    /// address, which share a cache line (the directory's address is a JIT-time constant). The per-heap table this
+    /// replaced loaded seven (tag, table, count, chunk array, its length, chunk pointer).
+    /// Lock-free: the slot's owner is read with acquire, and the chunk address was written before any owner was
+    /// published (<see cref="HandleStore"/>); a chunk of this heap stays this heap's until Dispose, which does not
+    /// race with other calls.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private HandleEntry* TryLocate(BlockHandle handle)
+    {
+        uint index = HandleBits.Index(handle.Value);
+        if (index - 1 >= HandleStore.MaxEntries - 1) return null;   // index 0 or beyond the directory: one compare
+        ref HandleChunk chunk = ref HandleStore.ChunkOf(index);
+        if (Volatile.Read(ref chunk.Owner) != _id) return null;
+        return (HandleEntry*)chunk.Entries + (index & HandleStore.ChunkMask);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void LocateFailed(BlockHandle handle)
+    private static void LocateFailed(BlockHandle handle)
     {
         ulong v = handle.Value;
+        uint index = HandleBits.Index(v);
         if (v == 0) ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Null);
-        if (HandleBits.Tag(v) != _tag) ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Foreign);
-        ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Forged);
+        if (index == 0 || index >= HandleStore.Count) ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Forged);
+        // A made chunk that another heap owns, or that a disposed heap gave back.
+        ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Foreign);
     }
 
     /// <summary>The handle this heap issued for entry <paramref name="index"/> in state <paramref name="state"/>.</summary>
-    private BlockHandle HandleOf(uint index, long state) => new(HandleBits.Encode(_tag, EntryState.Generation(state), index));
+    private static BlockHandle HandleOf(uint index, long state) => new(HandleBits.Encode(EntryState.Generation(state), index));
 }

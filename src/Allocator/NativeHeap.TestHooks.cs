@@ -44,6 +44,25 @@ public sealed unsafe partial class NativeHeap
     /// <summary>Migrates the live movable block of entry <paramref name="index"/>.</summary>
     internal MigrateResult MigrateEntry(uint index) => _migrator.MigrateEntry(index);
 
+    /// <summary>
+    /// Gives the live block <paramref name="handle"/> names the generation <paramref name="generation"/>, as if its
+    /// entry had been freed and reused that many times, and returns the block's handle under it (the old handle
+    /// becomes stale). Lets a test reach the end of an entry's generations without 2^32 frees. The block must have no
+    /// movable owner (owners are keyed by generation), and nothing may use it meanwhile.
+    /// </summary>
+    internal BlockHandle AgeEntry(BlockHandle handle, uint generation)
+    {
+        HandleEntry* e = Locate(handle);
+        long s = Volatile.Read(ref e->State);
+        HandleChecks.CheckLive(handle, s);
+        if ((s & (EntryState.HasOwner | EntryState.Frozen | EntryState.PinMask)) != 0)
+            throw new InvalidOperationException("AgeEntry needs an unowned, unpinned block that no migration holds.");
+        long aged = (s & ~EntryState.WithGeneration(uint.MaxValue)) | EntryState.WithGeneration(generation);
+        if (Interlocked.CompareExchange(ref e->State, aged, s) != s)
+            throw new InvalidOperationException("The block changed while AgeEntry ran.");
+        return HandleOf(HandleBits.Index(handle.Value), aged);
+    }
+
     /// <summary>The block's current address (racy; stable only while the block is pinned).</summary>
     internal nint CurrentAddress(BlockHandle handle) => Locate(handle)->Address;
 

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Compaction.Allocator.Caches;
 using Compaction.Allocator.Compaction;
@@ -31,17 +32,14 @@ namespace Compaction.Allocator;
 /// </remarks>
 public sealed unsafe partial class NativeHeap : IDisposable
 {
-    private static readonly bool[] s_tagsInUse = new bool[256];   // tag 0 is never used: default handles stay foreign
-    private static int s_tagCursor;
-
     private readonly HeapOptions _options;
-    private readonly byte _tag;
     private readonly ArenaMemory _memory;
     private readonly PageMap _map;
     private readonly PageAllocator _pages;
     private readonly SizeClasses _classes;
     private readonly SlabAllocator[] _slabs;       // [BlockKind]
-    private readonly HandleTable _handles = new();
+    private readonly HandleTable _handles = new();   // this heap's share of the process-wide handle table
+    private readonly long _id;                         // _handles.Owner, read by every handle validation
     private readonly ThreadCaches _caches;
     private readonly Migrator _migrator;
     private readonly Compactor? _compactor;        // null when the heap has no movable zone
@@ -57,7 +55,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     {
         _options = (options ?? new HeapOptions()).Clone();
         _options.Validate();
-        _tag = TakeTag();
+        _id = _handles.Owner;
         try
         {
             int pageSize = _options.PageSize, pbPages = _options.PageblockPages;
@@ -177,13 +175,14 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private BlockHandle Publish(uint index, nint addr, long size, BlockKind kind, bool run)
     {
         HandleEntry* e = _handles.Get(index);
+        Debug.Assert((e->State & (EntryState.Allocated | EntryState.Retired)) == 0, "only free, unretired entries are handed out");
         uint generation = EntryState.Generation(e->State);
         e->Address = addr;
         e->Size = size;
         long state = EntryState.WithGeneration(generation) | EntryState.Allocated
             | (kind == BlockKind.Movable ? EntryState.Movable : 0) | (run ? EntryState.Run : 0);
         Volatile.Write(ref e->State, state);
-        return new BlockHandle(HandleBits.Encode(_tag, generation, index));
+        return new BlockHandle(HandleBits.Encode(generation, index));
     }
 
     // ------------------------------------------------------------------ free
@@ -198,7 +197,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     public void Free(BlockHandle handle)
     {
         HandleEntry* e = Locate(handle);
-        long s;
+        long s, freed;
         SpinWait spin = default;
         while (true)
         {
@@ -206,7 +205,9 @@ public sealed unsafe partial class NativeHeap : IDisposable
             HandleChecks.CheckLive(handle, s);
             if ((s & EntryState.PinMask) != 0 || PinRegistry.IsPinnedByCurrentThread(e)) ThrowHelper.Pinned(handle);
             if ((s & EntryState.Frozen) != 0) { FrozenByThisThread.ThrowIfFrozenHere(e); spin.SpinOnce(); continue; } // a migration owns it for a copy's time
-            long freed = EntryState.WithGeneration(EntryState.Generation(s) + 1);
+            // Generation + 1, or retirement when the generation would wrap (EntryState.Freed): a retired entry goes
+            // back to no list, so it is never handed out again and its last handle stays stale for ever.
+            freed = EntryState.Freed(s);
             if (Interlocked.CompareExchange(ref e->State, freed, s) == s) break;
         }
         // The entry is ours now: no migration can freeze it (its CAS expects Allocated) and no pin can succeed.
@@ -214,11 +215,13 @@ public sealed unsafe partial class NativeHeap : IDisposable
         long size = e->Size;
         BlockKind kind = (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
         uint index = HandleBits.Index(handle.Value);
+        bool retired = EntryState.IsRetired(freed);
+        if (retired) _handles.NoteRetired();
         if ((s & EntryState.HasOwner) != 0) _migrator.Owners.Forget(index, s);
         if ((s & EntryState.Run) != 0)
         {
             _pages.FreePages(_map.PageOf(addr), _map.PagesFor(size));
-            _caches.ReleaseEntryDirect(index);
+            if (!retired) _caches.ReleaseEntryDirect(index);
             _caches.AddLiveDirect(-size, -1);
             return;
         }
@@ -229,7 +232,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             try
             {
                 _caches.PushSlot(tc, kind, c, addr);
-                _caches.PushEntry(tc, index);
+                if (!retired) _caches.PushEntry(tc, index);
                 tc.LiveBytes -= size;
                 tc.LiveBlocks--;
             }
@@ -241,7 +244,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         else
         {
             _slabs[(int)kind].FreeSlots(c, [addr]);
-            _caches.ReleaseEntryDirect(index);
+            if (!retired) _caches.ReleaseEntryDirect(index);
             _caches.AddLiveDirect(-size, -1);
         }
     }
@@ -322,29 +325,11 @@ public sealed unsafe partial class NativeHeap : IDisposable
         ReleaseNative();
     }
 
-    /// <summary>A heap tag no live heap holds, so that a handle of one heap is always foreign to another. With 255
-    /// heaps alive at once the tags run out and the next heap shares one (then stale-generation checks are all that
-    /// tell two such heaps' handles apart).</summary>
-    private static byte TakeTag()
-    {
-        lock (s_tagsInUse)
-        {
-            for (int i = 0; i < 255; i++)
-            {
-                int tag = (s_tagCursor + i) % 255 + 1;
-                if (s_tagsInUse[tag]) continue;
-                s_tagsInUse[tag] = true;
-                s_tagCursor = tag;
-                return (byte)tag;
-            }
-            return (byte)(Interlocked.Increment(ref s_tagCursor) % 255 + 1);
-        }
-    }
-
-    /// <summary>Frees the tag, the arena and the metadata; safe on a half-built heap (a constructor that threw).</summary>
+    /// <summary>Frees the arena and the metadata, and gives the handle chunks back to the process-wide table (every
+    /// live entry freed first, so no later owner of a chunk accepts this heap's handles); safe on a half-built heap
+    /// (a constructor that threw).</summary>
     private void ReleaseNative()
     {
-        lock (s_tagsInUse) s_tagsInUse[_tag] = false;
         _memory?.Dispose();
         _map?.Dispose();
         _handles.Dispose();
@@ -352,9 +337,8 @@ public sealed unsafe partial class NativeHeap : IDisposable
 
     private int CountPins()
     {
-        int pins = PinRegistry.CountPins(_handles.Owns);
-        uint n = _handles.Count;
-        for (uint i = 1; i < n; i++)
+        int pins = PinRegistry.CountPins(_handles.Owns);   // slot pins on entries of this heap's chunks only
+        foreach (uint i in _handles.Indices())
         {
             long s = Volatile.Read(ref _handles.Get(i)->State);
             if ((s & EntryState.Allocated) != 0) pins += (int)(s & EntryState.PinMask);

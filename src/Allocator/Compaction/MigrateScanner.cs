@@ -282,7 +282,7 @@ internal sealed unsafe partial class Compactor
         s = 0; pages = 0; dst = -1;
         ref PageDescriptor d = ref _map.Page(head);
         uint index = d.RunHandle;
-        if (index == 0 || index >= _handles.Count) return MigrateResult.Gone;
+        if (!_handles.Owns(index)) return MigrateResult.Gone;   // not an entry of this heap: no run recorded here
         HandleEntry* e = _handles.Get(index);
         // The descriptor was read without a lock and may describe an older run at this page: take the run's size
         // from the entry, seqlock-style (state, address, size, state again), never from the descriptor.
@@ -371,10 +371,9 @@ internal sealed unsafe partial class Compactor
         Debug.Assert(cls.Lock.IsHeldByCurrentThread, "caller holds the class lock");
         _entries.Clear(); _states.Clear(); _slots.Clear(); _handedOut.Clear();
         int refs = _slabs.ListHandedOutSlotsLocked(cls, head, _handedOut);
-        uint count = _handles.Count;
         foreach ((uint index, nint slot) in _handedOut)
         {
-            if (index == 0 || index >= count) continue;
+            if (!_handles.Owns(index)) continue;   // not an entry of this heap: a reverse-map word not yet written
             HandleEntry* e = _handles.Get(index);
             long state = Volatile.Read(ref e->State);
             // A frozen entry belongs to another migration (its address may be about to change): not listed, so the

@@ -69,7 +69,7 @@ internal static unsafe class HeapValidator
         // Every live handle names its storage, and its storage names it back.
         long liveBytes = 0, liveBlocks = 0;
         var slotsPerSlab = new Dictionary<int, int>();
-        for (uint i = 1; i < handles.Count; i++)
+        foreach (uint i in handles.Indices())
         {
             HandleEntry* e = handles.Get(i);
             long s = e->State;

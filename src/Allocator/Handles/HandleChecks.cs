@@ -12,8 +12,7 @@ internal static class HandleChecks
     /// <summary>True when <paramref name="state"/> is allocated with the generation <paramref name="handle"/> carries.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static bool IsLive(BlockHandle handle, long state) =>
-        (state & EntryState.Allocated) != 0
-        && (EntryState.Generation(state) & HandleBits.GenerationMask) == HandleBits.Generation(handle.Value);
+        (state & EntryState.Allocated) != 0 && EntryState.Generation(state) == HandleBits.Generation(handle.Value);
 
     /// <summary>Throws <see cref="InvalidBlockHandleException"/> (Stale) unless <paramref name="state"/> is the live
     /// block <paramref name="handle"/> names.</summary>

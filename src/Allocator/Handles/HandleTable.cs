@@ -1,120 +1,220 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using Compaction.Allocator.Layout;
 
 namespace Compaction.Allocator.Handles;
 
 /// <summary>
-/// The handle table: native chunks of 4096 entries of 32 bytes, never moved or freed before the heap, so an entry's
-/// address is stable and can itself be published in pin slots (native-layout.md, "Handle table").
+/// One heap's share of the process-wide handle table (<see cref="HandleStore"/>): the chunks it owns and its list of
+/// free entries (native-layout.md, "Handle table").
 /// </summary>
 /// <remarks>
-/// Index 0 is never issued. Free entries form a LIFO list through <see cref="HandleEntry.Link"/> under
-/// <see cref="_lock"/>, the innermost lock of the heap. Readers validate an index against <see cref="Count"/> without a
-/// lock: a chunk pointer is written before <see cref="Count"/> is raised past it (release), and a reader loads Count
-/// before the chunk (acquire), so an index below Count always finds its chunk.
+/// <para>The heap takes a chunk whenever its free list runs dry, and gives every chunk back on
+/// <see cref="Dispose"/>, after freeing each live entry in them (generation + 1), so the dead heap's handles are
+/// stale for the chunk's next owner. A chunk taken from the store threads its entries onto the free list, lowest
+/// index on top, skipping retired ones: a retired entry is never handed out again, by any heap.</para>
+/// <para>Free entries form a LIFO list through <see cref="HandleEntry.Link"/> under <see cref="_lock"/>.
+/// An entry reaches the list only free and not retired: the heap's Free retires an entry whose generation ran out
+/// instead of returning it (<see cref="EntryState.Freed"/>).</para>
+/// <para>Lock ordering: <see cref="_lock"/> is the innermost lock of the heap; the store's lock nests inside it.</para>
 /// </remarks>
 internal sealed unsafe class HandleTable : IDisposable
 {
-    public const int ChunkShift = 12;
-    public const int ChunkEntries = 1 << ChunkShift;
-    public const uint MaxEntries = 1u << 30;
+    public const int ChunkEntries = HandleStore.ChunkEntries;
 
     private readonly Lock _lock = new();
-    private nint[] _chunks = new nint[16];
+    private int[] _chunks = new int[4];   // chunk numbers owned, [0, _chunkCount); copy on write for lock-free readers
     private int _chunkCount;
-    private uint _count = 1;      // entries made so far, index 0 reserved
-    private uint _freeHead;       // 0 = empty
+    private uint _freeHead;               // 0 = empty (index 0 is never issued, so never free)
     private long _freeEntries;
+    private long _retired;                // retired entries in the chunks this heap holds
+    private bool _disposed;
 
-    public uint Count => Volatile.Read(ref _count);
+    /// <summary>Takes a fresh owner id; no chunk yet (the first <see cref="Pop"/> takes one).</summary>
+    public HandleTable() => Owner = HandleStore.NewOwner();
 
+    /// <summary>This heap's id in the chunk directory: unique in the process, never 0.</summary>
+    public long Owner { get; }
+
+    /// <summary>The entry of <paramref name="index"/>, which must lie in a chunk of this heap. Lock-free.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public HandleEntry* Get(uint index)
     {
-        Debug.Assert(index < Count);
-        return (HandleEntry*)Volatile.Read(ref _chunks)[index >> ChunkShift] + (index & (ChunkEntries - 1));
+        Debug.Assert(Owns(index), "the index lies in a chunk of this heap");
+        return HandleStore.Get(index);
     }
 
-    /// <summary>Pops up to <paramref name="dst"/>.Length free entries (making new ones as needed). Takes the table lock.
-    /// Returns how many were popped (fewer only when <see cref="MaxEntries"/> is reached).</summary>
+    /// <summary>True when <paramref name="index"/> names an entry of this heap (a chunk it owns; never index 0).
+    /// Lock-free: a chunk is given to this heap before any of its indices is issued, and taken away only by
+    /// <see cref="Dispose"/>, which does not race with the heap's other calls.</summary>
+    public bool Owns(uint index) => index != 0 && HandleStore.OwnerOf(index) == Owner;
+
+    /// <summary>True when <paramref name="entry"/> points into one of this heap's chunks (for counting pin slots, which
+    /// name entries by address). Lock-free: reads a consistent copy of the chunk list.</summary>
+    public bool Owns(nint entry)
+    {
+        // Count first, then the list: a chunk is in the list before the count covers it (release/acquire).
+        int n = Volatile.Read(ref _chunkCount);
+        int[] chunks = Volatile.Read(ref _chunks);
+        n = Math.Min(n, chunks.Length);
+        for (int i = 0; i < n; i++)
+        {
+            nint first = (nint)HandleStore.Get((uint)chunks[i] << HandleStore.ChunkShift);
+            if (entry >= first && entry < first + (nint)HandleStore.ChunkBytes) return true;
+        }
+        return false;
+    }
+
+    /// <summary>Every index of this heap's chunks, live or not (index 0 left out). For validation and Dispose's pin
+    /// count; the caller keeps the heap quiescent or tolerates a racy snapshot.</summary>
+    public IEnumerable<uint> Indices()
+    {
+        // Count first, then the list: a chunk is in the list before the count covers it (release/acquire).
+        int n = Volatile.Read(ref _chunkCount);
+        int[] chunks = Volatile.Read(ref _chunks);
+        n = Math.Min(n, chunks.Length);
+        for (int i = 0; i < n; i++)
+        {
+            uint first = (uint)chunks[i] << HandleStore.ChunkShift;
+            for (uint index = Math.Max(first, 1); index < first + ChunkEntries; index++) yield return index;
+        }
+    }
+
+    /// <summary>Pops up to <paramref name="dst"/>.Length free entries, taking chunks from the store as needed. Takes
+    /// the table lock. Returns how many were popped: fewer only when the store has no chunk left to give
+    /// (<see cref="HandleStore.MaxEntries"/> made, none free).</summary>
     public int Pop(Span<uint> dst)
     {
         lock (_lock)
         {
+            ThrowIfDisposedLocked();
             int n = 0;
             while (n < dst.Length)
             {
-                if (_freeHead != 0)
-                {
-                    uint i = _freeHead;
-                    _freeHead = (uint)Get(i)->Link;
-                    _freeEntries--;
-                    dst[n++] = i;
-                    continue;
-                }
-                if (_count >= MaxEntries) break;
-                if ((_count & (ChunkEntries - 1)) == 0 || _chunkCount == 0) AddChunkLocked();
-                dst[n++] = _count;
-                Volatile.Write(ref _count, _count + 1);
+                if (_freeHead == 0 && !RefillLocked()) break;
+                uint i = _freeHead;
+                HandleEntry* e = HandleStore.Get(i);
+                Debug.Assert((e->State & (EntryState.Allocated | EntryState.Retired)) == 0, "a free entry is neither live nor retired");
+                _freeHead = (uint)e->Link;
+                _freeEntries--;
+                dst[n++] = i;
             }
             return n;
         }
     }
 
-    /// <summary>Returns entries to the free list. Their state words must already carry the bumped generation.
-    /// Takes the table lock.</summary>
+    /// <summary>Returns entries to the free list. Their state words must already carry the bumped generation, and none
+    /// may be retired. Takes the table lock.</summary>
     public void Push(ReadOnlySpan<uint> entries)
     {
         lock (_lock)
         {
+            ThrowIfDisposedLocked();
             foreach (uint i in entries)
             {
-                Get(i)->Link = _freeHead;
+                HandleEntry* e = Get(i);
+                Debug.Assert((e->State & (EntryState.Allocated | EntryState.Retired)) == 0, "only free, unretired entries are pushed");
+                e->Link = _freeHead;
                 _freeHead = i;
                 _freeEntries++;
             }
         }
     }
 
-    private void AddChunkLocked()
+    /// <summary>Counts an entry that the heap's Free retired (it is not pushed). Takes the table lock.</summary>
+    public void NoteRetired()
+    {
+        lock (_lock) _retired++;
+        HandleStore.CountRetired(1);
+    }
+
+    /// <summary>Takes chunks from the store until the free list has an entry (a recycled chunk may hold only retired
+    /// ones). Caller holds the table lock. False when the store has no chunk to give.</summary>
+    private bool RefillLocked()
     {
         Debug.Assert(_lock.IsHeldByCurrentThread, "caller holds the table lock");
-        if (_chunkCount == _chunks.Length)
+        while (_freeHead == 0)
+            if (!TakeChunkLocked()) return false;
+        return true;
+    }
+
+    /// <summary>Takes a chunk from the store and threads its usable entries onto the free list, lowest index on top.
+    /// Caller holds the table lock. False when the store has none to give.</summary>
+    private bool TakeChunkLocked()
+    {
+        Debug.Assert(_lock.IsHeldByCurrentThread, "caller holds the table lock");
+        if (_chunkCount == _chunks.Length)   // grow first: a chunk taken must be recorded, or Dispose could not return it
         {
-            var bigger = new nint[_chunks.Length * 2];
-            Array.Copy(_chunks, bigger, _chunks.Length);
+            var bigger = new int[_chunks.Length * 2];
+            Array.Copy(_chunks, bigger, _chunkCount);
             Volatile.Write(ref _chunks, bigger);
         }
-        nint chunk = (nint)NativeMemory.AlignedAlloc((nuint)ChunkEntries * (nuint)sizeof(HandleEntry), 64);
-        NativeMemory.Clear((void*)chunk, (nuint)ChunkEntries * (nuint)sizeof(HandleEntry));
-        _chunks[_chunkCount++] = chunk;
-    }
-
-    /// <summary>True when <paramref name="entry"/> points into one of this table's chunks.</summary>
-    public bool Owns(nint entry)
-    {
-        nint[] chunks = Volatile.Read(ref _chunks);
-        int n = Volatile.Read(ref _chunkCount);
-        for (int i = 0; i < n; i++)
+        int chunk = HandleStore.TakeChunk(Owner);
+        if (chunk < 0) return false;
+        _chunks[_chunkCount] = chunk;
+        Volatile.Write(ref _chunkCount, _chunkCount + 1);
+        uint first = (uint)chunk << HandleStore.ChunkShift, lowest = Math.Max(first, 1);   // index 0 is never issued
+        for (uint i = first + ChunkEntries - 1; i >= lowest; i--)
         {
-            nint c = chunks[i];
-            if (entry >= c && entry < c + ChunkEntries * sizeof(HandleEntry)) return true;
+            HandleEntry* e = HandleStore.Get(i);
+            Debug.Assert((e->State & EntryState.Allocated) == 0, "a chunk comes back with every entry freed");
+            if (EntryState.IsRetired(e->State)) { _retired++; continue; }   // spent by an earlier owner: never reused
+            e->Link = _freeHead;
+            _freeHead = i;
+            _freeEntries++;
         }
-        return false;
+        return true;
     }
 
-    public long MetadataBytes => (long)_chunkCount * ChunkEntries * sizeof(HandleEntry);
+    private void ThrowIfDisposedLocked()
+    {
+        Debug.Assert(_lock.IsHeldByCurrentThread, "caller holds the table lock");
+        // The chunks belong to other heaps now: touching their entries would corrupt them.
+        if (_disposed) throw new ObjectDisposedException(nameof(HandleTable));
+    }
 
+    /// <summary>Native memory of this heap's chunks.</summary>
+    public long MetadataBytes => Volatile.Read(ref _chunkCount) * HandleStore.ChunkBytes;
+
+    /// <summary>Entries on the free list (thread caches hold more). Takes the table lock.</summary>
     public long FreeEntries { get { lock (_lock) return _freeEntries; } }
 
+    /// <summary>Retired entries in this heap's chunks. Takes the table lock.</summary>
+    public long RetiredEntries { get { lock (_lock) return _retired; } }
+
+    /// <summary>
+    /// Frees every live entry (generation + 1, or retirement when it would wrap, as a Free does) and gives every chunk
+    /// back to the store, so that the chunks' next owners reject this heap's handles as stale. The heap must be
+    /// quiescent: no call, pin or migration may race with it (the heap's Dispose guarantees it). Takes the table lock.
+    /// Calling it twice does nothing.
+    /// </summary>
     public void Dispose()
     {
         lock (_lock)
         {
-            for (int i = 0; i < _chunkCount; i++) NativeMemory.AlignedFree((void*)_chunks[i]);
+            if (_disposed) return;
+            _disposed = true;
+            long retired = 0;
+            for (int c = 0; c < _chunkCount; c++)
+            {
+                uint first = (uint)_chunks[c] << HandleStore.ChunkShift;
+                for (uint i = Math.Max(first, 1); i < first + ChunkEntries; i++)
+                {
+                    HandleEntry* e = HandleStore.Get(i);
+                    long s = e->State;
+                    if ((s & EntryState.Allocated) == 0) continue;   // free: its generation was never issued
+                    Debug.Assert((s & (EntryState.Frozen | EntryState.PinMask)) == 0, "a disposed heap holds no pins or migrations");
+                    long freed = EntryState.Freed(s);
+                    if (EntryState.IsRetired(freed)) retired++;
+                    Volatile.Write(ref e->State, freed);
+                }
+                HandleStore.GiveBack(_chunks[c], Owner);   // after the bumps: the owner's release store orders them
+            }
+            if (retired > 0) HandleStore.CountRetired(retired);
             _chunkCount = 0;
+            _freeHead = 0;
+            _freeEntries = 0;
+            _retired = 0;
         }
     }
 }

@@ -31,11 +31,7 @@ internal sealed class PageAllocator
         Memory = memory;
         int blockPages = 1 << map.MaxOrder;
         int blocks = map.PageCount / blockPages;
-        int movableBlocks = (int)Math.Round(blocks * movableZonePercent / 100.0);
-        // Each zone the percentage asks for gets at least one block; when there are too few, the normal zone wins.
-        if (movableZonePercent < 100) movableBlocks = Math.Min(movableBlocks, blocks - 1);
-        if (movableZonePercent > 0 && blocks >= 2) movableBlocks = Math.Max(movableBlocks, 1);
-        int split = (blocks - movableBlocks) * blockPages;
+        int split = (blocks - MovableBlocks(blocks, movableZonePercent)) * blockPages;
         if (split > 0) Normal = new Zone(ZoneKind.Normal, 0, split, map, memory, MigrateType.Unmovable);
         if (split < map.PageCount) Movable = new Zone(ZoneKind.Movable, split, map.PageCount, map, memory, MigrateType.Movable);
         Zones = Normal == null ? [Movable!] : Movable == null ? [Normal] : [Normal, Movable];
@@ -52,6 +48,18 @@ internal sealed class PageAllocator
             foreach (Zone z in Zones) pages += z.Frontier - z.Start;
             return pages * sizeof(PageDescriptor) + Map.PageblockBitmapBytes;
         }
+    }
+
+    /// <summary>How many of an arena's <paramref name="blocks"/> max-order blocks the movable zone gets for
+    /// <paramref name="movableZonePercent"/>. Each zone the percentage asks for gets at least one block; when there are
+    /// too few, the normal zone wins. The product is taken in 64 bits: 2^26 blocks (16-page pageblocks near the
+    /// largest arena) times 100 would overflow an int.</summary>
+    public static int MovableBlocks(int blocks, int movableZonePercent)
+    {
+        int movableBlocks = (int)Math.Round((long)blocks * movableZonePercent / 100.0);
+        if (movableZonePercent < 100) movableBlocks = Math.Min(movableBlocks, blocks - 1);
+        if (movableZonePercent > 0 && blocks >= 2) movableBlocks = Math.Max(movableBlocks, 1);
+        return movableBlocks;
     }
 
     /// <summary>Pages of the larger zone: the longest run any request could get.</summary>

@@ -44,7 +44,15 @@ internal sealed unsafe class PageMap : IDisposable
         // the resident part of the array follows the pages the heap has used (native-layout.md, section 2).
         Pages = (PageDescriptor*)NativeMemory.AllocZeroed((nuint)pageCount, (nuint)sizeof(PageDescriptor));
         int words = (PageblockCount + PageblockBits.PageblocksPerWord - 1) / PageblockBits.PageblocksPerWord;
-        _pageblockBits = (int*)NativeMemory.AllocZeroed((nuint)words * sizeof(int));
+        try
+        {
+            _pageblockBits = (int*)NativeMemory.AllocZeroed((nuint)words * sizeof(int));
+        }
+        catch
+        {
+            Dispose();   // a constructor that throws leaves nothing behind: the heap never sees this map
+            throw;
+        }
     }
 
     /// <summary>Bytes of the pageblock bitmap (4 bits per pageblock of the whole arena: 256 KiB per TiB reserved).
