@@ -1,0 +1,83 @@
+using System.Diagnostics;
+using Compaction.Allocator.Layout;
+
+namespace Compaction.Allocator.Pages;
+
+// The kernel's anti-fragmentation rules: fallback to the other migrate type, and pageblock claiming.
+internal sealed unsafe partial class Zone
+{
+    /// <summary>
+    /// __rmqueue_fallback: take the largest block of the other migrate type, so that types mix as little as possible.
+    /// A whole pageblock (or more) changes type outright. A smaller block claims its pageblock when the request is
+    /// large (at least half a pageblock order) or unmovable, and at least half of the pageblock is free or already of
+    /// the wanted type; otherwise only the block itself is stolen and the pageblock keeps its type.
+    /// </summary>
+    private int RemoveFallbackLocked(int order, MigrateType type)
+    {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        MigrateType other = type == MigrateType.Movable ? MigrateType.Unmovable : MigrateType.Movable;
+        for (int o = _maxOrder; o >= order; o--)
+        {
+            int head = _freeHeads[o * MigrateTypes + (int)other];
+            // The frontier's blocks are max-order blocks of the zone's type (rule 3 in AllocatePagesLocked).
+            if (head < 0 && o == _maxOrder && other == InitialType && ExtendFrontierLocked()) head = _freeHeads[o * MigrateTypes + (int)other];
+            if (head < 0) continue;
+            RemoveFreeBlockLocked(head, o, other);
+            _map.Page(head).Kind = PageKind.FreeTail; // off the lists: the claim below must not move it
+            MigrateType listType = other;
+            if (o >= _map.PageblockOrder)
+            {
+                for (int pb = _map.PageblockOf(head); pb <= _map.PageblockOf(head + (1 << o) - 1); pb++)
+                    _map.SetMigrateType(pb, type);
+                listType = type;
+            }
+            else if ((order >= _map.PageblockOrder / 2 || type == MigrateType.Unmovable) && TryClaimPageblockLocked(_map.PageblockOf(head), type, head, o))
+            {
+                listType = type;
+            }
+            ExpandLocked(head, order, o, listType);
+            Stats.PageblockFallbacks++;
+            return head;
+        }
+        return -1;
+    }
+
+    /// <summary>
+    /// Claims pageblock <paramref name="pb"/> for <paramref name="type"/> when free plus compatible pages make at least
+    /// half of it, moving its free blocks to the new type's lists (move_freepages_block). The block being stolen,
+    /// <paramref name="stolen"/> of <paramref name="stolenOrder"/>, is already off the lists and counts as compatible.
+    /// </summary>
+    private bool TryClaimPageblockLocked(int pb, MigrateType type, int stolen, int stolenOrder)
+    {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        int first = pb << _map.PageblockOrder, end = first + _map.PageblockPages;
+        int free = 0, compatible = 0;
+        for (int p = first; p < end;)
+        {
+            if (p == stolen) { compatible += 1 << stolenOrder; p += 1 << stolenOrder; continue; }
+            ref PageDescriptor d = ref _map.Page(p);
+            if (d.Kind == PageKind.FreeHead) { free += 1 << d.Order; p += 1 << d.Order; continue; }
+            if (d.Kind != PageKind.FreeTail && d.AllocType == type) compatible++;
+            p++;
+        }
+        if (free + compatible < _map.PageblockPages / 2) return false;
+        MigrateType old = _map.GetMigrateType(pb);
+        _map.SetMigrateType(pb, type);
+        for (int p = first; p < end;)
+        {
+            if (p == stolen) { p += 1 << stolenOrder; continue; }
+            ref PageDescriptor d = ref _map.Page(p);
+            if (d.Kind == PageKind.FreeHead)
+            {
+                int o = d.Order;
+                RemoveFreeBlockLocked(p, o, old);
+                AddFreeBlockLocked(p, o, type);
+                p += 1 << o;
+                continue;
+            }
+            p++;
+        }
+        Stats.PageblocksClaimed++;
+        return true;
+    }
+}
