@@ -194,3 +194,19 @@ public class HeapBasicsTests
         TestHeaps.AssertValid(heap);
     }
 }
+
+/// <summary>A run that does not fit first drains the thread caches and frees the empty slabs kept for reuse, before
+/// compacting or failing: pages no block uses never make an allocation fail.</summary>
+public sealed class RunAllocationRetryTests
+{
+    [Fact]
+    public void AnEmptyHeapServesItsLargestBlockAfterASmallBlockCameAndWent()
+    {
+        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 4L << 20, MovableZonePercent = 100, DirectCompaction = false });
+        heap.Free(heap.Allocate(64));   // leaves slots in this thread's cache and an empty slab kept for reuse
+        Assert.True(heap.CachedSlots() > 0);
+        Assert.True(heap.TryAllocate(heap.MaxBlockSize, BlockKind.Movable, out BlockHandle big));
+        heap.Free(big);
+        TestHeaps.AssertValid(heap);
+    }
+}

@@ -23,8 +23,9 @@ public sealed class HeapOptions
     /// allocation fails with OutOfMemoryException. From 0 to 100; default 75.</summary>
     public int MovableZonePercent { get; set; } = 75;
 
-    /// <summary>Blocks up to this many bytes live in size-class slabs; larger ones take page runs.
-    /// From 1 KiB to 32 KiB; default 16 KiB.</summary>
+    /// <summary>Blocks up to this many bytes (rounded up to a multiple of 16, the size classes' step) live in
+    /// size-class slabs; larger ones take page runs. From 1 KiB to 32 KiB; default 16 KiB. Above 16 KiB with 4 KiB
+    /// pages a slab holds a single slot (its reverse map takes a few bytes more than the slot's pages).</summary>
     public int SlabThreshold { get; set; } = 16 * 1024;
 
     /// <summary>Advise committed pageblocks as transparent huge pages (MADV_HUGEPAGE). Default true.</summary>

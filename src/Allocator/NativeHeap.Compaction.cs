@@ -7,9 +7,13 @@ namespace Compaction.Allocator;
 // and its hand-driven step, and the explicit release of free memory.
 public sealed partial class NativeHeap
 {
-    private Thread? _daemon;
-    private ManualResetEventSlim? _daemonStop;
-    private readonly Lock _daemonLock = new();   // guards starting and stopping the thread; never held while it works
+    private Thread? _daemon;                       // the running background thread, or null
+    private ManualResetEventSlim? _daemonStop;     // its stop signal
+    // Every background thread started and not yet known to have ended, with its stop signal: a thread an owner
+    // callback stopped (on that thread itself) is not joined by the stop, so Dispose joins it.
+    private readonly List<(Thread thread, ManualResetEventSlim stop)> _daemons = [];
+    private bool _daemonsClosed;                   // Dispose is stopping them: no thread may start
+    private readonly Lock _daemonLock = new();     // guards the fields above; never held while a thread works or is joined
 
     /// <summary>
     /// Compacts the whole movable zone now (like writing to /proc/sys/vm/compact_memory): size classes are
@@ -25,6 +29,7 @@ public sealed partial class NativeHeap
         if (_compactor == null) return new CompactionStatistics();
         CompactionStatistics before = _compactor.Counters.Snapshot();
         _compactor.CompactAll();
+        GC.KeepAlive(this);   // the run worked on native memory the finalizer would free
         return _compactor.Counters.Snapshot() - before;
     }
 
@@ -50,6 +55,7 @@ public sealed partial class NativeHeap
     private void BackgroundStep(TimeSpan now)
     {
         if (_compactor == null || _compactor.BackgroundStep()) _reclaimer.Trim(now);
+        GC.KeepAlive(this);   // the step works on native memory the finalizer would free
     }
 
     /// <summary>Starts the background compactor thread (like kcompactd): it wakes every
@@ -63,7 +69,9 @@ public sealed partial class NativeHeap
         if (_compactor == null) return;
         lock (_daemonLock)
         {
+            if (_daemonsClosed) ThrowHelper.Disposed();
             if (_daemon != null) return;
+            _daemons.RemoveAll(d => !d.thread.IsAlive);
             var stop = new ManualResetEventSlim();
             var weak = new WeakReference<NativeHeap>(this);
             TimeSpan interval = _options.CompactionInterval;
@@ -75,49 +83,74 @@ public sealed partial class NativeHeap
             { IsBackground = true, Name = "NativeHeap compactor" };
             _daemonStop = stop;
             _daemon = thread;
+            _daemons.Add((thread, stop));
             thread.Start();
         }
     }
 
     /// <summary>One wake of the background thread. Not inlined, so that the strong reference it takes lives only in
-    /// this frame and the heap is unreachable (finalizable) between wakes. False when the heap is gone.</summary>
+    /// this frame and the heap is unreachable (finalizable) between wakes; <see cref="GC.KeepAlive"/> holds it to the
+    /// end of the step, since optimised code would otherwise let the heap die (and its finalizer free the arena) while
+    /// the step still works on it. False when the heap is gone.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static bool WakeOnce(WeakReference<NativeHeap> weak, long origin)
     {
         if (!weak.TryGetTarget(out NativeHeap? heap) || heap._disposed) return false;
         heap.BackgroundStep(Stopwatch.GetElapsedTime(origin));
+        GC.KeepAlive(heap);
         return true;
     }
 
     /// <summary>Stops the background compactor and waits for its current step to end. Does nothing if it is not
     /// running. Called on the background thread itself (from a movable owner's callback) it asks the thread to end
-    /// after the current step and returns at once.</summary>
+    /// after the current step and returns at once (Dispose still waits for that step).</summary>
     /// <exception cref="ObjectDisposedException">The heap was disposed (Dispose already stopped the thread).</exception>
     public void StopBackgroundCompaction()
     {
         if (_disposed) ThrowHelper.Disposed();
-        StopDaemon();
-    }
-
-    /// <summary>Takes the daemon lock; joins the thread unless it is the calling thread (which would wait for itself).</summary>
-    private void StopDaemon()
-    {
         Thread? thread;
-        ManualResetEventSlim? stop;
         lock (_daemonLock)
         {
             if (_daemon == null) return;
             thread = _daemon;
-            stop = _daemonStop!;
+            _daemonStop!.Set();
             _daemon = null;
             _daemonStop = null;
-            stop.Set();
         }
         // Joined outside the lock: a step's owner callback may start or stop the thread meanwhile.
         if (thread != Thread.CurrentThread) thread.Join();
     }
 
-    /// <summary>True while the background compactor thread runs.</summary>
+    /// <summary>For Dispose: signals every background thread ever started to stop, and joins each (none is the
+    /// calling thread: Dispose refuses from inside a compaction, and the thread runs nothing else). Afterwards no
+    /// thread can start until <see cref="ReopenDaemons"/>. Returns whether one was running.</summary>
+    private bool CloseDaemons()
+    {
+        List<Thread> threads;
+        bool running;
+        lock (_daemonLock)
+        {
+            _daemonsClosed = true;
+            running = _daemon != null;
+            _daemon = null;
+            _daemonStop = null;
+            foreach ((Thread _, ManualResetEventSlim stop) in _daemons) stop.Set();
+            threads = _daemons.ConvertAll(d => d.thread);
+            _daemons.Clear();
+        }
+        foreach (Thread t in threads)
+            if (t != Thread.CurrentThread) t.Join();
+        return running;
+    }
+
+    /// <summary>Undoes <see cref="CloseDaemons"/> for a Dispose that was refused, restarting the thread if one ran.</summary>
+    private void ReopenDaemons(bool wasRunning)
+    {
+        lock (_daemonLock) _daemonsClosed = false;
+        if (wasRunning) StartBackgroundCompaction();
+    }
+
+    /// <summary>True while the background compactor thread runs (false once the heap is disposed; never throws).</summary>
     public bool BackgroundCompactionRunning => Volatile.Read(ref _daemon) != null;
 
     /// <summary>Returns free memory to the OS so that resident memory falls: drains the per-thread caches, frees the
@@ -129,6 +162,8 @@ public sealed partial class NativeHeap
     public long ReleaseFreeMemory()
     {
         if (_disposed) ThrowHelper.Disposed();
-        return _reclaimer.ReleaseFreeMemory();
+        long bytes = _reclaimer.ReleaseFreeMemory();
+        GC.KeepAlive(this);   // the release worked on native memory the finalizer would free
+        return bytes;
     }
 }

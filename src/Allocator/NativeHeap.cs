@@ -85,10 +85,26 @@ public sealed unsafe partial class NativeHeap : IDisposable
     }
 
     /// <summary>The options this heap was created with (a copy; changing it has no effect).</summary>
-    public HeapOptions Options => _options.Clone();
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    public HeapOptions Options
+    {
+        get
+        {
+            if (_disposed) ThrowHelper.Disposed();
+            return _options.Clone();
+        }
+    }
 
     /// <summary>The largest size <see cref="Allocate"/> accepts: the size of the larger zone.</summary>
-    public long MaxBlockSize => _maxBlockSize;
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    public long MaxBlockSize
+    {
+        get
+        {
+            if (_disposed) ThrowHelper.Disposed();
+            return _maxBlockSize;
+        }
+    }
 
     // ------------------------------------------------------------------ allocate
 
@@ -130,7 +146,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             try
             {
                 addr = _caches.PopSlot(tc, kind, c);
-                index = addr != 0 ? _caches.PopEntry(tc) : 0;
+                index = addr != 0 ? PopEntryOrReturnSlot(tc, kind, c, addr) : 0;
                 if (index == 0 && addr != 0) { _caches.PushSlot(tc, kind, c, addr); addr = 0; }
                 if (addr != 0) { tc.LiveBytes += size; tc.LiveBlocks++; }
             }
@@ -142,7 +158,15 @@ public sealed unsafe partial class NativeHeap : IDisposable
         else
         {
             addr = _caches.AllocateSlotDirect(kind, c);
-            index = addr != 0 ? _caches.AllocateEntryDirect() : 0;
+            try
+            {
+                index = addr != 0 ? _caches.AllocateEntryDirect() : 0;
+            }
+            catch
+            {
+                _slabs[(int)kind].FreeSlots(c, [addr]);   // out of memory for a handle chunk: the slot goes back
+                throw;
+            }
             if (index == 0 && addr != 0) { _slabs[(int)kind].FreeSlots(c, [addr]); addr = 0; }
             if (addr != 0) _caches.AddLiveDirect(size, 1);
         }
@@ -152,12 +176,35 @@ public sealed unsafe partial class NativeHeap : IDisposable
         return true;
     }
 
+    /// <summary>An entry from the thread's cache; if getting one throws (no memory for a new handle chunk), the slot
+    /// already taken goes back first, so that its slab's RefCount stays true.</summary>
+    private uint PopEntryOrReturnSlot(ThreadCache tc, BlockKind kind, int c, nint addr)
+    {
+        try
+        {
+            return _caches.PopEntry(tc);
+        }
+        catch
+        {
+            _caches.PushSlot(tc, kind, c, addr);
+            throw;
+        }
+    }
+
     private bool TryAllocateRun(long size, BlockKind kind, out BlockHandle handle)
     {
         int pages = _map.PagesFor(size);
         uint index = _caches.AllocateEntryDirect();
         if (index == 0) { handle = default; return false; }
         int start = _pages.AllocateRun(pages, kind, index);
+        if (start < 0)
+        {
+            // Before compacting (or failing): slots parked in thread caches and the empty slabs each class keeps hold
+            // pages that no block uses (the kernel drains its per-CPU lists on the same path).
+            _caches.Drain();
+            _reclaimer.ReleaseEmptySlabs();
+            start = _pages.AllocateRun(pages, kind, index);
+        }
         if (start < 0 && kind == BlockKind.Movable && _compactor != null && _options.DirectCompaction)
             start = _compactor.DirectCompact(pages, index);
         if (start < 0)
@@ -305,10 +352,14 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if (_disposed) return;
         if (FrozenByThisThread.Any || (_compactor?.RunLock.IsHeldByCurrentThread ?? false))
             throw new InvalidOperationException("A heap cannot be disposed from inside one of its compactions (a movable owner's callback); return from the callback first.");
+        // The background threads stop first (a step's owner callback may still take a pin), then the pins are counted.
+        bool daemonWasRunning = CloseDaemons();
         int pins = CountPins();
         if (pins > 0)
+        {
+            ReopenDaemons(daemonWasRunning);
             throw new InvalidOperationException($"{pins} pin(s) are still held on blocks of this heap; release them before disposing it.");
-        StopDaemon();
+        }
         _disposed = true;
         _caches.Close();
         ReleaseNative();
@@ -321,7 +372,9 @@ public sealed unsafe partial class NativeHeap : IDisposable
     ~NativeHeap()
     {
         if (_disposed || CountPins() != 0) return;
+        // Unreachable: no background step runs (a step holds the heap), and its threads find the heap gone.
         _daemonStop?.Set();
+        _caches?.Close();
         ReleaseNative();
     }
 

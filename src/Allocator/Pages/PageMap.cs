@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using System.Numerics;
 using System.Runtime.InteropServices;
 using Compaction.Allocator.Layout;
+using Compaction.Allocator.Os;
 
 namespace Compaction.Allocator.Pages;
 
@@ -39,10 +40,10 @@ internal sealed unsafe class PageMap : IDisposable
         MaxOrder = PageblockOrder + 1;
         PageCount = pageCount;
         PageblockCount = pageCount / pageblockPages;
-        // Zeroed lazily: a large calloc is fresh mmap'd memory, so untouched descriptors cost no page fault.
-        // All-zero is a valid descriptor (a FreeTail page); the zones write descriptors only below their frontiers, so
-        // the resident part of the array follows the pages the heap has used (native-layout.md, section 2).
-        Pages = (PageDescriptor*)NativeMemory.AllocZeroed((nuint)pageCount, (nuint)sizeof(PageDescriptor));
+        // Zeroed lazily and never charged up front (MetadataMemory): untouched descriptors cost no page fault and no
+        // commit. All-zero is a valid descriptor (a FreeTail page); the zones write descriptors only below their
+        // frontiers, so the resident part of the array follows the pages the heap has used (native-layout.md, 2).
+        Pages = (PageDescriptor*)MetadataMemory.AllocateZeroed(DescriptorArrayBytes);
         int words = (PageblockCount + PageblockBits.PageblocksPerWord - 1) / PageblockBits.PageblocksPerWord;
         try
         {
@@ -54,6 +55,8 @@ internal sealed unsafe class PageMap : IDisposable
             throw;
         }
     }
+
+    private nuint DescriptorArrayBytes => (nuint)PageCount * (nuint)sizeof(PageDescriptor);
 
     /// <summary>Bytes of the pageblock bitmap (4 bits per pageblock of the whole arena: 256 KiB per TiB reserved).
     /// The descriptor array's bytes in use depend on the zones' frontiers (<see cref="PageAllocator.MetadataBytes"/>).</summary>
@@ -107,7 +110,7 @@ internal sealed unsafe class PageMap : IDisposable
 
     public void Dispose()
     {
-        if (Pages != null) { NativeMemory.Free(Pages); Pages = null; }
+        if (Pages != null) { MetadataMemory.Free(Pages, DescriptorArrayBytes); Pages = null; }
         if (_pageblockBits != null) { NativeMemory.Free(_pageblockBits); _pageblockBits = null; }
     }
 }
