@@ -201,9 +201,10 @@ public sealed unsafe partial class NativeHeap : IDisposable
         {
             // Before compacting (or failing): slots parked in thread caches and the empty slabs each class keeps hold
             // pages that no block uses (the kernel drains its per-CPU lists on the same path).
-            _caches.Drain();
-            _reclaimer.ReleaseEmptySlabs();
-            start = _pages.AllocateRun(pages, kind, index);
+            // Retried only when that freed something: a refused commit is not retried here.
+            bool cached = _caches.CachedSlots() > 0;
+            if (cached) _caches.Drain();
+            if (_reclaimer.ReleaseEmptySlabs() > 0 || cached) start = _pages.AllocateRun(pages, kind, index);
         }
         if (start < 0 && kind == BlockKind.Movable && _compactor != null && _options.DirectCompaction)
             start = _compactor.DirectCompact(pages, index);

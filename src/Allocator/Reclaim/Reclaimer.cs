@@ -100,14 +100,19 @@ internal sealed class Reclaimer
         return bytes;
     }
 
-    /// <summary>Frees the empty slabs each class keeps for reuse. Takes each class lock in turn.</summary>
-    public void ReleaseEmptySlabs()
+    /// <summary>Frees the empty slabs each class keeps for reuse. Takes each class lock in turn. Returns how many.</summary>
+    public int ReleaseEmptySlabs()
     {
+        int released = 0;
         foreach (SlabAllocator slabs in _slabs)
             foreach (SlabClass cls in slabs.Class)
                 lock (cls.Lock)
                     while (cls.GroupHeads[SlabAllocator.EmptyGroup] >= 0)
+                    {
                         slabs.ReleaseSlabLocked(cls, cls.GroupHeads[SlabAllocator.EmptyGroup]);
+                        released++;
+                    }
+        return released;
     }
 
     /// <summary>Decommits every committed, wholly free pageblock of <paramref name="z"/>. Takes the zone lock.
