@@ -145,9 +145,11 @@ public sealed unsafe partial class NativeHeap : IDisposable
             // InUse set, or the next drain would wait for ever.
             try
             {
-                addr = _caches.PopSlot(tc, kind, c);
-                index = addr != 0 ? PopEntryOrReturnSlot(tc, kind, c, addr) : 0;
-                if (index == 0 && addr != 0) { _caches.PushSlot(tc, kind, c, addr); addr = 0; }
+                // The entry first: its refill is what can throw (no memory for a new handle chunk), and then no slot
+                // is held yet; an entry left over when no slot comes goes back on the stack.
+                index = _caches.PopEntry(tc);
+                addr = index != 0 ? _caches.PopSlot(tc, kind, c) : 0;
+                if (addr == 0 && index != 0) _caches.PushEntry(tc, index);
                 if (addr != 0) { tc.LiveBytes += size; tc.LiveBlocks++; }
             }
             finally
@@ -157,38 +159,15 @@ public sealed unsafe partial class NativeHeap : IDisposable
         }
         else
         {
-            addr = _caches.AllocateSlotDirect(kind, c);
-            try
-            {
-                index = addr != 0 ? _caches.AllocateEntryDirect() : 0;
-            }
-            catch
-            {
-                _slabs[(int)kind].FreeSlots(c, [addr]);   // out of memory for a handle chunk: the slot goes back
-                throw;
-            }
-            if (index == 0 && addr != 0) { _slabs[(int)kind].FreeSlots(c, [addr]); addr = 0; }
+            index = _caches.AllocateEntryDirect();
+            addr = index != 0 ? _caches.AllocateSlotDirect(kind, c) : 0;
+            if (addr == 0 && index != 0) _caches.ReleaseEntryDirect(index);
             if (addr != 0) _caches.AddLiveDirect(size, 1);
         }
         if (addr == 0) { handle = default; return false; }
         *_slabs[(int)kind].ReverseMapWord(addr, c) = (int)index;
         handle = Publish(index, addr, size, kind, run: false);
         return true;
-    }
-
-    /// <summary>An entry from the thread's cache; if getting one throws (no memory for a new handle chunk), the slot
-    /// already taken goes back first, so that its slab's RefCount stays true.</summary>
-    private uint PopEntryOrReturnSlot(ThreadCache tc, BlockKind kind, int c, nint addr)
-    {
-        try
-        {
-            return _caches.PopEntry(tc);
-        }
-        catch
-        {
-            _caches.PushSlot(tc, kind, c, addr);
-            throw;
-        }
     }
 
     private bool TryAllocateRun(long size, BlockKind kind, out BlockHandle handle)
