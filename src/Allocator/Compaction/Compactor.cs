@@ -65,8 +65,6 @@ internal sealed unsafe partial class Compactor
         _deferral = new CompactionDeferral(_map.MaxOrder);
     }
 
-    /// <summary>For tests: the deferral state (considered, defer shift, order failed).</summary>
-    public (int considered, int shift, int orderFailed) Deferral => _deferral.State;
 
     // ------------------------------------------------------------------ triggers
 

@@ -43,7 +43,7 @@ internal enum PageblockMemory : byte
 /// lock held, for pageblocks of that zone only, so two calls never race on one pageblock. The counters are updated
 /// with interlocked adds because two zones may commit at the same time.
 /// </remarks>
-internal sealed unsafe class ArenaMemory : IDisposable
+internal sealed unsafe partial class ArenaMemory : IDisposable
 {
     private readonly bool _linux;
     private readonly nuint _reservedBytes;
@@ -55,12 +55,6 @@ internal sealed unsafe class ArenaMemory : IDisposable
     private long _purgedBytes;
     private long _commitFailures;
     private long _decommitFailures;
-
-    /// <summary>For tests: when set, the next commit fails as if the OS refused it.</summary>
-    internal volatile bool FailNextCommit;
-
-    /// <summary>For tests: when set, the next decommit or purge fails as if the OS refused it.</summary>
-    internal volatile bool FailNextDecommit;
 
     public ArenaMemory(nuint reservedBytes, nuint pageblockBytes, bool hugePages, bool forcePortable)
     {
