@@ -20,7 +20,10 @@ public sealed class HeapOptions
 
     /// <summary>Share of the arena, in percent, given to the movable zone (like the kernel's movablecore).
     /// The rest is the normal zone, which holds unmovable blocks: at 100 there is no normal zone and every unmovable
-    /// allocation fails with OutOfMemoryException. From 0 to 100; default 75.</summary>
+    /// allocation fails with OutOfMemoryException. From 0 to 100; default 75. Zones are whole max-order blocks (two
+    /// pageblocks): below 100 the normal zone always gets at least one, above 0 the movable zone gets one when the
+    /// arena has two or more, so a minimal arena (one max-order block) is all normal zone, where movable blocks fall
+    /// back.</summary>
     public int MovableZonePercent { get; set; } = 75;
 
     /// <summary>Blocks up to this many bytes (rounded up to a multiple of 16, the size classes' step) live in
