@@ -14,15 +14,12 @@ namespace Compaction.Allocator;
 public sealed unsafe partial class NativeHeap
 {
     internal PageMap Map => _map;
-    internal PageAllocator Pages => _pages;
     internal Zone? NormalZone => _pages.Normal;
-    internal Zone? MovableZone => _pages.Movable;
     internal SizeClasses Classes => _classes;
     internal SlabAllocator[] Slabs => _slabs;
     internal HandleTable Handles => _handles;
     internal ArenaMemory Memory => _memory;
     internal Compactor? Compactor => _compactor;
-    internal Migrator Migrator => _migrator;
 
     /// <summary>The whole-heap validator; the heap must be quiescent. Empty when consistent.</summary>
     internal List<string> Validate() => HeapValidator.Validate(_pages, _slabs, _handles, _caches);
@@ -41,8 +38,6 @@ public sealed unsafe partial class NativeHeap
         return _migrator.MigrateEntry(HandleBits.Index(handle.Value));
     }
 
-    /// <summary>Migrates the live movable block of entry <paramref name="index"/>.</summary>
-    internal MigrateResult MigrateEntry(uint index) => _migrator.MigrateEntry(index);
 
     /// <summary>
     /// Gives the live block <paramref name="handle"/> names the generation <paramref name="generation"/>, as if its

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Compaction.Allocator.Layout;
+using Compaction.Allocator.Os;
 
 namespace Compaction.Allocator.Handles;
 
@@ -40,10 +41,10 @@ internal static unsafe class HandleStore
     public const int EntryBytes = 32;
     public const long ChunkBytes = (long)ChunkEntries * EntryBytes;
 
-    // The directory, MaxChunks slots of 16 bytes (4 MiB of address space), allocated zeroed once: a large calloc is
-    // fresh mmap'd memory, so the OS backs a page of it only when a slot on it is first written (256 chunks a page).
+    // The directory, MaxChunks slots of 16 bytes (4 MiB of address space), mapped zeroed once and never charged up
+    // front (MetadataMemory): the OS backs a page of it only when a slot on it is first written (256 chunks a page).
     // A fixed directory needs no growth, hence no reallocation a lock-free reader could race with.
-    private static readonly HandleChunk* s_directory = (HandleChunk*)NativeMemory.AllocZeroed(MaxChunks, (nuint)sizeof(HandleChunk));
+    private static readonly HandleChunk* s_directory = (HandleChunk*)MetadataMemory.AllocateZeroed((nuint)MaxChunks * (nuint)sizeof(HandleChunk));
 
     private static readonly Lock s_lock = new();
     private static readonly Stack<int> s_freeChunks = new();   // chunks no heap owns, most recently given back on top
@@ -53,9 +54,6 @@ internal static unsafe class HandleStore
 
     /// <summary>Entries made so far (all chunks, owned or not). An index at or above it was never issued: Forged.</summary>
     public static uint Count => (uint)Volatile.Read(ref s_chunkCount) << ChunkShift;
-
-    /// <summary>Chunks no heap owns at the moment (racy; for tests).</summary>
-    public static int FreeChunks { get { lock (s_lock) return s_freeChunks.Count; } }
 
     /// <summary>Entries retired by all heaps together since the process started.</summary>
     public static long RetiredEntries => Volatile.Read(ref s_retired);
@@ -91,7 +89,6 @@ internal static unsafe class HandleStore
     /// <see cref="MaxEntries"/> entries and no chunk is free.
     /// </summary>
     /// <exception cref="OutOfMemoryException">No native memory for a new chunk.</exception>
-    /// <exception cref="PlatformNotSupportedException">The new chunk lies above 2^48 (see <see cref="PinSlot"/>).</exception>
     public static int TakeChunk(long owner)
     {
         Debug.Assert(owner != 0);

@@ -53,10 +53,7 @@ internal sealed unsafe class HandleTable : IDisposable
     /// name entries by address). Lock-free: reads a consistent copy of the chunk list.</summary>
     public bool Owns(nint entry)
     {
-        // Count first, then the list: a chunk is in the list before the count covers it (release/acquire).
-        int n = Volatile.Read(ref _chunkCount);
-        int[] chunks = Volatile.Read(ref _chunks);
-        n = Math.Min(n, chunks.Length);
+        (int[] chunks, int n) = OwnedChunks();
         for (int i = 0; i < n; i++)
         {
             nint first = (nint)HandleStore.Get((uint)chunks[i] << HandleStore.ChunkShift);
@@ -69,15 +66,22 @@ internal sealed unsafe class HandleTable : IDisposable
     /// count; the caller keeps the heap quiescent or tolerates a racy snapshot.</summary>
     public IEnumerable<uint> Indices()
     {
-        // Count first, then the list: a chunk is in the list before the count covers it (release/acquire).
-        int n = Volatile.Read(ref _chunkCount);
-        int[] chunks = Volatile.Read(ref _chunks);
-        n = Math.Min(n, chunks.Length);
+        (int[] chunks, int n) = OwnedChunks();
         for (int i = 0; i < n; i++)
         {
             uint first = (uint)chunks[i] << HandleStore.ChunkShift;
             for (uint index = Math.Max(first, 1); index < first + ChunkEntries; index++) yield return index;
         }
+    }
+
+    /// <summary>The chunks this heap owns: the first <c>n</c> of the array. Lock-free: the count is read first, then
+    /// the list; a chunk is stored in the list (and a grown list published) before the count covers it (release /
+    /// acquire), so every chunk counted is in the array read.</summary>
+    private (int[] chunks, int n) OwnedChunks()
+    {
+        int n = Volatile.Read(ref _chunkCount);
+        int[] chunks = Volatile.Read(ref _chunks);
+        return (chunks, Math.Min(n, chunks.Length));
     }
 
     /// <summary>Pops up to <paramref name="dst"/>.Length free entries, taking chunks from the store as needed. Takes

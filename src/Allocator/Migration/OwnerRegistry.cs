@@ -77,9 +77,6 @@ internal sealed unsafe class OwnerRegistry
     public bool IsStillOwner(uint index, long state, IMovableBlockOwner owner) =>
         _owners.TryGetValue(Key(index, state), out IMovableBlockOwner? now) && now == owner;
 
-    /// <summary>Registered owners (for statistics and tests).</summary>
-    public int Count => _owners.Count;
-
     /// <summary>Asks block <paramref name="i"/>'s owner to isolate it, remembering which owner answered: the same
     /// instance gets the migrate and putback calls (a re-own meanwhile voids the attempt at the freeze). Returns false
     /// when the owner refused or threw (Result says which) or when no owner is registered any more (Busy).</summary>

@@ -30,6 +30,7 @@ internal sealed class Reclaimer
     private readonly SlabAllocator[] _slabs;
     private readonly ThreadCaches _caches;
     private readonly CompactionStatistics _counters;
+    private readonly long _pageblockBytes;
     private readonly Lock _trimLock = new();
     private readonly Dictionary<int, long> _freeSince = [];   // committed pageblock -> when it was first seen wholly free
 
@@ -41,6 +42,7 @@ internal sealed class Reclaimer
         _slabs = slabs;
         _caches = caches;
         _counters = counters;
+        _pageblockBytes = (long)pages.Map.PageblockPages << pages.Map.PageShift;
     }
 
     /// <summary>
@@ -55,7 +57,6 @@ internal sealed class Reclaimer
         try
         {
             long delay = _options.DecommitDelay.Ticks, bytes = 0, nowTicks = Math.Max(1, now.Ticks);
-            long pageblockBytes = (long)_pages.Map.PageblockPages << _pages.Map.PageShift;
             foreach (Zone z in _pages.Zones)
             {
                 lock (z.Lock)
@@ -68,7 +69,7 @@ internal sealed class Reclaimer
                         if (!_freeSince.TryGetValue(pb, out long since)) { _freeSince[pb] = nowTicks; since = nowTicks; }
                         if (nowTicks - since < delay) continue;
                         _freeSince.Remove(pb);
-                        if (DecommitLocked(z, pb)) bytes += pageblockBytes;
+                        if (DecommitLocked(z, pb)) bytes += _pageblockBytes;
                     }
                 }
             }
@@ -119,12 +120,12 @@ internal sealed class Reclaimer
     /// Returns the bytes decommitted.</summary>
     private long DecommitFreePageblocks(Zone z)
     {
-        long bytes = 0, pageblockBytes = (long)_pages.Map.PageblockPages << _pages.Map.PageShift;
+        long bytes = 0;
         lock (z.Lock)
         {
             (int first, int end) = z.UsedPageblocks;   // above the frontier nothing was ever committed
             for (int pb = first; pb < end; pb++)
-                if (_memory.IsCommitted(pb) && z.IsPageblockFreeLocked(pb) && DecommitLocked(z, pb)) bytes += pageblockBytes;
+                if (_memory.IsCommitted(pb) && z.IsPageblockFreeLocked(pb) && DecommitLocked(z, pb)) bytes += _pageblockBytes;
         }
         return bytes;
     }
