@@ -34,11 +34,11 @@ public sealed class HandleTableTests
         unsafe
         {
             HandleEntry* firstEntry = table.Get(one[0]);
-            firstEntry->Size = 12345;
+            firstEntry->Address = 12345;   // a popped entry is ours: its Address is free to bind
             var many = new uint[3 * HandleTable.ChunkEntries];
             Assert.Equal(many.Length, table.Pop(many));
             Assert.True(table.Get(one[0]) == firstEntry);
-            Assert.Equal(12345, firstEntry->Size);
+            Assert.Equal(12345, firstEntry->Address);
             Assert.True(table.Owns((nint)table.Get(many[^1])));
             Assert.True(table.Owns(many[^1]));
             using var other = new HandleTable();
@@ -46,10 +46,10 @@ public sealed class HandleTableTests
             Assert.False(table.Owns((nint)other.Get(one[0])));
             Assert.False(table.Owns(one[0]));
             Assert.NotEqual(table.Owner, other.Owner);
-            // 32-byte entries, whole chunks: at least 4 (more only if a recycled chunk held retired entries).
+            // 16-byte entries, whole chunks: at least 4 (more only if a recycled chunk held retired entries).
             int chunks = many.Select(i => i >> 12).Distinct().Count();
             Assert.True(chunks >= 4, $"{chunks} chunks");
-            Assert.Equal((long)chunks * HandleTable.ChunkEntries * 32, table.MetadataBytes);
+            Assert.Equal((long)chunks * HandleTable.ChunkEntries * 16, table.MetadataBytes);
         }
     }
 

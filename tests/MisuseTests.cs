@@ -342,6 +342,7 @@ public sealed class MisuseTests(ITestOutputHelper output)
             [nameof(NativeHeap.GetStatistics)] = () => heap.GetStatistics(),
             [nameof(NativeHeap.Options)] = () => _ = heap.Options,
             [nameof(NativeHeap.MaxBlockSize)] = () => _ = heap.MaxBlockSize,
+            [nameof(NativeHeap.GetThreadContext)] = () => heap.GetThreadContext(),
         };
         // Every other public method (added since this list was written) is called through reflection with plain
         // arguments: this heap's handle, 100, BlockKind.Movable, TimeSpan.Zero, null for objects.

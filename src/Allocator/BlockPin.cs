@@ -13,13 +13,13 @@ public sealed unsafe class BlockPin : IDisposable
     private readonly byte* _pointer;
     private int _released;
 
-    internal BlockPin(NativeHeap heap, BlockHandle handle, HandleEntry* entry)
+    internal BlockPin(NativeHeap heap, BlockHandle handle, HandleEntry* entry, long length)
     {
         _heap = heap;
         _entry = entry;
         Handle = handle;
         _pointer = (byte*)entry->Address;
-        Length = entry->Size;
+        Length = length;
     }
 
     /// <summary>The pinned block.</summary>

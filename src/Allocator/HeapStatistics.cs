@@ -36,8 +36,10 @@ public sealed class HeapStatistics
     public long BlocksMigrated { get; internal init; }
     /// <summary>Bytes copied by migrations.</summary>
     public long BytesMigrated { get; internal init; }
-    /// <summary>Slots held in per-thread caches.</summary>
+    /// <summary>Free slab slots held in per-thread caches and the depot for reuse.</summary>
     public long CachedSlots { get; internal init; }
+    /// <summary>Free page runs (up to 1 MiB) held in per-thread caches and the depot for reuse.</summary>
+    public long CachedRuns { get; internal init; }
     /// <summary>Compaction counters since the heap was created, by the kernel's names.</summary>
     public CompactionStatistics Compaction { get; internal init; } = new();
     /// <summary>The background compactor's score: extfrag at pageblock order of the movable zone, in percent.</summary>

@@ -29,10 +29,9 @@ public sealed unsafe partial class NativeHeap
 
     /// <summary>
     /// The entry of the handle's index when its chunk belongs to this heap, else null (index 0 included).
-    /// Cost: four loads with <see cref="_disposed"/> — this heap's id, and the directory slot's owner and chunk
-    /// address, which share a cache line (the directory's address is a JIT-time constant). The per-heap table this
-    /// replaced loaded seven (tag, table, count, chunk array, its length, chunk pointer).
-    /// Lock-free: the slot's owner is read with acquire, and the chunk address was written before any owner was
+    /// Cost: one compare for the range, one load of the chunk's owner word (compared with this heap's id), one add
+    /// for the entry's address in the flat table.
+    /// Lock-free: the owner word is read with acquire, and a chunk is committed and initialised before any owner is
     /// published (<see cref="HandleStore"/>); a chunk of this heap stays this heap's until Dispose, which does not
     /// race with other calls.
     /// </summary>
@@ -40,10 +39,9 @@ public sealed unsafe partial class NativeHeap
     private HandleEntry* TryLocate(BlockHandle handle)
     {
         uint index = HandleBits.Index(handle.Value);
-        if (index - 1 >= HandleStore.MaxEntries - 1) return null;   // index 0 or beyond the directory: one compare
-        ref HandleChunk chunk = ref HandleStore.ChunkOf(index);
-        if (Volatile.Read(ref chunk.Owner) != _id) return null;
-        return (HandleEntry*)chunk.Entries + (index & HandleStore.ChunkMask);
+        if (index - 1 >= HandleStore.MaxEntries - 1) return null;   // index 0 or beyond the table: one compare
+        if (Volatile.Read(ref HandleStore.OwnerWord(index)) != _id) return null;
+        return HandleStore.Base + index;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

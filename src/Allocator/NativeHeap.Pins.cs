@@ -19,32 +19,41 @@ public sealed unsafe partial class NativeHeap
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public PinScope Pin(BlockHandle handle)
+    public PinScope Pin(BlockHandle handle) => PinCore(handle, Locate(handle), PinRegistry.Current);
+
+    /// <summary>The slot pin with the entry located and the thread's pin records in hand (inlined into the heap's
+    /// <see cref="Pin(BlockHandle)"/> and <see cref="HeapContext.Pin(BlockHandle)"/>): take a free slot, publish the entry in it, load the
+    /// state word (native-layout.md, "Fast paths").</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal PinScope PinCore(BlockHandle handle, HandleEntry* e, ThreadPins pins)
     {
-        HandleEntry* e = Locate(handle);
-        nint* slot = PinRegistry.FreeSlot();
+        nint* slot = PinRegistry.FreeSlot(pins);
         // Dekker with the migrator: store our slot, then load the state. The migrator stores Frozen, issues a
         // process-wide barrier, then loads the slots. One of us sees the other (native-layout.md, "Pins").
         long sequence = PinRegistry.Publish(slot, e);
         long s = Volatile.Read(ref e->State);
-        if ((s & EntryState.Frozen) != 0 || !HandleChecks.IsLive(handle, s))
-        {
-            Volatile.Write(ref *slot, 0);
-            return PinSlow(handle, e);
-        }
-        return new PinScope(this, slot, sequence, (byte*)e->Address, e->Size);
+        if ((s & (EntryState.Frozen | EntryState.Run)) != 0 || !HandleChecks.IsLive(handle, s))
+            return PinSlow(handle, e, pins, slot, sequence, s);
+        return new PinScope(this, slot, sequence, (byte*)e->Address, EntryState.SlabSize(s));
     }
 
-    /// <summary>The block was frozen by a migration (wait for the copy and retry) or is not live (throw).</summary>
+    /// <summary>A run (pinned: its page count is read now that it cannot move), or a block frozen by a migration
+    /// (unpin, wait for the copy and retry), or one not live (unpin and throw).</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private PinScope PinSlow(BlockHandle handle, HandleEntry* e)
+    private PinScope PinSlow(BlockHandle handle, HandleEntry* e, ThreadPins pins, nint* slot, long sequence, long s)
     {
+        if ((s & EntryState.Frozen) == 0 && HandleChecks.IsLive(handle, s))
+        {
+            nint address = e->Address;
+            return new PinScope(this, slot, sequence, (byte*)address, _map.RunSize(address, s));
+        }
+        Volatile.Write(ref *slot, 0);
         SpinWait spin = default;
         while (true)
         {
-            long s = Volatile.Read(ref e->State);
+            s = Volatile.Read(ref e->State);
             HandleChecks.CheckLive(handle, s);
-            if ((s & EntryState.Frozen) == 0) return Pin(handle);
+            if ((s & EntryState.Frozen) == 0) return PinCore(handle, e, pins);
             FrozenByThisThread.ThrowIfFrozenHere(e);
             spin.SpinOnce();
         }
@@ -60,8 +69,8 @@ public sealed unsafe partial class NativeHeap
     public BlockPin AcquirePin(BlockHandle handle)
     {
         HandleEntry* e = Locate(handle);
-        AtomicPins.Acquire(handle, e, _map);
-        return new BlockPin(this, handle, e);
+        long s = AtomicPins.Acquire(handle, e, _map);
+        return new BlockPin(this, handle, e, _map.BlockSize(e->Address, s));   // pinned: the address and size are stable
     }
 
     /// <summary>Drops one atomic pin of a <see cref="BlockPin"/>.</summary>

@@ -57,6 +57,7 @@ public sealed unsafe partial class NativeHeap
             BlocksMigrated = _migrator.BlocksMigrated,
             BytesMigrated = _migrator.BytesMigrated,
             CachedSlots = _caches.CachedSlots(),
+            CachedRuns = _caches.CachedRuns(),
             Compaction = _compactor?.Counters.Snapshot() ?? new CompactionStatistics(),
             FragmentationScore = _compactor?.Score() ?? 0,
             Zones = zones,

@@ -45,6 +45,9 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private readonly Compactor? _compactor;        // null when the heap has no movable zone
     private readonly Reclaimer _reclaimer;
     private readonly long _maxBlockSize;
+    private readonly long _smallLimit;                 // _classes.Threshold: the largest slab block
+    private readonly int _classCount;                  // _classes.Count: bins of one kind
+    private readonly CacheBins _bins;                  // _caches.Layout
     private volatile bool _disposed;
 
     /// <summary>Creates a heap. Reserves <see cref="HeapOptions.ArenaBytes"/> of address space; commits nothing yet.</summary>
@@ -69,7 +72,10 @@ public sealed unsafe partial class NativeHeap : IDisposable
 
             _classes = new SizeClasses(_options.SlabThreshold, pageSize);
             _slabs = [new SlabAllocator(_pages, BlockKind.Movable, _classes), new SlabAllocator(_pages, BlockKind.Unmovable, _classes)];
-            _caches = new ThreadCaches(_slabs, _handles, _classes, _options.PerThreadCaches);
+            _smallLimit = _classes.Threshold;
+            _classCount = _classes.Count;
+            _caches = new ThreadCaches(_slabs, _pages, _handles, _classes, _options.PerThreadCaches, DepotRunBytes(arenaBytes));
+            _bins = _caches.Layout;
             _migrator = new Migrator(_handles, _pages, _slabs[(int)BlockKind.Movable], new OwnerRegistry(HandleOf));
             if (_pages.Movable != null)
                 _compactor = new Compactor(_options, _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches);
@@ -106,6 +112,25 @@ public sealed unsafe partial class NativeHeap : IDisposable
         }
     }
 
+    /// <summary>
+    /// A <see cref="HeapContext"/> for the calling thread: allocate, free and pin through it skip the thread-local
+    /// lookup of the heap's own methods. Cheap (the thread's cache is made on its first use of the heap); obtain one
+    /// per thread or per request and keep it on the stack.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    public HeapContext GetThreadContext()
+    {
+        ThrowIfDisposed();
+        ThreadCache? tc = _caches.Current();
+        return new HeapContext(this, tc, tc != null ? tc.Pins : PinRegistry.Current);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void ThrowIfDisposed()
+    {
+        if (_disposed) ThrowHelper.Disposed();
+    }
+
     // ------------------------------------------------------------------ allocate
 
     /// <summary>Allocates a block of <paramref name="size"/> bytes. Its contents are unspecified.</summary>
@@ -117,7 +142,8 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public BlockHandle Allocate(long size, BlockKind kind = BlockKind.Movable)
     {
-        if (!TryAllocate(size, kind, out BlockHandle handle)) ThrowHelper.OutOfMemory(size, kind);
+        if (_disposed) ThrowHelper.Disposed();
+        if (!TryAllocateCore(size, kind, _caches.Current(), out BlockHandle handle)) ThrowHelper.OutOfMemory(size, kind);
         return handle;
     }
 
@@ -127,61 +153,94 @@ public sealed unsafe partial class NativeHeap : IDisposable
     public bool TryAllocate(long size, BlockKind kind, out BlockHandle handle)
     {
         if (_disposed) ThrowHelper.Disposed();
-        if ((ulong)(size - 1) >= (ulong)_maxBlockSize) ThrowHelper.BadSize(size);
-        if ((uint)kind > (uint)BlockKind.Unmovable) throw new ArgumentOutOfRangeException(nameof(kind));
-        return size <= _classes.Threshold ? TryAllocateSmall(size, kind, out handle) : TryAllocateRun(size, kind, out handle);
+        return TryAllocateCore(size, kind, _caches.Current(), out handle);
     }
 
-    private bool TryAllocateSmall(long size, BlockKind kind, out BlockHandle handle)
+    /// <summary>
+    /// Allocation with the thread's cache already in hand (the heap's methods look it up; a <see cref="HeapContext"/>
+    /// holds it). The small-block fast path, inlined into both callers whatever the JIT's profile says: check the
+    /// request, enter the cache, pop a bound entry of the size class, publish it (native-layout.md, "Fast paths").
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool TryAllocateCore(long size, BlockKind kind, ThreadCache? tc, out BlockHandle handle)
     {
-        int c = _classes.ClassOf(size);
-        ThreadCache? tc = _caches.Current();
-        nint addr;
-        uint index;
-        if (tc != null && _caches.Enter(tc))
+        if ((ulong)(size - 1) >= (ulong)_maxBlockSize) ThrowHelper.BadSize(size);
+        if ((uint)kind > (uint)BlockKind.Unmovable) ThrowHelper.BadKind(kind);
+        if (size <= _smallLimit && tc != null && _caches.Enter(tc))
         {
-            // Fast path, no lock: a slot and an entry from this thread's stacks (about a dozen loads and stores).
-            // Exit in a finally: a refill that throws (out of native memory for a handle chunk) must not leave
-            // InUse set, or the next drain would wait for ever.
-            try
+            uint index = _caches.PopSlot(tc, (int)kind * _classCount + _classes.ClassOf(size));
+            if (index != 0)
             {
-                // The entry first: its refill is what can throw (no memory for a new handle chunk), and then no slot
-                // is held yet; an entry left over when no slot comes goes back on the stack.
-                index = _caches.PopEntry(tc);
-                addr = index != 0 ? _caches.PopSlot(tc, kind, c) : 0;
-                if (addr == 0 && index != 0) _caches.PushEntry(tc, index);
-                if (addr != 0) { tc.LiveBytes += size; tc.LiveBlocks++; }
+                tc.LiveBytes += size;
+                tc.LiveBlocks++;
             }
-            finally
+            ThreadCaches.Exit(tc);
+            if (index != 0)
             {
-                ThreadCaches.Exit(tc);
+                handle = PublishBound(index, size, kind, run: false);
+                return true;
             }
+            handle = default;
+            return false;
         }
-        else
-        {
-            index = _caches.AllocateEntryDirect();
-            addr = index != 0 ? _caches.AllocateSlotDirect(kind, c) : 0;
-            if (addr == 0 && index != 0) _caches.ReleaseEntryDirect(index);
-            if (addr != 0) _caches.AddLiveDirect(size, 1);
-        }
-        if (addr == 0) { handle = default; return false; }
-        *_slabs[(int)kind].ReverseMapWord(addr, c) = (int)index;
-        handle = Publish(index, addr, size, kind, run: false);
+        return TryAllocateSlow(size, kind, tc, out handle);
+    }
+
+    /// <summary>Makes a bound free entry live: its Address already names its storage, so one release store of the
+    /// state word (generation, size bits, flags) publishes the block.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static BlockHandle PublishBound(uint index, long size, BlockKind kind, bool run)
+    {
+        HandleEntry* e = HandleStore.Base + index;
+        long state = e->State;   // free and ours: no other thread writes it now
+        Debug.Assert((state & (EntryState.Allocated | EntryState.Retired)) == 0, "only free, unretired entries are handed out");
+        uint generation = EntryState.Generation(state);
+        long flags = EntryState.Allocated | (kind == BlockKind.Movable ? EntryState.Movable : 0) | (run ? EntryState.Run : 0);
+        Volatile.Write(ref e->State, EntryState.WithGeneration(generation) | EntryState.WithSize(size) | flags);
+        return new BlockHandle(HandleBits.Encode(generation, index));
+    }
+
+    /// <summary>Allocation without the small fast path: a small block while caches are off (or absent), and every run.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool TryAllocateSlow(long size, BlockKind kind, ThreadCache? tc, out BlockHandle handle)
+    {
+        if (size > _smallLimit) return TryAllocateRun(size, kind, tc, out handle);
+        uint index = _caches.BindSlotDirect((int)kind * _classCount + _classes.ClassOf(size));
+        if (index == 0) { handle = default; return false; }
+        _caches.AddLiveDirect(size, 1);
+        handle = PublishBound(index, size, kind, run: false);
         return true;
     }
 
-    private bool TryAllocateRun(long size, BlockKind kind, out BlockHandle handle)
+    private bool TryAllocateRun(long size, BlockKind kind, ThreadCache? tc, out BlockHandle handle)
     {
         int pages = _map.PagesFor(size);
-        uint index = _caches.AllocateEntryDirect();
-        if (index == 0) { handle = default; return false; }
+        if (pages <= _bins.MaxRunPages && tc != null && _caches.Enter(tc))
+        {
+            // A bound free run of exactly this length from the thread's bin or the depot: no zone lock.
+            uint cached = _caches.PopRun(tc, _bins.RunBin(kind, pages));
+            if (cached != 0)
+            {
+                tc.LiveBytes += size;
+                tc.LiveBlocks++;
+            }
+            ThreadCaches.Exit(tc);
+            if (cached != 0)
+            {
+                handle = PublishBound(cached, size, kind, run: true);
+                return true;
+            }
+        }
+        Span<uint> one = stackalloc uint[1];
+        if (_handles.Pop(one) == 0) { handle = default; return false; }
+        uint index = one[0];
         int start = _pages.AllocateRun(pages, kind, index);
         if (start < 0)
         {
-            // Before compacting (or failing): slots parked in thread caches and the empty slabs each class keeps hold
-            // pages that no block uses (the kernel drains its per-CPU lists on the same path).
+            // Before compacting (or failing): storage parked in thread caches and the depot, and the empty slabs each
+            // class keeps, hold pages that no block uses (the kernel drains its per-CPU lists on the same path).
             // Retried only when that freed something: a refused commit is not retried here.
-            bool cached = _caches.CachedSlots() > 0;
+            bool cached = _caches.CachedSlots() + _caches.CachedRuns() > 0;
             if (cached) _caches.Drain();
             if (_reclaimer.ReleaseEmptySlabs() > 0 || cached) start = _pages.AllocateRun(pages, kind, index);
         }
@@ -189,27 +248,14 @@ public sealed unsafe partial class NativeHeap : IDisposable
             start = _compactor.DirectCompact(pages, index);
         if (start < 0)
         {
-            _caches.ReleaseEntryDirect(index);
+            _handles.Push(one);
             handle = default;
             return false;
         }
         _caches.AddLiveDirect(size, 1);
-        handle = Publish(index, _map.AddressOf(start), size, kind, run: true);
+        HandleStore.Get(index)->Address = _map.AddressOf(start);
+        handle = PublishBound(index, size, kind, run: true);
         return true;
-    }
-
-    /// <summary>Fills an entry and makes it live: the release store of the state word publishes address and size.</summary>
-    private BlockHandle Publish(uint index, nint addr, long size, BlockKind kind, bool run)
-    {
-        HandleEntry* e = _handles.Get(index);
-        Debug.Assert((e->State & (EntryState.Allocated | EntryState.Retired)) == 0, "only free, unretired entries are handed out");
-        uint generation = EntryState.Generation(e->State);
-        e->Address = addr;
-        e->Size = size;
-        long state = EntryState.WithGeneration(generation) | EntryState.Allocated
-            | (kind == BlockKind.Movable ? EntryState.Movable : 0) | (run ? EntryState.Run : 0);
-        Volatile.Write(ref e->State, state);
-        return new BlockHandle(HandleBits.Encode(generation, index));
     }
 
     // ------------------------------------------------------------------ free
@@ -224,56 +270,109 @@ public sealed unsafe partial class NativeHeap : IDisposable
     public void Free(BlockHandle handle)
     {
         HandleEntry* e = Locate(handle);
+        ThreadCache? tc = _caches.Current();
+        FreeCore(handle, e, tc, tc != null ? tc.Pins : PinRegistry.Current);
+    }
+
+    /// <summary>
+    /// The free with the entry located and the thread's cache and pins in hand. Fast path, inlined into both callers:
+    /// one load of the state word checks generation, pins, freeze, kind of storage and owner at once; the
+    /// pinned-by-this-thread check reads the thread's pin record; one CAS frees the entry (what makes a free racing a
+    /// migration safe); the bound entry goes back on the thread's stack (native-layout.md, "Fast paths").
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void FreeCore(BlockHandle handle, HandleEntry* e, ThreadCache? tc, ThreadPins pins)
+    {
+        long s = Volatile.Read(ref e->State);
+        long freed = EntryState.Freed(s);
+        if (HandleChecks.IsLive(handle, s)
+            && (s & (EntryState.PinMask | EntryState.Frozen | EntryState.Run | EntryState.HasOwner)) == 0
+            && (freed & EntryState.Retired) == 0
+            && tc != null
+            && !PinRegistry.IsPinnedBy(pins, e)
+            && Interlocked.CompareExchange(ref e->State, freed, s) == s)
+        {
+            // The entry is ours now: no migration can freeze it (its CAS expects Allocated) and no pin can succeed.
+            long size = EntryState.SlabSize(s);
+            int bin = ((s & EntryState.Movable) != 0 ? 0 : _classCount) + _classes.ClassOf(size);
+            if (_caches.Enter(tc))
+            {
+                _caches.PushSlot(tc, bin, HandleBits.Index(handle.Value));
+                tc.LiveBytes -= size;
+                tc.LiveBlocks--;
+                ThreadCaches.Exit(tc);
+            }
+            else
+            {
+                FreeUncached(bin, HandleBits.Index(handle.Value), size);
+            }
+            return;
+        }
+        FreeSlow(handle, e, tc, pins);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void FreeUncached(int bin, uint index, long size)
+    {
+        _caches.UnbindDirect(bin, index, retired: false);
+        _caches.AddLiveDirect(-size, -1);
+    }
+
+    /// <summary>Every other free: a bad or pinned handle (throws), a frozen block (waits for the copy), a retiring
+    /// entry, a run, an owned block, or no cache.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void FreeSlow(BlockHandle handle, HandleEntry* e, ThreadCache? tc, ThreadPins pins)
+    {
         long s, freed;
         SpinWait spin = default;
         while (true)
         {
             s = Volatile.Read(ref e->State);
             HandleChecks.CheckLive(handle, s);
-            if ((s & EntryState.PinMask) != 0 || PinRegistry.IsPinnedByCurrentThread(e)) ThrowHelper.Pinned(handle);
+            if ((s & EntryState.PinMask) != 0 || PinRegistry.IsPinnedBy(pins, e)) ThrowHelper.Pinned(handle);
             if ((s & EntryState.Frozen) != 0) { FrozenByThisThread.ThrowIfFrozenHere(e); spin.SpinOnce(); continue; } // a migration owns it for a copy's time
             // Generation + 1, or retirement when the generation would wrap (EntryState.Freed): a retired entry goes
             // back to no list, so it is never handed out again and its last handle stays stale for ever.
             freed = EntryState.Freed(s);
             if (Interlocked.CompareExchange(ref e->State, freed, s) == s) break;
         }
-        // The entry is ours now: no migration can freeze it (its CAS expects Allocated) and no pin can succeed.
-        nint addr = e->Address;
-        long size = e->Size;
-        BlockKind kind = (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
+        // The entry is ours now. Its Address still names its storage, which stays bound to it unless it retired.
         uint index = HandleBits.Index(handle.Value);
         bool retired = EntryState.IsRetired(freed);
+        BlockKind kind = (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
         if (retired) _handles.NoteRetired();
         if ((s & EntryState.HasOwner) != 0) _migrator.Owners.Forget(index, s);
+        long size;
+        int bin;
         if ((s & EntryState.Run) != 0)
         {
-            _pages.FreePages(_map.PageOf(addr), _map.PagesFor(size));
-            if (!retired) _caches.ReleaseEntryDirect(index);
-            _caches.AddLiveDirect(-size, -1);
-            return;
-        }
-        int c = _classes.ClassOf(size);
-        ThreadCache? tc = _caches.Current();
-        if (tc != null && _caches.Enter(tc))
-        {
-            try
+            int pages = _map.Page(_map.PageOf(e->Address)).RunPages;   // ours: the run cannot move or be freed now
+            size = ((long)(pages - 1) << _map.PageShift) + (EntryState.SizeLow(s) & (_map.PageSize - 1)) + 1;
+            if (pages > _bins.MaxRunPages)
             {
-                _caches.PushSlot(tc, kind, c, addr);
-                if (!retired) _caches.PushEntry(tc, index);
-                tc.LiveBytes -= size;
-                tc.LiveBlocks--;
+                _pages.FreePages(_map.PageOf(e->Address), pages);
+                if (!retired) _handles.Push([index]);
+                _caches.AddLiveDirect(-size, -1);
+                return;
             }
-            finally
-            {
-                ThreadCaches.Exit(tc);
-            }
+            bin = _bins.RunBin(kind, pages);
         }
         else
         {
-            _slabs[(int)kind].FreeSlots(c, [addr]);
-            if (!retired) _caches.ReleaseEntryDirect(index);
-            _caches.AddLiveDirect(-size, -1);
+            size = EntryState.SlabSize(s);
+            bin = _bins.SlabBin(kind, _classes.ClassOf(size));
         }
+        if (!retired && tc != null && _caches.Enter(tc))
+        {
+            if ((s & EntryState.Run) != 0) _caches.PushRun(tc, bin, index);
+            else _caches.PushSlot(tc, bin, index);
+            tc.LiveBytes -= size;
+            tc.LiveBlocks--;
+            ThreadCaches.Exit(tc);
+            return;
+        }
+        _caches.UnbindDirect(bin, index, retired);
+        _caches.AddLiveDirect(-size, -1);
     }
 
     // ------------------------------------------------------------------ queries
@@ -286,10 +385,12 @@ public sealed unsafe partial class NativeHeap : IDisposable
         HandleEntry* e = Locate(handle);
         long s = Volatile.Read(ref e->State);
         HandleChecks.CheckLive(handle, s);
-        long size = e->Size;
-        // Re-read: if the block was freed and the entry reused meanwhile, the size may be another block's.
-        HandleChecks.CheckLive(handle, Volatile.Read(ref e->State));
-        return size;
+        if ((s & EntryState.Run) == 0) return EntryState.SlabSize(s);
+        // A run's page count is in its head descriptor, which is only stable while the run cannot move: read it
+        // under a slot pin (or directly when this thread's owner callback holds the run frozen).
+        if ((s & EntryState.Frozen) != 0 && FrozenByThisThread.Holds(e)) return _map.RunSize(e->Address, s);
+        using PinScope pin = PinCore(handle, e, PinRegistry.Current);
+        return pin.Length;
     }
 
     /// <summary>The kind the block was allocated as.</summary>
@@ -367,6 +468,9 @@ public sealed unsafe partial class NativeHeap : IDisposable
         _map?.Dispose();
         _handles.Dispose();
     }
+
+    /// <summary>Bytes of free runs the depot keeps for reuse: a quarter of the arena, at most 64 MiB.</summary>
+    private static long DepotRunBytes(long arenaBytes) => Math.Min(64L << 20, arenaBytes / 4);
 
     private int CountPins()
     {

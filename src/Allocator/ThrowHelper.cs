@@ -16,6 +16,9 @@ internal static class ThrowHelper
         "A block's size must be at least 1 byte and at most the largest contiguous run the arena can hold.");
 
     [DoesNotReturn]
+    public static void BadKind(BlockKind kind) => throw new ArgumentOutOfRangeException(nameof(kind), kind, "The kind must be BlockKind.Movable or BlockKind.Unmovable.");
+
+    [DoesNotReturn]
     public static void OutOfMemory(long size, BlockKind kind) => throw new OutOfMemoryException(
         $"The arena cannot serve a {kind} block of {size} bytes.");
 

@@ -1,51 +1,43 @@
-using System.Runtime.CompilerServices;
-using Compaction.Allocator.Slabs;
+using Compaction.Allocator.Pins;
 
 namespace Compaction.Allocator.Caches;
 
 /// <summary>
-/// A thread's cache for one heap: stacks of free slots per (kind, size class), free handle entries, and the frees it
-/// batched (a freed slot goes back on its stack and reaches its slab only when the stack overflows). Like the kernel's
-/// per-CPU lists, slots in here count as used in their slab and so hold references that make slab consolidation fail;
-/// <see cref="ThreadCaches.Disable"/> switches every cache off and drains it.
+/// A thread's cache for one heap: per bin (kind and slab class, or kind and run page count), a stack of free handle
+/// entries already bound to storage — each entry's <c>Address</c> is its slot or run, and the slot's reverse-map word
+/// (or the run head's descriptor) names the entry — so an allocation pops one entry and publishes it, and a free
+/// pushes it back (native-layout.md, "Per-thread caches"). Like the kernel's per-CPU lists, storage in here counts as
+/// used in its slab or zone and so makes slab consolidation and run migration fail; <see cref="ThreadCaches.Disable"/>
+/// switches every cache off and drains it.
 /// </summary>
 /// <remarks>
 /// Ownership: only the owning thread pushes or pops, and only between setting <see cref="InUse"/> to 1 and back to 0
 /// after reading the heap's disable counter. A drainer raises that counter, issues a process-wide barrier, waits for
-/// InUse to be 0 and only then drains (native-layout.md, "Per-thread caches"). A dead thread's cache can be drained
-/// at any time.
+/// InUse to be 0 and only then drains. A dead thread's cache can be drained at any time.
+/// The stacks live in one managed array indexed without bounds checks (offsets and capacities are fixed at creation).
 /// </remarks>
 internal sealed class ThreadCache
 {
-    public const int EntryCapacity = 64;
-
     /// <summary>1 while the owner touches the cache; the Dekker flag of the drain protocol.</summary>
     public int InUse;
-    public readonly Thread Owner;
-    /// <summary>The heap's cache set this cache belongs to.</summary>
-    public readonly ThreadCaches Set;
-    public readonly nint[][] Slots;     // [kind * classes + class] -> stack
-    public readonly int[] SlotCount;
-    public readonly uint[] Entries = new uint[EntryCapacity];
-    public int EntryCount;
     /// <summary>Bytes and blocks allocated minus freed by this thread; written by the owner only, summed racily.</summary>
     public long LiveBytes;
     public long LiveBlocks;
+    /// <summary>Bytes of runs held in <see cref="Bins"/> (owner only; bounded by <see cref="ThreadCaches.ThreadRunBytes"/>).</summary>
+    public long RunBytes;
+    public readonly Thread Owner;
+    /// <summary>The heap's cache set this cache belongs to.</summary>
+    public readonly ThreadCaches Set;
+    /// <summary>The owner thread's pin records, so a free's pinned-by-this-thread check needs no thread-local read.</summary>
+    public readonly ThreadPins Pins;
+    public readonly CacheBin[] Bins;
+    public readonly uint[] Items;
 
-    public ThreadCache(ThreadCaches set, SizeClasses classes)
+    public ThreadCache(ThreadCaches set, CacheBins layout)
     {
         Set = set;
         Owner = Thread.CurrentThread;
-        int n = classes.Count * 2;
-        Slots = new nint[n][];
-        SlotCount = new int[n];
-        for (int i = 0; i < n; i++)
-        {
-            int size = classes.Size[i % classes.Count];
-            Slots[i] = new nint[Math.Clamp(32 * 1024 / size, 4, 64)];
-        }
+        Pins = PinRegistry.Current;
+        (Bins, Items) = CacheBins.Allocate(layout.ThreadCapacity);
     }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static int StackIndex(BlockKind kind, int c, int classes) => (int)kind * classes + c;
 }

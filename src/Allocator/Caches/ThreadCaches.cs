@@ -1,26 +1,31 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Compaction.Allocator.Handles;
+using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
 
 namespace Compaction.Allocator.Caches;
 
 /// <summary>
-/// The per-thread caches of one heap: lookup, the fast pops and pushes, refills and flushes, the live-byte counters
-/// and the disable/drain protocol (native-layout.md, "Per-thread caches").
+/// The per-thread caches of one heap and their depot: lookup, the fast pops and pushes of bound entries, refills and
+/// flushes, the live-byte counters and the disable/drain protocol (native-layout.md, "Per-thread caches").
 /// </summary>
 /// <remarks>
-/// Lock ordering: <see cref="_cachesLock"/> comes before the class locks and the handle-table lock, which a flush
-/// takes one at a time. The fast paths take no lock.
+/// Lock ordering: <see cref="_cachesLock"/> comes before the depot's bin locks, the class and zone locks and the
+/// handle-table lock, which a drain takes one at a time. The fast paths take no lock.
 /// </remarks>
 internal sealed unsafe class ThreadCaches
 {
+    /// <summary>Bytes of runs one thread cache holds, at most.</summary>
+    public const long ThreadRunBytes = 4L << 20;
+
     [ThreadStatic] private static ThreadCache? t_lastCache;
     [ThreadStatic] private static List<ThreadCache>? t_caches;
 
-    private readonly SlabAllocator[] _slabs;         // [BlockKind]
-    private readonly HandleTable _handles;
-    private readonly SizeClasses _classes;
+    private readonly CacheBins _layout;
+    private readonly StorageBinder _binder;
+    private readonly CacheDepot _depot;
     private readonly bool _cachesEnabled;
     private volatile bool _closed;                    // the heap was disposed: caches of it are dropped on sight
     private readonly Lock _cachesLock = new();       // guards _caches (copy on write) and serialises drains
@@ -29,18 +34,22 @@ internal sealed unsafe class ThreadCaches
     private long _liveBytesDirect;                    // live bytes/blocks changed outside any cache (interlocked)
     private long _liveBlocksDirect;
 
-    public ThreadCaches(SlabAllocator[] slabs, HandleTable handles, SizeClasses classes, bool enabled)
+    public ThreadCaches(SlabAllocator[] slabs, PageAllocator pages, HandleTable handles, SizeClasses classes, bool enabled, long depotRunBytes)
     {
-        _slabs = slabs;
-        _handles = handles;
-        _classes = classes;
+        _layout = new CacheBins(classes, pages.Map.PageShift);
+        _binder = new StorageBinder(slabs, pages, handles, _layout);
+        _depot = new CacheDepot(_layout, depotRunBytes);
         _cachesEnabled = enabled;
     }
+
+    /// <summary>How the caches are cut into bins.</summary>
+    public CacheBins Layout => _layout;
 
     /// <summary>Marks the set closed (the heap is being disposed): threads drop their caches of it on next lookup.</summary>
     public void Close() => _closed = true;
 
-    /// <summary>The calling thread's cache for this heap, or null when the heap runs without caches.</summary>
+    /// <summary>The calling thread's cache for this heap, or null when the heap runs without caches. One
+    /// thread-local read when the thread last used this heap.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ThreadCache? Current()
     {
@@ -56,7 +65,7 @@ internal sealed unsafe class ThreadCaches
         mine.RemoveAll(c => c.Set._closed);
         foreach (ThreadCache c in mine)
             if (c.Set == this) return t_lastCache = c;
-        var tc = new ThreadCache(this, _classes);
+        var tc = new ThreadCache(this, _layout);
         mine.Add(tc);
         lock (_cachesLock)
         {
@@ -72,7 +81,7 @@ internal sealed unsafe class ThreadCaches
     {
         Debug.Assert(_cachesLock.IsHeldByCurrentThread, "caller holds the caches lock");
         // One reading of IsAlive per cache: a thread that dies while we prune is either flushed and dropped here, or
-        // kept for the next prune, never dropped unflushed (which would lose its slots and its live-byte count).
+        // kept for the next prune, never dropped unflushed (which would lose its entries and its live-byte count).
         ThreadCache[] dead = Array.FindAll(_caches, c => !c.Owner.IsAlive);
         if (dead.Length == 0) return;
         foreach (ThreadCache c in dead) FlushCache(c, ownerDead: true);
@@ -97,99 +106,123 @@ internal sealed unsafe class ThreadCaches
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Exit(ThreadCache tc) => Volatile.Write(ref tc.InUse, 0);
 
-    // ------------------------------------------------------------------ slots
+    // ------------------------------------------------------------------ the fast pops and pushes (owner, entered)
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public nint PopSlot(ThreadCache tc, BlockKind kind, int c)
+    private static ref CacheBin BinOf(ThreadCache tc, int bin) =>
+        ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(tc.Bins), bin);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ref uint ItemOf(ThreadCache tc, int i) =>
+        ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(tc.Items), i);
+
+    /// <summary>Pops a bound entry of slab bin <paramref name="bin"/>, refilling the bin when empty (from the depot,
+    /// else by binding fresh slots in a batch). 0 when the arena or the handle table is exhausted. Never throws.
+    /// No bounds checks: a bin's offset and capacity were fixed with the item array.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public uint PopSlot(ThreadCache tc, int bin)
     {
-        int si = ThreadCache.StackIndex(kind, c, _classes.Count);
-        int n = tc.SlotCount[si];
-        if (n == 0) return RefillSlots(tc, kind, c, si);
-        tc.SlotCount[si] = n - 1;
-        return tc.Slots[si][n - 1];
+        ref CacheBin b = ref BinOf(tc, bin);
+        int n = b.Count - 1;
+        if (n < 0) return RefillSlots(tc, bin);
+        b.Count = n;
+        return ItemOf(tc, b.Offset + n);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private nint RefillSlots(ThreadCache tc, BlockKind kind, int c, int si)
+    private uint RefillSlots(ThreadCache tc, int bin)
     {
-        nint[] stack = tc.Slots[si];
-        int n = _slabs[(int)kind].AllocateSlots(c, stack, Math.Max(1, stack.Length / 2));
+        ref CacheBin b = ref BinOf(tc, bin);
+        Span<uint> dst = tc.Items.AsSpan(b.Offset, Math.Max(1, b.Capacity / 2));
+        int n = _depot.Take(bin, dst);
+        if (n == 0) n = _binder.BindSlots(bin, dst);
         if (n == 0) return 0;
-        tc.SlotCount[si] = n - 1;
-        return stack[n - 1];
+        b.Count = n - 1;
+        return dst[n - 1];
     }
 
+    /// <summary>Pushes a bound free entry of slab bin <paramref name="bin"/>; a full bin first moves its older half to
+    /// the depot (and what the depot cannot take back to the slabs).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void PushSlot(ThreadCache tc, BlockKind kind, int c, nint addr)
+    public void PushSlot(ThreadCache tc, int bin, uint index)
     {
-        int si = ThreadCache.StackIndex(kind, c, _classes.Count);
-        int n = tc.SlotCount[si];
-        nint[] stack = tc.Slots[si];
-        if (n == stack.Length) n = FlushSlots(tc, kind, c, si);
-        stack[n] = addr;
-        tc.SlotCount[si] = n + 1;
+        ref CacheBin b = ref BinOf(tc, bin);
+        int n = b.Count;
+        if (n == b.Capacity) n = FlushHalf(tc, bin);
+        ItemOf(tc, b.Offset + n) = index;
+        b.Count = n + 1;
     }
 
-    /// <summary>The batched free: the older half of a full stack goes back to its slabs under one class lock.</summary>
+    /// <summary>The batched free: the older half of a bin goes to the depot in one copy; what does not fit is
+    /// unbound (storage to its slab or zone, entries to the table). Returns the bin's new count.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private int FlushSlots(ThreadCache tc, BlockKind kind, int c, int si)
+    private int FlushHalf(ThreadCache tc, int bin)
     {
-        nint[] stack = tc.Slots[si];
-        int keep = stack.Length / 2;
-        int n = tc.SlotCount[si];
-        _slabs[(int)kind].FreeSlots(c, stack.AsSpan(0, n - keep));
-        Array.Copy(stack, n - keep, stack, 0, keep);
-        tc.SlotCount[si] = keep;
+        ref CacheBin b = ref BinOf(tc, bin);
+        int move = Math.Max(1, b.Count / 2), keep = b.Count - move;
+        Span<uint> items = tc.Items.AsSpan(b.Offset, b.Count);
+        int put = _depot.Put(bin, items[..move]);
+        _binder.Unbind(bin, items[put..move]);
+        if (_layout.IsRun(bin)) tc.RunBytes -= move * _layout.RunBytes(bin);
+        items[move..].CopyTo(items);
+        b.Count = keep;
         return keep;
     }
 
-    public nint AllocateSlotDirect(BlockKind kind, int c)
+    /// <summary>Pops a bound free run of run bin <paramref name="bin"/> from the thread's bin or the depot (runs are
+    /// never bound ahead of need); 0 when neither has one.</summary>
+    public uint PopRun(ThreadCache tc, int bin)
     {
-        Span<nint> one = stackalloc nint[1];
-        return _slabs[(int)kind].AllocateSlots(c, one, 1) == 1 ? one[0] : 0;
-    }
-
-    // ------------------------------------------------------------------ handle entries
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public uint PopEntry(ThreadCache tc)
-    {
-        int n = tc.EntryCount;
-        if (n == 0) return RefillEntries(tc);
-        tc.EntryCount = n - 1;
-        return tc.Entries[n - 1];
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private uint RefillEntries(ThreadCache tc)
-    {
-        int n = _handles.Pop(tc.Entries.AsSpan(0, ThreadCache.EntryCapacity / 2));
-        if (n == 0) return 0;
-        tc.EntryCount = n - 1;
-        return tc.Entries[n - 1];
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void PushEntry(ThreadCache tc, uint index)
-    {
-        int n = tc.EntryCount;
-        if (n == ThreadCache.EntryCapacity)
+        ref CacheBin b = ref BinOf(tc, bin);
+        int n = b.Count - 1;
+        if (n >= 0)
         {
-            int keep = ThreadCache.EntryCapacity / 2;
-            _handles.Push(tc.Entries.AsSpan(keep, n - keep));
-            n = keep;
+            b.Count = n;
+            tc.RunBytes -= _layout.RunBytes(bin);
+            return ItemOf(tc, b.Offset + n);
         }
-        tc.Entries[n] = index;
-        tc.EntryCount = n + 1;
+        Span<uint> dst = tc.Items.AsSpan(b.Offset, Math.Max(1, b.Capacity / 2));
+        int got = _depot.Take(bin, dst);
+        if (got == 0) return 0;
+        b.Count = got - 1;
+        tc.RunBytes += (got - 1) * _layout.RunBytes(bin);
+        return dst[got - 1];
     }
 
-    public uint AllocateEntryDirect()
+    /// <summary>Pushes a bound free run; a full bin, or a cache over <see cref="ThreadRunBytes"/>, sends runs to the
+    /// depot first (and what the depot cannot take back to the zones).</summary>
+    public void PushRun(ThreadCache tc, int bin, uint index)
+    {
+        ref CacheBin b = ref BinOf(tc, bin);
+        long bytes = _layout.RunBytes(bin);
+        if (b.Count == b.Capacity || tc.RunBytes + bytes > ThreadRunBytes)
+        {
+            if (b.Count == 0)
+            {
+                // Other bins hold the thread's run budget: this run goes straight to the depot, or back to its zone.
+                ReadOnlySpan<uint> one = [index];
+                if (_depot.Put(bin, one) == 0) _binder.Unbind(bin, one);
+                return;
+            }
+            FlushHalf(tc, bin);
+        }
+        ItemOf(tc, b.Offset + b.Count) = index;
+        b.Count++;
+        tc.RunBytes += bytes;
+    }
+
+    // ------------------------------------------------------------------ without a cache (disabled, or none)
+
+    /// <summary>Binds one fresh entry to one fresh slot of slab bin <paramref name="bin"/>; 0 when out of memory.</summary>
+    public uint BindSlotDirect(int bin)
     {
         Span<uint> one = stackalloc uint[1];
-        return _handles.Pop(one) == 1 ? one[0] : 0;
+        return _binder.BindSlots(bin, one) == 1 ? one[0] : 0;
     }
 
-    public void ReleaseEntryDirect(uint index) => _handles.Push([index]);
+    /// <summary>Unbinds one bound free entry: its storage back to the slab or zone, the entry to the table (unless
+    /// retired).</summary>
+    public void UnbindDirect(int bin, uint index, bool retired) => _binder.Unbind(bin, [index], retired);
 
     public void AddLiveDirect(long bytes, long blocks)
     {
@@ -200,10 +233,10 @@ internal sealed unsafe class ThreadCaches
     // ------------------------------------------------------------------ disable and drain
 
     /// <summary>
-    /// Switches every thread's cache off and drains it (the kernel's lru_cache_disable): while the count of
-    /// disablers is above zero, allocations and frees bypass the caches, so no cache can hold a slot that a
-    /// migration wants to move. Pair with <see cref="Enable"/>. Takes <c>_cachesLock</c> and then class
-    /// locks and the handle-table lock; the caller must hold no heap lock.
+    /// Switches every thread's cache off and drains it and the depot (the kernel's lru_cache_disable): while the
+    /// count of disablers is above zero, allocations and frees bypass the caches, so no cache can hold storage that a
+    /// migration wants to move. Pair with <see cref="Enable"/>. Takes <c>_cachesLock</c> and then depot, class, zone
+    /// and handle-table locks one at a time; the caller must hold no heap lock.
     /// </summary>
     public void Disable()
     {
@@ -214,7 +247,8 @@ internal sealed unsafe class ThreadCaches
     /// <summary>Undoes one <see cref="Disable"/>.</summary>
     public void Enable() => Interlocked.Decrement(ref _cacheDisable);
 
-    /// <summary>Empties every thread's cache back into the slabs and the handle table (lru_add_drain_all).</summary>
+    /// <summary>Empties every thread's cache and the depot back into the slabs, zones and handle table
+    /// (lru_add_drain_all).</summary>
     public void Drain()
     {
         Disable();
@@ -236,25 +270,28 @@ internal sealed unsafe class ThreadCaches
                 FlushCache(tc, ownerDead: false);
             }
             PruneDeadCachesLocked();
+            var entries = new List<uint>();
+            for (int bin = 0; bin < _layout.Count; bin++)
+            {
+                entries.Clear();
+                _depot.TakeAll(bin, entries);
+                _binder.Unbind(bin, CollectionsMarshal.AsSpan(entries));
+            }
         }
     }
 
-    /// <summary>Returns everything a cache holds. The owner must be out of it (drain protocol) or dead; a dead
+    /// <summary>Unbinds everything a cache holds. The owner must be out of it (drain protocol) or dead; a dead
     /// owner's live counts move to the heap's direct counters, since the cache is about to be dropped.</summary>
-    public void FlushCache(ThreadCache tc, bool ownerDead)
+    private void FlushCache(ThreadCache tc, bool ownerDead)
     {
-        for (int si = 0; si < tc.Slots.Length; si++)
+        for (int bin = 0; bin < tc.Bins.Length; bin++)
         {
-            int n = tc.SlotCount[si];
-            if (n == 0) continue;
-            _slabs[si / _classes.Count].FreeSlots(si % _classes.Count, tc.Slots[si].AsSpan(0, n));
-            tc.SlotCount[si] = 0;
+            ref CacheBin b = ref tc.Bins[bin];
+            if (b.Count == 0) continue;
+            _binder.Unbind(bin, tc.Items.AsSpan(b.Offset, b.Count));
+            b.Count = 0;
         }
-        if (tc.EntryCount > 0)
-        {
-            _handles.Push(tc.Entries.AsSpan(0, tc.EntryCount));
-            tc.EntryCount = 0;
-        }
+        tc.RunBytes = 0;
         if (ownerDead)
         {
             AddLiveDirect(tc.LiveBytes, tc.LiveBlocks);
@@ -266,13 +303,35 @@ internal sealed unsafe class ThreadCaches
     /// <summary>Every registered cache (a copy-on-write array: a racy but consistent snapshot).</summary>
     public ThreadCache[] All => Volatile.Read(ref _caches);
 
-    /// <summary>Slots currently held by all caches (racy; for statistics and tests).</summary>
-    public long CachedSlots()
+    /// <summary>Slab slots currently held by all caches and the depot (racy; for statistics and tests).</summary>
+    public long CachedSlots() => CountCached(runs: false);
+
+    /// <summary>Runs currently held by all caches and the depot (racy; for statistics and tests).</summary>
+    public long CachedRuns() => CountCached(runs: true);
+
+    private long CountCached(bool runs)
     {
         long n = 0;
+        int from = runs ? _layout.SlabBins : 0, to = runs ? _layout.Count : _layout.SlabBins;
         foreach (ThreadCache tc in Volatile.Read(ref _caches))
-            foreach (int count in tc.SlotCount) n += count;
+            for (int bin = from; bin < to; bin++) n += Volatile.Read(ref tc.Bins[bin].Count);
+        for (int bin = from; bin < to; bin++) n += _depot.CountOf(bin);
         return n;
+    }
+
+    /// <summary>Every bound free entry in the caches and the depot, by bin. For the validator: the heap must be
+    /// quiescent.</summary>
+    public void CollectCached(List<(int bin, uint index)> into)
+    {
+        var depot = new List<uint>();
+        for (int bin = 0; bin < _layout.Count; bin++)
+        {
+            foreach (ThreadCache tc in Volatile.Read(ref _caches))
+                for (int i = 0; i < tc.Bins[bin].Count; i++) into.Add((bin, tc.Items[tc.Bins[bin].Offset + i]));
+            depot.Clear();
+            _depot.CopyTo(bin, depot);
+            foreach (uint index in depot) into.Add((bin, index));
+        }
     }
 
     public (long bytes, long blocks) LiveTotals()

@@ -284,14 +284,15 @@ internal sealed unsafe partial class Compactor
         uint index = d.RunHandle;
         if (!_handles.Owns(index)) return MigrateResult.Gone;   // not an entry of this heap: no run recorded here
         HandleEntry* e = _handles.Get(index);
-        // The descriptor was read without a lock and may describe an older run at this page: take the run's size
-        // from the entry, seqlock-style (state, address, size, state again), never from the descriptor.
+        // The descriptor was read without a lock and may describe an older run at this page: the entry decides,
+        // seqlock-style (state, address, page count, state again).
         s = Volatile.Read(ref e->State);
         nint address = Volatile.Read(ref e->Address);
-        long size = Volatile.Read(ref e->Size);
+        pages = d.RunPages;
         if ((s & (EntryState.Allocated | EntryState.Run | EntryState.Movable)) != (EntryState.Allocated | EntryState.Run | EntryState.Movable)
-            || address != _map.AddressOf(head) || Volatile.Read(ref e->State) != s) return MigrateResult.Gone;
-        pages = _map.PagesFor(size);
+            || address != _map.AddressOf(head) || Volatile.Read(ref e->State) != s || pages <= 0) return MigrateResult.Gone;
+        // pages came from the descriptor without a lock: the migrator confirms it under the freeze (a destination of
+        // another length is void), so a stale value costs a failed attempt, never a short copy.
         if ((s & EntryState.PinMask) != 0) return MigrateResult.Pinned;
         if ((s & EntryState.Frozen) != 0) return MigrateResult.Busy;
         if (pages > 1 << _map.MaxOrder) return MigrateResult.NotMovable; // multi-pageblock runs stay (see native-layout.md)

@@ -75,7 +75,6 @@ internal static unsafe class HeapValidator
             long s = e->State;
             if ((s & EntryState.Allocated) == 0) continue;
             liveBlocks++;
-            liveBytes += e->Size;
             if ((s & EntryState.Frozen) != 0) problems.Add($"entry {i} is still frozen");
             if (e->Address < map.Base || e->Address >= map.AddressOf(map.PageCount - 1) + map.PageSize) { problems.Add($"entry {i} points outside the arena"); continue; }
             int page = map.PageOf(e->Address);
@@ -84,14 +83,16 @@ internal static unsafe class HeapValidator
             if ((s & EntryState.Run) != 0)
             {
                 ref PageDescriptor d = ref map.Page(page);
-                if (d.Kind != PageKind.RunHead || d.RunHandle != i || (long)d.RunPages << map.PageShift < e->Size)
-                    problems.Add($"entry {i}: its run head does not name it back");
+                if (d.Kind != PageKind.RunHead || d.RunHandle != i) { problems.Add($"entry {i}: its run head does not name it back"); continue; }
+                liveBytes += map.RunSize(e->Address, s);
             }
             else
             {
+                long size = EntryState.SlabSize(s);
+                liveBytes += size;
                 int head = map.HeadOf(page);
                 ref PageDescriptor d = ref map.Page(head);
-                int c = classes.ClassOf(e->Size);
+                int c = classes.ClassOf(size);
                 if (d.Kind != PageKind.SlabHead || d.SlabClass != c || d.SlabKind != (movable ? BlockKind.Movable : BlockKind.Unmovable))
                     problems.Add($"entry {i}: not in a slab of its class and kind");
                 else if (*slabs[movable ? 0 : 1].ReverseMapWord(e->Address, c) != (int)i)
@@ -102,15 +103,32 @@ internal static unsafe class HeapValidator
         (long bytes, long blocks) = caches.LiveTotals();
         if (bytes != liveBytes || blocks != liveBlocks) problems.Add($"live counters say {bytes} B in {blocks} blocks; entries hold {liveBytes} B in {liveBlocks}");
 
-        // A slab's RefCount is its live blocks plus the slots cached by threads.
+        // Every bound free entry in a cache or the depot is free, unretired, this heap's, and bound both ways: its
+        // slot's reverse-map word (or its run head) names it. A slab's RefCount is its live blocks plus such slots.
         var cached = new Dictionary<int, int>();
-        foreach (ThreadCache tc in caches.All)
-            for (int si = 0; si < tc.Slots.Length; si++)
-                for (int k = 0; k < tc.SlotCount[si]; k++)
-                {
-                    int head = map.HeadOf(map.PageOf(tc.Slots[si][k]));
-                    cached[head] = cached.GetValueOrDefault(head) + 1;
-                }
+        var bound = new List<(int bin, uint index)>();
+        caches.CollectCached(bound);
+        CacheBins layout = caches.Layout;
+        foreach ((int bin, uint index) in bound)
+        {
+            if (!handles.Owns(index)) { problems.Add($"cache bin {bin} holds entry {index} of another heap"); continue; }
+            HandleEntry* e = handles.Get(index);
+            if ((e->State & (EntryState.Allocated | EntryState.Retired)) != 0) { problems.Add($"cache bin {bin} holds entry {index}, which is live or retired"); continue; }
+            int page = map.PageOf(e->Address);
+            if (layout.IsRun(bin))
+            {
+                ref PageDescriptor d = ref map.Page(page);
+                if (d.Kind != PageKind.RunHead || d.RunHandle != index || d.RunPages != layout.PagesOf(bin))
+                    problems.Add($"cached run entry {index}: its run head does not name it back with {layout.PagesOf(bin)} pages");
+                continue;
+            }
+            int head = map.HeadOf(page);
+            ref PageDescriptor h = ref map.Page(head);
+            int c = layout.ClassOf(bin);
+            if (h.Kind != PageKind.SlabHead || h.SlabClass != c || h.SlabKind != layout.KindOf(bin)) { problems.Add($"cached entry {index}: not in a slab of its bin"); continue; }
+            if (*slabs[(int)layout.KindOf(bin)].ReverseMapWord(e->Address, c) != (int)index) problems.Add($"cached entry {index}: its slot's reverse map names another entry");
+            cached[head] = cached.GetValueOrDefault(head) + 1;
+        }
         foreach (Zone z in pages.Zones)
             for (int page = z.Start, frontier = z.Frontier; page < frontier; page++)
             {

@@ -43,6 +43,9 @@ internal static unsafe class FrozenByThisThread
         return outer;
     }
 
+    /// <summary>True when the calling thread's innermost owner callback holds <paramref name="e"/> frozen.</summary>
+    public static bool Holds(HandleEntry* e) => t_entry == e;
+
     /// <summary>Restores the entry <see cref="Enter"/> returned.</summary>
     public static void Exit(HandleEntry* outer) => t_entry = outer;
 

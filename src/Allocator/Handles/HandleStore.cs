@@ -7,27 +7,30 @@ using Compaction.Allocator.Os;
 namespace Compaction.Allocator.Handles;
 
 /// <summary>
-/// The process-wide handle table: every heap's handle entries live in native chunks of 4096 entries of one global
-/// index space, and a directory slot per chunk says which heap owns the chunk now (native-layout.md, "Handle table").
+/// The process-wide handle table: one flat, reserved array of 16-byte entries shared by every heap
+/// (<c>Base + index</c>), committed a chunk of 4096 entries at a time, and a directory word per chunk saying which
+/// heap owns the chunk now (native-layout.md, "Handle table").
 /// </summary>
 /// <remarks>
 /// <para>Why one table for all heaps: a handle carries only an index and a generation, and the index's chunk names
 /// the heap that issued it. A chunk belongs to one heap at a time; a disposed heap gives its chunks back only after
 /// freeing every entry in them (bumping their generations), so a later owner never honours an earlier owner's
 /// handle, however many heaps live or have lived. Owner ids are 64-bit and never reused.</para>
-/// <para>Chunks are never freed or moved: an entry's address names it in pin slots, and a reader that validated an
-/// index may still be reading its entry when the chunk changes hands. Entries are never freed either, only retired
+/// <para>Why flat: an entry's address is <c>Base + index * 16</c>, one add from a handle with no directory load, and it
+/// never changes (pin slots name entries by address). The range is reserved once (<see cref="MaxEntries"/> entries,
+/// 16 GiB of address space on Linux, charged to nobody) and committed chunk by chunk, never decommitted: an index a
+/// reader validated may still be read after its chunk changed hands. Entries are never freed either, only retired
 /// (<see cref="EntryState.Retired"/>) when their generation runs out.</para>
 /// <para>Guarantee: a heap accepts a handle only while the block it was issued for is live. An (index, generation)
 /// pair is issued at most once in the process: a chunk's owner changes only after every entry in it is freed, and
 /// an entry retires instead of wrapping its generation (<see cref="EntryState.Freed"/>). Exhaustion: an entry serves
 /// 2^32 blocks (2^32 frees) before it retires; the table runs out only when <see cref="MaxEntries"/> entries are
-/// retired or held by heaps (live, or free in a heap's list) — 2^62 frees at the earliest — and then allocation fails
-/// cleanly (TryAllocate returns false, Allocate throws OutOfMemoryException).</para>
-/// <para>Lock-free readers (every handle validation) read a directory slot: <see cref="HandleChunk.Entries"/> is
-/// written before the chunk's first owner is published and never changes, and <see cref="HandleChunk.Owner"/> is
-/// written with a release store and read with an acquire load, so a reader that sees an owner also sees the chunk.
-/// <see cref="Count"/> is raised (release) after the new chunk's slot is complete.</para>
+/// retired or held by heaps (live, or free in a heap's list) — 2^62 frees at the earliest — or when the OS refuses to
+/// commit a new chunk, and then allocation fails cleanly (TryAllocate returns false, Allocate throws
+/// OutOfMemoryException).</para>
+/// <para>Lock-free readers (every handle validation) read a chunk's owner word with an acquire load: a chunk is
+/// committed and its entries initialised before its first owner is published (release), so a reader that sees an
+/// owner sees the chunk. <see cref="Count"/> is raised (release) after a new chunk is complete.</para>
 /// <para>Lock ordering: <see cref="s_lock"/> is a leaf, taken inside a heap's <see cref="HandleTable"/> lock.</para>
 /// </remarks>
 internal static unsafe class HandleStore
@@ -35,16 +38,20 @@ internal static unsafe class HandleStore
     public const int ChunkShift = 12;
     public const int ChunkEntries = 1 << ChunkShift;
     public const uint ChunkMask = ChunkEntries - 1;
-    /// <summary>Entries the process may ever make (all heaps together); index 0 is never issued.</summary>
-    public const uint MaxEntries = 1u << 30;
-    public const int MaxChunks = (int)(MaxEntries >> ChunkShift);
-    public const int EntryBytes = 32;
+    public const int EntryBytes = 16;
     public const long ChunkBytes = (long)ChunkEntries * EntryBytes;
 
-    // The directory, MaxChunks slots of 16 bytes (4 MiB of address space), mapped zeroed once and never charged up
-    // front (MetadataMemory): the OS backs a page of it only when a slot on it is first written (256 chunks a page).
-    // A fixed directory needs no growth, hence no reallocation a lock-free reader could race with.
-    private static readonly HandleChunk* s_directory = (HandleChunk*)MetadataMemory.AllocateZeroed((nuint)MaxChunks * (nuint)sizeof(HandleChunk));
+    /// <summary>Entries the process may ever make (all heaps together); index 0 is never issued. 2^30 on Linux (the
+    /// range is only reserved); 2^22 elsewhere, where the range is allocated up front.</summary>
+    public static readonly uint MaxEntries = OperatingSystem.IsLinux() ? 1u << 30 : 1u << 22;
+    public static readonly int MaxChunks = (int)(MaxEntries >> ChunkShift);
+
+    /// <summary>Entry 0 of the flat table. Written once by the type initializer; never moves.</summary>
+    public static readonly HandleEntry* Base = ReserveTable();
+
+    // The directory, one owner word per chunk (MaxChunks * 8 bytes, 2 MiB of address space), mapped zeroed once and
+    // never charged up front (MetadataMemory): the OS backs a page of it only when a word on it is first written.
+    private static readonly long* s_owners = (long*)MetadataMemory.AllocateZeroed((nuint)MaxChunks * sizeof(long));
 
     private static readonly Lock s_lock = new();
     private static readonly Stack<int> s_freeChunks = new();   // chunks no heap owns, most recently given back on top
@@ -61,34 +68,45 @@ internal static unsafe class HandleStore
     /// <summary>A heap id no other heap has had or will have (64 bits: never exhausted in practice). Never 0.</summary>
     public static long NewOwner() => Interlocked.Increment(ref s_lastOwner);
 
-    /// <summary>The directory slot of the chunk holding <paramref name="index"/>, which must be below
-    /// <see cref="MaxEntries"/> (the slot may be unused: owner 0, no entries).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ref HandleChunk ChunkOf(uint index)
+    private static HandleEntry* ReserveTable()
     {
-        Debug.Assert(index < MaxEntries);
-        return ref s_directory[index >> ChunkShift];
+        Debug.Assert(sizeof(HandleEntry) == EntryBytes);
+        void* p = MetadataMemory.Reserve((nuint)MaxEntries * EntryBytes);
+        if (p == null) throw new OutOfMemoryException($"the handle table could not reserve {(long)MaxEntries * EntryBytes} bytes of address space");
+        return (HandleEntry*)p;
     }
 
-    /// <summary>The entry of <paramref name="index"/>, which must lie in a chunk already made. Lock-free: the chunk's
-    /// address is written before the chunk is published and never changes.</summary>
+    /// <summary>The owner word of the chunk holding <paramref name="index"/>, which must be below
+    /// <see cref="MaxEntries"/> (0 when no heap owns it, or it was never made).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ref long OwnerWord(uint index)
+    {
+        Debug.Assert(index < MaxEntries);
+        return ref s_owners[index >> ChunkShift];
+    }
+
+    /// <summary>The entry of <paramref name="index"/>, which must lie in a chunk already made. Lock-free: one add.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static HandleEntry* Get(uint index)
     {
         Debug.Assert(index < Count);
-        return (HandleEntry*)s_directory[index >> ChunkShift].Entries + (index & ChunkMask);
+        return Base + index;
     }
 
+    /// <summary>The index of <paramref name="entry"/> (an address in the table).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static uint IndexOf(HandleEntry* entry) => (uint)(entry - Base);
+
     /// <summary>The heap that owns the chunk of <paramref name="index"/> now; 0 when none does or the index is beyond
-    /// the table. Lock-free (an acquire load of the slot's owner).</summary>
-    public static long OwnerOf(uint index) => index < MaxEntries ? Volatile.Read(ref ChunkOf(index).Owner) : 0;
+    /// the table. Lock-free (an acquire load of the owner word).</summary>
+    public static long OwnerOf(uint index) => index < MaxEntries ? Volatile.Read(ref OwnerWord(index)) : 0;
 
     /// <summary>
-    /// Gives a chunk to <paramref name="owner"/>: the most recently given-back one, else a new one. Takes the store
-    /// lock (callers may hold their table's lock). Returns the chunk number, or -1 when the process has made
-    /// <see cref="MaxEntries"/> entries and no chunk is free.
+    /// Gives a chunk to <paramref name="owner"/>: the most recently given-back one, else a new one (committed here).
+    /// Takes the store lock (callers may hold their table's lock). Returns the chunk number, or -1 when the process
+    /// has made <see cref="MaxEntries"/> entries and no chunk is free, or the OS refused to commit a new chunk.
+    /// Never throws.
     /// </summary>
-    /// <exception cref="OutOfMemoryException">No native memory for a new chunk.</exception>
     public static int TakeChunk(long owner)
     {
         Debug.Assert(owner != 0);
@@ -96,16 +114,14 @@ internal static unsafe class HandleStore
         {
             if (s_freeChunks.TryPop(out int free))
             {
-                Debug.Assert(s_directory[free].Owner == 0);
-                Volatile.Write(ref s_directory[free].Owner, owner);
+                Debug.Assert(s_owners[free] == 0);
+                Volatile.Write(ref s_owners[free], owner);
                 return free;
             }
-            if (s_chunkCount == MaxChunks) return -1;
-            nint entries = NewChunk();
             int c = s_chunkCount;
-            s_directory[c].Entries = entries;
-            Volatile.Write(ref s_directory[c].Owner, owner);   // publishes Entries (release)
-            Volatile.Write(ref s_chunkCount, c + 1);          // publishes the slot
+            if (c == MaxChunks || !MetadataMemory.Commit(Base + ((long)c << ChunkShift), (nuint)ChunkBytes)) return -1;
+            Volatile.Write(ref s_owners[c], owner);   // publishes the committed, zeroed chunk (release)
+            Volatile.Write(ref s_chunkCount, c + 1);
             return c;
         }
     }
@@ -117,21 +133,12 @@ internal static unsafe class HandleStore
     {
         lock (s_lock)
         {
-            Debug.Assert(s_directory[chunk].Owner == owner, "only the owner gives a chunk back");
-            Volatile.Write(ref s_directory[chunk].Owner, 0);
+            Debug.Assert(s_owners[chunk] == owner, "only the owner gives a chunk back");
+            Volatile.Write(ref s_owners[chunk], 0);
             s_freeChunks.Push(chunk);
         }
     }
 
     /// <summary>Counts <paramref name="n"/> newly retired entries.</summary>
     public static void CountRetired(long n) => Interlocked.Add(ref s_retired, n);
-
-    private static nint NewChunk()
-    {
-        Debug.Assert(s_lock.IsHeldByCurrentThread, "caller holds the store lock");
-        Debug.Assert(sizeof(HandleEntry) == EntryBytes);
-        nint chunk = (nint)NativeMemory.AlignedAlloc((nuint)ChunkBytes, 64);
-        NativeMemory.Clear((void*)chunk, (nuint)ChunkBytes);
-        return chunk;
-    }
 }

@@ -13,7 +13,8 @@ namespace Compaction.Allocator.Handles;
 /// <see cref="Dispose"/>, after freeing each live entry in them (generation + 1), so the dead heap's handles are
 /// stale for the chunk's next owner. A chunk taken from the store threads its entries onto the free list, lowest
 /// index on top, skipping retired ones: a retired entry is never handed out again, by any heap.</para>
-/// <para>Free entries form a LIFO list through <see cref="HandleEntry.Link"/> under <see cref="_lock"/>.
+/// <para>Free entries form a LIFO list through <see cref="HandleEntry.Address"/> (the next free index) under
+/// <see cref="_lock"/>.
 /// An entry reaches the list only free and not retired: the heap's Free retires an entry whose generation ran out
 /// instead of returning it (<see cref="EntryState.Freed"/>).</para>
 /// <para>Lock ordering: <see cref="_lock"/> is the innermost lock of the heap; the store's lock nests inside it.</para>
@@ -49,17 +50,13 @@ internal sealed unsafe class HandleTable : IDisposable
     /// <see cref="Dispose"/>, which does not race with the heap's other calls.</summary>
     public bool Owns(uint index) => index != 0 && HandleStore.OwnerOf(index) == Owner;
 
-    /// <summary>True when <paramref name="entry"/> points into one of this heap's chunks (for counting pin slots, which
-    /// name entries by address). Lock-free: reads a consistent copy of the chunk list.</summary>
+    /// <summary>True when <paramref name="entry"/> is an entry of one of this heap's chunks (for counting pin slots,
+    /// which name entries by address). Lock-free, like <see cref="Owns(uint)"/>.</summary>
     public bool Owns(nint entry)
     {
-        (int[] chunks, int n) = OwnedChunks();
-        for (int i = 0; i < n; i++)
-        {
-            nint first = (nint)HandleStore.Get((uint)chunks[i] << HandleStore.ChunkShift);
-            if (entry >= first && entry < first + (nint)HandleStore.ChunkBytes) return true;
-        }
-        return false;
+        nint offset = entry - (nint)HandleStore.Base;
+        return offset >= 0 && offset < (nint)HandleStore.MaxEntries * HandleStore.EntryBytes
+            && offset % HandleStore.EntryBytes == 0 && Owns((uint)(offset / HandleStore.EntryBytes));
     }
 
     /// <summary>Every index of this heap's chunks, live or not (index 0 left out). For validation and Dispose's pin
@@ -86,7 +83,8 @@ internal sealed unsafe class HandleTable : IDisposable
 
     /// <summary>Pops up to <paramref name="dst"/>.Length free entries, taking chunks from the store as needed. Takes
     /// the table lock. Returns how many were popped: fewer only when the store has no chunk left to give
-    /// (<see cref="HandleStore.MaxEntries"/> made, none free).</summary>
+    /// (<see cref="HandleStore.MaxEntries"/> made, none free, or a new chunk not committed). Never throws, except on a
+    /// disposed table.</summary>
     public int Pop(Span<uint> dst)
     {
         lock (_lock)
@@ -99,7 +97,7 @@ internal sealed unsafe class HandleTable : IDisposable
                 uint i = _freeHead;
                 HandleEntry* e = HandleStore.Get(i);
                 Debug.Assert((e->State & (EntryState.Allocated | EntryState.Retired)) == 0, "a free entry is neither live nor retired");
-                _freeHead = (uint)e->Link;
+                _freeHead = (uint)e->Address;
                 _freeEntries--;
                 dst[n++] = i;
             }
@@ -107,8 +105,8 @@ internal sealed unsafe class HandleTable : IDisposable
         }
     }
 
-    /// <summary>Returns entries to the free list. Their state words must already carry the bumped generation, and none
-    /// may be retired. Takes the table lock.</summary>
+    /// <summary>Returns entries to the free list (unbinding them from any storage). Their state words must already
+    /// carry the bumped generation, and none may be retired. Takes the table lock.</summary>
     public void Push(ReadOnlySpan<uint> entries)
     {
         lock (_lock)
@@ -118,7 +116,7 @@ internal sealed unsafe class HandleTable : IDisposable
             {
                 HandleEntry* e = Get(i);
                 Debug.Assert((e->State & (EntryState.Allocated | EntryState.Retired)) == 0, "only free, unretired entries are pushed");
-                e->Link = _freeHead;
+                e->Address = (nint)_freeHead;
                 _freeHead = i;
                 _freeEntries++;
             }
@@ -163,7 +161,7 @@ internal sealed unsafe class HandleTable : IDisposable
             HandleEntry* e = HandleStore.Get(i);
             Debug.Assert((e->State & EntryState.Allocated) == 0, "a chunk comes back with every entry freed");
             if (EntryState.IsRetired(e->State)) { _retired++; continue; }   // spent by an earlier owner: never reused
-            e->Link = _freeHead;
+            e->Address = (nint)_freeHead;
             _freeHead = i;
             _freeEntries++;
         }

@@ -3,31 +3,36 @@ using System.Runtime.InteropServices;
 namespace Compaction.Allocator.Layout;
 
 /// <summary>
-/// The per-block handle-table entry: 32 bytes, never moved (native-layout.md, "Handle table").
+/// The per-block handle-table entry: 16 bytes (four to a cache line), never moved (native-layout.md, "Handle table").
 /// </summary>
-[StructLayout(LayoutKind.Sequential, Size = 32)]
+/// <remarks>
+/// The requested size lives in the state word (<see cref="EntryState.SizeLow"/>, with the run's page count in its
+/// page descriptor for page runs), so the entry is two words. A free entry on its table's free list keeps the index
+/// of the next free entry in <see cref="Address"/>; a free entry bound to storage in a thread cache keeps that
+/// storage's address there (native-layout.md, "Per-thread caches").
+/// </remarks>
+[StructLayout(LayoutKind.Sequential, Size = 16)]
 internal struct HandleEntry
 {
-    /// <summary>Current address of the block; changes only while <see cref="EntryState.Frozen"/> is set.</summary>
+    /// <summary>Current address of the block; changes only while <see cref="EntryState.Frozen"/> is set. A free entry:
+    /// its bound storage (in a cache), or the next free index (on the table's free list).</summary>
     public nint Address;
-    /// <summary>The state word: generation, flags and atomic pin count (see <see cref="EntryState"/>).</summary>
+    /// <summary>The state word: generation, low size bits, flags and atomic pin count (see <see cref="EntryState"/>).</summary>
     public long State;
-    /// <summary>Requested size in bytes; immutable while allocated.</summary>
-    public long Size;
-    /// <summary>Free entries: index of the next free entry. Unused while allocated.</summary>
-    public long Link;
 }
 
 /// <summary>Bit layout of <see cref="HandleEntry.State"/> (native-layout.md, "State word").</summary>
 internal static class EntryState
 {
-    public const long PinMask = 0xFFFF;           // bits 0-15: atomic pins
-    public const long Frozen = 1L << 16;          // a migration owns the block
-    public const long Allocated = 1L << 17;
-    public const long Movable = 1L << 18;
-    public const long Run = 1L << 19;             // backed by a page run (else a slab slot)
-    public const long HasOwner = 1L << 20;        // a movable owner registered callbacks for the block
-    public const long Retired = 1L << 21;         // the generation ran out: never allocated again (see Freed)
+    public const long PinMask = 0x3FF;            // bits 0-9: atomic pins (at most 1023 at once)
+    public const long Frozen = 1L << 10;          // a migration owns the block
+    public const long Allocated = 1L << 11;
+    public const long Movable = 1L << 12;
+    public const long Run = 1L << 13;             // backed by a page run (else a slab slot)
+    public const long HasOwner = 1L << 14;        // a movable owner registered callbacks for the block
+    public const long Retired = 1L << 15;         // the generation ran out: never allocated again (see Freed)
+    public const int SizeShift = 16;              // bits 16-31: (size - 1) mod 2^16
+    public const long SizeMask = 0xFFFFL << SizeShift;
     public const int GenerationShift = 32;        // bits 32-63: generation, bumped on every free
 
     /// <summary>The last generation an entry is issued with; freeing it retires the entry.</summary>
@@ -35,6 +40,16 @@ internal static class EntryState
 
     public static uint Generation(long state) => (uint)((ulong)state >> GenerationShift);
     public static long WithGeneration(uint generation) => (long)((ulong)generation << GenerationShift);
+
+    /// <summary>The size bits of a block of <paramref name="size"/> bytes: (size - 1) mod 2^16. A slab slot's size
+    /// (at most 32 KiB) is exactly <see cref="SlabSize"/>; a run's adds its page count (PageMap.RunSize).</summary>
+    public static long WithSize(long size) => ((size - 1) & 0xFFFF) << SizeShift;
+
+    /// <summary>(size - 1) mod 2^16 of the block the state word describes.</summary>
+    public static int SizeLow(long state) => (int)((ulong)(state & SizeMask) >> SizeShift);
+
+    /// <summary>The requested size of a slab block (the state word alone says it).</summary>
+    public static long SlabSize(long state) => SizeLow(state) + 1;
 
     /// <summary>
     /// The state word after freeing the block <paramref name="live"/> describes: not allocated, generation + 1, so
@@ -62,21 +77,4 @@ internal static class HandleBits
 
     public static uint Index(ulong h) => (uint)h;
     public static uint Generation(ulong h) => (uint)(h >> IndexBits);
-}
-
-/// <summary>
-/// One slot of the process-wide chunk directory (native-layout.md, "Handle table"): where a chunk of handle entries
-/// lives and which heap owns it now. 16 bytes, so both words of a slot share a cache line.
-/// </summary>
-/// <remarks>
-/// <see cref="Entries"/> is written once, before the chunk is first published, and never changes; <see cref="Owner"/>
-/// is written (release) when a heap takes or gives back the chunk, and read (acquire) by every handle validation.
-/// </remarks>
-[StructLayout(LayoutKind.Sequential, Size = 16)]
-internal struct HandleChunk
-{
-    /// <summary>The chunk's first entry (null while the slot is unused).</summary>
-    public nint Entries;
-    /// <summary>Id of the heap that owns the chunk; 0 while no heap owns it.</summary>
-    public long Owner;
 }

@@ -92,6 +92,13 @@ internal sealed unsafe partial class Migrator
         // caller read it. Only a frozen entry's address changes, so from here it is stable. An owned block must
         // also still have the owner that isolated it (a re-own or unregister meanwhile makes this attempt void).
         if (e->Address != batch.Src[i]) { Unfreeze(batch, i, MigrateResult.Gone); return false; }
+        // A run's page count was read without the freeze (from its head descriptor) to size the destination: now that
+        // the run cannot be freed or moved, its descriptor is stable, and a destination of another length is void.
+        if ((s & EntryState.Run) != 0 && RunPagesAt(batch.Src[i]) != RunPagesAt(batch.Dst[i]))
+        {
+            Unfreeze(batch, i, MigrateResult.Gone);
+            return false;
+        }
         if (batch.Owner[i] != null && !Owners.IsStillOwner(batch.Index[i], s, batch.Owner[i]!))
         {
             Unfreeze(batch, i, MigrateResult.Busy);
@@ -123,7 +130,7 @@ internal sealed unsafe partial class Migrator
                     Unfreeze(batch, i, MigrateResult.Pinned);
                     continue;
                 }
-                long size = e->Size;
+                long size = _pages.Map.BlockSize(batch.Src[i], batch.State[i]);   // frozen: the run's descriptor is stable
                 Buffer.MemoryCopy((void*)batch.Src[i], (void*)batch.Dst[i], size, size);
                 if (batch.Owner[i] != null && !Owners.Migrate(batch, i, e, this)) continue;
                 if ((batch.State[i] & EntryState.Run) == 0)
@@ -181,11 +188,12 @@ internal sealed unsafe partial class Migrator
         if ((s & EntryState.Frozen) != 0) return MigrateResult.Busy;
 
         nint src = Volatile.Read(ref e->Address);
-        long size = Volatile.Read(ref e->Size);
-        // Seqlock-style: if the state word is unchanged, the address and size read in between belong to the block
-        // the state describes (a free and reuse of the entry would have changed it), not to a later tenant.
-        if (Volatile.Read(ref e->State) != s) return MigrateResult.Busy;
         bool run = (s & EntryState.Run) != 0;
+        // Seqlock-style: if the state word is unchanged, the address read in between belongs to the block the state
+        // describes (a free and reuse of the entry would have changed it), not to a later tenant. A run's page count
+        // comes from its head descriptor, read racily here and confirmed under the freeze (TryFreeze).
+        long size = run ? _pages.Map.RunSize(src, s) : EntryState.SlabSize(s);
+        if (Volatile.Read(ref e->State) != s) return MigrateResult.Busy;
         nint dst = AllocateDestination(index, src, size, run);
         if (dst == 0) return MigrateResult.NoMemory;
 
@@ -226,4 +234,6 @@ internal sealed unsafe partial class Migrator
     }
 
     private int PagesFor(long size) => _pages.Map.PagesFor(size);
+
+    private int RunPagesAt(nint address) => _pages.Map.Page(_pages.Map.PageOf(address)).RunPages;
 }

@@ -85,6 +85,22 @@ internal sealed unsafe class PageMap : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public int PagesFor(long bytes) => (int)((bytes + PageSize - 1) >> PageShift);
 
+    /// <summary>The requested size of the run block at <paramref name="address"/> whose state word is
+    /// <paramref name="state"/>: its page count from the run head's descriptor, the rest from the state word's size
+    /// bits ((size - 1) mod 2^16, and a page is at most 2^16 bytes). The caller keeps the run from moving or being
+    /// freed while it reads (a pin, a freeze, or the block just allocated by it).</summary>
+    public long RunSize(nint address, long state)
+    {
+        ref PageDescriptor d = ref Page(PageOf(address));
+        return ((long)(d.RunPages - 1) << PageShift) + (EntryState.SizeLow(state) & (PageSize - 1)) + 1;
+    }
+
+    /// <summary>The requested size of a block: a slab slot's from its state word alone, a run's with
+    /// <see cref="RunSize"/> (same conditions).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public long BlockSize(nint address, long state) =>
+        (state & EntryState.Run) == 0 ? EntryState.SlabSize(state) : RunSize(address, state);
+
     public int GetPageblockBits(int pageblock)
     {
         int word = Volatile.Read(ref _pageblockBits[PageblockBits.WordOf(pageblock)]);

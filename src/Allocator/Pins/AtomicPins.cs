@@ -18,7 +18,8 @@ internal static unsafe class AtomicPins
     /// </summary>
     /// <exception cref="InvalidBlockHandleException">The handle is stale.</exception>
     /// <exception cref="InvalidOperationException">The block already holds the maximum of atomic pins.</exception>
-    public static void Acquire(BlockHandle handle, HandleEntry* e, PageMap map)
+    /// <returns>The state word the pin was taken on (without the pin).</returns>
+    public static long Acquire(BlockHandle handle, HandleEntry* e, PageMap map)
     {
         SpinWait spin = default;
         while (true)
@@ -28,10 +29,13 @@ internal static unsafe class AtomicPins
             if ((s & EntryState.Frozen) != 0) { FrozenByThisThread.ThrowIfFrozenHere(e); spin.SpinOnce(); continue; }
             if ((s & EntryState.PinMask) == EntryState.PinMask)
                 throw new InvalidOperationException($"{handle} already holds the maximum of {EntryState.PinMask} atomic pins.");
-            if (Interlocked.CompareExchange(ref e->State, s + 1, s) == s) break;
+            if (Interlocked.CompareExchange(ref e->State, s + 1, s) == s)
+            {
+                // The entry's pin excludes a migration now, so its address is stable until the count falls.
+                Interlocked.Increment(ref map.Page(map.PageOf(e->Address)).PinCount);
+                return s;
+            }
         }
-        // The entry's pin excludes a migration now, so its address is stable until the count falls.
-        Interlocked.Increment(ref map.Page(map.PageOf(e->Address)).PinCount);
     }
 
     /// <summary>Drops one atomic pin. Lock-free. The address is stable until the entry's count falls, so the page is

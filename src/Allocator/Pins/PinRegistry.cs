@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using Compaction.Allocator.Layout;
 
 namespace Compaction.Allocator.Pins;
@@ -27,19 +28,14 @@ internal static unsafe class PinRegistry
     private static int s_count;
     private static readonly Stack<nint> s_free = new();
 
-    [ThreadStatic] private static nint t_record;
-    [ThreadStatic] private static RecordOwner? t_owner;
-    [ThreadStatic] private static List<nint>? t_overflow;   // further records of a thread holding more than 8 pins
+    [ThreadStatic] private static ThreadPins? t_pins;
 
-    /// <summary>The calling thread's record, registering one on first use.</summary>
-    public static nint* Current
+    /// <summary>The calling thread's pin records, registering the first on first use (one thread-local read).
+    /// Callers that already hold the thread's <see cref="ThreadPins"/> (a thread cache, a heap context) skip it.</summary>
+    public static ThreadPins Current
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get
-        {
-            nint r = t_record;
-            return r != 0 ? (nint*)r : Register();
-        }
+        get => t_pins ?? Register();
     }
 
     /// <summary>
@@ -65,21 +61,21 @@ internal static unsafe class PinRegistry
     public static bool Holds(nint* slot, long sequence) =>
         Volatile.Read(ref *slot) != 0 && *PinSlot.SequenceOf(slot) == sequence;
 
-    /// <summary>An empty slot of the calling thread: in its first record on the fast path, else in an overflow
-    /// record (registered on demand, kept for the thread's life), so that every pin is a slot pin.</summary>
+    /// <summary>An empty slot of <paramref name="pins"/>' thread (the caller's): in its first record on the fast path,
+    /// else in an overflow record (registered on demand, kept for the thread's life), so that every pin is a slot pin.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static nint* FreeSlot()
+    public static nint* FreeSlot(ThreadPins pins)
     {
-        nint* slots = Current;
+        nint* slots = pins.Slots;
         for (int i = 0; i < SlotsPerRecord; i++)
             if (slots[i] == 0) return &slots[i];
-        return FreeOverflowSlot();
+        return FreeOverflowSlot(pins);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static nint* FreeOverflowSlot()
+    private static nint* FreeOverflowSlot(ThreadPins pins)
     {
-        List<nint> overflow = t_overflow ??= [];
+        List<nint> overflow = pins.Overflow ??= [];
         foreach (nint r in overflow)
         {
             nint* slots = (nint*)r;
@@ -88,18 +84,11 @@ internal static unsafe class PinRegistry
         }
         nint record = NewRecord();
         overflow.Add(record);
-        t_owner!.Overflow = overflow;
         return (nint*)record;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static nint* Register()
-    {
-        nint record = NewRecord();
-        t_record = record;
-        t_owner = new RecordOwner(record);
-        return (nint*)record;
-    }
+    private static ThreadPins Register() => t_pins = new ThreadPins(NewRecord());
 
     private static nint NewRecord()
     {
@@ -145,14 +134,31 @@ internal static unsafe class PinRegistry
         }
     }
 
-    /// <summary>True when the calling thread holds a slot pin on <paramref name="entry"/> (no barrier needed: own stores).</summary>
-    public static bool IsPinnedByCurrentThread(HandleEntry* entry)
+    /// <summary>True when the thread of <paramref name="pins"/> (the caller) holds a slot pin on <paramref name="entry"/>.
+    /// No barrier needed: the slots hold the thread's own stores (a slot pin is released only by its holder, a ref
+    /// struct on this thread). Two vector compares of the first record's line, then the overflow records if any.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool IsPinnedBy(ThreadPins pins, HandleEntry* entry)
     {
-        if (t_record == 0) return false;
-        if (RecordHolds(t_record, entry)) return true;
-        if (t_overflow != null)
-            foreach (nint r in t_overflow)
-                if (RecordHolds(r, entry)) return true;
+        long* slots = (long*)pins.Slots;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            Vector256<long> e = Vector256.Create((long)entry);
+            if ((Vector256.Equals(Vector256.Load(slots), e) | Vector256.Equals(Vector256.Load(slots + 4), e)) != Vector256<long>.Zero)
+                return true;
+        }
+        else if (RecordHolds((nint)slots, entry))
+        {
+            return true;
+        }
+        return pins.Overflow != null && OverflowHolds(pins, entry);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static bool OverflowHolds(ThreadPins pins, HandleEntry* entry)
+    {
+        foreach (nint r in pins.Overflow!)
+            if (RecordHolds(r, entry)) return true;
         return false;
     }
 
@@ -181,23 +187,14 @@ internal static unsafe class PinRegistry
         return pins;
     }
 
-    /// <summary>Returns a dead thread's records to the pool, each when it holds no pin.</summary>
-    private sealed class RecordOwner(nint record)
+    /// <summary>Returns a dead thread's record to the pool when it holds no pin (called by
+    /// <see cref="ThreadPins"/>' finalizer); a record with pins left in it is kept, so leaked pins go on protecting
+    /// their blocks.</summary>
+    internal static void Recycle(nint r)
     {
-        public List<nint>? Overflow;
-
-        ~RecordOwner()
-        {
-            Recycle(record);
-            if (Overflow != null) foreach (nint r in Overflow) Recycle(r);
-        }
-
-        private static void Recycle(nint r)
-        {
-            nint* slots = (nint*)r;
-            for (int s = 0; s < SlotsPerRecord; s++)
-                if (Volatile.Read(ref slots[s]) != 0) return;
-            lock (s_lock) s_free.Push(r);
-        }
+        nint* slots = (nint*)r;
+        for (int s = 0; s < SlotsPerRecord; s++)
+            if (Volatile.Read(ref slots[s]) != 0) return;
+        lock (s_lock) s_free.Push(r);
     }
 }

@@ -48,14 +48,19 @@ internal sealed class Reclaimer
     /// <summary>
     /// Decommits pageblocks that have been wholly free for at least <see cref="HeapOptions.DecommitDelay"/>
     /// (hysteresis, like jemalloc's decay), so that resident memory follows live memory without thrashing when
-    /// memory is freed and reused at once. A pageblock's clock restarts whenever it is seen in use. Takes the trim
-    /// lock (try-lock: returns 0 if a trim runs) and each zone lock in turn. Returns the bytes decommitted.
+    /// memory is freed and reused at once. A pageblock's clock restarts whenever it is seen in use. Free runs parked
+    /// in thread caches and the depot age the same way: a trim first drains the caches when they hold a run, so the
+    /// pages they held start their clock at this step (the caches refill on their next miss). Cached slab slots alone
+    /// do not trigger it: they are bounded per thread and class, and an idle wake should leave the caches warm.
+    /// Takes the trim lock (try-lock: returns 0 if a trim runs), the cache lock (a drain) and each zone lock in
+    /// turn. Returns the bytes decommitted.
     /// </summary>
     public long Trim(TimeSpan now)
     {
         if (!_trimLock.TryEnter()) return 0;
         try
         {
+            if (_caches.CachedRuns() > 0) _caches.Drain();
             long delay = _options.DecommitDelay.Ticks, bytes = 0, nowTicks = Math.Max(1, now.Ticks);
             foreach (Zone z in _pages.Zones)
             {

@@ -1,3 +1,7 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
 namespace Compaction.Allocator.Slabs;
 
 /// <summary>
@@ -53,7 +57,13 @@ internal sealed class SizeClasses
     public int Count => Size.Length;
 
     /// <summary>Class index for a request of <paramref name="size"/> bytes (1 &lt;= size &lt;= threshold); one table load.</summary>
-    public int ClassOf(long size) => _classOf16[(int)((size + 15) >> 4)];
+    /// No bounds check: the size is at most the threshold, and the table has an entry for every 16 bytes up to it.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public int ClassOf(long size)
+    {
+        Debug.Assert(size >= 1 && size <= Threshold);
+        return Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_classOf16), (int)((size + 15) >> 4));
+    }
 
     /// <summary>Slot index of byte offset <paramref name="offset"/> in a slab of class <paramref name="c"/>: one
     /// multiply instead of a division, exact for every offset below 2^32 (slabs are at most 16 pages).</summary>

@@ -1,0 +1,84 @@
+using Compaction.Allocator.Handles;
+using Compaction.Allocator.Layout;
+using Compaction.Allocator.Pages;
+using Compaction.Allocator.Slabs;
+
+namespace Compaction.Allocator.Caches;
+
+/// <summary>
+/// Binds free handle entries to storage and unbinds them (native-layout.md, "Per-thread caches"): a bound entry's
+/// <c>Address</c> is its slot (whose reverse-map word names the entry) or its run (whose head descriptor names it).
+/// Binding happens in batches when a cache bin is refilled, so the reverse map is written once per batch instead of
+/// once per allocation; unbinding gives the storage back to its slab or zone and the entry to the handle table.
+/// </summary>
+/// <remarks>Takes the handle-table lock and a class lock or zone locks one after the other, never nested, and
+/// never while a cache bin or depot lock is held.</remarks>
+internal sealed unsafe class StorageBinder
+{
+    private readonly SlabAllocator[] _slabs;   // [BlockKind]
+    private readonly PageAllocator _pages;
+    private readonly PageMap _map;
+    private readonly HandleTable _handles;
+    private readonly CacheBins _layout;
+
+    public StorageBinder(SlabAllocator[] slabs, PageAllocator pages, HandleTable handles, CacheBins layout)
+    {
+        _slabs = slabs;
+        _pages = pages;
+        _map = pages.Map;
+        _handles = handles;
+        _layout = layout;
+    }
+
+    /// <summary>Binds up to <paramref name="dst"/>.Length fresh entries to fresh slots of slab bin
+    /// <paramref name="bin"/>. Returns how many (fewer only when entries or arena memory ran out). Never throws.</summary>
+    public int BindSlots(int bin, Span<uint> dst)
+    {
+        int n = _handles.Pop(dst);
+        if (n == 0) return 0;
+        BlockKind kind = _layout.KindOf(bin);
+        int c = _layout.ClassOf(bin);
+        SlabAllocator slabs = _slabs[(int)kind];
+        Span<nint> slots = stackalloc nint[Math.Min(n, 512)];
+        int bound = 0;
+        while (bound < n)
+        {
+            int want = Math.Min(n - bound, slots.Length);
+            int got = slabs.AllocateSlots(c, slots, want);
+            for (int i = 0; i < got; i++)
+            {
+                uint index = dst[bound + i];
+                HandleStore.Get(index)->Address = slots[i];
+                *slabs.ReverseMapWord(slots[i], c) = (int)index;
+            }
+            bound += got;
+            if (got < want) break;
+        }
+        if (bound < n) _handles.Push(dst[bound..n]);
+        return bound;
+    }
+
+    /// <summary>Gives the storage of bound free entries of <paramref name="bin"/> back to their slabs or zones, and
+    /// the entries to the handle table (or, with <paramref name="entriesRetired"/>, nowhere: a retired entry is never reused).</summary>
+    public void Unbind(int bin, ReadOnlySpan<uint> entries, bool entriesRetired = false)
+    {
+        if (entries.IsEmpty) return;
+        if (_layout.IsRun(bin))
+        {
+            int pages = _layout.PagesOf(bin);
+            foreach (uint index in entries) _pages.FreePages(_map.PageOf(HandleStore.Get(index)->Address), pages);
+        }
+        else
+        {
+            SlabAllocator slabs = _slabs[(int)_layout.KindOf(bin)];
+            Span<nint> slots = stackalloc nint[Math.Min(entries.Length, 512)];
+            for (int done = 0; done < entries.Length; done += slots.Length)
+            {
+                int n = Math.Min(slots.Length, entries.Length - done);
+                for (int i = 0; i < n; i++) slots[i] = HandleStore.Get(entries[done + i])->Address;
+                slabs.FreeSlots(_layout.ClassOf(bin), slots[..n]);
+            }
+        }
+        if (!entriesRetired) _handles.Push(entries);
+    }
+}
