@@ -3,41 +3,36 @@ using Compaction.Allocator.Layout;
 namespace Compaction.Allocator;
 
 /// <summary>
-/// A pin that is an object: it may be stored, held across <c>await</c> and released from any thread. Obtained from
-/// <see cref="NativeHeap.AcquirePin"/>. Disposing it twice does nothing.
+/// A pin that may be stored, held across <c>await</c> and released from any thread. Obtained from
+/// <see cref="NativeHeap.AcquirePin"/>. A small struct over a pooled record, so taking a pin allocates nothing; the
+/// record's 64-bit generation tells this pin from any later pin that reuses the record, so disposing a pin (or a copy
+/// of it) twice does nothing and never releases someone else's pin. <c>default(BlockPin)</c> holds nothing.
 /// </summary>
-public sealed unsafe class BlockPin : IDisposable
+public readonly unsafe struct BlockPin : IDisposable
 {
-    private readonly NativeHeap _heap;
-    private readonly HandleEntry* _entry;
-    private readonly byte* _pointer;
-    private int _released;
+    private readonly BlockPinRecord? _record;
+    private readonly long _generation;
 
-    internal BlockPin(NativeHeap heap, BlockHandle handle, HandleEntry* entry, long length)
+    internal BlockPin(BlockPinRecord record, long generation)
     {
-        _heap = heap;
-        _entry = entry;
-        Handle = handle;
-        _pointer = (byte*)entry->Address;
-        Length = length;
+        _record = record;
+        _generation = generation;
     }
 
+    /// <summary>True until the pin is released (false for <c>default</c>).</summary>
+    public bool IsHeld => _record != null && Volatile.Read(ref _record.Generation) == _generation;
+
     /// <summary>The pinned block.</summary>
-    public BlockHandle Handle { get; }
+    /// <exception cref="ObjectDisposedException">The pin was released.</exception>
+    public BlockHandle Handle => Held().Handle;
 
     /// <summary>The block's size in bytes.</summary>
-    public long Length { get; }
+    /// <exception cref="ObjectDisposedException">The pin was released.</exception>
+    public long Length => Held().Length;
 
     /// <summary>The block's first byte.</summary>
     /// <exception cref="ObjectDisposedException">The pin was released.</exception>
-    public nint Address
-    {
-        get
-        {
-            ObjectDisposedException.ThrowIf(Volatile.Read(ref _released) != 0, this);
-            return (nint)_pointer;
-        }
-    }
+    public nint Address => (nint)Held().Pointer;
 
     /// <summary>The block's bytes.</summary>
     /// <exception cref="ObjectDisposedException">The pin was released.</exception>
@@ -46,18 +41,107 @@ public sealed unsafe class BlockPin : IDisposable
     {
         get
         {
-            ObjectDisposedException.ThrowIf(Volatile.Read(ref _released) != 0, this);
-            if (Length > int.MaxValue) ThrowHelper.TooLargeForSpan(Length);
-            return new Span<byte>(_pointer, (int)Length);
+            BlockPinRecord r = Held();
+            if (r.Length > int.MaxValue) ThrowHelper.TooLargeForSpan(r.Length);
+            return new Span<byte>(r.Pointer, (int)r.Length);
         }
     }
 
-    /// <summary>True until the pin is released.</summary>
-    public bool IsHeld => Volatile.Read(ref _released) == 0;
+    /// <summary>Releases the pin; later calls (on this value or any copy of it) do nothing.</summary>
+    /// <exception cref="ObjectDisposedException">The heap was disposed (the pin is released all the same).</exception>
+    public void Dispose() => _record?.Release(_generation);
 
-    /// <summary>Releases the pin; later calls do nothing.</summary>
-    public void Dispose()
+    private BlockPinRecord Held()
     {
-        if (Interlocked.Exchange(ref _released, 1) == 0) _heap.ReleaseAtomicPin(_entry);
+        BlockPinRecord? r = _record;
+        if (r == null || Volatile.Read(ref r.Generation) != _generation) throw new ObjectDisposedException(nameof(BlockPin));
+        return r;
+    }
+}
+
+/// <summary>
+/// The pooled state of a <see cref="BlockPin"/> (native-layout.md, "Pins"): which heap and entry it pins, and a
+/// generation bumped at each release. Records live in one process-wide array and are reused through a lock-free
+/// stack whose head word carries a 32-bit tag against ABA; they are never freed (the pool grows to the most
+/// <see cref="BlockPin"/>s ever held at once).
+/// </summary>
+internal sealed unsafe class BlockPinRecord
+{
+    /// <summary>Odd while the record pins a block; each acquire and each release add one, so no two pins of the
+    /// record share a value (64 bits: never wraps).</summary>
+    public long Generation;
+    public NativeHeap? Heap;
+    public HandleEntry* Entry;
+    public byte* Pointer;
+    public long Length;
+    public BlockHandle Handle;
+    /// <summary>Pool link: index + 1 of the next free record, 0 for none.</summary>
+    public int Next;
+    public readonly int Index;
+
+    private BlockPinRecord(int index) => Index = index;
+
+    private static readonly Lock s_growLock = new();
+    private static BlockPinRecord[] s_records = new BlockPinRecord[64];
+    private static int s_count;
+    private static long s_free;   // (tag << 32) | (index + 1) of the top free record; 0 = empty
+
+    /// <summary>A free record from the pool (one CAS), or a new one. The caller fills it and calls
+    /// <see cref="Activate"/>.</summary>
+    public static BlockPinRecord Rent()
+    {
+        while (true)
+        {
+            long head = Volatile.Read(ref s_free);
+            int top = (int)(uint)head;
+            if (top == 0) return Grow();
+            BlockPinRecord r = Volatile.Read(ref s_records)[top - 1];
+            long next = ((head >> 32) + 1 << 32) | (uint)Volatile.Read(ref r.Next);
+            if (Interlocked.CompareExchange(ref s_free, next, head) == head) return r;
+        }
+    }
+
+    private static BlockPinRecord Grow()
+    {
+        lock (s_growLock)
+        {
+            if (s_count == s_records.Length)
+            {
+                var bigger = new BlockPinRecord[s_records.Length * 2];
+                Array.Copy(s_records, bigger, s_count);
+                Volatile.Write(ref s_records, bigger);
+            }
+            var r = new BlockPinRecord(s_count);
+            s_records[s_count] = r;
+            s_count++;
+            return r;
+        }
+    }
+
+    /// <summary>Puts a record not in use back on the pool (one CAS).</summary>
+    private static void Return(BlockPinRecord r)
+    {
+        while (true)
+        {
+            long head = Volatile.Read(ref s_free);
+            r.Next = (int)(uint)head;
+            long next = ((head >> 32) + 1 << 32) | (uint)(r.Index + 1);
+            if (Interlocked.CompareExchange(ref s_free, next, head) == head) return;
+        }
+    }
+
+    /// <summary>Marks the filled record as pinning (its generation becomes odd) and returns the pin's generation.</summary>
+    public long Activate() => Interlocked.Increment(ref Generation);
+
+    /// <summary>Releases the pin of <paramref name="generation"/> if it is still held: exactly one of any number of
+    /// racing calls wins the generation CAS and drops the atomic pin; the others do nothing.</summary>
+    public void Release(long generation)
+    {
+        if (Interlocked.CompareExchange(ref Generation, generation + 1, generation) != generation) return;
+        NativeHeap heap = Heap!;
+        HandleEntry* entry = Entry;
+        Heap = null;
+        Return(this);
+        heap.ReleaseAtomicPin(entry);
     }
 }

@@ -32,7 +32,8 @@ public sealed unsafe partial class NativeHeap
         // process-wide barrier, then loads the slots. One of us sees the other (native-layout.md, "Pins").
         long sequence = PinRegistry.Publish(slot, e);
         long s = Volatile.Read(ref e->State);
-        if ((s & (EntryState.Frozen | EntryState.Run)) != 0 || !HandleChecks.IsLive(handle, s))
+        const long slowBits = EntryState.GenerationMask | EntryState.Allocated | EntryState.Frozen | EntryState.Run;
+        if (((s ^ HandleChecks.Expected(handle)) & slowBits) != 0)   // not live with this generation, frozen, or a run
             return PinSlow(handle, e, pins, slot, sequence, s);
         return new PinScope(this, slot, sequence, (byte*)e->Address, EntryState.SlabSize(s));
     }
@@ -60,7 +61,7 @@ public sealed unsafe partial class NativeHeap
     }
 
     /// <summary>
-    /// Pins a block until the returned object is disposed, from any thread: unlike a <see cref="PinScope"/> it may be
+    /// Pins a block until the returned pin is disposed, from any thread: unlike a <see cref="PinScope"/> it may be
     /// stored in a field, held across <c>await</c> and released on another thread. It costs an interlocked increment
     /// and decrement, and the compactor sees it through the page's pin count before taking any lock.
     /// </summary>
@@ -69,12 +70,19 @@ public sealed unsafe partial class NativeHeap
     public BlockPin AcquirePin(BlockHandle handle)
     {
         HandleEntry* e = Locate(handle);
-        long s = AtomicPins.Acquire(handle, e, _map);
-        return new BlockPin(this, handle, e, _map.BlockSize(e->Address, s));   // pinned: the address and size are stable
+        long s = AtomicPins.Acquire(handle, e, _map);   // throws before any record is taken
+        BlockPinRecord r = BlockPinRecord.Rent();
+        r.Heap = this;
+        r.Entry = e;
+        r.Handle = handle;
+        r.Pointer = (byte*)e->Address;                  // pinned: the address and size are stable
+        r.Length = _map.BlockSize(e->Address, s);
+        return new BlockPin(r, r.Activate());
     }
 
     /// <summary>Drops one atomic pin of a <see cref="BlockPin"/>.</summary>
-    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    /// <exception cref="ObjectDisposedException">The heap was disposed (a heap with pins held refuses Dispose, so
+    /// only a finalized-and-resurrected misuse gets here).</exception>
     internal void ReleaseAtomicPin(HandleEntry* e)
     {
         if (_disposed) ThrowHelper.Disposed();

@@ -168,7 +168,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if ((uint)kind > (uint)BlockKind.Unmovable) ThrowHelper.BadKind(kind);
         if (size <= _smallLimit && tc != null && _caches.Enter(tc))
         {
-            uint index = _caches.PopSlot(tc, (int)kind * _classCount + _classes.ClassOf(size));
+            uint index = _caches.PopSlot(tc, (int)kind * _classCount + _classes.ClassOf(size));   // no bounds checks
             if (index != 0)
             {
                 tc.LiveBytes += size;
@@ -283,11 +283,12 @@ public sealed unsafe partial class NativeHeap : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void FreeCore(BlockHandle handle, HandleEntry* e, ThreadCache? tc, ThreadPins pins)
     {
+        const long slowBits = EntryState.GenerationMask | EntryState.Allocated | EntryState.PinMask | EntryState.Frozen
+                              | EntryState.Run | EntryState.HasOwner;
         long s = Volatile.Read(ref e->State);
-        long freed = EntryState.Freed(s);
-        if (HandleChecks.IsLive(handle, s)
-            && (s & (EntryState.PinMask | EntryState.Frozen | EntryState.Run | EntryState.HasOwner)) == 0
-            && (freed & EntryState.Retired) == 0
+        long freed = (s & EntryState.GenerationMask) + EntryState.GenerationOne;   // 0 when the generation would wrap
+        if (((s ^ HandleChecks.Expected(handle)) & slowBits) == 0   // live, this generation, unpinned, a slab slot, no owner
+            && freed != 0                                            // else the entry retires (slow path)
             && tc != null
             && !PinRegistry.IsPinnedBy(pins, e)
             && Interlocked.CompareExchange(ref e->State, freed, s) == s)

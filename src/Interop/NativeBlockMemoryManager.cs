@@ -27,7 +27,7 @@ public sealed unsafe class NativeBlockMemoryManager : MemoryManager<byte>
     private const int Disposed = -1;
 
     private readonly NativeHeap _heap;
-    private readonly BlockPin? _pin;
+    private readonly BlockPin _pin;   // default when the block is unmovable
     private readonly byte* _pointer;
     private readonly int _length;
     private int _state;   // outstanding Pin() handles, or Disposed
@@ -154,7 +154,7 @@ public sealed unsafe class NativeBlockMemoryManager : MemoryManager<byte>
         if (s == Disposed) return;
         if (s != 0)
             throw new InvalidOperationException($"{s} handle(s) from Pin() are still outstanding; dispose them before disposing the memory manager.");
-        _pin?.Dispose();
+        _pin.Dispose();
         if (!OwnsBlock) return;
         try
         {

@@ -14,6 +14,14 @@ internal static class HandleChecks
     public static bool IsLive(BlockHandle handle, long state) =>
         (state & EntryState.Allocated) != 0 && EntryState.Generation(state) == HandleBits.Generation(handle.Value);
 
+    /// <summary>
+    /// The state word bits a fast path compares in one go: <c>((state ^ Expected(handle)) &amp; mask) == 0</c> holds
+    /// exactly when the block is allocated with the handle's generation and every other bit in <c>mask</c> is clear
+    /// (pins, freeze, run, owner: whatever sends the caller to its slow path).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static long Expected(BlockHandle handle) => (long)(handle.Value & unchecked((ulong)EntryState.GenerationMask)) | EntryState.Allocated;
+
     /// <summary>Throws <see cref="InvalidBlockHandleException"/> (Stale) unless <paramref name="state"/> is the live
     /// block <paramref name="handle"/> names.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -34,6 +34,8 @@ internal static class EntryState
     public const int SizeShift = 16;              // bits 16-31: (size - 1) mod 2^16
     public const long SizeMask = 0xFFFFL << SizeShift;
     public const int GenerationShift = 32;        // bits 32-63: generation, bumped on every free
+    public const long GenerationMask = unchecked((long)0xFFFF_FFFF_0000_0000UL);
+    public const long GenerationOne = 1L << GenerationShift;
 
     /// <summary>The last generation an entry is issued with; freeing it retires the entry.</summary>
     public const uint LastGeneration = uint.MaxValue;
