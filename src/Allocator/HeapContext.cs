@@ -48,9 +48,9 @@ public readonly unsafe ref struct HeapContext
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public BlockHandle Allocate(long size, BlockKind kind = BlockKind.Movable)
     {
-        NativeHeap heap = Enter();
-        if (!heap.TryAllocateCore(size, kind, _cache, out BlockHandle handle)) ThrowHelper.OutOfMemory(size, kind);
-        return handle;
+        ulong handle = Enter().AllocateCore(size, kind, _cache);
+        if (handle == 0) ThrowHelper.OutOfMemory(size, kind);
+        return new BlockHandle(handle);
     }
 
     /// <summary>Same as <see cref="NativeHeap.TryAllocate"/>.</summary>
@@ -58,7 +58,11 @@ public readonly unsafe ref struct HeapContext
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     /// <exception cref="InvalidOperationException">The context is <c>default</c>.</exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public bool TryAllocate(long size, BlockKind kind, out BlockHandle handle) => Enter().TryAllocateCore(size, kind, _cache, out handle);
+    public bool TryAllocate(long size, BlockKind kind, out BlockHandle handle)
+    {
+        handle = new BlockHandle(Enter().AllocateCore(size, kind, _cache));
+        return !handle.IsNull;
+    }
 
     /// <summary>Same as <see cref="NativeHeap.Free"/>.</summary>
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale (includes a double free).</exception>
@@ -68,7 +72,7 @@ public readonly unsafe ref struct HeapContext
     public void Free(BlockHandle handle)
     {
         NativeHeap heap = Enter();
-        heap.FreeCore(handle, heap.Locate(handle), _cache, _pins);
+        heap.FreeCore(handle, heap.LocateLive(handle), _cache, _pins);
     }
 
     /// <summary>Same as <see cref="NativeHeap.Pin"/>.</summary>
@@ -79,8 +83,7 @@ public readonly unsafe ref struct HeapContext
     public PinScope Pin(BlockHandle handle)
     {
         NativeHeap heap = Enter();
-        HandleEntry* e = heap.Locate(handle);
-        return heap.PinCore(handle, e, _pins);
+        return heap.PinCore(handle, heap.LocateLive(handle), _pins);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

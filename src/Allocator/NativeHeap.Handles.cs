@@ -27,6 +27,15 @@ public sealed unsafe partial class NativeHeap
         return e;
     }
 
+    /// <summary><see cref="Locate"/> for a caller that has just checked the heap is not disposed (a context).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal HandleEntry* LocateLive(BlockHandle handle)
+    {
+        HandleEntry* e = TryLocate(handle);
+        if (e == null) LocateFailed(handle);
+        return e;
+    }
+
     /// <summary>
     /// The entry of the handle's index when its chunk belongs to this heap, else null (index 0 included).
     /// Cost: one compare for the range, one load of the chunk's owner word (compared with this heap's id), one add

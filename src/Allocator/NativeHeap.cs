@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Compaction.Allocator.Caches;
 using Compaction.Allocator.Compaction;
 using Compaction.Allocator.Handles;
@@ -47,6 +48,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private readonly long _maxBlockSize;
     private readonly long _smallLimit;                 // _classes.Threshold: the largest slab block
     private readonly int _classCount;                  // _classes.Count: bins of one kind
+    private readonly byte[] _classOf;                  // _classes' size-to-class table, one load nearer the fast paths
     private readonly CacheBins _bins;                  // _caches.Layout
     private volatile bool _disposed;
 
@@ -74,6 +76,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             _slabs = [new SlabAllocator(_pages, BlockKind.Movable, _classes), new SlabAllocator(_pages, BlockKind.Unmovable, _classes)];
             _smallLimit = _classes.Threshold;
             _classCount = _classes.Count;
+            _classOf = _classes.ClassTable;
             _caches = new ThreadCaches(_slabs, _pages, _handles, _classes, _options.PerThreadCaches, DepotRunBytes(arenaBytes));
             _bins = _caches.Layout;
             _migrator = new Migrator(_handles, _pages, _slabs[(int)BlockKind.Movable], new OwnerRegistry(HandleOf));
@@ -143,8 +146,9 @@ public sealed unsafe partial class NativeHeap : IDisposable
     public BlockHandle Allocate(long size, BlockKind kind = BlockKind.Movable)
     {
         if (_disposed) ThrowHelper.Disposed();
-        if (!TryAllocateCore(size, kind, _caches.Current(), out BlockHandle handle)) ThrowHelper.OutOfMemory(size, kind);
-        return handle;
+        ulong handle = AllocateCore(size, kind, _caches.Current());
+        if (handle == 0) ThrowHelper.OutOfMemory(size, kind);
+        return new BlockHandle(handle);
     }
 
     /// <summary>Like <see cref="Allocate"/>, but returns false instead of throwing when the arena has no room.</summary>
@@ -153,43 +157,44 @@ public sealed unsafe partial class NativeHeap : IDisposable
     public bool TryAllocate(long size, BlockKind kind, out BlockHandle handle)
     {
         if (_disposed) ThrowHelper.Disposed();
-        return TryAllocateCore(size, kind, _caches.Current(), out handle);
+        handle = new BlockHandle(AllocateCore(size, kind, _caches.Current()));
+        return !handle.IsNull;
     }
 
     /// <summary>
     /// Allocation with the thread's cache already in hand (the heap's methods look it up; a <see cref="HeapContext"/>
-    /// holds it). The small-block fast path, inlined into both callers whatever the JIT's profile says: check the
-    /// request, enter the cache, pop a bound entry of the size class, publish it (native-layout.md, "Fast paths").
+    /// holds it). Returns the handle's bits, 0 when the arena has no room. The small-block fast path, inlined into both
+    /// callers whatever the JIT's profile says: check the request, enter the cache, pop a bound entry of the size
+    /// class, publish it (native-layout.md, "Fast paths"). A value, not an out parameter: nothing on the path is
+    /// address-exposed, so the JIT keeps it in registers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal bool TryAllocateCore(long size, BlockKind kind, ThreadCache? tc, out BlockHandle handle)
+    internal ulong AllocateCore(long size, BlockKind kind, ThreadCache? tc)
     {
-        if ((ulong)(size - 1) >= (ulong)_maxBlockSize) ThrowHelper.BadSize(size);
-        if ((uint)kind > (uint)BlockKind.Unmovable) ThrowHelper.BadKind(kind);
-        if (size <= _smallLimit && tc != null && _caches.Enter(tc))
+        // One compare covers zero, negative and too large for a slab; the slow path sorts out the rest.
+        if ((ulong)(size - 1) < (ulong)_smallLimit && (uint)kind <= (uint)BlockKind.Unmovable && tc != null && _caches.Enter(tc))
         {
-            uint index = _caches.PopSlot(tc, (int)kind * _classCount + _classes.ClassOf(size));   // no bounds checks
-            if (index != 0)
-            {
-                tc.LiveBytes += size;
-                tc.LiveBlocks++;
-            }
+            uint index = _caches.PopSlot(tc, (int)kind * _classCount + ClassOf(size));   // no bounds checks
+            tc.LiveBytes += index != 0 ? size : 0;
+            tc.LiveBlocks += index != 0 ? 1 : 0;
             ThreadCaches.Exit(tc);
-            if (index != 0)
-            {
-                handle = PublishBound(index, size, kind, run: false);
-                return true;
-            }
-            handle = default;
-            return false;
+            return index != 0 ? PublishBound(index, size, kind, run: false) : 0;
         }
-        return TryAllocateSlow(size, kind, tc, out handle);
+        return AllocateSlow(size, kind, tc);
+    }
+
+    /// <summary>The size class of a slab block (<see cref="SizeClasses.ClassOf"/> without the indirection).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int ClassOf(long size)
+    {
+        Debug.Assert(size >= 1 && size <= _smallLimit);
+        return Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_classOf), (int)((size + 15) >> 4));
     }
 
     /// <summary>Makes a bound free entry live: its Address already names its storage, so one release store of the
     /// state word (generation, size bits, flags) publishes the block.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static BlockHandle PublishBound(uint index, long size, BlockKind kind, bool run)
+    private static ulong PublishBound(uint index, long size, BlockKind kind, bool run)
     {
         HandleEntry* e = HandleStore.Base + index;
         long state = e->State;   // free and ours: no other thread writes it now
@@ -197,22 +202,23 @@ public sealed unsafe partial class NativeHeap : IDisposable
         uint generation = EntryState.Generation(state);
         long flags = EntryState.Allocated | (kind == BlockKind.Movable ? EntryState.Movable : 0) | (run ? EntryState.Run : 0);
         Volatile.Write(ref e->State, EntryState.WithGeneration(generation) | EntryState.WithSize(size) | flags);
-        return new BlockHandle(HandleBits.Encode(generation, index));
+        return HandleBits.Encode(generation, index);
     }
 
     /// <summary>Allocation without the small fast path: a small block while caches are off (or absent), and every run.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private bool TryAllocateSlow(long size, BlockKind kind, ThreadCache? tc, out BlockHandle handle)
+    private ulong AllocateSlow(long size, BlockKind kind, ThreadCache? tc)
     {
-        if (size > _smallLimit) return TryAllocateRun(size, kind, tc, out handle);
+        if ((ulong)(size - 1) >= (ulong)_maxBlockSize) ThrowHelper.BadSize(size);
+        if ((uint)kind > (uint)BlockKind.Unmovable) ThrowHelper.BadKind(kind);
+        if (size > _smallLimit) return AllocateRun(size, kind, tc);
         uint index = _caches.BindSlotDirect((int)kind * _classCount + _classes.ClassOf(size));
-        if (index == 0) { handle = default; return false; }
+        if (index == 0) return 0;
         _caches.AddLiveDirect(size, 1);
-        handle = PublishBound(index, size, kind, run: false);
-        return true;
+        return PublishBound(index, size, kind, run: false);
     }
 
-    private bool TryAllocateRun(long size, BlockKind kind, ThreadCache? tc, out BlockHandle handle)
+    private ulong AllocateRun(long size, BlockKind kind, ThreadCache? tc)
     {
         int pages = _map.PagesFor(size);
         if (pages <= _bins.MaxRunPages && tc != null && _caches.Enter(tc))
@@ -225,14 +231,10 @@ public sealed unsafe partial class NativeHeap : IDisposable
                 tc.LiveBlocks++;
             }
             ThreadCaches.Exit(tc);
-            if (cached != 0)
-            {
-                handle = PublishBound(cached, size, kind, run: true);
-                return true;
-            }
+            if (cached != 0) return PublishBound(cached, size, kind, run: true);
         }
         Span<uint> one = stackalloc uint[1];
-        if (_handles.Pop(one) == 0) { handle = default; return false; }
+        if (_handles.Pop(one) == 0) return 0;
         uint index = one[0];
         int start = _pages.AllocateRun(pages, kind, index);
         if (start < 0)
@@ -249,13 +251,11 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if (start < 0)
         {
             _handles.Push(one);
-            handle = default;
-            return false;
+            return 0;
         }
         _caches.AddLiveDirect(size, 1);
         HandleStore.Get(index)->Address = _map.AddressOf(start);
-        handle = PublishBound(index, size, kind, run: true);
-        return true;
+        return PublishBound(index, size, kind, run: true);
     }
 
     // ------------------------------------------------------------------ free
@@ -295,7 +295,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         {
             // The entry is ours now: no migration can freeze it (its CAS expects Allocated) and no pin can succeed.
             long size = EntryState.SlabSize(s);
-            int bin = ((s & EntryState.Movable) != 0 ? 0 : _classCount) + _classes.ClassOf(size);
+            int bin = ((s & EntryState.Movable) != 0 ? 0 : _classCount) + ClassOf(size);
             if (_caches.Enter(tc))
             {
                 _caches.PushSlot(tc, bin, HandleBits.Index(handle.Value));

@@ -56,6 +56,9 @@ internal sealed class SizeClasses
 
     public int Count => Size.Length;
 
+    /// <summary>The table <see cref="ClassOf"/> reads: entry (size + 15) / 16 is the class of a request of size bytes.</summary>
+    public byte[] ClassTable => _classOf16;
+
     /// <summary>Class index for a request of <paramref name="size"/> bytes (1 &lt;= size &lt;= threshold); one table load.</summary>
     /// No bounds check: the size is at most the threshold, and the table has an entry for every 16 bytes up to it.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
