@@ -174,11 +174,11 @@ public sealed unsafe partial class NativeHeap : IDisposable
         // One compare covers zero, negative and too large for a slab; the slow path sorts out the rest.
         if ((ulong)(size - 1) < (ulong)_smallLimit && (uint)kind <= (uint)BlockKind.Unmovable && tc != null && _caches.Enter(tc))
         {
-            uint index = _caches.PopSlot(tc, (int)kind * _classCount + ClassOf(size));   // no bounds checks
-            tc.LiveBytes += index != 0 ? size : 0;
-            tc.LiveBlocks += index != 0 ? 1 : 0;
+            ulong handle = _caches.PopSlot(tc, (int)kind * _classCount + ClassOf(size));   // no bounds checks
+            tc.LiveBytes += handle != 0 ? size : 0;
+            tc.LiveBlocks += handle != 0 ? 1 : 0;
             ThreadCaches.Exit(tc);
-            return index != 0 ? PublishBound(index, size, kind, run: false) : 0;
+            return handle != 0 ? PublishBound(handle, size, kind, run: false) : 0;
         }
         return AllocateSlow(size, kind, tc);
     }
@@ -191,19 +191,23 @@ public sealed unsafe partial class NativeHeap : IDisposable
         return Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_classOf), (int)((size + 15) >> 4));
     }
 
-    /// <summary>Makes a bound free entry live: its Address already names its storage, so one release store of the
-    /// state word (generation, size bits, flags) publishes the block.</summary>
+    /// <summary>Makes a bound free entry live under <paramref name="handle"/> (its current generation and index, as a
+    /// cache keeps it): its Address already names its storage, so one release store of the state word (generation,
+    /// size bits, flags) publishes the block; the entry is not read.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static ulong PublishBound(uint index, long size, BlockKind kind, bool run)
+    private static ulong PublishBound(ulong handle, long size, BlockKind kind, bool run)
     {
-        HandleEntry* e = HandleStore.Base + index;
-        long state = e->State;   // free and ours: no other thread writes it now
-        Debug.Assert((state & (EntryState.Allocated | EntryState.Retired)) == 0, "only free, unretired entries are handed out");
-        uint generation = EntryState.Generation(state);
+        HandleEntry* e = HandleStore.Base + HandleBits.Index(handle);
+        // Free and ours: no other thread writes the state word of a free entry, so the cached generation is current.
+        Debug.Assert((e->State & (EntryState.Allocated | EntryState.Retired)) == 0, "only free, unretired entries are handed out");
+        Debug.Assert(EntryState.Generation(e->State) == HandleBits.Generation(handle), "a cached handle carries the entry's generation");
         long flags = EntryState.Allocated | (kind == BlockKind.Movable ? EntryState.Movable : 0) | (run ? EntryState.Run : 0);
-        Volatile.Write(ref e->State, EntryState.WithGeneration(generation) | EntryState.WithSize(size) | flags);
-        return HandleBits.Encode(generation, index);
+        Volatile.Write(ref e->State, ((long)handle & EntryState.GenerationMask) | EntryState.WithSize(size) | flags);
+        return handle;
     }
+
+    /// <summary>The handle a free entry of this heap will be issued with next.</summary>
+    private static ulong NextHandle(uint index) => HandleBits.Encode(EntryState.Generation(HandleStore.Get(index)->State), index);
 
     /// <summary>Allocation without the small fast path: a small block while caches are off (or absent), and every run.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
@@ -212,10 +216,10 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if ((ulong)(size - 1) >= (ulong)_maxBlockSize) ThrowHelper.BadSize(size);
         if ((uint)kind > (uint)BlockKind.Unmovable) ThrowHelper.BadKind(kind);
         if (size > _smallLimit) return AllocateRun(size, kind, tc);
-        uint index = _caches.BindSlotDirect((int)kind * _classCount + _classes.ClassOf(size));
-        if (index == 0) return 0;
+        ulong handle = _caches.BindSlotDirect((int)kind * _classCount + _classes.ClassOf(size));
+        if (handle == 0) return 0;
         _caches.AddLiveDirect(size, 1);
-        return PublishBound(index, size, kind, run: false);
+        return PublishBound(handle, size, kind, run: false);
     }
 
     private ulong AllocateRun(long size, BlockKind kind, ThreadCache? tc)
@@ -224,7 +228,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if (pages <= _bins.MaxRunPages && tc != null && _caches.Enter(tc))
         {
             // A bound free run of exactly this length from the thread's bin or the depot: no zone lock.
-            uint cached = _caches.PopRun(tc, _bins.RunBin(kind, pages));
+            ulong cached = _caches.PopRun(tc, _bins.RunBin(kind, pages));
             if (cached != 0)
             {
                 tc.LiveBytes += size;
@@ -255,7 +259,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         }
         _caches.AddLiveDirect(size, 1);
         HandleStore.Get(index)->Address = _map.AddressOf(start);
-        return PublishBound(index, size, kind, run: true);
+        return PublishBound(NextHandle(index), size, kind, run: true);
     }
 
     // ------------------------------------------------------------------ free
@@ -298,7 +302,8 @@ public sealed unsafe partial class NativeHeap : IDisposable
             int bin = ((s & EntryState.Movable) != 0 ? 0 : _classCount) + ClassOf(size);
             if (_caches.Enter(tc))
             {
-                _caches.PushSlot(tc, bin, HandleBits.Index(handle.Value));
+                // Cached as the handle the entry will be issued with next: the new generation and the index.
+                _caches.PushSlot(tc, bin, (ulong)freed | HandleBits.Index(handle.Value));
                 tc.LiveBytes -= size;
                 tc.LiveBlocks--;
                 ThreadCaches.Exit(tc);
@@ -365,8 +370,9 @@ public sealed unsafe partial class NativeHeap : IDisposable
         }
         if (!retired && tc != null && _caches.Enter(tc))
         {
-            if ((s & EntryState.Run) != 0) _caches.PushRun(tc, bin, index);
-            else _caches.PushSlot(tc, bin, index);
+            ulong next = HandleBits.Encode(EntryState.Generation(freed), index);   // not retired: generation + 1
+            if ((s & EntryState.Run) != 0) _caches.PushRun(tc, bin, next);
+            else _caches.PushSlot(tc, bin, next);
             tc.LiveBytes -= size;
             tc.LiveBlocks--;
             ThreadCaches.Exit(tc);

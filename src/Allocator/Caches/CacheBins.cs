@@ -5,7 +5,8 @@ namespace Compaction.Allocator.Caches;
 
 /// <summary>
 /// One stack of a thread cache or of the depot: free handle entries bound to storage of one kind and one size (a
-/// slab class, or a run's page count), kept in a shared array at <see cref="Offset"/>.
+/// slab class, or a run's page count), kept in a shared array at <see cref="Offset"/>. Each item is the handle the
+/// entry will be issued with next (its current generation and its index), so an allocation need not read the entry.
 /// </summary>
 internal struct CacheBin
 {
@@ -79,7 +80,7 @@ internal sealed class CacheBins
     public long RunBytes(int bin) => (long)PagesOf(bin) << PageShift;
 
     /// <summary>Lays out <paramref name="capacity"/> bins back to back: the bins and the item array they share.</summary>
-    public static (CacheBin[] bins, uint[] items) Allocate(int[] capacity)
+    public static (CacheBin[] bins, ulong[] items) Allocate(int[] capacity)
     {
         var bins = new CacheBin[capacity.Length];
         int offset = 0;
@@ -89,6 +90,6 @@ internal sealed class CacheBins
             bins[b].Offset = offset;
             offset += capacity[b];
         }
-        return (bins, new uint[offset]);
+        return (bins, new ulong[offset]);
     }
 }

@@ -4,7 +4,7 @@ namespace Compaction.Allocator.Caches;
 
 /// <summary>
 /// The depot between thread caches and the slabs and zones (a transfer cache): per bin, a locked stack of bound free
-/// entries. A thread whose bin overflows moves half of it here in one copy; a thread whose bin runs dry takes a batch
+/// entries (as the handles they will be issued with). A thread whose bin overflows moves half of it here in one copy; a thread whose bin runs dry takes a batch
 /// from here before binding fresh storage. So a block freed on another thread than the one that allocated it costs
 /// one lock per batch, never one per block (native-layout.md, "Per-thread caches").
 /// </summary>
@@ -32,7 +32,7 @@ internal sealed class CacheDepot
     private sealed class Bin
     {
         public readonly Lock Lock = new();
-        public uint[] Items = new uint[16];
+        public ulong[] Items = new ulong[16];
         public int Count;
     }
 
@@ -46,7 +46,7 @@ internal sealed class CacheDepot
 
     /// <summary>Moves as many of <paramref name="entries"/> as fit into bin <paramref name="b"/>; returns how many
     /// (taken from the front of the span). Takes the bin's lock.</summary>
-    public int Put(int b, ReadOnlySpan<uint> entries)
+    public int Put(int b, ReadOnlySpan<ulong> entries)
     {
         int n = entries.Length;
         bool run = _layout.IsRun(b);
@@ -74,7 +74,7 @@ internal sealed class CacheDepot
 
     /// <summary>Takes up to <paramref name="dst"/>.Length entries of bin <paramref name="b"/>, most recently put first.
     /// Takes the bin's lock. Returns how many.</summary>
-    public int Take(int b, Span<uint> dst)
+    public int Take(int b, Span<ulong> dst)
     {
         Bin? bin = Volatile.Read(ref _bins[b]);
         if (bin == null || Volatile.Read(ref bin.Count) == 0) return 0;   // racy peek: an empty bin costs no lock
@@ -90,7 +90,7 @@ internal sealed class CacheDepot
     }
 
     /// <summary>Empties bin <paramref name="b"/> into <paramref name="into"/> (for a drain). Takes the bin's lock.</summary>
-    public void TakeAll(int b, List<uint> into)
+    public void TakeAll(int b, List<ulong> into)
     {
         Bin? bin = Volatile.Read(ref _bins[b]);
         if (bin == null) return;
@@ -113,7 +113,7 @@ internal sealed class CacheDepot
     }
 
     /// <summary>Copies bin <paramref name="b"/>'s entries into <paramref name="into"/> under its lock (validation).</summary>
-    public void CopyTo(int b, List<uint> into)
+    public void CopyTo(int b, List<ulong> into)
     {
         Bin? bin = Volatile.Read(ref _bins[b]);
         if (bin == null) return;

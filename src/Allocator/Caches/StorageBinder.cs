@@ -30,37 +30,47 @@ internal sealed unsafe class StorageBinder
         _layout = layout;
     }
 
-    /// <summary>Binds up to <paramref name="dst"/>.Length fresh entries to fresh slots of slab bin
-    /// <paramref name="bin"/>. Returns how many (fewer only when entries or arena memory ran out). Never throws.</summary>
-    public int BindSlots(int bin, Span<uint> dst)
+    /// <summary>Binds up to <paramref name="dst"/>.Length (at most 512) fresh entries to fresh slots of slab bin
+    /// <paramref name="bin"/>; each item is the handle the entry will be issued with. Returns how many (fewer only when
+    /// entries or arena memory ran out). Never throws.</summary>
+    public int BindSlots(int bin, Span<ulong> dst)
     {
-        int n = _handles.Pop(dst);
+        Span<uint> indices = stackalloc uint[Math.Min(dst.Length, 512)];
+        int n = _handles.Pop(indices);
         if (n == 0) return 0;
         BlockKind kind = _layout.KindOf(bin);
         int c = _layout.ClassOf(bin);
         SlabAllocator slabs = _slabs[(int)kind];
-        Span<nint> slots = stackalloc nint[Math.Min(n, 512)];
-        int bound = 0;
-        while (bound < n)
+        Span<nint> slots = stackalloc nint[n];
+        int bound = slabs.AllocateSlots(c, slots, n);
+        for (int i = 0; i < bound; i++)
         {
-            int want = Math.Min(n - bound, slots.Length);
-            int got = slabs.AllocateSlots(c, slots, want);
-            for (int i = 0; i < got; i++)
-            {
-                uint index = dst[bound + i];
-                HandleStore.Get(index)->Address = slots[i];
-                *slabs.ReverseMapWord(slots[i], c) = (int)index;
-            }
-            bound += got;
-            if (got < want) break;
+            uint index = indices[i];
+            HandleEntry* e = HandleStore.Get(index);
+            e->Address = slots[i];
+            *slabs.ReverseMapWord(slots[i], c) = (int)index;
+            dst[i] = HandleBits.Encode(EntryState.Generation(e->State), index);
         }
-        if (bound < n) _handles.Push(dst[bound..n]);
+        if (bound < n) _handles.Push(indices[bound..n]);
         return bound;
     }
 
-    /// <summary>Gives the storage of bound free entries of <paramref name="bin"/> back to their slabs or zones, and
-    /// the entries to the handle table (or, with <paramref name="entriesRetired"/>, nowhere: a retired entry is never reused).</summary>
-    public void Unbind(int bin, ReadOnlySpan<uint> entries, bool entriesRetired = false)
+    /// <summary>Gives the storage of bound free entries of <paramref name="bin"/> (cache items) back to their slabs or
+    /// zones, and the entries to the handle table.</summary>
+    public void Unbind(int bin, ReadOnlySpan<ulong> items)
+    {
+        Span<uint> indices = stackalloc uint[Math.Min(items.Length, 512)];
+        for (int done = 0; done < items.Length; done += indices.Length)
+        {
+            int n = Math.Min(indices.Length, items.Length - done);
+            for (int i = 0; i < n; i++) indices[i] = HandleBits.Index(items[done + i]);
+            Unbind(bin, indices[..n], entriesRetired: false);
+        }
+    }
+
+    /// <summary>Like <see cref="Unbind(int, ReadOnlySpan{ulong})"/> for entries named by index (or, with
+    /// <paramref name="entriesRetired"/>, only their storage: a retired entry goes back to no list).</summary>
+    public void Unbind(int bin, ReadOnlySpan<uint> entries, bool entriesRetired)
     {
         if (entries.IsEmpty) return;
         if (_layout.IsRun(bin))

@@ -31,7 +31,8 @@ internal sealed class ThreadCache
     /// <summary>The owner thread's pin records, so a free's pinned-by-this-thread check needs no thread-local read.</summary>
     public readonly ThreadPins Pins;
     public readonly CacheBin[] Bins;
-    public readonly uint[] Items;
+    /// <summary>Every bin's stack: the handle each bound free entry will be issued with (generation and index).</summary>
+    public readonly ulong[] Items;
 
     public ThreadCache(ThreadCaches set, CacheBins layout)
     {

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Compaction.Allocator.Handles;
+using Compaction.Allocator.Layout;
 using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
 
@@ -113,14 +114,15 @@ internal sealed unsafe class ThreadCaches
         ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(tc.Bins), bin);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static ref uint ItemOf(ThreadCache tc, int i) =>
+    private static ref ulong ItemOf(ThreadCache tc, int i) =>
         ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(tc.Items), i);
 
-    /// <summary>Pops a bound entry of slab bin <paramref name="bin"/>, refilling the bin when empty (from the depot,
-    /// else by binding fresh slots in a batch). 0 when the arena or the handle table is exhausted. Never throws.
+    /// <summary>Pops a bound entry of slab bin <paramref name="bin"/> as the handle it is to be issued with, refilling
+    /// the bin when empty (from the depot, else by binding fresh slots in a batch). 0 when the arena or the handle
+    /// table is exhausted. Never throws.
     /// No bounds checks: a bin's offset and capacity were fixed with the item array.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public uint PopSlot(ThreadCache tc, int bin)
+    public ulong PopSlot(ThreadCache tc, int bin)
     {
         ref CacheBin b = ref BinOf(tc, bin);
         int n = b.Count - 1;
@@ -130,10 +132,10 @@ internal sealed unsafe class ThreadCaches
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private uint RefillSlots(ThreadCache tc, int bin)
+    private ulong RefillSlots(ThreadCache tc, int bin)
     {
         ref CacheBin b = ref BinOf(tc, bin);
-        Span<uint> dst = tc.Items.AsSpan(b.Offset, Math.Max(1, b.Capacity / 2));
+        Span<ulong> dst = tc.Items.AsSpan(b.Offset, Math.Min(512, Math.Max(1, b.Capacity / 2)));
         int n = _depot.Take(bin, dst);
         if (n == 0) n = _binder.BindSlots(bin, dst);
         if (n == 0) return 0;
@@ -141,15 +143,15 @@ internal sealed unsafe class ThreadCaches
         return dst[n - 1];
     }
 
-    /// <summary>Pushes a bound free entry of slab bin <paramref name="bin"/>; a full bin first moves its older half to
-    /// the depot (and what the depot cannot take back to the slabs).</summary>
+    /// <summary>Pushes a bound free entry of slab bin <paramref name="bin"/>, as the handle it is to be issued with
+    /// next; a full bin first moves its older half to the depot (and what the depot cannot take back to the slabs).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void PushSlot(ThreadCache tc, int bin, uint index)
+    public void PushSlot(ThreadCache tc, int bin, ulong handle)
     {
         ref CacheBin b = ref BinOf(tc, bin);
         int n = b.Count;
         if (n == b.Capacity) n = FlushHalf(tc, bin);
-        ItemOf(tc, b.Offset + n) = index;
+        ItemOf(tc, b.Offset + n) = handle;
         b.Count = n + 1;
     }
 
@@ -160,7 +162,7 @@ internal sealed unsafe class ThreadCaches
     {
         ref CacheBin b = ref BinOf(tc, bin);
         int move = Math.Max(1, b.Count / 2), keep = b.Count - move;
-        Span<uint> items = tc.Items.AsSpan(b.Offset, b.Count);
+        Span<ulong> items = tc.Items.AsSpan(b.Offset, b.Count);
         int put = _depot.Put(bin, items[..move]);
         _binder.Unbind(bin, items[put..move]);
         if (_layout.IsRun(bin)) tc.RunBytes -= move * _layout.RunBytes(bin);
@@ -171,7 +173,7 @@ internal sealed unsafe class ThreadCaches
 
     /// <summary>Pops a bound free run of run bin <paramref name="bin"/> from the thread's bin or the depot (runs are
     /// never bound ahead of need); 0 when neither has one.</summary>
-    public uint PopRun(ThreadCache tc, int bin)
+    public ulong PopRun(ThreadCache tc, int bin)
     {
         ref CacheBin b = ref BinOf(tc, bin);
         int n = b.Count - 1;
@@ -181,7 +183,7 @@ internal sealed unsafe class ThreadCaches
             tc.RunBytes -= _layout.RunBytes(bin);
             return ItemOf(tc, b.Offset + n);
         }
-        Span<uint> dst = tc.Items.AsSpan(b.Offset, Math.Max(1, b.Capacity / 2));
+        Span<ulong> dst = tc.Items.AsSpan(b.Offset, Math.Min(512, Math.Max(1, b.Capacity / 2)));
         int got = _depot.Take(bin, dst);
         if (got == 0) return 0;
         b.Count = got - 1;
@@ -191,7 +193,7 @@ internal sealed unsafe class ThreadCaches
 
     /// <summary>Pushes a bound free run; a full bin, or a cache over <see cref="ThreadRunBytes"/>, sends runs to the
     /// depot first (and what the depot cannot take back to the zones).</summary>
-    public void PushRun(ThreadCache tc, int bin, uint index)
+    public void PushRun(ThreadCache tc, int bin, ulong handle)
     {
         ref CacheBin b = ref BinOf(tc, bin);
         long bytes = _layout.RunBytes(bin);
@@ -200,13 +202,13 @@ internal sealed unsafe class ThreadCaches
             if (b.Count == 0)
             {
                 // Other bins hold the thread's run budget: this run goes straight to the depot, or back to its zone.
-                ReadOnlySpan<uint> one = [index];
+                ReadOnlySpan<ulong> one = [handle];
                 if (_depot.Put(bin, one) == 0) _binder.Unbind(bin, one);
                 return;
             }
             FlushHalf(tc, bin);
         }
-        ItemOf(tc, b.Offset + b.Count) = index;
+        ItemOf(tc, b.Offset + b.Count) = handle;
         b.Count++;
         tc.RunBytes += bytes;
     }
@@ -214,15 +216,15 @@ internal sealed unsafe class ThreadCaches
     // ------------------------------------------------------------------ without a cache (disabled, or none)
 
     /// <summary>Binds one fresh entry to one fresh slot of slab bin <paramref name="bin"/>; 0 when out of memory.</summary>
-    public uint BindSlotDirect(int bin)
+    public ulong BindSlotDirect(int bin)
     {
-        Span<uint> one = stackalloc uint[1];
+        Span<ulong> one = stackalloc ulong[1];
         return _binder.BindSlots(bin, one) == 1 ? one[0] : 0;
     }
 
     /// <summary>Unbinds one bound free entry: its storage back to the slab or zone, the entry to the table (unless
     /// retired).</summary>
-    public void UnbindDirect(int bin, uint index, bool retired) => _binder.Unbind(bin, [index], retired);
+    public void UnbindDirect(int bin, uint index, bool retired) => _binder.Unbind(bin, [index], entriesRetired: retired);
 
     public void AddLiveDirect(long bytes, long blocks)
     {
@@ -270,7 +272,7 @@ internal sealed unsafe class ThreadCaches
                 FlushCache(tc, ownerDead: false);
             }
             PruneDeadCachesLocked();
-            var entries = new List<uint>();
+            var entries = new List<ulong>();
             for (int bin = 0; bin < _layout.Count; bin++)
             {
                 entries.Clear();
@@ -319,18 +321,18 @@ internal sealed unsafe class ThreadCaches
         return n;
     }
 
-    /// <summary>Every bound free entry in the caches and the depot, by bin. For the validator: the heap must be
+    /// <summary>Every bound free entry in the caches and the depot, by bin, as the handle it will be issued with. For the validator: the heap must be
     /// quiescent.</summary>
-    public void CollectCached(List<(int bin, uint index)> into)
+    public void CollectCached(List<(int bin, ulong item)> into)
     {
-        var depot = new List<uint>();
+        var depot = new List<ulong>();
         for (int bin = 0; bin < _layout.Count; bin++)
         {
             foreach (ThreadCache tc in Volatile.Read(ref _caches))
                 for (int i = 0; i < tc.Bins[bin].Count; i++) into.Add((bin, tc.Items[tc.Bins[bin].Offset + i]));
             depot.Clear();
             _depot.CopyTo(bin, depot);
-            foreach (uint index in depot) into.Add((bin, index));
+            foreach (ulong item in depot) into.Add((bin, item));
         }
     }
 

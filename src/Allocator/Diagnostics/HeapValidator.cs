@@ -106,14 +106,16 @@ internal static unsafe class HeapValidator
         // Every bound free entry in a cache or the depot is free, unretired, this heap's, and bound both ways: its
         // slot's reverse-map word (or its run head) names it. A slab's RefCount is its live blocks plus such slots.
         var cached = new Dictionary<int, int>();
-        var bound = new List<(int bin, uint index)>();
+        var bound = new List<(int bin, ulong item)>();
         caches.CollectCached(bound);
         CacheBins layout = caches.Layout;
-        foreach ((int bin, uint index) in bound)
+        foreach ((int bin, ulong item) in bound)
         {
+            uint index = HandleBits.Index(item);
             if (!handles.Owns(index)) { problems.Add($"cache bin {bin} holds entry {index} of another heap"); continue; }
             HandleEntry* e = handles.Get(index);
             if ((e->State & (EntryState.Allocated | EntryState.Retired)) != 0) { problems.Add($"cache bin {bin} holds entry {index}, which is live or retired"); continue; }
+            if (EntryState.Generation(e->State) != HandleBits.Generation(item)) { problems.Add($"cache bin {bin} holds entry {index} with a generation it no longer has"); continue; }
             int page = map.PageOf(e->Address);
             if (layout.IsRun(bin))
             {
