@@ -76,6 +76,7 @@ public static class MicroSuite
         }
 
         string benchDir = Paths.BenchDirectory();
+        string? outArgument = outPath;
         outPath ??= Path.Combine(benchDir, "results", smoke ? "micro-smoke.md" : filters.Count > 0 ? "micro-filtered.md" : "micro.md");
 
         Job job = smoke
@@ -112,7 +113,7 @@ public static class MicroSuite
         string? loadAfter = RunInfo.LoadAverage();
 
         string command = "dotnet run -c Release --project bench -- micro" + (smoke ? " --smoke" : "") +
-                         string.Concat(filters.Select(f => $" --filter '{f}'"));
+                         string.Concat(filters.Select(f => $" --filter '{f}'")) + (outArgument != null ? $" --out {outArgument}" : "");
         string markdown = Render(summaries, smoke, command, loadBefore, loadAfter);
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(outPath))!);
         File.WriteAllText(outPath, markdown);
