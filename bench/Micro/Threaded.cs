@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using BenchmarkDotNet.Attributes;
 using Compaction.Allocator;
 using Compaction.Bench.Micro.Threading;
@@ -15,6 +16,11 @@ namespace Compaction.Bench.Micro;
 /// workload once over that allocator's <see cref="IAlloc"/> struct: the benchmark methods themselves are all one
 /// line, <c>Run the team on the work</c>. Threads come from a <see cref="ThreadTeam"/> created in GlobalSetup
 /// (the benchmark thread is participant 0) and joined in GlobalCleanup.</para>
+/// <para>Each workload's inner loop is a static method over one batch (or round), marked NoInlining and called
+/// hundreds of times per invoke, as AllocFreeBenchmarks' methods are: it is tiered up like them, with a profile.
+/// (Written as one long loop entered once per invoke, the loop's final tier-1 code, compiled with synthesized PGO
+/// after on-stack replacement, ran the same pairs 2.5 times slower than the OSR code and than SmallAllocFree, for
+/// every allocator; with DOTNET_TieredPGO=0 the gap was gone.)</para>
 /// <para>Timings are wall-clock time of the whole team: with 2 threads on 2 cores shared with anything else, a
 /// busy machine shows up here first (the summary prints the load average).</para>
 /// </remarks>
@@ -124,14 +130,17 @@ public class ThreadedOwnBlocks : ThreadedBenchmarks
 
         public override void Run(ThreadTeam team, int participant)
         {
-            T alloc = _alloc;
             int[] sizes = _sizes[participant];
             long[] blocks = _blocks[participant];
-            for (int b = 0; b < _batches; b++)
-            {
-                for (int i = 0; i < sizes.Length; i++) blocks[i] = alloc.Allocate(sizes[i]);
-                for (int i = 0; i < sizes.Length; i++) alloc.Free(blocks[i]);
-            }
+            for (int b = 0; b < _batches; b++) Batch(_alloc, sizes, blocks);
+        }
+
+        /// <summary>AllocFreeBenchmarks' loop: allocate every size, then free in the same order.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void Batch(T alloc, int[] sizes, long[] blocks)
+        {
+            for (int i = 0; i < sizes.Length; i++) blocks[i] = alloc.Allocate(sizes[i]);
+            for (int i = 0; i < sizes.Length; i++) alloc.Free(blocks[i]);
         }
     }
 }
@@ -155,18 +164,25 @@ public class ThreadedProducerConsumer : ThreadedBenchmarks
 
         public override void Run(ThreadTeam team, int participant)
         {
-            T alloc = _alloc;
-            SpscRing ring = _ring;
-            if (participant == 0)
+            for (int b = 0; b < Pairs / Blocks; b++)
             {
-                int[] sizes = _sizes;
-                for (int b = 0; b < Pairs / Blocks; b++)
-                    for (int i = 0; i < sizes.Length; i++) ring.Push(alloc.Allocate(sizes[i]), team);
+                if (participant == 0) Produce(_alloc, _sizes, _ring, team);
+                else Consume(_alloc, Blocks, _ring, team);
             }
-            else
-            {
-                for (int n = 0; n < Pairs; n++) alloc.Free(ring.Pop(team));
-            }
+        }
+
+        /// <summary>Thread 0, one batch: allocate each size and push the block.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void Produce(T alloc, int[] sizes, SpscRing ring, ThreadTeam team)
+        {
+            for (int i = 0; i < sizes.Length; i++) ring.Push(alloc.Allocate(sizes[i]), team);
+        }
+
+        /// <summary>Thread 1, one batch: pop <paramref name="count"/> blocks and free each.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void Consume(T alloc, int count, SpscRing ring, ThreadTeam team)
+        {
+            for (int n = 0; n < count; n++) alloc.Free(ring.Pop(team));
         }
     }
 }
@@ -202,23 +218,30 @@ public class ThreadedLarson : ThreadedBenchmarks
 
         public override void Run(ThreadTeam team, int participant)
         {
-            T alloc = _alloc;
             ulong x = (ulong)(AllocFreeBenchmarks.Seed + participant) * 0x9E3779B97F4A7C15UL | 1;
             int rounds = Pairs / 2 / StepsPerRound;
             for (int r = 0; r < rounds; r++)
             {
                 // Round r: thread p works on array (p + r) mod 2; the barrier keeps the two threads on different arrays.
-                long[] slots = _arrays[(participant + r) & 1];
-                for (int s = 0; s < StepsPerRound; s++)
-                {
-                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;   // xorshift64: high half picks the slot, low half the size
-                    int slot = (int)(((x >> 32) * (ulong)slots.Length) >> 32);
-                    int size = MinSize + (int)(((x & 0xFFFF_FFFFUL) * (ulong)(MaxSize - MinSize + 1)) >> 32);
-                    alloc.Free(slots[slot]);
-                    slots[slot] = alloc.Allocate(size);
-                }
+                x = Round(_alloc, _arrays[(participant + r) & 1], x);
                 _roundEnd.SignalAndWait(team);
             }
+        }
+
+        /// <summary>One round of <see cref="StepsPerRound"/> steps on <paramref name="slots"/>, the generator's
+        /// state in and out.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static ulong Round(T alloc, long[] slots, ulong x)
+        {
+            for (int s = 0; s < StepsPerRound; s++)
+            {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;   // xorshift64: high half picks the slot, low half the size
+                int slot = (int)(((x >> 32) * (ulong)slots.Length) >> 32);
+                int size = MinSize + (int)(((x & 0xFFFF_FFFFUL) * (ulong)(MaxSize - MinSize + 1)) >> 32);
+                alloc.Free(slots[slot]);
+                slots[slot] = alloc.Allocate(size);
+            }
+            return x;
         }
 
         public override void Release()
@@ -262,25 +285,36 @@ public class ThreadedXmalloc : ThreadedBenchmarks
 
         public override void Run(ThreadTeam team, int participant)
         {
-            T alloc = _alloc;
-            long[] blocks = _blocks;
-            int[] sizes = _sizes;
             for (int n = 0; n < Pairs / BatchBlocks; n++)
             {
                 if (participant == 0)
                 {
                     int k = (int)_empty.Pop(team);
-                    int sizeBase = n * BatchBlocks % sizes.Length;   // walks the 1000 seeded sizes, 100 at a time
-                    for (int i = 0; i < BatchBlocks; i++) blocks[k * BatchBlocks + i] = alloc.Allocate(sizes[sizeBase + i]);
+                    // Walks the 1000 seeded sizes, 100 at a time.
+                    Fill(_alloc, _blocks.AsSpan(k * BatchBlocks, BatchBlocks), _sizes.AsSpan(n * BatchBlocks % Blocks, BatchBlocks));
                     _full.Push(k, team);
                 }
                 else
                 {
                     int k = (int)_full.Pop(team);
-                    for (int i = 0; i < BatchBlocks; i++) alloc.Free(blocks[k * BatchBlocks + i]);
+                    Drain(_alloc, _blocks.AsSpan(k * BatchBlocks, BatchBlocks));
                     _empty.Push(k, team);
                 }
             }
+        }
+
+        /// <summary>Thread 0: one batch, a block of each size.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void Fill(T alloc, Span<long> batch, ReadOnlySpan<int> sizes)
+        {
+            for (int i = 0; i < batch.Length; i++) batch[i] = alloc.Allocate(sizes[i]);
+        }
+
+        /// <summary>Thread 1: frees a batch's blocks.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void Drain(T alloc, Span<long> batch)
+        {
+            for (int i = 0; i < batch.Length; i++) alloc.Free(batch[i]);
         }
     }
 }
