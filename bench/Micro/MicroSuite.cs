@@ -109,12 +109,14 @@ public static class MicroSuite
         runs = [.. runs.Where(r => r.BenchmarksCases.Length > 0)];
         if (runs.Length == 0) { Console.Error.WriteLine("micro: no benchmark ran (check --filter)"); return 1; }
         string? loadBefore = RunInfo.LoadAverage();
+        RunInfo.CpuSample? cpuBefore = RunInfo.SampleCpu();
         Summary[] summaries = BenchmarkRunner.Run(runs);
         string? loadAfter = RunInfo.LoadAverage();
+        string? othersCpu = RunInfo.OtherProcessesCpu(cpuBefore, RunInfo.SampleCpu());
 
         string command = "dotnet run -c Release --project bench -- micro" + (smoke ? " --smoke" : "") +
                          string.Concat(filters.Select(f => $" --filter '{f}'")) + (outArgument != null ? $" --out {outArgument}" : "");
-        string markdown = Render(summaries, smoke, command, loadBefore, loadAfter);
+        string markdown = Render(summaries, smoke, command, loadBefore, loadAfter, othersCpu);
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(outPath))!);
         File.WriteAllText(outPath, markdown);
         Console.WriteLine();
@@ -148,7 +150,7 @@ public static class MicroSuite
         return peer == null || Peers.IsAvailable(peer.Name);
     }
 
-    private static string Render(Summary[] summaries, bool smoke, string command, string? loadBefore, string? loadAfter)
+    private static string Render(Summary[] summaries, bool smoke, string command, string? loadBefore, string? loadAfter, string? othersCpu)
     {
         var sb = new StringBuilder();
         var inv = CultureInfo.InvariantCulture;
@@ -168,6 +170,8 @@ public static class MicroSuite
         sb.AppendLine("```");
         foreach (string line in summaries.FirstOrDefault()?.HostEnvironmentInfo.ToFormattedString() ?? []) sb.AppendLine(line);
         if (loadBefore != null) sb.AppendLine($"Load average (1/5/15 min) before the run: {loadBefore}; after: {loadAfter}");
+        // Anything else running on these 2 cores distorts the threaded rows first.
+        if (othersCpu != null) sb.AppendLine($"CPU used by other processes during the run: {othersCpu}");
         sb.AppendLine("```");
 
         IReadOnlyDictionary<string, string> skipped = Peers.Skipped;
