@@ -54,13 +54,14 @@ public static class MicroSuite
     private const string NoPgoJobId = "TieredPGO-off";
     private static readonly string[] s_noPgoMethods = [nameof(AllocFreeBenchmarks.NativeHeapMovable), nameof(AllocFreeBenchmarks.NativeHeapUnmovable)];
 
-    private const string Usage = "usage: micro [--smoke] [--filter GLOB]... [--out FILE]   (GLOB matches Namespace.Class.Method, e.g. '*Small*' or '*Pin*')";
+    private const string Usage = "usage: micro [--smoke] [--filter GLOB]... [--launches N] [--out FILE]   (GLOB matches Namespace.Class.Method, e.g. '*Small*' or '*Pin*')";
 
     public static int Run(string[] args)
     {
         bool smoke = false;
         var filters = new List<string>();
         string? outPath = null;
+        int launches = 1;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -68,6 +69,8 @@ public static class MicroSuite
                 case "--smoke": smoke = true; break;
                 case "--filter" when i + 1 < args.Length: filters.Add(args[++i]); break;
                 case "--out" when i + 1 < args.Length: outPath = args[++i]; break;
+                // More processes per benchmark: the threaded rows differ between processes more than between iterations.
+                case "--launches" when i + 1 < args.Length && int.TryParse(args[i + 1], out int n) && n >= 1: launches = n; i++; break;
                 default:
                     Console.Error.WriteLine($"micro: unknown or incomplete argument '{args[i]}'");
                     Console.Error.WriteLine(Usage);
@@ -82,7 +85,7 @@ public static class MicroSuite
         Job job = smoke
             ? Job.Dry.WithToolchain(InProcessEmitToolchain.Instance).WithId("Smoke")
             : Job.Default.WithId("Short")
-                .WithLaunchCount(1)
+                .WithLaunchCount(launches)
                 .WithWarmupCount(3)
                 .WithIterationCount(15)
                 .WithIterationTime(TimeInterval.FromMilliseconds(100))
@@ -99,7 +102,7 @@ public static class MicroSuite
         ManualConfig noPgoConfig = BaseConfig(noPgoJob, benchDir, filters)
             .AddFilter(new SimpleFilter(bc => s_noPgoMethods.Contains(bc.Descriptor.WorkloadMethod.Name)));
 
-        Console.WriteLine($"micro: {(smoke ? "smoke (Dry job, in process)" : "Short job (1 launch, 3 warmup, 15 iterations of 100 ms)")}" +
+        Console.WriteLine($"micro: {(smoke ? "smoke (Dry job, in process)" : $"Short job ({launches} launch(es), 3 warmup, 15 iterations of 100 ms)")}" +
                           $"{(filters.Count > 0 ? ", filter " + string.Join(" ", filters) : "")}; summary -> {outPath}");
         BenchmarkRunInfo[] runs =
         [
@@ -115,8 +118,8 @@ public static class MicroSuite
         string? othersCpu = RunInfo.OtherProcessesCpu(cpuBefore, RunInfo.SampleCpu());
 
         string command = "dotnet run -c Release --project bench -- micro" + (smoke ? " --smoke" : "") +
-                         string.Concat(filters.Select(f => $" --filter '{f}'")) + (outArgument != null ? $" --out {outArgument}" : "");
-        string markdown = Render(summaries, smoke, command, loadBefore, loadAfter, othersCpu);
+                         string.Concat(filters.Select(f => $" --filter '{f}'")) + (launches > 1 ? $" --launches {launches}" : "") + (outArgument != null ? $" --out {outArgument}" : "");
+        string markdown = Render(summaries, smoke, launches, command, loadBefore, loadAfter, othersCpu);
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(outPath))!);
         File.WriteAllText(outPath, markdown);
         Console.WriteLine();
@@ -150,7 +153,7 @@ public static class MicroSuite
         return peer == null || Peers.IsAvailable(peer.Name);
     }
 
-    private static string Render(Summary[] summaries, bool smoke, string command, string? loadBefore, string? loadAfter, string? othersCpu)
+    private static string Render(Summary[] summaries, bool smoke, int launches, string command, string? loadBefore, string? loadAfter, string? othersCpu)
     {
         var sb = new StringBuilder();
         var inv = CultureInfo.InvariantCulture;
@@ -159,7 +162,7 @@ public static class MicroSuite
         sb.AppendLine($"Generated {DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", inv)} UTC by `{command}`, core at {RunInfo.CoreRevision()}.");
         sb.AppendLine(smoke
             ? "Job: BenchmarkDotNet Dry (1 invoke, no warmup), InProcessEmitToolchain (the TieredPGO=0 rows run in this process too: PGO is not switched off)."
-            : "Job: 1 launch, 3 warmup + 15 measured iterations of ~100 ms, one child process per benchmark (GLIBC_TUNABLES set for jemalloc).");
+            : $"Job: {launches} launch(es), 3 warmup + 15 measured iterations of ~100 ms each, one child process per benchmark and launch (GLIBC_TUNABLES set for jemalloc).");
         sb.AppendLine();
         sb.AppendLine("Median = median over the measured iterations, in ns per operation (OperationsPerInvoke is applied).");
         sb.AppendLine("*vs baseline* = median / the class's baseline median (the baseline row is in **bold**); " +
