@@ -15,7 +15,7 @@ public static class Program
 
     private const string Usage = """
         usage: dotnet run -c Release --project bench -- SCENARIO [options]
-          micro [--smoke] [--filter GLOB]... [--out FILE]
+          micro [--smoke] [--filter GLOB]... [--launches N] [--out FILE]
                   BenchmarkDotNet micro benchmarks vs glibc, mimalloc, tcmalloc, jemalloc, ArrayPool;
                   summary table -> bench/results/micro.md (--smoke: micro-smoke.md, --filter: micro-filtered.md)
           demo [--seed N] [--arena-mib N] [--fill-percent P]

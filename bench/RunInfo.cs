@@ -17,6 +17,43 @@ internal static class RunInfo
         }
     }
 
+    /// <summary>CPU ticks (USER_HZ) spent so far by the whole machine (busy, not idle) and by this process with its
+    /// waited-for children (BenchmarkDotNet's builds and benchmark processes), and when.</summary>
+    public readonly record struct CpuSample(long MachineBusyTicks, long OwnTicks, long Timestamp);
+
+    /// <summary>A <see cref="CpuSample"/> from /proc/stat and /proc/self/stat (Linux), or null.</summary>
+    public static CpuSample? SampleCpu()
+    {
+        try
+        {
+            if (!File.Exists("/proc/stat")) return null;
+            // cpu user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait.
+            long[] cpu = [.. File.ReadLines("/proc/stat").First().Split(' ', StringSplitOptions.RemoveEmptyEntries).Skip(1).Take(8).Select(long.Parse)];
+            long busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7];
+            // Fields after the command name (which may hold spaces, hence the last ')'): utime is the 12th, then stime, cutime, cstime.
+            string stat = File.ReadAllText("/proc/self/stat");
+            string[] f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            long own = long.Parse(f[11]) + long.Parse(f[12]) + long.Parse(f[13]) + long.Parse(f[14]);
+            return new CpuSample(busy, own, System.Diagnostics.Stopwatch.GetTimestamp());
+        }
+        catch (Exception e) when (e is IOException or FormatException or IndexOutOfRangeException or ArgumentOutOfRangeException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>How much CPU other processes used between two samples: the machine's busy time minus this process
+    /// tree's, in core-seconds and as a share of one core; null when either sample is missing. The benchmarks' own
+    /// children count as this process's only once they have exited, so take the second sample after the run.</summary>
+    public static string? OtherProcessesCpu(CpuSample? before, CpuSample? after)
+    {
+        if (before is not CpuSample b || after is not CpuSample a) return null;
+        const double ticksPerSecond = 100;   // USER_HZ on Linux
+        double others = Math.Max(0, (a.MachineBusyTicks - b.MachineBusyTicks) - (a.OwnTicks - b.OwnTicks)) / ticksPerSecond;
+        double wall = System.Diagnostics.Stopwatch.GetElapsedTime(b.Timestamp, a.Timestamp).TotalSeconds;
+        return $"{others:F1} core-seconds over {wall:F0} s ({100 * others / Math.Max(wall, 1e-9):F0}% of one core on average)";
+    }
+
     /// <summary>The commit the core was built from, and whether src/ had uncommitted changes ("unknown" without git).</summary>
     public static string CoreRevision()
     {

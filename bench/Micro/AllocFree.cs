@@ -21,6 +21,8 @@ public abstract unsafe partial class AllocFreeBenchmarks
 
     protected abstract int MinSize { get; }
     protected abstract int MaxSize { get; }
+    /// <summary>Address space NativeHeap reserves: room for <see cref="Blocks"/> of <see cref="MaxSize"/> in either zone.</summary>
+    protected virtual long ArenaBytes => 256L << 20;
 
     private int[] _sizes = [];
     private readonly nint[] _pointers = new nint[Blocks];
@@ -35,8 +37,8 @@ public abstract unsafe partial class AllocFreeBenchmarks
         var rng = new Random(Seed);
         _sizes = new int[Blocks];
         for (int i = 0; i < Blocks; i++) _sizes[i] = rng.Next(MinSize, MaxSize + 1);
-        // 256 MiB reserved is far more than one batch needs; commits happen during warmup and are then reused.
-        _heap = new NativeHeap(new HeapOptions { ArenaBytes = 256L << 20 });
+        // The arena is far more than one batch needs (256 MiB up to 64 KiB blocks); commits happen during warmup and are then reused.
+        _heap = new NativeHeap(new HeapOptions { ArenaBytes = ArenaBytes });
         _mimalloc = Peers.MimallocPeer;
         _tcmalloc = Peers.TcmallocPeer;
         _jemalloc = Peers.JemallocPeer;
@@ -140,9 +142,25 @@ public class SmallAllocFree : AllocFreeBenchmarks
     protected override int MaxSize => 256;
 }
 
+/// <summary>Sub-page blocks: seeded sizes 256 B-4 KiB, 1000 live per batch (NativeHeap: the upper slab classes).</summary>
+public class SubPageAllocFree : AllocFreeBenchmarks
+{
+    protected override int MinSize => 256;
+    protected override int MaxSize => 4 * 1024;
+}
+
 /// <summary>Medium blocks: seeded sizes 4-64 KiB, 1000 live per batch (NativeHeap: slabs up to 16 KiB, page runs above).</summary>
 public class MediumAllocFree : AllocFreeBenchmarks
 {
     protected override int MinSize => 4 * 1024;
     protected override int MaxSize => 64 * 1024;
+}
+
+/// <summary>Large blocks: seeded sizes 64 KiB-1 MiB, 1000 live per batch (~530 MiB; NativeHeap: page runs; glibc:
+/// mmap above its threshold). The arena is 4 GiB so that the unmovable zone (a quarter of it) holds a whole batch.</summary>
+public class LargeAllocFree : AllocFreeBenchmarks
+{
+    protected override int MinSize => 64 * 1024;
+    protected override int MaxSize => 1024 * 1024;
+    protected override long ArenaBytes => 4L << 30;
 }
