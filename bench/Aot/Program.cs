@@ -55,6 +55,7 @@ public static unsafe class Program
         [
             ("NativeHeap movable", () => HeapBatch(heap, sizes, handles, BlockKind.Movable)),
             ("NativeHeap unmovable", () => HeapBatch(heap, sizes, handles, BlockKind.Unmovable)),
+            ("NativeHeap movable, HeapContext", () => ContextBatch(heap, sizes, handles)),
             ("glibc (NativeMemory)", () => GlibcBatch(sizes, pointers)),
         ];
 
@@ -94,6 +95,14 @@ public static unsafe class Program
     {
         for (int i = 0; i < sizes.Length; i++) handles[i] = heap.Allocate(sizes[i], kind);
         for (int i = 0; i < sizes.Length; i++) heap.Free(handles[i]);
+    }
+
+    /// <summary>The same batch through the thread-bound context (what the C ABI will run).</summary>
+    private static void ContextBatch(NativeHeap heap, int[] sizes, BlockHandle[] handles)
+    {
+        HeapContext ctx = heap.GetThreadContext();
+        for (int i = 0; i < sizes.Length; i++) handles[i] = ctx.Allocate(sizes[i]);
+        for (int i = 0; i < sizes.Length; i++) ctx.Free(handles[i]);
     }
 
     /// <summary>One batch of AllocFreeBenchmarks.Glibc: the reference row.</summary>

@@ -68,6 +68,22 @@ public abstract unsafe partial class AllocFreeBenchmarks
     [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap unmovable")]
     public void NativeHeapUnmovable() => RunHeap(BlockKind.Unmovable);
 
+    [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap movable, HeapContext")]
+    public void NativeHeapMovableContext() => RunContext(BlockKind.Movable);
+
+    [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap unmovable, HeapContext")]
+    public void NativeHeapUnmovableContext() => RunContext(BlockKind.Unmovable);
+
+    /// <summary>The same loop through the thread-bound context: no thread-local lookup per call.</summary>
+    private void RunContext(BlockKind kind)
+    {
+        HeapContext ctx = _heap.GetThreadContext();
+        int[] sizes = _sizes;
+        BlockHandle[] handles = _handles;
+        for (int i = 0; i < sizes.Length; i++) handles[i] = ctx.Allocate(sizes[i], kind);
+        for (int i = 0; i < sizes.Length; i++) ctx.Free(handles[i]);
+    }
+
     private void RunHeap(BlockKind kind)
     {
         NativeHeap heap = _heap;

@@ -52,7 +52,7 @@ public static class MicroSuite
     /// <summary>The second job, run only on the NativeHeap rows of <see cref="SmallAllocFree"/>: DOTNET_TieredPGO=0
     /// in the child's environment, so the row shows what dynamic PGO adds to (or takes from) the fast path.</summary>
     private const string NoPgoJobId = "TieredPGO-off";
-    private static readonly string[] s_noPgoMethods = [nameof(AllocFreeBenchmarks.NativeHeapMovable), nameof(AllocFreeBenchmarks.NativeHeapUnmovable)];
+    private static readonly string[] s_noPgoMethods = [nameof(AllocFreeBenchmarks.NativeHeapMovable), nameof(AllocFreeBenchmarks.NativeHeapUnmovable), nameof(AllocFreeBenchmarks.NativeHeapMovableContext)];
 
     private const string Usage = "usage: micro [--smoke] [--filter GLOB]... [--launches N] [--out FILE]   (GLOB matches Namespace.Class.Method, e.g. '*Small*' or '*Pin*')";
 

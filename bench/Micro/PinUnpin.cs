@@ -65,6 +65,17 @@ public unsafe class PinUnpin
         return sum;
     }
 
+    [Benchmark(OperationsPerInvoke = Blocks, Description = "HeapContext.Pin (PinScope)")]
+    public int ContextPinScope()
+    {
+        int sum = 0;
+        HeapContext ctx = _heap.GetThreadContext();
+        BlockHandle[] h = _handles;
+        for (int i = 0; i < h.Length; i++)
+            using (PinScope pin = ctx.Pin(h[i])) sum += *pin.Pointer;
+        return sum;
+    }
+
     [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap.AcquirePin (BlockPin)")]
     public int NativeHeapBlockPin()
     {
