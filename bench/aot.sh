@@ -12,6 +12,7 @@ publish="$bench/Aot/bin/publish"
 out="$bench/results/micro-aot.md"
 
 echo "aot: publishing $project with NativeAOT -> $publish"
+mkdir -p "$bench/Aot/bin"
 if ! dotnet publish -c Release "$project" -o "$publish" > "$bench/Aot/bin/publish.log" 2>&1; then
     tail -30 "$bench/Aot/bin/publish.log" >&2
     echo "aot: NativeAOT publish FAILED (full log: $bench/Aot/bin/publish.log)" >&2
