@@ -178,7 +178,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             tc.LiveBytes += handle != 0 ? size : 0;
             tc.LiveBlocks += handle != 0 ? 1 : 0;
             ThreadCaches.Exit(tc);
-            return handle != 0 ? PublishBound(handle, size, kind, run: false) : 0;
+            return handle != 0 ? PublishBound(handle, size, kind, run: false) : AllocateSmallAfterMiss(size, kind);
         }
         return AllocateSlow(size, kind, tc);
     }
@@ -216,6 +216,24 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if ((ulong)(size - 1) >= (ulong)_maxBlockSize) ThrowHelper.BadSize(size);
         if ((uint)kind > (uint)BlockKind.Unmovable) ThrowHelper.BadKind(kind);
         if (size > _smallLimit) return AllocateRun(size, kind, tc);
+        ulong handle = _caches.BindSlotDirect((int)kind * _classCount + _classes.ClassOf(size));
+        if (handle == 0) return AllocateSmallAfterMiss(size, kind);
+        _caches.AddLiveDirect(size, 1);
+        return PublishBound(handle, size, kind, run: false);
+    }
+
+    /// <summary>
+    /// A small allocation that found no slot (the arena is full as far as its class can tell): free runs and other
+    /// classes' slots parked in thread caches and the depot, and the empty slab each class keeps, hold pages no block
+    /// uses. Drain and release them, then bind one slot directly; 0 when that freed nothing or still found no room.
+    /// Called outside any cache section (a drain waits for every owner, this thread included, to be out of its own).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ulong AllocateSmallAfterMiss(long size, BlockKind kind)
+    {
+        bool cached = _caches.CachedSlots() + _caches.CachedRuns() > 0;
+        if (cached) _caches.Drain();
+        if (_reclaimer.ReleaseEmptySlabs() == 0 && !cached) return 0;
         ulong handle = _caches.BindSlotDirect((int)kind * _classCount + _classes.ClassOf(size));
         if (handle == 0) return 0;
         _caches.AddLiveDirect(size, 1);

@@ -32,7 +32,7 @@ internal sealed unsafe class StorageBinder
 
     /// <summary>Binds up to <paramref name="dst"/>.Length (at most 512) fresh entries to fresh slots of slab bin
     /// <paramref name="bin"/>; each item is the handle the entry will be issued with. Returns how many (fewer only when
-    /// entries or arena memory ran out). Never throws.</summary>
+    /// entries or arena memory ran out). A contended lock can throw (interrupted): the popped entries go back first.</summary>
     public int BindSlots(int bin, Span<ulong> dst)
     {
         Span<uint> indices = stackalloc uint[Math.Min(dst.Length, 512)];
@@ -42,7 +42,16 @@ internal sealed unsafe class StorageBinder
         int c = _layout.ClassOf(bin);
         SlabAllocator slabs = _slabs[(int)kind];
         Span<nint> slots = stackalloc nint[n];
-        int bound = slabs.AllocateSlots(c, slots, n);
+        int bound;
+        try
+        {
+            bound = slabs.AllocateSlots(c, slots, n);
+        }
+        catch
+        {
+            _handles.Push(indices[..n]);   // slots taken before the throw stay counted in their slab: leaked, never shared
+            throw;
+        }
         for (int i = 0; i < bound; i++)
         {
             uint index = indices[i];

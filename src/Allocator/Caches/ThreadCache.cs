@@ -23,7 +23,8 @@ internal sealed class ThreadCache
     /// <summary>Bytes and blocks allocated minus freed by this thread; written by the owner only, summed racily.</summary>
     public long LiveBytes;
     public long LiveBlocks;
-    /// <summary>Bytes of runs held in <see cref="Bins"/> (owner only; bounded by <see cref="ThreadCaches.ThreadRunBytes"/>).</summary>
+    /// <summary>Bytes of runs held in <see cref="Bins"/> (owner only; kept at most <see cref="ThreadCaches.ThreadRunBytes"/>
+    /// by PopRun and PushRun).</summary>
     public long RunBytes;
     public readonly Thread Owner;
     /// <summary>The heap's cache set this cache belongs to.</summary>

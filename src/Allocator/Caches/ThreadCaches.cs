@@ -119,7 +119,8 @@ internal sealed unsafe class ThreadCaches
 
     /// <summary>Pops a bound entry of slab bin <paramref name="bin"/> as the handle it is to be issued with, refilling
     /// the bin when empty (from the depot, else by binding fresh slots in a batch). 0 when the arena or the handle
-    /// table is exhausted. Never throws.
+    /// table is exhausted. A refill takes locks, and a contended lock can throw (<see cref="ThreadInterruptedException"/>):
+    /// the slow paths then leave the cache section (InUse = 0) and the cache consistent before the exception goes on.
     /// No bounds checks: a bin's offset and capacity were fixed with the item array.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ulong PopSlot(ThreadCache tc, int bin)
@@ -134,13 +135,21 @@ internal sealed unsafe class ThreadCaches
     [MethodImpl(MethodImplOptions.NoInlining)]
     private ulong RefillSlots(ThreadCache tc, int bin)
     {
-        ref CacheBin b = ref BinOf(tc, bin);
-        Span<ulong> dst = tc.Items.AsSpan(b.Offset, Math.Min(512, Math.Max(1, b.Capacity / 2)));
-        int n = _depot.Take(bin, dst);
-        if (n == 0) n = _binder.BindSlots(bin, dst);
-        if (n == 0) return 0;
-        b.Count = n - 1;
-        return dst[n - 1];
+        try
+        {
+            ref CacheBin b = ref BinOf(tc, bin);
+            Span<ulong> dst = tc.Items.AsSpan(b.Offset, Math.Min(512, Math.Max(1, b.Capacity / 2)));
+            int n = _depot.Take(bin, dst);
+            if (n == 0) n = _binder.BindSlots(bin, dst);
+            if (n == 0) return 0;
+            b.Count = n - 1;
+            return dst[n - 1];
+        }
+        catch
+        {
+            Exit(tc);   // nothing was added to the bin; a drainer must not wait for this thread
+            throw;
+        }
     }
 
     /// <summary>Pushes a bound free entry of slab bin <paramref name="bin"/>, as the handle it is to be issued with
@@ -156,39 +165,63 @@ internal sealed unsafe class ThreadCaches
     }
 
     /// <summary>The batched free: the older half of a bin goes to the depot in one copy; what does not fit is
-    /// unbound (storage to its slab or zone, entries to the table). Returns the bin's new count.</summary>
+    /// unbound (storage to its slab or zone, entries to the table). Returns the bin's new count. The bin gives up the
+    /// spilled half before any lock is taken, so an exception (a contended lock interrupted) can leak what was being
+    /// spilled but never leave an entry both in the bin and in the depot.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private int FlushHalf(ThreadCache tc, int bin)
     {
         ref CacheBin b = ref BinOf(tc, bin);
-        int move = Math.Max(1, b.Count / 2), keep = b.Count - move;
+        int move = Math.Max(1, b.Count / 2), keep = b.Count - move;   // at most 256: capacities are at most 512
         Span<ulong> items = tc.Items.AsSpan(b.Offset, b.Count);
-        int put = _depot.Put(bin, items[..move]);
-        _binder.Unbind(bin, items[put..move]);
-        if (_layout.IsRun(bin)) tc.RunBytes -= move * _layout.RunBytes(bin);
+        Span<ulong> spill = stackalloc ulong[move];
+        items[..move].CopyTo(spill);
         items[move..].CopyTo(items);
         b.Count = keep;
+        if (_layout.IsRun(bin)) tc.RunBytes -= move * _layout.RunBytes(bin);
+        try
+        {
+            int put = _depot.Put(bin, spill);
+            _binder.Unbind(bin, spill[put..]);
+        }
+        catch
+        {
+            Exit(tc);
+            throw;
+        }
         return keep;
     }
 
-    /// <summary>Pops a bound free run of run bin <paramref name="bin"/> from the thread's bin or the depot (runs are
-    /// never bound ahead of need); 0 when neither has one.</summary>
+    /// <summary>Pops a bound free run of run bin <paramref name="bin"/> from the thread's bin, else a batch from the
+    /// depot (as many as the thread's run budget allows); 0 when neither has one. Fresh runs are never bound ahead
+    /// of need: a miss allocates exactly one from the zone.</summary>
     public ulong PopRun(ThreadCache tc, int bin)
     {
         ref CacheBin b = ref BinOf(tc, bin);
+        long bytes = _layout.RunBytes(bin);
         int n = b.Count - 1;
         if (n >= 0)
         {
             b.Count = n;
-            tc.RunBytes -= _layout.RunBytes(bin);
+            tc.RunBytes -= bytes;
             return ItemOf(tc, b.Offset + n);
         }
-        Span<ulong> dst = tc.Items.AsSpan(b.Offset, Math.Min(512, Math.Max(1, b.Capacity / 2)));
-        int got = _depot.Take(bin, dst);
-        if (got == 0) return 0;
-        b.Count = got - 1;
-        tc.RunBytes += (got - 1) * _layout.RunBytes(bin);
-        return dst[got - 1];
+        try
+        {
+            long budget = Math.Max(0, ThreadRunBytes - tc.RunBytes) / bytes;   // runs the bin may keep after this one
+            int want = (int)Math.Min(Math.Max(1, b.Capacity / 2), budget + 1);
+            Span<ulong> dst = tc.Items.AsSpan(b.Offset, want);
+            int got = _depot.Take(bin, dst);
+            if (got == 0) return 0;
+            b.Count = got - 1;
+            tc.RunBytes += (got - 1) * bytes;
+            return dst[got - 1];
+        }
+        catch
+        {
+            Exit(tc);
+            throw;
+        }
     }
 
     /// <summary>Pushes a bound free run; a full bin, or a cache over <see cref="ThreadRunBytes"/>, sends runs to the
@@ -199,14 +232,22 @@ internal sealed unsafe class ThreadCaches
         long bytes = _layout.RunBytes(bin);
         if (b.Count == b.Capacity || tc.RunBytes + bytes > ThreadRunBytes)
         {
-            if (b.Count == 0)
+            if (b.Count > 0) FlushHalf(tc, bin);
+            if (tc.RunBytes + bytes > ThreadRunBytes)
             {
                 // Other bins hold the thread's run budget: this run goes straight to the depot, or back to its zone.
-                ReadOnlySpan<ulong> one = [handle];
-                if (_depot.Put(bin, one) == 0) _binder.Unbind(bin, one);
+                try
+                {
+                    ReadOnlySpan<ulong> one = [handle];
+                    if (_depot.Put(bin, one) == 0) _binder.Unbind(bin, one);
+                }
+                catch
+                {
+                    Exit(tc);
+                    throw;
+                }
                 return;
             }
-            FlushHalf(tc, bin);
         }
         ItemOf(tc, b.Offset + b.Count) = handle;
         b.Count++;
@@ -267,8 +308,9 @@ internal sealed unsafe class ThreadCaches
             Interlocked.MemoryBarrierProcessWide();
             foreach (ThreadCache tc in _caches)
             {
+                // A dead owner is inside no cache section, whatever its flag says.
                 SpinWait spin = default;
-                while (Volatile.Read(ref tc.InUse) != 0) spin.SpinOnce();
+                while (Volatile.Read(ref tc.InUse) != 0 && tc.Owner.IsAlive) spin.SpinOnce();
                 FlushCache(tc, ownerDead: false);
             }
             PruneDeadCachesLocked();
@@ -283,15 +325,17 @@ internal sealed unsafe class ThreadCaches
     }
 
     /// <summary>Unbinds everything a cache holds. The owner must be out of it (drain protocol) or dead; a dead
-    /// owner's live counts move to the heap's direct counters, since the cache is about to be dropped.</summary>
+    /// owner's live counts move to the heap's direct counters, since the cache is about to be dropped. Each bin is
+    /// emptied before its entries are unbound, so an exception midway leaks them rather than leaving them cached.</summary>
     private void FlushCache(ThreadCache tc, bool ownerDead)
     {
         for (int bin = 0; bin < tc.Bins.Length; bin++)
         {
             ref CacheBin b = ref tc.Bins[bin];
             if (b.Count == 0) continue;
-            _binder.Unbind(bin, tc.Items.AsSpan(b.Offset, b.Count));
+            ulong[] items = tc.Items.AsSpan(b.Offset, b.Count).ToArray();
             b.Count = 0;
+            _binder.Unbind(bin, items);
         }
         tc.RunBytes = 0;
         if (ownerDead)
