@@ -32,6 +32,8 @@ internal enum CompactionCounter
     MigrateGone,
     MigrateOwnerRetry,
     MigrateOwnerFailed,
+    WasteWakes,
+    WasteBytesMoved,
     /// <summary>Not a counter: how many there are.</summary>
     Count,
 }

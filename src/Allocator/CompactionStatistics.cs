@@ -80,6 +80,13 @@ public sealed class CompactionStatistics
     /// <summary>Owner callbacks that threw (the block stayed intact).</summary>
     public long MigrateOwnerFailed => Get(CompactionCounter.MigrateOwnerFailed);
 
+    /// <summary>Background wakes that compacted because committed memory exceeded live memory by the waste
+    /// threshold (<see cref="HeapOptions.WasteHighRatio"/>; Redis's active defrag, not a kernel counter).</summary>
+    public long WasteWakes => Get(CompactionCounter.WasteWakes);
+
+    /// <summary>Bytes moved by those wakes.</summary>
+    public long WasteBytesMoved => Get(CompactionCounter.WasteBytesMoved);
+
     /// <summary>Compaction efficiency: compact_success * 100 / compact_stall.</summary>
     public double CompactionEfficiency => CompactStall == 0 ? 0 : CompactSuccess * 100.0 / CompactStall;
     /// <summary>Scan efficiency: compact_migrate_scanned * 100 / compact_free_scanned.</summary>

@@ -64,6 +64,29 @@ public sealed class HeapOptions
     /// Default 2 ms.</summary>
     public TimeSpan CompactionBudgetTime { get; set; } = TimeSpan.FromMilliseconds(2);
 
+    /// <summary>
+    /// The background compactor's second trigger, aimed at resident memory (like Redis's active defrag): when
+    /// committed bytes exceed live bytes by more than this ratio (and by at least <see cref="WasteMinBytes"/>), it
+    /// compacts in slices of <see cref="CompactionSliceTime"/> at most <see cref="CompactionCpuShare"/> of a core,
+    /// returning what it empties to the OS as it goes, until the ratio falls to <see cref="WasteLowRatio"/>.
+    /// 0 turns it off (the kernel-style proactive trigger, <see cref="Proactiveness"/>, is separate). Default 1.4.
+    /// </summary>
+    public double WasteHighRatio { get; set; } = 1.4;
+
+    /// <summary>Where a waste-driven run stops: committed / live at or below this. At least 1, at most
+    /// <see cref="WasteHighRatio"/>. Default 1.1.</summary>
+    public double WasteLowRatio { get; set; } = 1.1;
+
+    /// <summary>Waste (committed minus live bytes) below which the waste trigger never starts. Default 8 MiB.</summary>
+    public long WasteMinBytes { get; set; } = 8L << 20;
+
+    /// <summary>Longest slice of a waste-driven background wake. From 50 us to 1 s; default 0.5 ms.</summary>
+    public TimeSpan CompactionSliceTime { get; set; } = TimeSpan.FromMilliseconds(0.5);
+
+    /// <summary>Share of one core a waste-driven run may use: after a slice of length s the thread sleeps
+    /// s * (1 / share - 1). From 0.01 to 1; default 0.1.</summary>
+    public double CompactionCpuShare { get; set; } = 0.1;
+
     /// <summary>How long a pageblock must stay wholly free before the background compactor decommits it
     /// (hysteresis, like jemalloc's decay). Zero decommits at the next wake. Default 10 s.</summary>
     public TimeSpan DecommitDelay { get; set; } = TimeSpan.FromSeconds(10);
@@ -95,6 +118,16 @@ public sealed class HeapOptions
             throw new ArgumentException($"Proactiveness must be from 0 to 100; it was {Proactiveness}.", nameof(Proactiveness));
         if (CompactionInterval < TimeSpan.FromMilliseconds(1) || CompactionInterval > TimeSpan.FromHours(1))
             throw new ArgumentException($"CompactionInterval must be from 1 ms to 1 hour; it was {CompactionInterval}.", nameof(CompactionInterval));
+        if (WasteHighRatio != 0 && (double.IsNaN(WasteHighRatio) || WasteHighRatio < 1 || WasteHighRatio > 1000))
+            throw new ArgumentException($"WasteHighRatio must be 0 (off) or from 1 to 1000; it was {WasteHighRatio}.", nameof(WasteHighRatio));
+        if (double.IsNaN(WasteLowRatio) || WasteLowRatio < 1 || (WasteHighRatio != 0 && WasteLowRatio > WasteHighRatio))
+            throw new ArgumentException($"WasteLowRatio must be from 1 to WasteHighRatio; it was {WasteLowRatio}.", nameof(WasteLowRatio));
+        if (WasteMinBytes < 0)
+            throw new ArgumentException($"WasteMinBytes must not be negative; it was {WasteMinBytes}.", nameof(WasteMinBytes));
+        if (CompactionSliceTime < TimeSpan.FromMicroseconds(50) || CompactionSliceTime > TimeSpan.FromSeconds(1))
+            throw new ArgumentException($"CompactionSliceTime must be from 50 us to 1 s; it was {CompactionSliceTime}.", nameof(CompactionSliceTime));
+        if (double.IsNaN(CompactionCpuShare) || CompactionCpuShare < 0.01 || CompactionCpuShare > 1)
+            throw new ArgumentException($"CompactionCpuShare must be from 0.01 to 1; it was {CompactionCpuShare}.", nameof(CompactionCpuShare));
         if (CompactionBudgetBytes < 0)
             throw new ArgumentException($"CompactionBudgetBytes must not be negative; it was {CompactionBudgetBytes}.", nameof(CompactionBudgetBytes));
         if (CompactionBudgetTime < TimeSpan.Zero)

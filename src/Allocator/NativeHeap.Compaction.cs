@@ -51,11 +51,39 @@ public sealed partial class NativeHeap
     }
 
     /// <summary>One wake: the compactor's step, then the delayed trim (only when the compactor ran: a wake skipped
-    /// because another compaction runs, or from inside one, skips both).</summary>
+    /// because another compaction runs, or from inside one, skips both). After a waste-driven slice, what it emptied
+    /// goes back to the OS at once instead of the trim: wholly free pageblocks (and kept empty slabs) after every
+    /// slice, and free runs inside used pageblocks purged when the run has ended.</summary>
     private void BackgroundStep(TimeSpan now)
     {
-        if (_compactor == null || _compactor.BackgroundStep()) _reclaimer.Trim(now);
+        if (_compactor == null)
+        {
+            _reclaimer.Trim(now);
+            GC.KeepAlive(this);
+            return;
+        }
+        long wasteWakes = Volatile.Read(ref _compactor.Counters[CompactionCounter.WasteWakes]);
+        if (!_compactor.BackgroundStep()) return;
+        if (Volatile.Read(ref _compactor.Counters[CompactionCounter.WasteWakes]) != wasteWakes)
+        {
+            // The slice's release replaces this wake's delayed trim (it decommits every wholly free pageblock now).
+            _reclaimer.ReleaseEmptiedPageblocks();
+            if (!_compactor.WasteRunActive) _reclaimer.PurgeFreeRuns();
+        }
+        else
+        {
+            _reclaimer.Trim(now);
+        }
         GC.KeepAlive(this);   // the step works on native memory the finalizer would free
+    }
+
+    /// <summary>How long the background thread sleeps before its next wake: the interval, or during a waste-driven
+    /// run what keeps the thread at its CPU share: a wake that took t (the slice and the release after it) at share c
+    /// sleeps t * (1 / c - 1), at least 1 ms.</summary>
+    private TimeSpan NextWakeDelay(TimeSpan took)
+    {
+        if (_compactor == null || !_compactor.WasteRunActive) return _options.CompactionInterval;
+        return TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, (long)(took.Ticks * (1 / _options.CompactionCpuShare - 1))));
     }
 
     /// <summary>Starts the background compactor thread (like kcompactd): it wakes every
@@ -74,11 +102,12 @@ public sealed partial class NativeHeap
             _daemons.RemoveAll(d => !d.thread.IsAlive);
             var stop = new ManualResetEventSlim();
             var weak = new WeakReference<NativeHeap>(this);
-            TimeSpan interval = _options.CompactionInterval;
+            TimeSpan first = _options.CompactionInterval;
             long origin = Stopwatch.GetTimestamp();
             var thread = new Thread(() =>
             {
-                while (!stop.Wait(interval) && WakeOnce(weak, origin)) { }
+                TimeSpan delay = first;
+                while (!stop.Wait(delay) && WakeOnce(weak, origin, out delay)) { }
             })
             { IsBackground = true, Name = "NativeHeap compactor" };
             _daemonStop = stop;
@@ -93,10 +122,13 @@ public sealed partial class NativeHeap
     /// end of the step, since optimised code would otherwise let the heap die (and its finalizer free the arena) while
     /// the step still works on it. False when the heap is gone.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static bool WakeOnce(WeakReference<NativeHeap> weak, long origin)
+    private static bool WakeOnce(WeakReference<NativeHeap> weak, long origin, out TimeSpan next)
     {
+        next = default;
         if (!weak.TryGetTarget(out NativeHeap? heap) || heap._disposed) return false;
+        long start = Stopwatch.GetTimestamp();
         heap.BackgroundStep(Stopwatch.GetElapsedTime(origin));
+        next = heap.NextWakeDelay(Stopwatch.GetElapsedTime(start));
         GC.KeepAlive(heap);
         return true;
     }

@@ -49,6 +49,11 @@ internal sealed unsafe partial class Compactor
     private readonly int[] _cachedFreePb = new int[2];      // ... FromTheTop: at the top of the used range
     private int _proactiveDefer;
     private bool _proactiveResume;   // the last proactive pass ended on its budget above the low watermark
+    private bool _wasteActive;       // a waste-driven run: started above WasteHighRatio, not yet at WasteLowRatio
+    private bool _wasteZonePhase;    // ... and its cycle has consolidated the classes: now the zone pass
+    private bool _wasteResume;       // ... which the last slice's budget cut short (it resumes)
+    private long _wasteCycleMoved;   // bytes moved in the current cycle
+    private int _wasteDefer;         // wakes to skip after a slice that could move nothing
 
     public Compactor(HeapOptions options, PageAllocator pages, SlabAllocator movableSlabs, HandleTable handles, Migrator migrator, ThreadCaches caches)
     {
@@ -168,12 +173,90 @@ internal sealed unsafe partial class Compactor
                 }
             }
             if (!proactive && score <= low) _proactiveResume = false;
+            WasteSliceLocked();
             return true;
         }
         finally
         {
             RunLock.Exit();
         }
+    }
+
+    /// <summary>True while a waste-driven run is under way: the background thread then wakes after a slice's CPU
+    /// share instead of its interval. Racy read (a bool; a stale value only shifts one wake).</summary>
+    public bool WasteRunActive => Volatile.Read(ref _wasteActive);
+
+    /// <summary>Committed bytes over live bytes now, and the bytes between them (racy: counters read without locks;
+    /// a heuristic's input).</summary>
+    public (double ratio, long wasted) Waste()
+    {
+        long committed = _pages.Memory.CommittedBytes;
+        long live = Math.Max(1, _caches.LiveTotals().bytes);
+        return ((double)committed / live, committed - live);
+    }
+
+    /// <summary>
+    /// The waste-driven half of a wake (Redis's active defrag, Anchorage): with hysteresis on committed / live, a
+    /// slice of at most <see cref="HeapOptions.CompactionSliceTime"/>. A run goes in cycles, each what an explicit
+    /// compaction does in one go, cut into slices: consolidate the size classes until none is worth it, then one pass
+    /// over the whole zone (resumed slice after slice). A cycle that moved nothing ends the run and backs off for
+    /// <see cref="ProactiveDeferWakes"/> wakes (what is left is pinned or unmovable). The heap gives back what each
+    /// slice emptied after the step (the layer above this one). Caller holds RunLock.
+    /// </summary>
+    private void WasteSliceLocked()
+    {
+        Debug.Assert(RunLock.IsHeldByCurrentThread, "caller holds RunLock");
+        HeapOptions o = _options;
+        if (o.WasteHighRatio == 0) return;
+        if (_wasteDefer > 0) { _wasteDefer--; return; }
+        (double ratio, long wasted) = Waste();
+        if (!_wasteActive && ratio > o.WasteHighRatio && wasted >= o.WasteMinBytes)
+        {
+            _wasteActive = true;
+            _wasteZonePhase = false;
+            _wasteCycleMoved = 0;
+        }
+        if (_wasteActive && (ratio <= o.WasteLowRatio || wasted < o.WasteMinBytes / 2)) _wasteActive = false;
+        if (!_wasteActive) return;
+
+        Counters[WasteWakes]++;
+        long movedBefore = Counters[BytesMoved];
+        long start = Stopwatch.GetTimestamp();
+        long slice = Math.Max(1, (long)(o.CompactionSliceTime.TotalSeconds * Stopwatch.Frequency));
+        bool cycleEnded = false;
+        using (new CacheGuard(_caches, _options))
+        {
+            if (!_wasteZonePhase)
+            {
+                // Not a daemon pass here: every class with a slab to spare is consolidated, as an explicit compaction
+                // does (the daemon's own pass leaves classes below its worth-it heuristic alone).
+                var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = slice, StartTicks = start, BytesMovedAtStart = movedBefore };
+                ConsolidateSlabs(cc);
+                if (!BudgetSpent(cc)) { _wasteZonePhase = true; _wasteResume = false; }   // no class is worth it any more
+            }
+            long left = slice - (Stopwatch.GetTimestamp() - start);
+            if (_wasteZonePhase && left > 0)
+            {
+                CompactStatus status = CompactZone(new CompactControl
+                {
+                    // Counted as waste wakes, not in the kernel's kcompactd counters (compact_daemon_*).
+                    Mode = CompactMode.SyncLight, WholeZone = !_wasteResume, IgnoreSkipHint = true, BudgetTicks = left,
+                });
+                _wasteResume = status == CompactStatus.BudgetExhausted;
+                cycleEnded = !_wasteResume;
+            }
+        }
+        long moved = Counters[BytesMoved] - movedBefore;
+        Counters[WasteBytesMoved] += moved;
+        _wasteCycleMoved += moved;
+        if (!cycleEnded) return;
+        if (_wasteCycleMoved == 0)
+        {
+            _wasteActive = false;
+            _wasteDefer = ProactiveDeferWakes;
+        }
+        _wasteZonePhase = false;   // another cycle, if the run goes on
+        _wasteCycleMoved = 0;
     }
 
     /// <summary>The proactive score: extfrag at pageblock order of the movable zone, in percent. Lock-free: the free

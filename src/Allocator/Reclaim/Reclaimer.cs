@@ -106,6 +106,28 @@ internal sealed class Reclaimer
         return bytes;
     }
 
+    /// <summary>What a slice of a waste-driven background run gives back as it goes: the empty slabs classes keep and
+    /// every wholly free committed pageblock, decommitted now (no delay: the run emptied them on purpose). No drain
+    /// (the slice ran with the caches drained) and no purge (a system call per free run: that waits for the run's
+    /// end, <see cref="ReleaseFreeMemory"/>). Returns the bytes decommitted.</summary>
+    public long ReleaseEmptiedPageblocks()
+    {
+        ReleaseEmptySlabs();
+        long bytes = 0;
+        foreach (Zone z in _pages.Zones) bytes += DecommitFreePageblocks(z);
+        Interlocked.Add(ref _counters[BytesDecommitted], bytes);
+        return bytes;
+    }
+
+    /// <summary>Purges free runs of at least 2^<see cref="PurgeMinOrder"/> pages inside pageblocks still in use (the end of
+    /// a waste-driven run). Takes each zone lock in turn. Returns the bytes purged.</summary>
+    public long PurgeFreeRuns()
+    {
+        long bytes = 0;
+        foreach (Zone z in _pages.Zones) bytes += PurgeFreeBlocks(z, PurgeMinOrder);
+        return bytes;
+    }
+
     /// <summary>Frees the empty slabs each class keeps for reuse. Takes each class lock in turn. Returns how many.</summary>
     public int ReleaseEmptySlabs()
     {
