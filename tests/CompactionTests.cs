@@ -405,6 +405,7 @@ public class CompactionTests(ITestOutputHelper output)
         using NativeHeap heap = MovableOnly(direct: false);
         BlockHandle h = heap.Allocate(30_000);   // a run at the bottom of the zone; the top is free
         TestHeaps.Fill(heap, h);
+        TestHeaps.CommitFreeSpaceAbove(heap, 4);   // ...and committed: room for the compactor's destination
         var owner = new RetryingOwner(refusals: 3);
         heap.SetMovableOwner(h, owner);
         nint before = heap.CurrentAddress(h);
@@ -427,6 +428,7 @@ public class CompactionTests(ITestOutputHelper output)
         BlockHandle small = heap.Allocate(100);
         TestHeaps.Fill(heap, h);
         TestHeaps.Fill(heap, small);
+        TestHeaps.CommitFreeSpaceAbove(heap, 4);
         var owner = new RetryingOwner(refusals: 0, throws: true);
         var smallOwner = new RetryingOwner(refusals: 0, throws: true);
         heap.SetMovableOwner(h, owner);
@@ -463,6 +465,7 @@ public class CompactionTests(ITestOutputHelper output)
     {
         using NativeHeap heap = MovableOnly(direct: false);
         BlockHandle h = heap.Allocate(30_000);
+        TestHeaps.CommitFreeSpaceAbove(heap, 4);
         var owner = new PinningOwner(heap);
         heap.SetMovableOwner(h, owner);
         heap.Compact();

@@ -33,6 +33,7 @@ public sealed class DisposeRulesTests
         NativeHeap heap = MovableOnly();
         BlockHandle h = heap.Allocate(30_000);   // a run at the bottom of the zone; the top is free
         TestHeaps.Fill(heap, h);
+        TestHeaps.CommitFreeSpaceAbove(heap, 4);   // ...and committed, so the compactor may move the run into it
         var owner = new DisposingOwner(heap, inIsolate);
         heap.SetMovableOwner(h, owner);
         nint before;

@@ -25,6 +25,7 @@ public sealed class MovableOwnerCallbackTests
         var kept = new List<BlockHandle>(slabs[0]);
         for (int i = 0; i < slabs[1].Count; i++) if (i < cap / 2) kept.Add(slabs[1][i]); else heap.Free(slabs[1][i]);
         for (int i = 2; i < slabs[2].Count; i++) heap.Free(slabs[2][i]);
+        TestHeaps.CommitFreeSpaceAbove(heap, 4);   // committed room for the compactor's destinations
         return (heap, slabs[2][0], slabs[2][1], kept);
     }
 

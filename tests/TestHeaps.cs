@@ -14,6 +14,17 @@ internal static class TestHeaps
             PerThreadCaches = caches,
         });
 
+    /// <summary>Commits <paramref name="pageblocks"/> pageblocks above what the heap uses and leaves them free (pages
+    /// allocated, written and freed, never decommitted before the delay): compaction takes its destinations from
+    /// committed memory only, so tests that move blocks upwards need such room.</summary>
+    public static void CommitFreeSpaceAbove(NativeHeap heap, int pageblocks)
+    {
+        long pageblockBytes = (long)heap.Options.PageblockPages * heap.Options.PageSize;
+        var runs = new List<BlockHandle>();
+        for (int i = 0; i < pageblocks; i++) runs.Add(heap.Allocate(pageblockBytes));
+        runs.ForEach(heap.Free);
+    }
+
     public static void AssertValid(NativeHeap heap)
     {
         List<string> problems = heap.Validate();

@@ -110,6 +110,31 @@ public sealed class WasteCompactionTests
         }
     }
 
+    [Fact]
+    public void CompactionCommitsNoFreshMemoryItFillsOnlyCommittedHolesAndStillEmptiesPageblocks()
+    {
+        (NativeHeap heap, List<BlockHandle> live) = Fragmented(512, 48L << 20, new HeapOptions { ArenaBytes = 256L << 20, Proactiveness = 0, WasteHighRatio = 0 });
+        using (heap)
+        {
+            // Wholly free pageblocks above the fragmented ones, decommitted: the free scanner's first candidates.
+            var top = new List<BlockHandle>();
+            for (int i = 0; i < 16 * 1024; i++) top.Add(heap.Allocate(1024));
+            top.ForEach(heap.Free);
+            heap.ReleaseFreeMemory();
+            long commits = heap.Memory.Commits, committed = heap.GetStatistics().CommittedBytes;
+            double before = Ratio(heap);
+            heap.Compact();
+            Assert.Equal(commits, heap.Memory.Commits);   // no pageblock was committed to serve as a destination
+            Assert.True(heap.GetStatistics().CommittedBytes <= committed);
+            heap.ReleaseFreeMemory();
+            double after = Ratio(heap);
+            Assert.True(after < before * 0.6, $"ratio {before:F2} -> {after:F2}: compaction into committed holes alone still empties pageblocks");
+            Assert.All(live, h => Assert.Equal(0, TestHeaps.CountCorrupt(heap, h)));
+            TestHeaps.AssertValid(heap);
+            live.ForEach(heap.Free);
+        }
+    }
+
     [Theory]
     [InlineData(0.5)]
     [InlineData(1.5)]

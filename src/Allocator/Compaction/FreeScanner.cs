@@ -35,6 +35,11 @@ internal sealed unsafe partial class Compactor
             if (freePb <= migratePb) return -1;
             int pb = freePb--;
             if (!cc.IgnoreSkip && _map.GetSkip(pb)) continue;
+            // Destinations come from committed memory only, so a compaction never raises resident memory: a pageblock
+            // that is not committed is wholly free, and filling it would commit fresh memory before any source is given
+            // back. Racy read (commits and decommits happen under the zone lock): a stale "committed" is corrected by
+            // the commit below, at most one pageblock per isolation.
+            if (!_pages.Memory.IsCommitted(pb)) continue;
             if (!Acquire(_zone.Lock, cc)) { freePb++; return -1; }
             _isolated.Clear();
             int isolated = _zone.IsolateFreeBlocksLocked(pb, _isolated);

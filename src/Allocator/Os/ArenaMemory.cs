@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
+using System.Runtime.CompilerServices;
 
 namespace Compaction.Allocator.Os;
 
@@ -53,6 +54,7 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
     private long _committedBytes;
     private long _decommittedBytes;
     private long _purgedBytes;
+    private long _commits;
     private long _commitFailures;
     private long _decommitFailures;
 
@@ -101,7 +103,12 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
     /// <summary>Decommits and purges the OS refused (the memory stayed committed and resident).</summary>
     public long DecommitFailures => Volatile.Read(ref _decommitFailures);
 
-    public bool IsCommitted(int pageblock) => _state[pageblock] == PageblockMemory.Committed;
+    /// <summary>Pageblock commits so far (each a pageblock going from reserved or decommitted to committed).</summary>
+    public long Commits => Volatile.Read(ref _commits);
+
+    /// <summary>True when <paramref name="pageblock"/> is committed. Exact under the zone lock; lock-free callers get
+    /// a hint (the state changes only under the zone lock).</summary>
+    public bool IsCommitted(int pageblock) => Volatile.Read(ref Unsafe.As<PageblockMemory, byte>(ref _state[pageblock])) == (byte)PageblockMemory.Committed;
 
     /// <summary>Makes pageblock <paramref name="pageblock"/> usable: readable, writable and counted as committed.
     /// Caller holds the zone lock.</summary>
@@ -120,6 +127,7 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
         }
         _state[pageblock] = PageblockMemory.Committed;
         Interlocked.Add(ref _committedBytes, (long)_pageblockBytes);
+        Interlocked.Increment(ref _commits);
         return true;
     }
 
