@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using Compaction.Allocator.Caches;
 using Compaction.Allocator.Compaction;
 using Compaction.Allocator.Handles;
@@ -183,12 +182,12 @@ public sealed unsafe partial class NativeHeap : IDisposable
         return AllocateSlow(size, kind, tc);
     }
 
-    /// <summary>The size class of a slab block (<see cref="SizeClasses.ClassOf"/> without the indirection).</summary>
+    /// <summary>The size class of a slab block (<see cref="SizeClasses.ClassOf(long)"/> without the indirection).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private int ClassOf(long size)
     {
         Debug.Assert(size >= 1 && size <= _smallLimit);
-        return Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_classOf), (int)((size + 15) >> 4));
+        return SizeClasses.ClassOf(_classOf, size);
     }
 
     /// <summary>Makes a bound free entry live under <paramref name="handle"/> (its current generation and index, as a
@@ -216,8 +215,15 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if ((ulong)(size - 1) >= (ulong)_maxBlockSize) ThrowHelper.BadSize(size);
         if ((uint)kind > (uint)BlockKind.Unmovable) ThrowHelper.BadKind(kind);
         if (size > _smallLimit) return AllocateRun(size, kind, tc);
-        ulong handle = _caches.BindSlotDirect((int)kind * _classCount + _classes.ClassOf(size));
-        if (handle == 0) return AllocateSmallAfterMiss(size, kind);
+        ulong handle = AllocateSmallDirect(size, kind);
+        return handle != 0 ? handle : AllocateSmallAfterMiss(size, kind);
+    }
+
+    /// <summary>A small block without a cache: one fresh entry bound to one fresh slot, published. 0 when out of room.</summary>
+    private ulong AllocateSmallDirect(long size, BlockKind kind)
+    {
+        ulong handle = _caches.BindSlotDirect((int)kind * _classCount + ClassOf(size));
+        if (handle == 0) return 0;
         _caches.AddLiveDirect(size, 1);
         return PublishBound(handle, size, kind, run: false);
     }
@@ -229,15 +235,17 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// Called outside any cache section (a drain waits for every owner, this thread included, to be out of its own).
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private ulong AllocateSmallAfterMiss(long size, BlockKind kind)
+    private ulong AllocateSmallAfterMiss(long size, BlockKind kind) => ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
+
+    /// <summary>Before an allocation fails (or compacts): storage parked in thread caches and the depot, and the empty
+    /// slabs each class keeps, hold pages that no block uses (the kernel drains its per-CPU lists on the same path).
+    /// Drains and frees them; true when that freed anything, so a retry can succeed (a refused commit is not retried).
+    /// Takes the cache lock, then class and zone locks; the caller is in no cache section.</summary>
+    private bool ReleaseParkedStorage()
     {
         bool cached = _caches.CachedSlots() + _caches.CachedRuns() > 0;
         if (cached) _caches.Drain();
-        if (_reclaimer.ReleaseEmptySlabs() == 0 && !cached) return 0;
-        ulong handle = _caches.BindSlotDirect((int)kind * _classCount + _classes.ClassOf(size));
-        if (handle == 0) return 0;
-        _caches.AddLiveDirect(size, 1);
-        return PublishBound(handle, size, kind, run: false);
+        return _reclaimer.ReleaseEmptySlabs() > 0 || cached;
     }
 
     private ulong AllocateRun(long size, BlockKind kind, ThreadCache? tc)
@@ -259,15 +267,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if (_handles.Pop(one) == 0) return 0;
         uint index = one[0];
         int start = _pages.AllocateRun(pages, kind, index);
-        if (start < 0)
-        {
-            // Before compacting (or failing): storage parked in thread caches and the depot, and the empty slabs each
-            // class keeps, hold pages that no block uses (the kernel drains its per-CPU lists on the same path).
-            // Retried only when that freed something: a refused commit is not retried here.
-            bool cached = _caches.CachedSlots() + _caches.CachedRuns() > 0;
-            if (cached) _caches.Drain();
-            if (_reclaimer.ReleaseEmptySlabs() > 0 || cached) start = _pages.AllocateRun(pages, kind, index);
-        }
+        if (start < 0 && ReleaseParkedStorage()) start = _pages.AllocateRun(pages, kind, index);
         if (start < 0 && kind == BlockKind.Movable && _compactor != null && _options.DirectCompaction)
             start = _compactor.DirectCompact(pages, index);
         if (start < 0)
@@ -371,7 +371,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if ((s & EntryState.Run) != 0)
         {
             int pages = _map.Page(_map.PageOf(e->Address)).RunPages;   // ours: the run cannot move or be freed now
-            size = ((long)(pages - 1) << _map.PageShift) + (EntryState.SizeLow(s) & (_map.PageSize - 1)) + 1;
+            size = _map.RunSize(e->Address, s);
             if (pages > _bins.MaxRunPages)
             {
                 _pages.FreePages(_map.PageOf(e->Address), pages);

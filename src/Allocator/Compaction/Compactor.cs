@@ -225,30 +225,29 @@ internal sealed unsafe partial class Compactor
         long slice = Math.Max(1, (long)(o.CompactionSliceTime.TotalSeconds * Stopwatch.Frequency));
         bool cycleEnded = false;
         // The caches stay on during a slice: disabling them for every slice (every few milliseconds) would send the
-        // mutators to the slow path a tenth of the time. A cycle drains them once when it starts, so what they held
+        // mutators to the slow path a tenth of the time. A cycle drains them when it starts (each slice until the
+        // cycle's first move, so normally once), so what they held
         // goes back and can move; slots they take afterwards only make a few slab moves fail (cache-held), which a
         // later cycle retries.
         if (!_wasteZonePhase && _wasteCycleMoved == 0) _caches.Drain();
+        if (!_wasteZonePhase)
         {
-            if (!_wasteZonePhase)
+            // Not a daemon pass here: every class with a slab to spare is consolidated, as an explicit compaction
+            // does (the daemon's own pass leaves classes below its worth-it heuristic alone).
+            var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = slice, StartTicks = start, BytesMovedAtStart = movedBefore };
+            ConsolidateSlabs(cc);
+            if (!BudgetSpent(cc)) { _wasteZonePhase = true; _wasteResume = false; }   // every class consolidated
+        }
+        long left = slice - (Stopwatch.GetTimestamp() - start);
+        if (_wasteZonePhase && left > 0)
+        {
+            CompactStatus status = CompactZone(new CompactControl
             {
-                // Not a daemon pass here: every class with a slab to spare is consolidated, as an explicit compaction
-                // does (the daemon's own pass leaves classes below its worth-it heuristic alone).
-                var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = slice, StartTicks = start, BytesMovedAtStart = movedBefore };
-                ConsolidateSlabs(cc);
-                if (!BudgetSpent(cc)) { _wasteZonePhase = true; _wasteResume = false; }   // no class is worth it any more
-            }
-            long left = slice - (Stopwatch.GetTimestamp() - start);
-            if (_wasteZonePhase && left > 0)
-            {
-                CompactStatus status = CompactZone(new CompactControl
-                {
-                    // Counted as waste wakes, not in the kernel's kcompactd counters (compact_daemon_*).
-                    Mode = CompactMode.SyncLight, WholeZone = !_wasteResume, IgnoreSkipHint = true, BudgetTicks = left,
-                });
-                _wasteResume = status == CompactStatus.BudgetExhausted;
-                cycleEnded = !_wasteResume;
-            }
+                // Counted as waste wakes, not in the kernel's kcompactd counters (compact_daemon_*).
+                Mode = CompactMode.SyncLight, WholeZone = !_wasteResume, IgnoreSkipHint = true, BudgetTicks = left,
+            });
+            _wasteResume = status == CompactStatus.BudgetExhausted;
+            cycleEnded = !_wasteResume;
         }
         long moved = Counters[BytesMoved] - movedBefore;
         Counters[WasteBytesMoved] += moved;
