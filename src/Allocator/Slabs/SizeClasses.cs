@@ -6,8 +6,9 @@ namespace Compaction.Allocator.Slabs;
 
 /// <summary>
 /// The size classes of the slab allocator: 16 B apart up to 128 B, then eight classes per doubling (at most 12.5%
-/// apart), rounded to 16 B, up to the slab threshold. Each class picks the slab length (1 to 16 pages) that wastes
-/// the least, counting 4 bytes of reverse map per slot (native-layout.md, "Slabs").
+/// apart), rounded to 16 B, up to the slab threshold. Each class's slab is a whole buddy block of 1 to 16 pages that wastes
+/// least (counting 4 bytes of reverse map per slot), or for the few large classes no buddy block fits, the exact
+/// length that does (native-layout.md, "Slabs").
 /// </summary>
 internal sealed class SizeClasses
 {
@@ -77,13 +78,37 @@ internal sealed class SizeClasses
     /// multiply instead of a division, exact for every offset below 2^32 (slabs are at most 16 pages).</summary>
     public int SlotOf(int c, int offset) => (int)Math.BigMul((ulong)(uint)offset, Reciprocal[c], out _);
 
+    /// <summary>
+    /// The slab length of a class. A slab is a whole buddy block (1, 2, 4, 8 or 16 pages) whenever one wastes at most
+    /// <see cref="BuddyBlockWasteLimit"/> of its bytes: an exact length of, say, 10 pages takes a 16-page block and hands
+    /// a 2- and a 4-page tail back to the free lists, which nothing may ever ask for again (the slabs of one class
+    /// all want 10), so a heap of 512 B blocks would keep 37% of its slab pages free. Only the large classes, where
+    /// no buddy block fits well (16 KiB slots with their reverse-map words fit 3 to a 16-page block), take the exact
+    /// length that wastes least, and their tails go back to the buddy lists for the smaller classes' slabs.
+    /// </summary>
     private static (int pages, int slots) ChooseSlab(int size, int pageSize)
     {
         int maxPages = Math.Max(1, Math.Min(16, 65536 * 4 / pageSize));
+        (int pages, int slots, double waste) buddy = Best(size, pageSize, maxPages, powersOfTwoOnly: true);
+        if (buddy.slots > 0 && buddy.waste <= BuddyBlockWasteLimit) return (buddy.pages, buddy.slots);
+        (int pages, int slots, double waste) exact = Best(size, pageSize, maxPages, powersOfTwoOnly: false);
+        return (exact.pages, exact.slots);
+    }
+
+    /// <summary>Share of a slab's bytes that may go unused (slot rounding and the reverse map) before a class gives up
+    /// whole buddy blocks for an exact length.</summary>
+    public const double BuddyBlockWasteLimit = 0.04;
+
+    /// <summary>The length of 1 to 16 pages (powers of two only, or any) that wastes least for slots of
+    /// <paramref name="size"/> bytes; a longer slab must save half a percent to be preferred. Lengths above
+    /// <paramref name="maxPages"/> are tried only while none fits a slot.</summary>
+    private static (int pages, int slots, double waste) Best(int size, int pageSize, int maxPages, bool powersOfTwoOnly)
+    {
         int bestPages = 0, bestSlots = 0;
         double bestWaste = double.MaxValue;
         for (int pages = 1; pages <= 16; pages++)
         {
+            if (powersOfTwoOnly && (pages & (pages - 1)) != 0) continue;
             long bytes = (long)pages * pageSize;
             int slots = (int)Math.Min(bytes / (size + ReverseMapBytesPerSlot), ushort.MaxValue);
             if (slots == 0) continue;
@@ -91,6 +116,6 @@ internal sealed class SizeClasses
             double waste = (bytes - (long)slots * size) / (double)bytes;  // reverse map counted as waste too
             if (waste + 0.005 < bestWaste) { bestWaste = waste; bestPages = pages; bestSlots = slots; }
         }
-        return (bestPages, bestSlots);
+        return (bestPages, bestSlots, bestWaste);
     }
 }
