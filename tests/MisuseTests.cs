@@ -493,6 +493,7 @@ public sealed class MisuseTests(ITestOutputHelper output)
         { "CompactionBudgetBytes", -1L },
         { "CompactionBudgetTime", TimeSpan.FromTicks(-1) },
         { "DecommitDelay", TimeSpan.FromSeconds(-1) },
+        { "RetainedBytesLimit", -1L },
     };
 
     [Theory]

@@ -87,9 +87,19 @@ public sealed class HeapOptions
     /// s * (1 / share - 1). From 0.01 to 1; default 0.1.</summary>
     public double CompactionCpuShare { get; set; } = 0.1;
 
-    /// <summary>How long a pageblock must stay wholly free before the background compactor decommits it
-    /// (hysteresis, like jemalloc's decay). Zero decommits at the next wake. Default 10 s.</summary>
+    /// <summary>How long free memory stays resident before the background thread gives it back (hysteresis, like
+    /// jemalloc's decay): a pageblock wholly free for this long is decommitted; a free run of 4 or more pages inside
+    /// a pageblock still in use is purged (madvise DONTNEED) after one to two delays untouched. Zero gives free memory
+    /// back at the next wakes. Default 10 s.</summary>
     public TimeSpan DecommitDelay { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>The most free memory the heap keeps resident for reuse (resident bytes less live bytes), like
+    /// jemalloc's and tcmalloc's caps on retained memory. Above it, the background thread gives back every wholly
+    /// free pageblock and every free run of 4 or more pages at once, without waiting for <see cref="DecommitDelay"/>,
+    /// and compacts (a waste-driven run, unless <see cref="WasteHighRatio"/> is 0) until the free memory it keeps is
+    /// below the cap again, whatever the waste
+    /// ratio. Default <see cref="long.MaxValue"/>: no cap (the waste ratio and the delay decide).</summary>
+    public long RetainedBytesLimit { get; set; } = long.MaxValue;
 
     /// <summary>Leave per-thread caches on while compaction migrates blocks. Default false: caches are disabled and
     /// drained for the length of a compaction run, because slots they hold make slab migration fail.
@@ -134,6 +144,8 @@ public sealed class HeapOptions
             throw new ArgumentException($"CompactionBudgetTime must not be negative; it was {CompactionBudgetTime}.", nameof(CompactionBudgetTime));
         if (DecommitDelay < TimeSpan.Zero)
             throw new ArgumentException($"DecommitDelay must not be negative; it was {DecommitDelay}.", nameof(DecommitDelay));
+        if (RetainedBytesLimit < 0)
+            throw new ArgumentException($"RetainedBytesLimit must not be negative; it was {RetainedBytesLimit}.", nameof(RetainedBytesLimit));
     }
 
     private static bool IsPowerOfTwo(int v) => v > 0 && (v & (v - 1)) == 0;

@@ -22,6 +22,9 @@ public sealed class HeapStatistics
     public long DecommittedBytes { get; internal init; }
     /// <summary>Bytes of free pages purged (madvise DONTNEED inside pageblocks still in use) since the heap was created.</summary>
     public long PurgedBytes { get; internal init; }
+    /// <summary>Bytes of free blocks purged and not reused since: still committed (in <see cref="CommittedBytes"/>) but
+    /// not resident. <see cref="CommittedBytes"/> less this is what the heap keeps resident for its blocks.</summary>
+    public long PurgedFreeBytes { get; internal init; }
     /// <summary>Decommits and purges the OS refused since the heap was created. Each left its memory committed (and
     /// resident), counted in <see cref="CommittedBytes"/> and not in <see cref="DecommittedBytes"/> or
     /// <see cref="PurgedBytes"/>; a later release or trim tries again.</summary>

@@ -50,6 +50,7 @@ public sealed unsafe partial class NativeHeap
             ReservedBytes = _memory.ReservedBytes,
             DecommittedBytes = _memory.DecommittedBytes,
             PurgedBytes = _memory.PurgedBytes,
+            PurgedFreeBytes = _pages.PurgedFreeBytes,
             DecommitFailures = _memory.DecommitFailures,
             MetadataBytes = _pages.MetadataBytes + _handles.MetadataBytes,
             PageSize = _map.PageSize,

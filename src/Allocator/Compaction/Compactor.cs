@@ -186,13 +186,13 @@ internal sealed unsafe partial class Compactor
     /// share instead of its interval. Racy read (a bool; a stale value only shifts one wake).</summary>
     public bool WasteRunActive => Volatile.Read(ref _wasteActive);
 
-    /// <summary>Committed bytes over live bytes now, and the bytes between them (racy: counters read without locks;
-    /// a heuristic's input).</summary>
+    /// <summary>Resident bytes (the arena's estimate: committed less purged free runs) over live bytes now, and the
+    /// bytes between them (racy: counters read without locks; a heuristic's input).</summary>
     public (double ratio, long wasted) Waste()
     {
-        long committed = _pages.Memory.CommittedBytes;
+        long resident = _pages.ResidentBytesEstimate;
         long live = Math.Max(1, _caches.LiveTotals().bytes);
-        return ((double)committed / live, committed - live);
+        return ((double)resident / live, resident - live);
     }
 
     /// <summary>
@@ -210,13 +210,16 @@ internal sealed unsafe partial class Compactor
         if (o.WasteHighRatio == 0) return;
         if (_wasteDefer > 0) { _wasteDefer--; return; }
         (double ratio, long wasted) = Waste();
-        if (!_wasteActive && ratio > o.WasteHighRatio && wasted >= o.WasteMinBytes)
+        // A run starts above the high ratio (with enough bytes at stake) or above the retained-bytes cap, and ends at
+        // the low ratio (or too few bytes) once the cap is kept.
+        bool overCap = wasted > o.RetainedBytesLimit;
+        if (!_wasteActive && ((ratio > o.WasteHighRatio && wasted >= o.WasteMinBytes) || overCap))
         {
             _wasteActive = true;
             _wasteZonePhase = false;
             _wasteCycleMoved = 0;
         }
-        if (_wasteActive && (ratio <= o.WasteLowRatio || wasted < o.WasteMinBytes / 2)) _wasteActive = false;
+        if (_wasteActive && !overCap && (ratio <= o.WasteLowRatio || wasted < o.WasteMinBytes / 2)) _wasteActive = false;
         if (!_wasteActive) return;
 
         Counters[WasteWakes]++;

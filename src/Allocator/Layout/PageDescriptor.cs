@@ -28,7 +28,7 @@ internal enum PageKind : byte
 ///   offset 24 (word A): RunHead -> RunHandle   SlabHead -> SlabFreeSlot   Tail -> TailHead
 ///   offset 28 (word B): RunHead -> RunPages    SlabHead -> SlabGroup
 ///   offset  4 (u16)   : SlabHead -> bits 0-14 SlabClass, bit 15 SlabKind (0 movable, 1 unmovable)
-///   offset  3 (u8)    : SlabHead -> bit 0 SlabIsolated
+///   offset  3 (u8)    : SlabHead -> bit 0 SlabIsolated   FreeHead -> bit 1 FreePurged, bit 2 FreeAged
 /// </code>
 /// Invariant for a slab head: RefCount == slots handed out (to handles or to per-thread caches) and
 /// RefCount + |free-slot list| + (capacity - Bump) == capacity.
@@ -39,6 +39,8 @@ internal struct PageDescriptor
 {
     private const ushort SlabKindBit = 1 << 15;
     private const byte IsolatedFlag = 1;
+    private const byte PurgedFlag = 2;
+    private const byte AgedFlag = 4;
 
     public PageKind Kind;
     /// <summary>Free head: buddy order. (A run's order is not kept: runs are exact.)</summary>
@@ -91,6 +93,28 @@ internal struct PageDescriptor
         readonly get => (_flags & IsolatedFlag) != 0;
         set => _flags = value ? (byte)(_flags | IsolatedFlag) : (byte)(_flags & ~IsolatedFlag);
     }
+
+    // ---- free head
+
+    /// <summary>Free head: the block's pages were purged (madvise DONTNEED) since it was last put on a free list, so
+    /// they are committed but not resident. Cleared whenever the block is linked anew (merged, split, freed): a purged
+    /// block merged with a resident one counts as resident, which only overstates resident memory.</summary>
+    public bool FreePurged
+    {
+        readonly get => (_flags & PurgedFlag) != 0;
+        set => _flags = value ? (byte)(_flags | PurgedFlag) : (byte)(_flags & ~PurgedFlag);
+    }
+
+    /// <summary>Free head: the block was already free, untouched, at the last decay sweep; the next sweep purges it.
+    /// Cleared with <see cref="FreePurged"/>.</summary>
+    public bool FreeAged
+    {
+        readonly get => (_flags & AgedFlag) != 0;
+        set => _flags = value ? (byte)(_flags | AgedFlag) : (byte)(_flags & ~AgedFlag);
+    }
+
+    /// <summary>Free head: clears both decay flags (the block is linked anew).</summary>
+    public void ClearFreeFlags() => _flags = 0;
 
     /// <summary>Turns the page into the head of an empty, unlinked slab of <paramref name="sizeClass"/> and <paramref name="kind"/>.</summary>
     public void InitSlabHead(int sizeClass, BlockKind kind)

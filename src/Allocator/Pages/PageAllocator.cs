@@ -62,6 +62,22 @@ internal sealed class PageAllocator
         return movableBlocks;
     }
 
+    /// <summary>Bytes of free blocks purged and not reused since: committed, but not resident (racy sum of the zones'
+    /// counters; a heuristic's and a statistic's input).</summary>
+    public long PurgedFreeBytes
+    {
+        get
+        {
+            long pages = 0;
+            foreach (Zone z in Zones) pages += z.PurgedPages;
+            return pages << Map.PageShift;
+        }
+    }
+
+    /// <summary>What the arena keeps resident, as far as the heap can tell: committed bytes less the purged free
+    /// blocks (pages of a committed pageblock the program never touched count as resident too).</summary>
+    public long ResidentBytesEstimate => Memory.CommittedBytes - PurgedFreeBytes;
+
     /// <summary>Pages of the larger zone: the longest run any request could get.</summary>
     public int LargestZonePages => Math.Max(Normal?.PageCount ?? 0, Movable?.PageCount ?? 0);
 

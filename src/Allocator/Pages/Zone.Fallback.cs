@@ -22,6 +22,7 @@ internal sealed unsafe partial class Zone
             // The frontier's blocks are max-order blocks of the zone's type (rule 3 in AllocatePagesLocked).
             if (head < 0 && o == _maxOrder && other == InitialType && ExtendFrontierLocked()) head = _freeHeads[o * MigrateTypes + (int)other];
             if (head < 0) continue;
+            bool purged = _map.Page(head).FreePurged;
             RemoveFreeBlockLocked(head, o, other);
             _map.Page(head).Kind = PageKind.FreeTail; // off the lists: the claim below must not move it
             MigrateType listType = other;
@@ -35,7 +36,7 @@ internal sealed unsafe partial class Zone
             {
                 listType = type;
             }
-            ExpandLocked(head, order, o, listType);
+            ExpandLocked(head, order, o, listType, purged);
             Stats.PageblockFallbacks++;
             return head;
         }
@@ -70,8 +71,10 @@ internal sealed unsafe partial class Zone
             if (d.Kind == PageKind.FreeHead)
             {
                 int o = d.Order;
+                bool purged = d.FreePurged;   // moving between lists leaves the pages as they are
                 RemoveFreeBlockLocked(p, o, old);
                 AddFreeBlockLocked(p, o, type);
+                if (purged) MarkPurgedLocked(p);
                 p += 1 << o;
                 continue;
             }

@@ -45,6 +45,7 @@ internal sealed unsafe partial class Zone
     private readonly int[] _freeHeads;        // [order * MigrateTypes + type] -> first page of a free block, or -1
     private readonly long[] _freeBlocks;      // same index -> number of free blocks on that list
     private long _freePages;                  // free pages on the lists plus every page above the frontier
+    private long _purgedPages;                // pages of free blocks whose FreePurged flag is set
     private int _frontier;                    // first page never handed out; only rises; written under the lock
 
     public Zone(ZoneKind kind, int start, int end, PageMap map, ArenaMemory memory, MigrateType initialType)
@@ -68,6 +69,10 @@ internal sealed unsafe partial class Zone
     /// <summary>Free pages of the zone. Lock-free: a racy read of a counter written under the lock; a 64-bit load is
     /// never torn, and callers use it as a heuristic or a statistic (a consistent value needs the lock).</summary>
     public long FreePages => Volatile.Read(ref _freePages);
+
+    /// <summary>Pages of free blocks purged and not reused since (committed, not resident). Written under the lock;
+    /// lock-free readers get a racy 64-bit read, a heuristic's input.</summary>
+    public long PurgedPages => Volatile.Read(ref _purgedPages);
     public int MaxOrder => _maxOrder;
     public bool Contains(int page) => page >= Start && page < End;
 
@@ -166,22 +171,25 @@ internal sealed unsafe partial class Zone
         {
             int head = _freeHeads[o * MigrateTypes + (int)type];
             if (head < 0) continue;
+            bool purged = _map.Page(head).FreePurged;
             RemoveFreeBlockLocked(head, o, type);
-            ExpandLocked(head, order, o, type);
+            ExpandLocked(head, order, o, type, purged);
             return head;
         }
         return -1;
     }
 
     /// <summary>expand(): split a block of order <paramref name="high"/> at <paramref name="page"/> down to
-    /// <paramref name="low"/>, putting each upper half on the free list of <paramref name="type"/>.</summary>
-    private void ExpandLocked(int page, int low, int high, MigrateType type)
+    /// <paramref name="low"/>, putting each upper half on the free list of <paramref name="type"/>; the halves of a
+    /// <paramref name="purged"/> block stay marked purged.</summary>
+    private void ExpandLocked(int page, int low, int high, MigrateType type, bool purged)
     {
         Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         while (high > low)
         {
             high--;
             AddFreeBlockLocked(page + (1 << high), high, type);
+            if (purged) MarkPurgedLocked(page + (1 << high));
         }
         _map.Page(page).Kind = PageKind.FreeTail; // the caller turns it into a run or slab head
     }
@@ -340,6 +348,7 @@ internal sealed unsafe partial class Zone
         ref PageDescriptor d = ref _map.Page(page);
         d.Kind = PageKind.FreeHead;
         d.Order = (byte)order;
+        d.ClearFreeFlags();
         d.Prev = -1;
         d.Next = _freeHeads[list];
         if (d.Next >= 0) _map.Page(d.Next).Prev = page;
@@ -375,8 +384,21 @@ internal sealed unsafe partial class Zone
         if (d.Prev >= 0) _map.Page(d.Prev).Next = d.Next; else _freeHeads[list] = d.Next;
         if (d.Next >= 0) _map.Page(d.Next).Prev = d.Prev;
         d.Next = d.Prev = -1;
+        if (d.FreePurged) _purgedPages -= 1 << order;
+        d.ClearFreeFlags();
         _freeBlocks[list]--;
         _freePages -= 1 << order;
+    }
+
+    /// <summary>Marks free block <paramref name="head"/> as purged (its pages were just given back with madvise
+    /// DONTNEED) and counts its pages. Caller holds the lock, under which it purged.</summary>
+    public void MarkPurgedLocked(int head)
+    {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        ref PageDescriptor d = ref _map.Page(head);
+        Debug.Assert(d.Kind == PageKind.FreeHead && !d.FreePurged);
+        d.FreePurged = true;
+        _purgedPages += 1 << d.Order;
     }
 
     // ------------------------------------------------------------------ the free scanner's side
@@ -424,7 +446,7 @@ internal sealed unsafe partial class Zone
     public string? ValidateLocked()
     {
         Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
-        long pages = 0;
+        long pages = 0, purged = 0;
         for (int o = 0; o <= _maxOrder; o++)
         {
             for (int t = 0; t < MigrateTypes; t++)
@@ -441,11 +463,13 @@ internal sealed unsafe partial class Zone
                     prev = p;
                     n++;
                     pages += 1 << o;
+                    if (d.FreePurged) purged += 1 << o;
                 }
                 if (n != _freeBlocks[o * MigrateTypes + t]) return $"{Kind} zone: order {o} type {t} counts {_freeBlocks[o * MigrateTypes + t]}, list has {n}";
             }
         }
         if (_frontier < Start || _frontier > End || (_frontier & ((1 << _maxOrder) - 1)) != 0) return $"{Kind} zone: frontier {_frontier} is not a max-order boundary of the zone";
+        if (purged != _purgedPages) return $"{Kind} zone: {_purgedPages} purged free pages counted, the lists' purged blocks hold {purged}";
         if (pages + (End - _frontier) != _freePages) return $"{Kind} zone: free pages {_freePages}, lists hold {pages} and {End - _frontier} lie above the frontier";
         return null;
     }

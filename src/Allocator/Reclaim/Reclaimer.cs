@@ -33,6 +33,7 @@ internal sealed class Reclaimer
     private readonly long _pageblockBytes;
     private readonly Lock _trimLock = new();
     private readonly Dictionary<int, long> _freeSince = [];   // committed pageblock -> when it was first seen wholly free
+    private long _lastDecaySweep;                              // Trim's clock (ticks) at the last decay sweep; under _trimLock
 
     public Reclaimer(HeapOptions options, PageAllocator pages, SlabAllocator[] slabs, ThreadCaches caches, CompactionStatistics counters)
     {
@@ -62,6 +63,20 @@ internal sealed class Reclaimer
         {
             if (_caches.CachedRuns() > 0) _caches.Drain();
             long delay = _options.DecommitDelay.Ticks, bytes = 0, nowTicks = Math.Max(1, now.Ticks);
+            if (OverRetainedLimit())
+            {
+                // Above the cap nothing waits for its delay: every wholly free pageblock and every free run goes now.
+                _freeSince.Clear();
+                bytes = ReleaseEmptiedPageblocks() + PurgeFreeRuns();
+                _lastDecaySweep = nowTicks;
+                return bytes;
+            }
+            if (nowTicks - _lastDecaySweep >= delay)
+            {
+                bytes += DecaySweep();
+                _lastDecaySweep = nowTicks;
+            }
+            long decommitted = 0;
             foreach (Zone z in _pages.Zones)
             {
                 lock (z.Lock)
@@ -74,17 +89,64 @@ internal sealed class Reclaimer
                         if (!_freeSince.TryGetValue(pb, out long since)) { _freeSince[pb] = nowTicks; since = nowTicks; }
                         if (nowTicks - since < delay) continue;
                         _freeSince.Remove(pb);
-                        if (DecommitLocked(z, pb)) bytes += _pageblockBytes;
+                        if (DecommitLocked(z, pb)) decommitted += _pageblockBytes;
                     }
                 }
             }
-            Interlocked.Add(ref _counters[BytesDecommitted], bytes);
-            return bytes;
+            Interlocked.Add(ref _counters[BytesDecommitted], decommitted);
+            return bytes + decommitted;
         }
         finally
         {
             _trimLock.Exit();
         }
+    }
+
+    /// <summary>True when the free memory the heap keeps resident (its resident estimate less live bytes) is above
+    /// <see cref="HeapOptions.RetainedBytesLimit"/>. Racy counters: a heuristic.</summary>
+    public bool OverRetainedLimit() =>
+        _options.RetainedBytesLimit != long.MaxValue && _pages.ResidentBytesEstimate - _caches.LiveTotals().bytes > _options.RetainedBytesLimit;
+
+    /// <summary>
+    /// The decay of free runs inside pageblocks still in use (the pageblocks that are wholly free have their own
+    /// clock): a sweep every <see cref="HeapOptions.DecommitDelay"/> purges the free blocks of at least
+    /// 2^<see cref="PurgeMinOrder"/> pages that were already free, untouched, at the sweep before (FreeAged), and
+    /// marks the others aged. A block that is merged, split or allocated meanwhile is linked anew and loses its mark,
+    /// so a free run is purged between one and two delays after it was last touched, and memory freed and reused at
+    /// once is never purged. Takes each zone lock in turn. Returns the bytes purged.
+    /// </summary>
+    private long DecaySweep()
+    {
+        long bytes = 0;
+        PageMap map = _pages.Map;
+        foreach (Zone z in _pages.Zones)
+        {
+            lock (z.Lock)
+            {
+                for (int o = PurgeMinOrder; o < map.PageblockOrder; o++)
+                    foreach (MigrateType t in (ReadOnlySpan<MigrateType>)[MigrateType.Unmovable, MigrateType.Movable])
+                        for (int p = z.FreeListHeadLocked(o, t); p >= 0; p = map.Page(p).Next)
+                        {
+                            ref PageDescriptor d = ref map.Page(p);
+                            if (d.FreePurged || !_memory.IsCommitted(map.PageblockOf(p))) continue;
+                            if (!d.FreeAged) { d.FreeAged = true; continue; }
+                            bytes += PurgeLocked(z, p, o);
+                        }
+            }
+        }
+        return bytes;
+    }
+
+    /// <summary>Purges free block <paramref name="head"/> of <paramref name="order"/> and marks it purged; caller holds
+    /// its zone's lock. A refused purge is counted by the arena and leaves the pages resident (and unmarked): 0 bytes.</summary>
+    private long PurgeLocked(Zone z, int head, int order)
+    {
+        Debug.Assert(z.Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        PageMap map = _pages.Map;
+        nuint length = (nuint)(1 << order) << map.PageShift;
+        if (!_memory.Purge(map.AddressOf(head), length)) return 0;
+        z.MarkPurgedLocked(head);
+        return (long)length;
     }
 
     /// <summary>
@@ -169,7 +231,8 @@ internal sealed class Reclaimer
     /// <summary>
     /// Purges free blocks of at least <paramref name="minOrder"/> inside committed pageblocks that are not wholly free
     /// (those are decommitted whole): the pages between live blocks that a fragmented pageblock keeps resident, as
-    /// jemalloc's page purging does. Takes the zone lock. Returns the bytes purged (none on the portable back end).
+    /// jemalloc's page purging does. Blocks already purged (and untouched since) are skipped. Takes the zone lock.
+    /// Returns the bytes purged (none on the portable back end).
     /// </summary>
     private long PurgeFreeBlocks(Zone z, int minOrder)
     {
@@ -183,10 +246,9 @@ internal sealed class Reclaimer
                 foreach (MigrateType t in (ReadOnlySpan<MigrateType>)[MigrateType.Unmovable, MigrateType.Movable])
                     for (int p = z.FreeListHeadLocked(o, t); p >= 0; p = map.Page(p).Next)
                     {
-                        if (!_memory.IsCommitted(map.PageblockOf(p))) continue;
-                        nuint length = (nuint)(1 << o) << map.PageShift;
-                        // A refused purge is counted by the arena and leaves the pages resident: not returned bytes.
-                        if (_memory.Purge(map.AddressOf(p), length)) bytes += (long)length;
+                        // A block purged before and untouched since is not resident: no second system call.
+                        if (map.Page(p).FreePurged || !_memory.IsCommitted(map.PageblockOf(p))) continue;
+                        bytes += PurgeLocked(z, p, o);
                     }
         }
         return bytes;
