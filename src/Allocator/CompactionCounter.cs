@@ -34,6 +34,7 @@ internal enum CompactionCounter
     MigrateOwnerFailed,
     WasteWakes,
     WasteBytesMoved,
+    BackgroundCpuNanoseconds,
     /// <summary>Not a counter: how many there are.</summary>
     Count,
 }

@@ -86,6 +86,10 @@ public sealed class CompactionStatistics
 
     /// <summary>Bytes moved by those wakes.</summary>
     public long WasteBytesMoved => Get(CompactionCounter.WasteBytesMoved);
+    /// <summary>Processor time the background thread used in its wakes, in nanoseconds (its own thread's CPU clock;
+    /// 0 where the OS has none). Work the mutators do because of it (faulting purged pages back, waiting at the
+    /// migration barrier) is not in it.</summary>
+    public long BackgroundCpuNanoseconds => Get(CompactionCounter.BackgroundCpuNanoseconds);
 
     /// <summary>Compaction efficiency: compact_success * 100 / compact_stall.</summary>
     public double CompactionEfficiency => CompactStall == 0 ? 0 : CompactSuccess * 100.0 / CompactStall;

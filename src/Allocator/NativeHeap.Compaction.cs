@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using Compaction.Allocator.Os;
 
 namespace Compaction.Allocator;
 
@@ -126,9 +127,11 @@ public sealed partial class NativeHeap
     {
         next = default;
         if (!weak.TryGetTarget(out NativeHeap? heap) || heap._disposed) return false;
-        long start = Stopwatch.GetTimestamp();
+        long start = Stopwatch.GetTimestamp(), cpu = ThreadCpuClock.Nanoseconds();
         heap.BackgroundStep(Stopwatch.GetElapsedTime(origin));
         next = heap.NextWakeDelay(Stopwatch.GetElapsedTime(start));
+        if (cpu >= 0 && heap._compactor != null)
+            Interlocked.Add(ref heap._compactor.Counters[CompactionCounter.BackgroundCpuNanoseconds], Math.Max(0, ThreadCpuClock.Nanoseconds() - cpu));
         GC.KeepAlive(heap);
         return true;
     }

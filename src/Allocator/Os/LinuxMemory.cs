@@ -3,7 +3,8 @@ using System.Runtime.InteropServices;
 namespace Compaction.Allocator.Os;
 
 /// <summary>
-/// The only P/Invoke surface of the core: mmap, mprotect, madvise and munmap from libc.
+/// The P/Invoke surface of the core's memory: mmap, mprotect, madvise and munmap from libc (the other one is
+/// <see cref="ThreadCpuClock"/>).
 /// Every function here is a thin, unchecked wrapper; <see cref="ArenaMemory"/> interprets the results.
 /// </summary>
 internal static unsafe partial class LinuxMemory
