@@ -125,3 +125,78 @@ public sealed class ReclaimDecayTests
         }
     }
 }
+
+/// <summary>Huge pages only where they do not inflate resident memory: a pageblock whose free pages are purged is
+/// taken out of khugepaged's reach (MADV_NOHUGEPAGE), and gets huge pages back when decommitted or dense again. The
+/// kernel's own view is read from /proc/self/smaps (VmFlags "hg" / "nh").</summary>
+public sealed class HugePageAdviceTests
+{
+    /// <summary>The VmFlags of the mapping that holds <paramref name="address"/>, or null off Linux.</summary>
+    private static string? VmFlags(nint address)
+    {
+        if (!File.Exists("/proc/self/smaps")) return null;
+        bool inside = false;
+        foreach (string line in File.ReadLines("/proc/self/smaps"))
+        {
+            int dash = line.IndexOf('-');
+            if (dash > 0 && line.IndexOf(' ') > dash && ulong.TryParse(line[..dash], System.Globalization.NumberStyles.HexNumber, null, out ulong lo))
+            {
+                string rest = line[(dash + 1)..line.IndexOf(' ')];
+                ulong hi = ulong.Parse(rest, System.Globalization.NumberStyles.HexNumber);
+                inside = (ulong)address >= lo && (ulong)address < hi;
+                continue;
+            }
+            if (inside && line.StartsWith("VmFlags:", StringComparison.Ordinal)) return line;
+        }
+        return null;
+    }
+
+    [Fact]
+    public void PurgedPageblocksLeaveHugePagesAndGetThemBackWhenDecommittedOrDense()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 64L << 20, WasteHighRatio = 0, Proactiveness = 0, DecommitDelay = TimeSpan.Zero });
+        var runs = new List<BlockHandle>();
+        for (int i = 0; i < 32; i++) runs.Add(heap.Allocate(64 * 1024));   // exactly one 2 MiB pageblock
+        nint first;
+        using (PinScope p = heap.Pin(runs[0])) unsafe { fixed (byte* b = p.Span) first = (nint)b; }
+        string? before = VmFlags(first);
+        Assert.Contains(" hg", before);
+        for (int i = 1; i < runs.Count; i += 2) heap.Free(runs[i]);
+        heap.ReleaseFreeMemory();
+        Assert.Equal(1, heap.GetStatistics().SmallPagePageblocks);
+        Assert.Contains(" nh", VmFlags(first));
+        Assert.DoesNotContain(" hg", VmFlags(first));
+
+        // Dense again: the sweep gives the advice back.
+        for (int i = 1; i < runs.Count; i += 2) runs[i] = heap.Allocate(64 * 1024);
+        heap.RunCompactionStep(TimeSpan.FromSeconds(1));
+        Assert.Equal(0, heap.GetStatistics().SmallPagePageblocks);
+        Assert.Contains(" hg", VmFlags(first));
+
+        // Sparse again, then wholly free and decommitted: the advice comes back with the decommit.
+        for (int i = 1; i < runs.Count; i += 2) heap.Free(runs[i]);
+        heap.ReleaseFreeMemory();
+        Assert.Contains(" nh", VmFlags(first));
+        for (int i = 0; i < runs.Count; i += 2) heap.Free(runs[i]);
+        heap.ReleaseFreeMemory();
+        HeapStatistics s = heap.GetStatistics();
+        Assert.Equal(0, s.SmallPagePageblocks);
+        Assert.Equal(0, s.CommittedBytes);
+        Assert.Contains(" hg", VmFlags(first));
+        TestHeaps.AssertValid(heap);
+    }
+
+    [Fact]
+    public void WithHugePagesOffNoAdviceIsGiven()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 64L << 20, UseHugePages = false, WasteHighRatio = 0, Proactiveness = 0 });
+        var runs = new List<BlockHandle>();
+        for (int i = 0; i < 32; i++) runs.Add(heap.Allocate(64 * 1024));
+        for (int i = 1; i < runs.Count; i += 2) heap.Free(runs[i]);
+        Assert.True(heap.ReleaseFreeMemory() > 0);
+        Assert.Equal(0, heap.GetStatistics().SmallPagePageblocks);
+        for (int i = 0; i < runs.Count; i += 2) heap.Free(runs[i]);
+    }
+}

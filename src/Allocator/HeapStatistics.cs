@@ -25,6 +25,10 @@ public sealed class HeapStatistics
     /// <summary>Bytes of free blocks purged and not reused since: still committed (in <see cref="CommittedBytes"/>) but
     /// not resident. <see cref="CommittedBytes"/> less this is what the heap keeps resident for its blocks.</summary>
     public long PurgedFreeBytes { get; internal init; }
+    /// <summary>Committed pageblocks kept in small pages (advised MADV_NOHUGEPAGE) because free pages inside them were
+    /// purged: khugepaged would otherwise collapse them into huge pages and make the purged pages resident again.
+    /// They get huge pages back when decommitted or once 95% of them is in use.</summary>
+    public int SmallPagePageblocks { get; internal init; }
     /// <summary>Decommits and purges the OS refused since the heap was created. Each left its memory committed (and
     /// resident), counted in <see cref="CommittedBytes"/> and not in <see cref="DecommittedBytes"/> or
     /// <see cref="PurgedBytes"/>; a later release or trim tries again.</summary>

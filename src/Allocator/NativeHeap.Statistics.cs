@@ -51,6 +51,7 @@ public sealed unsafe partial class NativeHeap
             DecommittedBytes = _memory.DecommittedBytes,
             PurgedBytes = _memory.PurgedBytes,
             PurgedFreeBytes = _pages.PurgedFreeBytes,
+            SmallPagePageblocks = _memory.SmallPagePageblocks,
             DecommitFailures = _memory.DecommitFailures,
             MetadataBytes = _pages.MetadataBytes + _handles.MetadataBytes,
             PageSize = _map.PageSize,

@@ -17,6 +17,7 @@ internal static unsafe partial class LinuxMemory
     internal const int MAP_NORESERVE = 0x4000;
     internal const int MADV_DONTNEED = 4;
     internal const int MADV_HUGEPAGE = 14;
+    internal const int MADV_NOHUGEPAGE = 15;
     internal static readonly nint MAP_FAILED = -1;
 
     [LibraryImport("libc", SetLastError = true)]

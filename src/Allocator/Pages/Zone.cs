@@ -428,6 +428,22 @@ internal sealed unsafe partial class Zone
         return isolated;
     }
 
+    /// <summary>Free pages on the free lists inside pageblock <paramref name="pb"/> (below the frontier; a wholly free
+    /// pageblock lies in one block of pageblock order or more, which this does not look for). Caller holds the lock.</summary>
+    public int FreePagesInPageblockLocked(int pb)
+    {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        int first = pb << _map.PageblockOrder, end = first + _map.PageblockPages, free = 0;
+        for (int p = first; p < end;)
+        {
+            ref PageDescriptor d = ref _map.Page(p);
+            if (d.Kind != PageKind.FreeHead) { p++; continue; }
+            free += 1 << d.Order;
+            p += 1 << d.Order;
+        }
+        return free;
+    }
+
     /// <summary>First free block on the list of (order, type), -1 when empty; follow <see cref="PageDescriptor.Next"/>.
     /// Caller holds the lock for as long as it walks the list.</summary>
     public int FreeListHeadLocked(int order, MigrateType type)

@@ -123,6 +123,7 @@ internal sealed class Reclaimer
         {
             lock (z.Lock)
             {
+                HugifyDenseLocked(z);
                 for (int o = PurgeMinOrder; o < map.PageblockOrder; o++)
                     foreach (MigrateType t in (ReadOnlySpan<MigrateType>)[MigrateType.Unmovable, MigrateType.Movable])
                         for (int p = z.FreeListHeadLocked(o, t); p >= 0; p = map.Page(p).Next)
@@ -137,6 +138,24 @@ internal sealed class Reclaimer
         return bytes;
     }
 
+    /// <summary>Share of a small-page pageblock that must be in use before it gets its huge-page advice back (jemalloc's
+    /// HPA hugifies at 95% full: a huge page over a sparse pageblock would make its free pages resident).</summary>
+    public const double HugifyUsedShare = 0.95;
+
+    /// <summary>Gives the huge-page advice back to the committed small-page pageblocks of <paramref name="z"/> that
+    /// allocation or compaction made dense again (at least <see cref="HugifyUsedShare"/> in use); khugepaged may then
+    /// collapse them. Caller holds the zone lock.</summary>
+    private void HugifyDenseLocked(Zone z)
+    {
+        Debug.Assert(z.Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        if (_memory.SmallPagePageblocks == 0) return;
+        int pages = _pages.Map.PageblockPages, maxFree = (int)(pages * (1 - HugifyUsedShare));
+        (int first, int end) = z.UsedPageblocks;
+        for (int pb = first; pb < end; pb++)
+            if (_memory.UsesSmallPages(pb) && _memory.IsCommitted(pb) && z.FreePagesInPageblockLocked(pb) <= maxFree)
+                _memory.UseHugePages(pb);
+    }
+
     /// <summary>Purges free block <paramref name="head"/> of <paramref name="order"/> and marks it purged; caller holds
     /// its zone's lock. A refused purge is counted by the arena and leaves the pages resident (and unmarked): 0 bytes.</summary>
     private long PurgeLocked(Zone z, int head, int order)
@@ -144,6 +163,8 @@ internal sealed class Reclaimer
         Debug.Assert(z.Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         PageMap map = _pages.Map;
         nuint length = (nuint)(1 << order) << map.PageShift;
+        // First out of khugepaged's reach, or it would collapse the pageblock and fault the purged pages back in.
+        _memory.UseSmallPages(map.PageblockOf(head));
         if (!_memory.Purge(map.AddressOf(head), length)) return 0;
         z.MarkPurgedLocked(head);
         return (long)length;
