@@ -4,7 +4,7 @@ namespace Compaction.Allocator;
 
 /// <summary>
 /// A pin that may be stored, held across <c>await</c> and released from any thread. Obtained from
-/// <see cref="NativeHeap.AcquirePin"/>. A small struct over a pooled record, so taking a pin allocates nothing; the
+/// <see cref="NativeHeap.AcquirePin"/> or <see cref="NativeHeap.PinLongTerm(BlockHandle)"/>. A small struct over a pooled record, so taking a pin allocates nothing; the
 /// record's 64-bit generation tells this pin from any later pin that reuses the record, so disposing a pin (or a copy
 /// of it) twice does nothing and never releases someone else's pin. <c>default(BlockPin)</c> holds nothing.
 /// </summary>
@@ -75,6 +75,9 @@ internal sealed unsafe class BlockPinRecord
     public byte* Pointer;
     public long Length;
     public BlockHandle Handle;
+    /// <summary>A long-term pin (<see cref="NativeHeap.PinLongTerm(BlockHandle)"/>): its release also drops the
+    /// heap's count of long-term pins.</summary>
+    public bool LongTerm;
     /// <summary>Pool link: index + 1 of the next free record, 0 for none.</summary>
     public int Next;
     public readonly int Index;
@@ -140,8 +143,10 @@ internal sealed unsafe class BlockPinRecord
         if (Interlocked.CompareExchange(ref Generation, generation + 1, generation) != generation) return;
         NativeHeap heap = Heap!;
         HandleEntry* entry = Entry;
+        bool longTerm = LongTerm;
         Heap = null;
         Return(this);
-        heap.ReleaseAtomicPin(entry);
+        if (longTerm) heap.ReleaseLongTermPin(entry);
+        else heap.ReleaseAtomicPin(entry);
     }
 }

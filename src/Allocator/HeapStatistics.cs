@@ -25,6 +25,15 @@ public sealed class HeapStatistics
     /// <summary>Bytes of free blocks purged and not reused since: still committed (in <see cref="CommittedBytes"/>) but
     /// not resident. <see cref="CommittedBytes"/> less this is what the heap keeps resident for its blocks.</summary>
     public long PurgedFreeBytes { get; internal init; }
+    /// <summary>Long-term pins held now (<see cref="NativeHeap.PinLongTerm(BlockHandle)"/>).</summary>
+    public long LongTermPins { get; internal init; }
+    /// <summary>Movable blocks moved into unmovable memory for a long-term pin since the heap was created (each is
+    /// unmovable from then on).</summary>
+    public long LongTermPinMigrations { get; internal init; }
+    /// <summary>Bytes those moves copied.</summary>
+    public long LongTermPinBytesMoved { get; internal init; }
+    /// <summary>Long-term pin calls refused (no unmovable memory left, or a block held in place too long).</summary>
+    public long LongTermPinFailures { get; internal init; }
     /// <summary>Committed pageblocks kept in small pages (advised MADV_NOHUGEPAGE) because free pages inside them were
     /// purged: khugepaged would otherwise collapse them into huge pages and make the purged pages resident again.
     /// They get huge pages back when decommitted or once 95% of them is in use.</summary>

@@ -67,7 +67,9 @@ public sealed unsafe partial class NativeHeap
     /// </summary>
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
-    public BlockPin AcquirePin(BlockHandle handle)
+    public BlockPin AcquirePin(BlockHandle handle) => AcquireBlockPin(handle, longTerm: false);
+
+    private BlockPin AcquireBlockPin(BlockHandle handle, bool longTerm)
     {
         HandleEntry* e = Locate(handle);
         long s = AtomicPins.Acquire(handle, e, _map);   // throws before any record is taken
@@ -77,6 +79,7 @@ public sealed unsafe partial class NativeHeap
         r.Handle = handle;
         r.Pointer = (byte*)e->Address;                  // pinned: the address and size are stable
         r.Length = _map.BlockSize(e->Address, s);
+        r.LongTerm = longTerm;
         return new BlockPin(r, r.Activate());
     }
 

@@ -15,6 +15,7 @@ public sealed unsafe partial class NativeHeap
 {
     internal PageMap Map => _map;
     internal Zone? NormalZone => _pages.Normal;
+    internal Zone? Movable => _pages.Movable;
     internal SizeClasses Classes => _classes;
     internal SlabAllocator[] Slabs => _slabs;
     internal HandleTable Handles => _handles;

@@ -78,7 +78,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             _classOf = _classes.ClassTable;
             _caches = new ThreadCaches(_slabs, _pages, _handles, _classes, _options.PerThreadCaches, DepotRunBytes(arenaBytes));
             _bins = _caches.Layout;
-            _migrator = new Migrator(_handles, _pages, _slabs[(int)BlockKind.Movable], new OwnerRegistry(HandleOf));
+            _migrator = new Migrator(_handles, _pages, _slabs[(int)BlockKind.Movable], _slabs[(int)BlockKind.Unmovable], new OwnerRegistry(HandleOf));
             if (_pages.Movable != null)
                 _compactor = new Compactor(_options, _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches);
             _reclaimer = new Reclaimer(_options, _pages, _slabs, _caches, _compactor?.Counters ?? new CompactionStatistics());

@@ -17,9 +17,12 @@ internal sealed class MigrationBatch
     /// <summary>Bytes copied by the last <see cref="Migrator.MigrateBatch"/> of this batch.</summary>
     public long BytesMoved;
     public bool InUse;                                                    // a nested MigrateEntry takes a fresh batch
+    /// <summary>The batch moves movable blocks into unmovable memory for a long-term pin: each success ends with the
+    /// entry's Movable bit cleared (the block is unmovable from then on).</summary>
+    public bool Demote;
     internal readonly HashSet<long> PinnedEntries = [];
 
-    public void Clear() { Count = 0; BytesMoved = 0; }
+    public void Clear() { Count = 0; BytesMoved = 0; Demote = false; }
 
     public void Add(uint index, long state, nint src, nint dst)
     {

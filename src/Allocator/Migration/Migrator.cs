@@ -22,14 +22,16 @@ internal sealed unsafe partial class Migrator
     private readonly HandleTable _handles;
     private readonly PageAllocator _pages;
     private readonly SlabAllocator _slabs;     // the movable kind's: only movable blocks migrate
+    private readonly SlabAllocator _unmovableSlabs;   // destinations of long-term pins (Demote)
     private long _blocksMigrated;
     private long _bytesMigrated;
 
-    public Migrator(HandleTable handles, PageAllocator pages, SlabAllocator movableSlabs, OwnerRegistry owners)
+    public Migrator(HandleTable handles, PageAllocator pages, SlabAllocator movableSlabs, SlabAllocator unmovableSlabs, OwnerRegistry owners)
     {
         _handles = handles;
         _pages = pages;
         _slabs = movableSlabs;
+        _unmovableSlabs = unmovableSlabs;
         Owners = owners;
     }
 
@@ -136,7 +138,8 @@ internal sealed unsafe partial class Migrator
                 if ((batch.State[i] & EntryState.Run) == 0)
                     *_slabs.ReverseMapWord(batch.Dst[i], _slabs.Classes.ClassOf(size)) = (int)batch.Index[i];
                 e->Address = batch.Dst[i];
-                Volatile.Write(ref e->State, batch.State[i]);
+                // Unfrozen with the state the freeze expected; a long-term pin's move also makes the block unmovable.
+                Volatile.Write(ref e->State, batch.Demote ? batch.State[i] & ~EntryState.Movable : batch.State[i]);
                 moved++;
                 batch.BytesMoved += size;
             }
@@ -179,21 +182,10 @@ internal sealed unsafe partial class Migrator
     /// </summary>
     public MigrateResult MigrateEntry(uint index)
     {
-        HandleEntry* e = _handles.Get(index);
-        long s = Volatile.Read(ref e->State);
         // Cheap rejection, no lock: a racy read; the freeze CAS re-checks all of it.
-        if ((s & EntryState.Allocated) == 0) return MigrateResult.Gone;
-        if ((s & EntryState.Movable) == 0) return MigrateResult.NotMovable;
-        if ((s & EntryState.PinMask) != 0) return MigrateResult.Pinned;
-        if ((s & EntryState.Frozen) != 0) return MigrateResult.Busy;
-
-        nint src = Volatile.Read(ref e->Address);
+        MigrateResult why = Candidate(index, out long s, out nint src, out long size);
+        if (why != MigrateResult.Success) return why;
         bool run = (s & EntryState.Run) != 0;
-        // Seqlock-style: if the state word is unchanged, the address read in between belongs to the block the state
-        // describes (a free and reuse of the entry would have changed it), not to a later tenant. A run's page count
-        // comes from its head descriptor, read racily here and confirmed under the freeze (TryFreeze).
-        long size = run ? _pages.Map.RunSize(src, s) : EntryState.SlabSize(s);
-        if (Volatile.Read(ref e->State) != s) return MigrateResult.Busy;
         nint dst = AllocateDestination(index, src, size, run);
         if (dst == 0) return MigrateResult.NoMemory;
 
@@ -216,21 +208,96 @@ internal sealed unsafe partial class Migrator
         return result;
     }
 
-    private nint AllocateDestination(uint index, nint src, long size, bool run)
+    /// <summary>
+    /// The long-term pin's move (the kernel's FOLL_LONGTERM migration out of ZONE_MOVABLE): every live movable block of
+    /// <paramref name="indices"/> moves into unmovable memory (a slot of an unmovable slab of its class, or an unmovable
+    /// run: the normal zone's unmovable pageblocks) through the migration protocol, in one batch under one barrier,
+    /// and leaves it unmovable (its Movable bit cleared as it is unfrozen). Per block the result is Success (moved),
+    /// NotMovable (already unmovable: nothing to do), NoMemory (no unmovable room), or what a migration can meet
+    /// (Pinned, Busy, Gone; the caller may retry). The caller holds no heap lock. Returns the blocks moved;
+    /// <paramref name="bytesMoved"/> their bytes.
+    /// </summary>
+    public int Demote(ReadOnlySpan<uint> indices, Span<MigrateResult> results, out long bytesMoved)
+    {
+        bytesMoved = 0;
+        MigrationBatch batch = t_batch is { InUse: false } b ? b : (t_batch = new MigrationBatch());
+        batch.InUse = true;
+        int moved = 0;
+        Span<int> slotOf = indices.Length <= 256 ? stackalloc int[indices.Length] : new int[indices.Length];
+        Span<long> sizes = indices.Length <= 256 ? stackalloc long[indices.Length] : new long[indices.Length];
+        try
+        {
+            batch.Clear();
+            batch.Demote = true;
+            for (int k = 0; k < indices.Length; k++)
+            {
+                slotOf[k] = -1;
+                results[k] = Candidate(indices[k], out long s, out nint src, out long size);
+                if (results[k] != MigrateResult.Success) continue;
+                sizes[k] = size;
+                nint dst = AllocateDestination(indices[k], src, size, (s & EntryState.Run) != 0, BlockKind.Unmovable);
+                if (dst == 0) { results[k] = MigrateResult.NoMemory; continue; }
+                slotOf[k] = batch.Count;
+                batch.Add(indices[k], s, src, dst);
+            }
+            if (batch.Count > 0) moved = MigrateBatch(batch);
+            bytesMoved = batch.BytesMoved;
+        }
+        finally
+        {
+            // Sources of the moved blocks and destinations of the others go back (the old storage was movable).
+            for (int k = 0; k < indices.Length; k++)
+            {
+                int i = slotOf[k];
+                if (i < 0) continue;
+                MigrateResult r = batch.Result[i];
+                results[k] = r;
+                // The size the destination was allocated for; a moved run's source has the same length (TryFreeze).
+                bool run = (batch.State[i] & EntryState.Run) != 0;
+                if (r == MigrateResult.Success) ReleaseStorage(batch.Src[i], sizes[k], run, BlockKind.Movable);
+                else ReleaseStorage(batch.Dst[i], sizes[k], run, BlockKind.Unmovable);
+            }
+            batch.InUse = false;
+        }
+        return moved;
+    }
+
+    /// <summary>Reads a block's state for a move: Success with its state, address and size when it is live, movable,
+    /// unpinned and not frozen (racy: the freeze CAS re-checks it all), otherwise why not.</summary>
+    private MigrateResult Candidate(uint index, out long s, out nint src, out long size)
+    {
+        HandleEntry* e = _handles.Get(index);
+        s = Volatile.Read(ref e->State);
+        src = 0;
+        size = 0;
+        if ((s & EntryState.Allocated) == 0) return MigrateResult.Gone;
+        if ((s & EntryState.Movable) == 0) return MigrateResult.NotMovable;
+        if ((s & EntryState.PinMask) != 0) return MigrateResult.Pinned;
+        if ((s & EntryState.Frozen) != 0) return MigrateResult.Busy;
+        src = Volatile.Read(ref e->Address);
+        // Seqlock-style: if the state word is unchanged, the address read in between belongs to the block the state
+        // describes (a free and reuse of the entry would have changed it), not to a later tenant. A run's page count
+        // comes from its head descriptor, read racily here and confirmed under the freeze (TryFreeze).
+        size = (s & EntryState.Run) != 0 ? _pages.Map.RunSize(src, s) : EntryState.SlabSize(s);
+        return Volatile.Read(ref e->State) == s ? MigrateResult.Success : MigrateResult.Busy;
+    }
+
+    private nint AllocateDestination(uint index, nint src, long size, bool run, BlockKind kind = BlockKind.Movable)
     {
         PageMap map = _pages.Map;
         if (run)
         {
-            int start = _pages.AllocateRun(PagesFor(size), BlockKind.Movable, index);
+            int start = _pages.AllocateRun(PagesFor(size), kind, index);
             return start < 0 ? 0 : map.AddressOf(start);
         }
-        return _slabs.AllocateSlotOutside(_slabs.Classes.ClassOf(size), excludeHead: map.HeadOf(map.PageOf(src)));
+        SlabAllocator slabs = kind == BlockKind.Movable ? _slabs : _unmovableSlabs;
+        return slabs.AllocateSlotOutside(slabs.Classes.ClassOf(size), excludeHead: map.HeadOf(map.PageOf(src)));
     }
 
-    private void ReleaseStorage(nint addr, long size, bool run)
+    private void ReleaseStorage(nint addr, long size, bool run, BlockKind kind = BlockKind.Movable)
     {
         if (run) _pages.FreePages(_pages.Map.PageOf(addr), PagesFor(size));
-        else _slabs.FreeSlots(_slabs.Classes.ClassOf(size), [addr]);
+        else (kind == BlockKind.Movable ? _slabs : _unmovableSlabs).FreeSlots(_slabs.Classes.ClassOf(size), [addr]);
     }
 
     private int PagesFor(long size) => _pages.Map.PagesFor(size);
