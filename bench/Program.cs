@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Reflection;
+using Compaction.Bench.Footprint;
 using Compaction.Bench.Micro;
 using Compaction.Bench.Scenarios;
 
@@ -24,6 +25,11 @@ public static class Program
                   compaction scenarios, each beside its baseline: high-order success, throughput vs memcpy,
                   proactive vs on-demand latency, mutator latency under the background compactor, RSS vs live;
                   -> bench/results/compaction.md (--quick: compaction-quick.md, under a minute)
+          footprint [--quick] [--seed N] [--reps N] [--only mesh,redis,burst] [--out FILE]
+                  resident memory over time on three service workloads (Mesh's adversarial case, Redis-style churn,
+                  burst then idle), each allocator in a child process of its own: glibc, mimalloc, jemalloc, tcmalloc,
+                  NativeHeap with explicit Compact() and with background compaction only;
+                  -> bench/results/footprint.md + footprint-WORKLOAD.svg (--quick: footprint-quick.md, ~1 min)
           peers   which peer allocators load in this process
         peers are installed by scripts/install-peers.sh (a missing one is skipped, never fatal)
         """;
@@ -40,6 +46,10 @@ public static class Program
                 return DemoScenario.Run(rest);
             case "compaction":
                 return CompactionSuite.Run(rest);
+            case "footprint":
+                return FootprintSuite.Run(rest);
+            case FootprintChild.Command:   // hidden: one allocator x workload x seed, started by footprint
+                return FootprintChild.Run(rest);
             case "peers":
                 return ReexecWithJemallocTunable(args) ?? (Peers.PrintReport() == 0 ? 0 : 1);
             case "help" or "-h" or "--help":
