@@ -208,3 +208,48 @@ public sealed class LongTermPinTests
         blocks.ForEach(heap.Free);
     }
 }
+
+/// <summary>Long-term pins meeting the heap's other features: owners, parked storage, the huge-page density check.</summary>
+public sealed class LongTermPinInteractionTests
+{
+    private sealed class CountingOwner : IMovableBlockOwner
+    {
+        public int Moves;
+        public bool Isolate(BlockHandle h) => true;
+        public OwnerMigrateResult Migrate(BlockHandle h, nint oldAddress, nint newAddress) { Moves++; return OwnerMigrateResult.Success; }
+        public void Putback(BlockHandle h) { }
+    }
+
+    [Fact]
+    public void AnOwnedBlockIsMovedWithItsOwnerToldAndThenHasNoOwner()
+    {
+        using NativeHeap heap = TestHeaps.Small();
+        BlockHandle h = heap.Allocate(100);
+        var owner = new CountingOwner();
+        heap.SetMovableOwner(h, owner);
+        heap.PinLongTerm(h).Dispose();
+        Assert.Equal(1, owner.Moves);
+        Assert.Equal(BlockKind.Unmovable, heap.GetKind(h));
+        heap.SetMovableOwner(h, null);                                           // nothing to unregister: fine
+        Assert.Throws<InvalidOperationException>(() => heap.SetMovableOwner(h, owner));
+        heap.Compact();
+        Assert.Equal(1, owner.Moves);                                            // never called again
+        heap.Free(h);
+        TestHeaps.AssertValid(heap);
+    }
+
+    [Fact]
+    public void ALongTermPinFindsUnmovableSlotsParkedInTheThreadCache()
+    {
+        using NativeHeap heap = TestHeaps.Small(arenaBytes: 16L << 20);
+        var filler = new List<BlockHandle>();
+        while (heap.TryAllocate(512, BlockKind.Unmovable, out BlockHandle u)) filler.Add(u);
+        for (int i = 0; i < 64; i++) heap.Free(filler[^(i + 1)]);               // parked in this thread's cache
+        filler.RemoveRange(filler.Count - 64, 64);
+        BlockHandle h = heap.Allocate(512);
+        using (BlockPin pin = heap.PinLongTerm(h)) Assert.Equal(BlockKind.Unmovable, heap.GetKind(h));
+        heap.Free(h);
+        filler.ForEach(heap.Free);
+        TestHeaps.AssertValid(heap);
+    }
+}

@@ -48,10 +48,11 @@ public sealed unsafe partial class NativeHeap
     /// movable ones are queued as it goes, then all of them migrate into unmovable memory together (one migration
     /// batch, one barrier), and each block is pinned as its move ends; no second scan checks the result. All or
     /// nothing: when one block cannot be pinned, the pins this call took are released and the exception thrown
-    /// (blocks already moved stay unmovable).
+    /// (blocks already moved stay unmovable). Whatever <paramref name="pins"/> held before is overwritten, not released.
     /// </summary>
     /// <exception cref="ArgumentException"><paramref name="pins"/> is shorter than <paramref name="handles"/>.</exception>
-    /// <exception cref="InvalidBlockHandleException">A handle is null, foreign, forged or stale; no block was touched.</exception>
+    /// <exception cref="InvalidBlockHandleException">A handle is null, foreign, forged or stale (checked for all before any
+    /// block is touched; a block freed by another thread during the call is reported the same way).</exception>
     /// <exception cref="OutOfMemoryException">No unmovable memory is left for one of the blocks.</exception>
     /// <exception cref="InvalidOperationException">A block stayed held in place (see <see cref="PinLongTerm(BlockHandle)"/>).</exception>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
@@ -62,12 +63,13 @@ public sealed unsafe partial class NativeHeap
         // Every handle is checked before anything changes.
         for (int k = 0; k < n; k++) pins[k] = default;
         for (int k = 0; k < n; k++) Locate(handles[k]);
-        uint[]? rented = n > 128 ? new uint[2 * n] : null;
-        Span<uint> indices = rented != null ? rented.AsSpan(0, n) : stackalloc uint[n];
-        Span<uint> queue = rented != null ? rented.AsSpan(n, n) : stackalloc uint[n];
+        uint[]? heapIndices = n > 128 ? new uint[2 * n] : null;   // large batches: the index lists on the managed heap
+        Span<uint> indices = heapIndices != null ? heapIndices.AsSpan(0, n) : stackalloc uint[n];
+        Span<uint> queue = heapIndices != null ? heapIndices.AsSpan(n, n) : stackalloc uint[n];
         Span<MigrateResult> results = n <= 128 ? stackalloc MigrateResult[n] : new MigrateResult[n];
         for (int k = 0; k < n; k++) indices[k] = HandleBits.Index(handles[k].Value);
         int pinned = 0;
+        bool released = false;   // parked storage was given back once already
         long deadline = Stopwatch.GetTimestamp() + (long)(LongTermPinPatience.TotalSeconds * Stopwatch.Frequency);
         try
         {
@@ -104,6 +106,9 @@ public sealed unsafe partial class NativeHeap
                             pinned++;
                             break;
                         case MigrateResult.NoMemory:
+                            // As an allocation does before it fails: storage parked in thread caches and the depot,
+                            // and empty slabs kept for reuse, are given back, and the pass is tried once more.
+                            if (!released && ReleaseParkedStorage()) { released = true; retry = true; break; }
                             throw new OutOfMemoryException($"No unmovable memory is left to move {handles[k]} into for a long-term pin.");
                         default:
                             retry = true;   // pinned, frozen or moved meanwhile: the next pass tries again
@@ -141,7 +146,13 @@ public sealed unsafe partial class NativeHeap
     /// <summary>Drops a long-term pin's atomic pin and its count.</summary>
     internal void ReleaseLongTermPin(HandleEntry* e)
     {
-        ReleaseAtomicPin(e);
-        Interlocked.Decrement(ref _longTermPins);
+        try
+        {
+            ReleaseAtomicPin(e);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _longTermPins);   // the record's generation CAS made this the pin's one release
+        }
     }
 }

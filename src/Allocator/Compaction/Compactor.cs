@@ -50,6 +50,7 @@ internal sealed unsafe partial class Compactor
     private int _proactiveDefer;
     private bool _proactiveResume;   // the last proactive pass ended on its budget above the low watermark
     private bool _wasteActive;       // a waste-driven run: started above WasteHighRatio, not yet at WasteLowRatio
+    private long _wasteCycleResident; // the resident estimate when the current cycle started
     private bool _wasteZonePhase;    // ... and its cycle has consolidated the classes: now the zone pass
     private bool _wasteResume;       // ... which the last slice's budget cut short (it resumes)
     private long _wasteCycleMoved;   // bytes moved in the current cycle
@@ -232,7 +233,11 @@ internal sealed unsafe partial class Compactor
         // cycle's first move, so normally once), so what they held
         // goes back and can move; slots they take afterwards only make a few slab moves fail (cache-held), which a
         // later cycle retries.
-        if (!_wasteZonePhase && _wasteCycleMoved == 0) _caches.Drain();
+        if (!_wasteZonePhase && _wasteCycleMoved == 0)
+        {
+            _caches.Drain();
+            _wasteCycleResident = _pages.ResidentBytesEstimate;
+        }
         if (!_wasteZonePhase)
         {
             // Not a daemon pass here: every class with a slab to spare is consolidated, as an explicit compaction
@@ -256,7 +261,10 @@ internal sealed unsafe partial class Compactor
         Counters[WasteBytesMoved] += moved;
         _wasteCycleMoved += moved;
         if (!cycleEnded) return;
-        if (_wasteCycleMoved == 0)
+        // A cycle that moved nothing ends the run; so does one that, driven by the retained-bytes cap alone, did not
+        // lower resident memory (what is left over the cap is rounding and unmovable memory that no move removes,
+        // and a heap in constant churn would otherwise keep a run going for ever).
+        if (_wasteCycleMoved == 0 || (overCap && _pages.ResidentBytesEstimate >= _wasteCycleResident))
         {
             _wasteActive = false;
             _wasteDefer = ProactiveDeferWakes;

@@ -138,8 +138,10 @@ internal sealed unsafe partial class Migrator
                 if ((batch.State[i] & EntryState.Run) == 0)
                     *_slabs.ReverseMapWord(batch.Dst[i], _slabs.Classes.ClassOf(size)) = (int)batch.Index[i];
                 e->Address = batch.Dst[i];
-                // Unfrozen with the state the freeze expected; a long-term pin's move also makes the block unmovable.
-                Volatile.Write(ref e->State, batch.Demote ? batch.State[i] & ~EntryState.Movable : batch.State[i]);
+                // Unfrozen with the state the freeze expected; a long-term pin's move also makes the block unmovable,
+                // and an unmovable block has no movable owner (the registration goes right after).
+                Volatile.Write(ref e->State, batch.Demote ? batch.State[i] & ~(EntryState.Movable | EntryState.HasOwner) : batch.State[i]);
+                if (batch.Demote && (batch.State[i] & EntryState.HasOwner) != 0) Owners.Forget(batch.Index[i], batch.State[i]);
                 moved++;
                 batch.BytesMoved += size;
             }
@@ -225,13 +227,14 @@ internal sealed unsafe partial class Migrator
         int moved = 0;
         Span<int> slotOf = indices.Length <= 256 ? stackalloc int[indices.Length] : new int[indices.Length];
         Span<long> sizes = indices.Length <= 256 ? stackalloc long[indices.Length] : new long[indices.Length];
+        slotOf.Fill(-1);   // before anything can throw: the cleanup below reads every k
+        bool migrated = false;
         try
         {
             batch.Clear();
             batch.Demote = true;
             for (int k = 0; k < indices.Length; k++)
             {
-                slotOf[k] = -1;
                 results[k] = Candidate(indices[k], out long s, out nint src, out long size);
                 if (results[k] != MigrateResult.Success) continue;
                 sizes[k] = size;
@@ -240,17 +243,19 @@ internal sealed unsafe partial class Migrator
                 slotOf[k] = batch.Count;
                 batch.Add(indices[k], s, src, dst);
             }
+            migrated = true;   // from here every queued block has a result (MigrateBatch unfreezes what it does not finish)
             if (batch.Count > 0) moved = MigrateBatch(batch);
             bytesMoved = batch.BytesMoved;
         }
         finally
         {
-            // Sources of the moved blocks and destinations of the others go back (the old storage was movable).
+            // Sources of the moved blocks and destinations of the others go back (the old storage was movable). If
+            // the queueing threw, nothing was frozen: every destination taken so far goes back.
             for (int k = 0; k < indices.Length; k++)
             {
                 int i = slotOf[k];
                 if (i < 0) continue;
-                MigrateResult r = batch.Result[i];
+                MigrateResult r = migrated ? batch.Result[i] : MigrateResult.Busy;
                 results[k] = r;
                 // The size the destination was allocated for; a moved run's source has the same length (TryFreeze).
                 bool run = (batch.State[i] & EntryState.Run) != 0;

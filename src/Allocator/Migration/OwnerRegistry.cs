@@ -51,7 +51,12 @@ internal sealed unsafe class OwnerRegistry
                         if (written != 0) _owners.TryRemove(new KeyValuePair<ulong, IMovableBlockOwner>(written, owner!));
                         HandleChecks.CheckLive(handle, s);
                     }
-                    if ((s & EntryState.Movable) == 0) throw new InvalidOperationException($"{handle} is unmovable; only movable blocks have movable owners.");
+                    if ((s & EntryState.Movable) == 0)
+                    {
+                        // Nothing to unregister (a long-term pin may have made the block unmovable since it was owned).
+                        if (owner == null) return;
+                        throw new InvalidOperationException($"{handle} is unmovable; only movable blocks have movable owners.");
+                    }
                     if ((s & EntryState.Frozen) != 0) break;   // wait outside the lock
                     ulong key = Key(index, s);
                     // Registering: the dictionary first, so a migration that sees HasOwner finds the owner.

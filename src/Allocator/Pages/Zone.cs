@@ -428,11 +428,12 @@ internal sealed unsafe partial class Zone
         return isolated;
     }
 
-    /// <summary>Free pages on the free lists inside pageblock <paramref name="pb"/> (below the frontier; a wholly free
-    /// pageblock lies in one block of pageblock order or more, which this does not look for). Caller holds the lock.</summary>
+    /// <summary>Free pages on the free lists inside pageblock <paramref name="pb"/>: all of them for a wholly free one
+    /// (which may be the second half of a larger free block, whose head lies outside it). Caller holds the lock.</summary>
     public int FreePagesInPageblockLocked(int pb)
     {
         Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        if (IsPageblockFreeLocked(pb)) return _map.PageblockPages;
         int first = pb << _map.PageblockOrder, end = first + _map.PageblockPages, free = 0;
         for (int p = first; p < end;)
         {
