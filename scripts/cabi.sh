@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds the C ABI (a NativeAOT shared library, src/Interop/CAbi) and the C programs of tests/cabi with gcc, then
+# runs them: layout (prints every struct field's offset, for tests/CAbiTests.cs) and cabi_test (every entry point,
+# every error path, two threads; exits non-zero on a failed check).
+#   bash scripts/cabi.sh [OUT_DIR]      (default: out/cabi)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="${1:-$root/out/cabi}"
+mkdir -p "$out"
+if ! command -v gcc > /dev/null; then
+    echo "cabi: SKIPPED: gcc is not installed (Debian: apt-get install gcc)" >&2
+    exit 3
+fi
+echo "cabi: publishing the NativeAOT library -> $out/compaction_heap.so"
+if ! dotnet publish "$root/src/Interop/CAbi/Compaction.CAbi.csproj" -c Release -r linux-x64 -o "$out" > "$out/publish.log" 2>&1; then
+    tail -30 "$out/publish.log" >&2
+    echo "cabi: publish FAILED (log: $out/publish.log)" >&2
+    exit 1
+fi
+for prog in layout cabi_test; do
+    gcc -Wall -Wextra -Werror -O1 -I "$root/src/Interop/CAbi" "$root/tests/cabi/$prog.c" -o "$out/$prog" \
+        -L "$out" -l:compaction_heap.so -Wl,-rpath,'$ORIGIN' -pthread
+done
+"$out/layout" > "$out/layout.txt"
+echo "cabi: wrote $out/layout.txt"
+"$out/cabi_test"

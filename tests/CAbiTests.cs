@@ -1,0 +1,78 @@
+using System.Diagnostics;
+using System.Reflection;
+using System.Runtime.InteropServices;
+using Compaction.Interop.CAbi;
+using Xunit.Abstractions;
+
+namespace Compaction.Tests;
+
+/// <summary>
+/// The C ABI end to end: scripts/cabi.sh publishes the NativeAOT library, builds tests/cabi's C programs with gcc and
+/// runs them. The C test exercises every entry point, every error code and two threads beside the background
+/// compactor; the layout program's offsets must equal the C# declarations', field by field.
+/// </summary>
+public sealed class CAbiTests(ITestOutputHelper output)
+{
+    private static readonly Lazy<(int exitCode, string stdout, string outDir)> s_run = new(Run);
+
+    private static (int, string, string) Run()
+    {
+        string root = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../.."));
+        string outDir = Path.Combine(Path.GetTempPath(), $"cabi-{Environment.ProcessId}");
+        var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(root, "scripts/cabi.sh"));
+        psi.ArgumentList.Add(outDir);
+        using Process p = Process.Start(psi)!;
+        Task<string> err = p.StandardError.ReadToEndAsync();
+        string stdout = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        return (p.ExitCode, stdout + err.Result, outDir);
+    }
+
+    private bool Available()
+    {
+        (int code, string text, _) = s_run.Value;
+        output.WriteLine(text);
+        if (code == 3) { output.WriteLine("SKIPPED: no gcc on this machine (scripts/cabi.sh says so)"); return false; }
+        return true;
+    }
+
+    [Fact]
+    public void TheCProgramExercisesEveryEntryPointAndErrorWithTwoThreads()
+    {
+        if (!OperatingSystem.IsLinux() || !Available()) return;
+        (int code, string text, _) = s_run.Value;
+        Assert.True(code == 0, text);
+        Assert.Contains("checks, 0 failed", text);
+    }
+
+    [Fact]
+    public void TheHeadersStructLayoutsEqualTheCSharpDeclarations()
+    {
+        if (!OperatingSystem.IsLinux() || !Available()) return;
+        (_, _, string outDir) = s_run.Value;
+        string[] lines = File.ReadAllLines(Path.Combine(outDir, "layout.txt"));
+        var types = new Dictionary<string, Type> { ["cna_heap_options"] = typeof(CnaHeapOptions), ["cna_pin_info"] = typeof(CnaPinInfo), ["cna_stats"] = typeof(CnaStats) };
+        int compared = 0;
+        foreach (string line in lines)
+        {
+            string[] parts = line.Split(' ');
+            string[] name = parts[0].Split('.');
+            Type t = types[name[0]];
+            long c = long.Parse(parts[1]);
+            if (name[1] == "sizeof")
+            {
+                Assert.Equal(c, Marshal.SizeOf(t));
+            }
+            else
+            {
+                string field = string.Concat(name[1].Split('_').Select(w => char.ToUpperInvariant(w[0]) + w[1..]));
+                Assert.True(t.GetField(field, BindingFlags.Public | BindingFlags.Instance) != null, $"{t.Name} has no field {field} (C: {name[1]})");
+                Assert.Equal(c, (long)Marshal.OffsetOf(t, field));
+            }
+            compared++;
+        }
+        // Every C# field appears in the header too.
+        Assert.Equal(types.Values.Sum(t => t.GetFields(BindingFlags.Public | BindingFlags.Instance).Length + 1), compared);
+    }
+}

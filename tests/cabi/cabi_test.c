@@ -1,0 +1,172 @@
+/* Exercises every entry point of compaction_heap.h, every error path, and two threads, through the real
+ * NativeAOT library. Built and run by tests/CAbiTests.cs (gcc); prints one line per failed check and a closing
+ * "cabi: N checks, N failed" line; exits 0 only when nothing failed. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "compaction_heap.h"
+
+static int checks, failed;
+#define CHECK(cond) do { checks++; if (!(cond)) { failed++; printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); } } while (0)
+
+static cna_pin_info new_pin(void) { cna_pin_info p; memset(&p, 0, sizeof p); p.size = sizeof p; return p; }
+static cna_stats new_stats(void) { cna_stats s; memset(&s, 0, sizeof s); s.size = sizeof s; return s; }
+
+static unsigned char pattern(uint64_t h, int64_t i) { return (unsigned char)(h * 2654435761u + (uint64_t)i * 31); }
+
+static int fill(uint64_t heap, uint64_t h)
+{
+    cna_pin_info p = new_pin();
+    if (cna_pin(heap, h, &p) != CNA_OK) return 0;
+    for (int64_t i = 0; i < p.length; i++) ((unsigned char*)p.address)[i] = pattern(h, i);
+    return cna_unpin(heap, p.token) == CNA_OK;
+}
+
+static int intact(uint64_t heap, uint64_t h)
+{
+    cna_pin_info p = new_pin();
+    if (cna_pin(heap, h, &p) != CNA_OK) return 0;
+    int ok = 1;
+    for (int64_t i = 0; i < p.length; i++) if (((unsigned char*)p.address)[i] != pattern(h, i)) { ok = 0; break; }
+    return cna_unpin(heap, p.token) == CNA_OK && ok;
+}
+
+typedef struct { uint64_t heap; int seed; int bad; } worker_args;
+
+/* A mutator: allocate, write, pin and verify, free at random, while the other thread and the compactor run. */
+static void* worker(void* arg)
+{
+    worker_args* a = arg;
+    uint64_t live[256] = {0};
+    unsigned r = (unsigned)a->seed;
+    for (int step = 0; step < 20000; step++)
+    {
+        r = r * 1103515245u + 12345u;
+        int slot = (int)((r >> 8) % 256);
+        if (live[slot])
+        {
+            if (!intact(a->heap, live[slot])) a->bad++;
+            if (cna_free(a->heap, live[slot]) != CNA_OK) a->bad++;
+            live[slot] = 0;
+        }
+        else
+        {
+            int64_t size = 1 + (int64_t)((r >> 4) % ((r & 15) == 0 ? 70000 : 1500));
+            if (cna_alloc(a->heap, size, CNA_MOVABLE, &live[slot]) != CNA_OK || !fill(a->heap, live[slot])) a->bad++;
+        }
+        if (step % 2000 == 0)
+        {
+            cna_stats s = new_stats();
+            if (cna_compact(a->heap, &s) != CNA_OK) a->bad++;
+        }
+    }
+    for (int i = 0; i < 256; i++)
+        if (live[i] && (!intact(a->heap, live[i]) || cna_free(a->heap, live[i]) != CNA_OK)) a->bad++;
+    return NULL;
+}
+
+int main(void)
+{
+    /* Creation: defaults, bad options, bad pointers. */
+    uint64_t heap = 0, other = 0;
+    CHECK(cna_heap_create(NULL, NULL) == CNA_E_BAD_ARGUMENT);
+    cna_heap_options o; memset(&o, 0, sizeof o); o.size = sizeof o; o.arena_bytes = 256ll << 20;
+    cna_heap_options small = o; small.size = 4;
+    CHECK(cna_heap_create(&small, &heap) == CNA_E_BAD_ARGUMENT);
+    cna_heap_options bad = o; bad.arena_bytes = 12345;
+    CHECK(cna_heap_create(&bad, &heap) == CNA_E_BAD_ARGUMENT);
+    bad = o; bad.movable_zone_percent = 101;
+    CHECK(cna_heap_create(&bad, &heap) == CNA_E_BAD_ARGUMENT);
+    bad = o; bad.use_huge_pages = 7;
+    CHECK(cna_heap_create(&bad, &heap) == CNA_E_BAD_ARGUMENT);
+    CHECK(cna_heap_create(&o, &heap) == CNA_OK && heap != 0);
+    CHECK(cna_heap_create(NULL, &other) == CNA_OK && other != 0 && other != heap);
+
+    /* Allocation and its errors. */
+    uint64_t h = 0, u = 0, big = 0;
+    CHECK(cna_alloc(heap, 100, CNA_MOVABLE, NULL) == CNA_E_BAD_ARGUMENT);
+    CHECK(cna_alloc(heap, 0, CNA_MOVABLE, &h) == CNA_E_BAD_ARGUMENT);
+    CHECK(cna_alloc(heap, -5, CNA_MOVABLE, &h) == CNA_E_BAD_ARGUMENT);
+    CHECK(cna_alloc(heap, 100, 7, &h) == CNA_E_BAD_ARGUMENT);
+    CHECK(cna_alloc(heap, 1ll << 40, CNA_MOVABLE, &h) == CNA_E_BAD_ARGUMENT);
+    CHECK(cna_alloc(0, 100, CNA_MOVABLE, &h) == CNA_E_BAD_HEAP);
+    CHECK(cna_alloc(987654321, 100, CNA_MOVABLE, &h) == CNA_E_BAD_HEAP);
+    CHECK(cna_alloc(heap, 100, CNA_MOVABLE, &h) == CNA_OK && h != 0);
+    CHECK(cna_alloc(heap, 300, CNA_UNMOVABLE, &u) == CNA_OK && u != 0);
+    CHECK(cna_alloc(heap, 1 << 20, CNA_MOVABLE, &big) == CNA_OK);
+    CHECK(fill(heap, h) && fill(heap, u) && fill(heap, big));
+
+    /* Pins: short and long-term, their errors. */
+    cna_pin_info p = new_pin(), lt = new_pin();
+    CHECK(cna_pin(heap, h, NULL) == CNA_E_BAD_ARGUMENT);
+    cna_pin_info shortpin = new_pin(); shortpin.size = 8;
+    CHECK(cna_pin(heap, h, &shortpin) == CNA_E_BAD_ARGUMENT);
+    CHECK(cna_pin(heap, 0, &p) == CNA_E_BAD_HANDLE);
+    CHECK(cna_pin(heap, 0xdeadbeefcafef00dull, &p) == CNA_E_BAD_HANDLE);
+    CHECK(cna_pin(other, h, &p) == CNA_E_BAD_HANDLE);             /* another heap's handle */
+    CHECK(cna_pin(heap, h, &p) == CNA_OK && p.address != NULL && p.length == 100 && p.token != 0);
+    CHECK(cna_free(heap, h) == CNA_E_PINNED);
+    CHECK(cna_pin_long_term(heap, h, &lt) == CNA_E_PINNED);       /* held in place by the short pin */
+    CHECK(cna_unpin(heap, p.token) == CNA_OK);
+    CHECK(cna_unpin(heap, p.token) == CNA_E_BAD_PIN);             /* twice */
+    CHECK(cna_unpin(heap, 424242) == CNA_E_BAD_PIN);
+    CHECK(cna_unpin(0, p.token) == CNA_E_BAD_HEAP);
+    CHECK(cna_pin_long_term(heap, h, &lt) == CNA_OK && lt.length == 100);
+    cna_stats s = new_stats();
+    CHECK(cna_get_stats(heap, &s) == CNA_OK && s.long_term_pins == 1 && s.long_term_pin_migrations == 1);
+    CHECK(cna_compact(heap, NULL) == CNA_OK);
+    cna_pin_info again = new_pin();
+    CHECK(cna_pin(heap, h, &again) == CNA_OK && again.address == lt.address);   /* a long-term pinned block never moves */
+    CHECK(cna_unpin(heap, again.token) == CNA_OK);
+    CHECK(intact(heap, h));
+    CHECK(cna_heap_destroy(heap) == CNA_E_BUSY);                  /* pins held */
+    CHECK(cna_unpin(heap, lt.token) == CNA_OK);
+    CHECK(cna_get_stats(heap, &s) == CNA_OK && s.long_term_pins == 0);
+
+    /* Free and stale handles. */
+    CHECK(cna_free(heap, h) == CNA_OK);
+    CHECK(cna_free(heap, h) == CNA_E_BAD_HANDLE);                 /* double free */
+    CHECK(cna_pin(heap, h, &p) == CNA_E_BAD_HANDLE);              /* stale */
+    CHECK(cna_free(other, u) == CNA_E_BAD_HANDLE);                /* foreign */
+    CHECK(cna_free(heap, 0) == CNA_E_BAD_HANDLE);
+
+    /* Statistics and compaction: their errors. */
+    cna_stats tiny = new_stats(); tiny.size = 16;
+    CHECK(cna_get_stats(heap, NULL) == CNA_E_BAD_ARGUMENT);
+    CHECK(cna_get_stats(heap, &tiny) == CNA_E_BAD_ARGUMENT);
+    CHECK(cna_compact(heap, &tiny) == CNA_E_BAD_ARGUMENT);
+    CHECK(cna_get_stats(31337, &s) == CNA_E_BAD_HEAP);
+    CHECK(cna_compact(31337, NULL) == CNA_E_BAD_HEAP);
+    CHECK(cna_background_start(31337) == CNA_E_BAD_HEAP);
+    CHECK(cna_background_stop(31337) == CNA_E_BAD_HEAP);
+
+    /* Two threads beside the background compactor. */
+    CHECK(cna_background_start(heap) == CNA_OK);
+    CHECK(cna_background_start(heap) == CNA_OK);                  /* already running: nothing to do */
+    pthread_t t1, t2;
+    worker_args a1 = { heap, 1, 0 }, a2 = { heap, 2, 0 };
+    pthread_create(&t1, NULL, worker, &a1);
+    pthread_create(&t2, NULL, worker, &a2);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    CHECK(a1.bad == 0 && a2.bad == 0);
+    CHECK(cna_background_stop(heap) == CNA_OK);
+    CHECK(intact(heap, u) && intact(heap, big));
+    CHECK(cna_free(heap, u) == CNA_OK && cna_free(heap, big) == CNA_OK);
+    s = new_stats();
+    CHECK(cna_compact(heap, &s) == CNA_OK && s.live_blocks == 0 && s.live_bytes == 0 && s.reserved_bytes == 256ll << 20);
+    printf("cabi: moved %lld bytes in %lld pages (pgmigrate_success) while the threads ran\n", (long long)s.bytes_moved, (long long)s.pgmigrate_success);
+
+    /* Destroy: then every call on it is refused, and a new heap never gets its id. */
+    CHECK(cna_heap_destroy(heap) == CNA_OK);
+    CHECK(cna_heap_destroy(heap) == CNA_E_BAD_HEAP);
+    CHECK(cna_alloc(heap, 10, CNA_MOVABLE, &h) == CNA_E_BAD_HEAP);
+    uint64_t third = 0;
+    CHECK(cna_heap_create(NULL, &third) == CNA_OK && third != heap && third != other);
+    CHECK(cna_free(third, u) == CNA_E_BAD_HANDLE);                /* a dead heap's handle */
+    CHECK(cna_heap_destroy(third) == CNA_OK && cna_heap_destroy(other) == CNA_OK);
+
+    printf("cabi: %d checks, %d failed\n", checks, failed);
+    return failed == 0 ? 0 : 1;
+}
