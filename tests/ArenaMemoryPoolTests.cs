@@ -111,4 +111,32 @@ public sealed class ArenaMemoryPoolTests
         Assert.Throws<ArgumentOutOfRangeException>(() => new ArenaMemoryPool(heap, new ArenaMemoryPoolOptions { MaxBufferSize = -1 }));
         Assert.Throws<ArgumentOutOfRangeException>(() => new ArenaMemoryPool(heap, new ArenaMemoryPoolOptions { MaxBufferSize = 100, DefaultBufferSize = 200 }));
     }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ReturnedBuffersGoBackToTheOsWhenThePoolIsIdle(bool longTerm)
+    {
+        // The background thread's own steps, driven by hand: no call but the pool's rents and returns.
+        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 256L << 20, DecommitDelay = TimeSpan.FromSeconds(10) });
+        using var pool = new ArenaMemoryPool(heap, new ArenaMemoryPoolOptions { LongTermPins = longTerm });
+        var rents = new List<IMemoryOwner<byte>>();
+        for (int i = 0; i < 2000; i++)
+        {
+            IMemoryOwner<byte> r = pool.Rent(i % 5 == 0 ? 64 * 1024 : -1);
+            r.Memory.Span.Fill(1);
+            rents.Add(r);
+        }
+        long busy = heap.GetStatistics().CommittedBytes;
+        rents.ForEach(r => r.Dispose());
+        heap.RunCompactionStep(TimeSpan.FromSeconds(1));
+        heap.RunCompactionStep(TimeSpan.FromSeconds(12));
+        heap.RunCompactionStep(TimeSpan.FromSeconds(23));
+        HeapStatistics s = heap.GetStatistics();
+        long resident = s.CommittedBytes - s.PurgedFreeBytes;
+        Assert.True(busy > 30L << 20, $"{busy} bytes committed while rented");
+        // What stays: the slots the thread cache keeps for the next rents, and their pageblocks.
+        Assert.True(resident <= 4L << 20, $"{resident} bytes resident 23 s after the last return ({busy} while rented)");
+        Assert.Equal(0, s.LiveBlocks);
+    }
 }
