@@ -82,6 +82,25 @@ internal static class RunInfo
     }
 
     /// <summary>The machine in one line: cores, memory, OS, runtime.</summary>
+    /// <summary>
+    /// The provenance block every report opens with: when and by which command it was generated, how long it took,
+    /// the core's revision, the seed and the command that repeats the run, the machine and the load average.
+    /// </summary>
+    public static void AppendProvenance(System.Text.StringBuilder sb, string command, TimeSpan elapsed, int seed, string repeat,
+                                        string? loadBefore, string? loadAfter)
+    {
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        sb.AppendLine($"Generated {DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", inv)} UTC by `{command}` in {elapsed.TotalSeconds:F0} s, " +
+                      $"core at {CoreRevision()}.");
+        sb.AppendLine($"Seed {seed}; repeat exactly with `{repeat}`.");
+        sb.AppendLine();
+        sb.AppendLine("```");
+        sb.AppendLine(Machine());
+        if (loadBefore != null) sb.AppendLine($"Load average (1/5/15 min) before the run: {loadBefore}; after: {loadAfter}");
+        sb.AppendLine("```");
+        sb.AppendLine();
+    }
+
     public static string Machine() =>
         $"{Environment.ProcessorCount} logical cores, {GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / (1L << 30)} GiB, " +
         $"{System.Runtime.InteropServices.RuntimeInformation.OSDescription}, .NET {Environment.Version}, THP mode {TransparentHugePages() ?? "unknown"}";

@@ -208,15 +208,7 @@ public static class FootprintSuite
             ? "# Resident memory over time (QUICK run: 1/8 of the bytes, 3 s idle windows; a smoke test, not the figures)"
             : "# Resident memory over time: three service workloads");
         sb.AppendLine();
-        sb.AppendLine($"Generated {DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", Inv)} UTC by `{command}` in {elapsed.TotalSeconds:F0} s, " +
-                      $"core at {RunInfo.CoreRevision()}.");
-        sb.AppendLine($"Seed {seed}; repeat exactly with `{repeat}`.");
-        sb.AppendLine();
-        sb.AppendLine("```");
-        sb.AppendLine(RunInfo.Machine());
-        if (loadBefore != null) sb.AppendLine($"Load average (1/5/15 min) before the run: {loadBefore}; after: {loadAfter}");
-        sb.AppendLine("```");
-        sb.AppendLine();
+        RunInfo.AppendProvenance(sb, command, elapsed, seed, repeat, loadBefore, loadAfter);
         sb.AppendLine($"Every allocator runs every workload in a child process of its own ({reps} repetition(s), seeds {seed}..{seed + reps - 1}; " +
                       "medians), since allocators in one process would share pages. The child prepares its block list, a sample array and a " +
                       "sampler thread, runs the workload once at 1/256 of its size (JIT; NativeHeap on a heap of its own), then takes its baseline RSS " +

@@ -142,15 +142,7 @@ public static class CompactionSuite
             ? "# Compaction scenarios (QUICK run: small heaps, few repetitions; a smoke test, not the figures)"
             : "# Compaction scenarios");
         sb.AppendLine();
-        sb.AppendLine($"Generated {DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", inv)} UTC by `{command}` in {elapsed.TotalSeconds:F0} s, " +
-                      $"core at {RunInfo.CoreRevision()}.");
-        sb.AppendLine($"Seed {o.Seed}; repeat exactly with `{repeat}`.");
-        sb.AppendLine();
-        sb.AppendLine("```");
-        sb.AppendLine(RunInfo.Machine());
-        if (loadBefore != null) sb.AppendLine($"Load average (1/5/15 min) before the run: {loadBefore}; after: {loadAfter}");
-        sb.AppendLine("```");
-        sb.AppendLine();
+        RunInfo.AppendProvenance(sb, command, elapsed, o.Seed, repeat, loadBefore, loadAfter);
         sb.AppendLine("Each scenario runs its baseline and its compaction case in this one process, on heaps built from the same seed. " +
                       "Figures are medians over repeated runs unless a column says otherwise; latencies are Stopwatch ticks shown in µs.");
         sb.AppendLine();
