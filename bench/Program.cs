@@ -30,6 +30,9 @@ public static class Program
                   burst then idle), each allocator in a child process of its own: glibc, mimalloc, jemalloc, tcmalloc,
                   NativeHeap with explicit Compact() and with background compaction only;
                   -> bench/results/footprint.md + footprint-WORKLOAD.svg (--quick: footprint-quick.md, ~1 min)
+          pool-idle [--quick]
+                  buffer pools after a 64 MiB burst of 4 KiB rents is returned, one process each: the arena pool,
+                  Kestrel's PinnedBlockMemoryPool, MemoryPool<byte>.Shared; RSS every second -> bench/results/pool-idle.md
           peers   which peer allocators load in this process
         peers are installed by scripts/install-peers.sh (a missing one is skipped, never fatal)
         """;
@@ -50,6 +53,10 @@ public static class Program
                 return FootprintSuite.Run(rest);
             case FootprintChild.Command:   // hidden: one allocator x workload x seed, started by footprint
                 return FootprintChild.Run(rest);
+            case "pool-idle":
+                return PoolIdleScenario.Run(rest);
+            case PoolIdleScenario.ChildCommand:
+                return PoolIdleScenario.Child(rest);
             case "peers":
                 return ReexecWithJemallocTunable(args) ?? (Peers.PrintReport() == 0 ? 0 : 1);
             case "help" or "-h" or "--help":
