@@ -95,9 +95,15 @@ internal sealed unsafe class ArenaPoolBuffer : MemoryManager<byte>
 
     private void Release()
     {
-        _pin.Dispose();
-        _pool.Heap.Free(_handle);
-        _pool.Returned(_length);
+        try
+        {
+            _pin.Dispose();
+            _pool.Heap.Free(_handle);
+        }
+        finally
+        {
+            _pool.Returned(_length);   // counted back even if the heap was disposed between the unpin and the free
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

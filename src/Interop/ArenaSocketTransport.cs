@@ -50,15 +50,34 @@ internal sealed class ArenaSocketListener(Socket socket, MemoryPool<byte> pool) 
 
     public async ValueTask<ConnectionContext?> AcceptAsync(CancellationToken cancellationToken = default)
     {
-        try
+        while (true)
         {
-            Socket accepted = await socket.AcceptAsync(cancellationToken).ConfigureAwait(false);
-            accepted.NoDelay = true;
-            return new ArenaSocketConnection(accepted, pool);
-        }
-        catch (Exception e) when (e is ObjectDisposedException or OperationCanceledException or SocketException { SocketErrorCode: SocketError.OperationAborted })
-        {
-            return null;   // unbound or disposed: Kestrel stops accepting
+            try
+            {
+                Socket accepted = await socket.AcceptAsync(cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    accepted.NoDelay = true;
+                    return new ArenaSocketConnection(accepted, pool);
+                }
+                catch
+                {
+                    accepted.Dispose();
+                    throw;
+                }
+            }
+            catch (SocketException e) when (e.SocketErrorCode == SocketError.OperationAborted)
+            {
+                return null;   // unbound
+            }
+            catch (Exception e) when (e is ObjectDisposedException or OperationCanceledException)
+            {
+                return null;
+            }
+            catch (SocketException)
+            {
+                // reset while in the backlog, EMFILE, ...: the listener is fine, accept the next one
+            }
         }
     }
 
@@ -85,6 +104,10 @@ internal sealed class ArenaSocketConnection : ConnectionContext
     private readonly Pipe _input, _output;
     private readonly CancellationTokenSource _closed = new();
     private readonly Task _receiving, _sending;
+    private readonly Lock _shutdownLock = new();   // closes the socket once (Shutdown)
+    private bool _socketClosed;                    // under _shutdownLock
+    private volatile Exception? _shutdownReason;   // why it was closed: what the input pipe completes with
+    private readonly TaskCompletionSource _closedFired = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public ArenaSocketConnection(Socket socket, MemoryPool<byte> pool)
     {
@@ -121,58 +144,87 @@ internal sealed class ArenaSocketConnection : ConnectionContext
                 if (flushed.IsCompleted || flushed.IsCanceled) break;
             }
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.Shutdown)
         {
             error = new ConnectionResetException(e.Message, e);
         }
+        catch (Exception e)
+        {
+            error = e;   // an abort (ObjectDisposedException, OperationAborted), or the pool's OutOfMemoryException
+        }
         finally
         {
-            await _input.Writer.CompleteAsync(error).ConfigureAwait(false);
-            _closed.Cancel();
+            await _input.Writer.CompleteAsync(_shutdownReason ?? error).ConfigureAwait(false);
+            // Off this thread, as Kestrel does: callbacks run inline in Cancel, and one may call Abort or throw.
+            ThreadPool.UnsafeQueueUserWorkItem(static c =>
+            {
+                try { c._closed.Cancel(); } catch { }   // a callback that throws must not take the loop down: it is closing anyway
+                c._closedFired.TrySetResult();
+            }, this, preferLocal: false);
+            await _closedFired.Task.ConfigureAwait(false);
         }
     }
 
     private async Task SendLoop()
     {
+        Exception? reason = null;
         try
         {
             while (true)
             {
                 ReadResult result = await _output.Reader.ReadAsync().ConfigureAwait(false);
+                if (result.IsCanceled) break;   // Abort
                 ReadOnlySequence<byte> buffer = result.Buffer;
                 foreach (ReadOnlyMemory<byte> segment in buffer)
                     for (int sent = 0; sent < segment.Length;)
                         sent += await _socket.SendAsync(segment[sent..], SocketFlags.None).ConfigureAwait(false);
                 _output.Reader.AdvanceTo(buffer.End);
-                if (result.IsCompleted || result.IsCanceled) break;
+                if (result.IsCompleted) break;
             }
-            _socket.Shutdown(SocketShutdown.Send);
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.Shutdown)
         {
-            // The connection went away; Kestrel learns it from the input side.
+            reason = new ConnectionResetException(e.Message, e);
+        }
+        catch (Exception e)
+        {
+            reason = e;   // an abort, or the writer completed with an error (ReadAsync rethrows it)
         }
         finally
         {
+            Shutdown(reason);                                        // everything sent: FIN, then close; wakes the receive
             await _output.Reader.CompleteAsync().ConfigureAwait(false);
+            _input.Writer.CancelPendingFlush();                      // a receive loop paused on a full input pipe ends
+        }
+    }
+
+    /// <summary>Closes the socket once: a graceful shutdown first (a pending receive then ends with 0 bytes; a bare
+    /// Dispose with an operation pending is an abortive close, a RST that discards the unsent and unread answer).</summary>
+    private void Shutdown(Exception? reason)
+    {
+        lock (_shutdownLock)
+        {
+            if (_socketClosed) return;
+            _socketClosed = true;
+            _shutdownReason = reason ?? new ConnectionAbortedException("The transport's send loop completed.");
+            try { _socket.Shutdown(SocketShutdown.Both); } catch { }   // the peer may have gone already: closing is all that is left
+            _socket.Dispose();
         }
     }
 
     public override void Abort(ConnectionAbortedException abortReason)
     {
-        _socket.Dispose();            // ends both loops
+        Shutdown(abortReason);
         _output.Reader.CancelPendingRead();
     }
 
     public override async ValueTask DisposeAsync()
     {
-        _socket.Dispose();
-        _output.Reader.CancelPendingRead();
-        await Task.WhenAll(_receiving, _sending).ConfigureAwait(false);
-        // The server's sides too (completing twice is harmless): a pipe returns its buffers to the pool only when
-        // both ends are complete, and an aborted connection may leave the server's ends open.
+        // The server's sides first, as Kestrel's transport does: the send loop sends what is left and closes the
+        // socket, a receive loop paused in FlushAsync sees the reader complete. Then the pipes are all complete.
         await _input.Reader.CompleteAsync().ConfigureAwait(false);
         await _output.Writer.CompleteAsync().ConfigureAwait(false);
+        await Task.WhenAll(_receiving, _sending).ConfigureAwait(false);   // the loops catch everything
         _closed.Dispose();
     }
 
