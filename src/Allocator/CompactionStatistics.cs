@@ -24,7 +24,7 @@ public sealed class CompactionStatistics
         return copy;
     }
 
-    private long Get(CompactionCounter counter) => _values[(int)counter];
+    internal long Get(CompactionCounter counter) => _values[(int)counter];
 
     /// <summary>Direct compactions started because an allocation failed.</summary>
     public long CompactStall => Get(CompactionCounter.CompactStall);

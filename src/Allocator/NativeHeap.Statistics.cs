@@ -10,7 +10,20 @@ public sealed unsafe partial class NativeHeap
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public HeapStatistics GetStatistics()
     {
-        if (_disposed) ThrowHelper.Disposed();
+        // Under the statistics lock, which Dispose takes to mark the heap disposed: a snapshot never reads metadata
+        // (the pageblock bitmap is native memory) that a Dispose on another thread is freeing, as a metrics listener's
+        // collection may well race with one.
+        lock (_statsLock)
+        {
+            if (_disposed) ThrowHelper.Disposed();
+            return GetStatisticsLocked();
+        }
+    }
+
+    private readonly Lock _statsLock = new();
+
+    private HeapStatistics GetStatisticsLocked()
+    {
         var zones = new List<ZoneStatistics>();
         foreach (Zone z in _pages.Zones)
         {
@@ -69,5 +82,27 @@ public sealed unsafe partial class NativeHeap
             Zones = zones,
             SlabClasses = classes,
         };
+    }
+
+    /// <summary>This heap's id: unique in the process and never reused (the owner word of its handle-table chunks); the
+    /// <see cref="HeapMetrics.HeapTag"/> of its measurements.</summary>
+    public long Id => _id;
+
+    /// <summary>True once <see cref="Dispose"/> has succeeded.</summary>
+    public bool IsDisposed => _disposed;
+
+    private HeapStatistics? _metricsSnapshot;
+    private long _metricsSnapshotAt;
+
+    /// <summary>A statistics snapshot for one metrics collection: reused while younger than
+    /// <paramref name="maxAgeMs"/>. Called under HeapMetrics' lock only.</summary>
+    internal HeapStatistics MetricsSnapshot(long nowMs, long maxAgeMs)
+    {
+        if (_metricsSnapshot == null || nowMs - _metricsSnapshotAt > maxAgeMs)
+        {
+            _metricsSnapshot = GetStatistics();
+            _metricsSnapshotAt = nowMs;
+        }
+        return _metricsSnapshot;
     }
 }

@@ -89,6 +89,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             GC.SuppressFinalize(this);
             throw;
         }
+        HeapMetrics.Register(this);
         if (_options.BackgroundCompaction) StartBackgroundCompaction();
     }
 
@@ -466,7 +467,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             ReopenDaemons(daemonWasRunning);
             throw new InvalidOperationException($"{pins} pin(s) are still held on blocks of this heap; release them before disposing it.");
         }
-        _disposed = true;
+        lock (_statsLock) _disposed = true;   // a statistics snapshot in progress ends before the metadata goes
         _caches.Close();
         ReleaseNative();
         GC.SuppressFinalize(this);

@@ -1,0 +1,126 @@
+using System.Diagnostics.Metrics;
+
+namespace Compaction.Allocator;
+
+/// <summary>
+/// Every heap's figures as <see cref="System.Diagnostics.Metrics"/> instruments of one meter,
+/// <see cref="MeterName"/>, each measurement tagged with the heap's <see cref="NativeHeap.Id"/> (<c>nativeheap.id</c>):
+/// what <c>dotnet-counters monitor --counters Compaction.NativeHeap</c> and OpenTelemetry's
+/// <c>AddMeter("Compaction.NativeHeap")</c> read. Every instrument is observable: nothing is measured, and nothing
+/// costs anything, until a listener collects, and then each heap's statistics are taken once per collection.
+/// </summary>
+/// <remarks>
+/// Instruments (OpenTelemetry naming: dotted, lowercase, units in UCUM): gauges <c>nativeheap.memory.live</c>,
+/// <c>.committed</c>, <c>.resident</c> (committed less purged free memory), <c>.reserved</c>, <c>.metadata</c> (By),
+/// <c>nativeheap.blocks.live</c>, <c>nativeheap.waste.ratio</c> (resident over live), <c>nativeheap.fragmentation.score</c>
+/// (%, extfrag at pageblock order), <c>nativeheap.pins.long_term</c>; counters <c>nativeheap.memory.decommitted</c>,
+/// <c>nativeheap.memory.purged</c> (By), <c>nativeheap.compaction.events</c> (one series per compaction counter, the
+/// kernel's name in the <c>nativeheap.event</c> tag: compact_stall, pgmigrate_success, ...),
+/// <c>nativeheap.compaction.moved</c> (By) and <c>nativeheap.background.cpu_time</c> (s, the background thread's own
+/// processor time). A heap is listed from its construction to its Dispose (weakly: an abandoned heap drops out when
+/// collected).
+/// </remarks>
+public static class HeapMetrics
+{
+    /// <summary>The meter's name.</summary>
+    public const string MeterName = "Compaction.NativeHeap";
+
+    /// <summary>The tag that names the heap of a measurement.</summary>
+    public const string HeapTag = "nativeheap.id";
+
+    /// <summary>The tag that names the compaction counter of a <c>nativeheap.compaction.events</c> measurement.</summary>
+    public const string EventTag = "nativeheap.event";
+
+    private static readonly Lock s_lock = new();
+    private static readonly List<WeakReference<NativeHeap>> s_heaps = [];
+    private static readonly Meter s_meter = new(MeterName, "1.0");
+    private static readonly string[] s_eventNames = Enum.GetNames<CompactionCounter>().Where(n => n != nameof(CompactionCounter.Count)).Select(SnakeCase).ToArray();
+
+    static HeapMetrics()
+    {
+        Gauge("nativeheap.memory.live", "By", "Bytes of live blocks (as requested).", s => s.LiveBytes);
+        Gauge("nativeheap.memory.committed", "By", "Bytes of the arena committed.", s => s.CommittedBytes);
+        Gauge("nativeheap.memory.resident", "By", "Committed bytes less free memory purged since: what the arena keeps resident.", s => s.CommittedBytes - s.PurgedFreeBytes);
+        Gauge("nativeheap.memory.reserved", "By", "Address space reserved for the arena.", s => s.ReservedBytes);
+        Gauge("nativeheap.memory.metadata", "By", "Native metadata: page descriptors, pageblock bits, handle table.", s => s.MetadataBytes);
+        Gauge("nativeheap.blocks.live", "{block}", "Live blocks.", s => s.LiveBlocks);
+        Gauge("nativeheap.pins.long_term", "{pin}", "Long-term pins held.", s => s.LongTermPins);
+        s_meter.CreateObservableGauge("nativeheap.waste.ratio", () => Observe(s => (double)(s.CommittedBytes - s.PurgedFreeBytes) / Math.Max(1, s.LiveBytes)),
+                                      "1", "Resident bytes over live bytes: what the waste-driven background compactor keeps between its thresholds.");
+        s_meter.CreateObservableGauge("nativeheap.fragmentation.score", () => Observe(s => s.FragmentationScore),
+                                      "%", "The kernel's extfrag score at pageblock order for the movable zone.");
+        s_meter.CreateObservableCounter("nativeheap.memory.decommitted", () => Observe(s => s.DecommittedBytes), "By", "Bytes decommitted since the heap was created.");
+        s_meter.CreateObservableCounter("nativeheap.memory.purged", () => Observe(s => s.PurgedBytes), "By", "Bytes of free pages purged since the heap was created.");
+        s_meter.CreateObservableCounter("nativeheap.compaction.moved", () => Observe(s => s.Compaction.BytesMoved), "By", "Bytes the compactor moved.");
+        s_meter.CreateObservableCounter("nativeheap.background.cpu_time", () => Observe(s => s.Compaction.BackgroundCpuNanoseconds / 1e9),
+                                        "s", "Processor time the background compactor thread used.");
+        s_meter.CreateObservableCounter("nativeheap.compaction.events", ObserveEvents, "{event}",
+                                        "The compaction counters, one series per counter (tag nativeheap.event: the kernel's names).");
+    }
+
+    private static void Gauge(string name, string unit, string description, Func<HeapStatistics, long> value) =>
+        s_meter.CreateObservableGauge(name, () => Observe(value), unit, description);
+
+    /// <summary>Called by a new heap.</summary>
+    internal static void Register(NativeHeap heap)
+    {
+        lock (s_lock)
+        {
+            s_heaps.RemoveAll(w => !w.TryGetTarget(out NativeHeap? h) || h.IsDisposed);
+            s_heaps.Add(new WeakReference<NativeHeap>(heap));
+        }
+    }
+
+    /// <summary>The live heaps' statistics, taken once per collection (a collection reads every instrument in turn,
+    /// within milliseconds: a snapshot younger than <see cref="SnapshotAge"/> is reused).</summary>
+    private static List<(long id, HeapStatistics stats)> Snapshots()
+    {
+        var result = new List<(long, HeapStatistics)>();
+        lock (s_lock)
+        {
+            long now = Environment.TickCount64;
+            foreach (WeakReference<NativeHeap> w in s_heaps)
+            {
+                if (!w.TryGetTarget(out NativeHeap? heap) || heap.IsDisposed) continue;
+                try
+                {
+                    result.Add((heap.Id, heap.MetricsSnapshot(now, SnapshotAge)));
+                }
+                catch (ObjectDisposedException)
+                {
+                    // Disposed between the check and the snapshot: not listed this time.
+                }
+            }
+        }
+        return result;
+    }
+
+    /// <summary>How long one statistics snapshot serves the instruments of a collection, in milliseconds.</summary>
+    internal const long SnapshotAge = 200;
+
+    private static IEnumerable<Measurement<T>> Observe<T>(Func<HeapStatistics, T> value) where T : struct
+    {
+        foreach ((long id, HeapStatistics stats) in Snapshots())
+            yield return new Measurement<T>(value(stats), new KeyValuePair<string, object?>(HeapTag, id));
+    }
+
+    private static IEnumerable<Measurement<long>> ObserveEvents()
+    {
+        foreach ((long id, HeapStatistics stats) in Snapshots())
+            for (int c = 0; c < s_eventNames.Length; c++)
+                yield return new Measurement<long>(stats.Compaction.Get((CompactionCounter)c),
+                    new KeyValuePair<string, object?>(HeapTag, id), new KeyValuePair<string, object?>(EventTag, s_eventNames[c]));
+    }
+
+    /// <summary>CompactStall -> compact_stall (the kernel's /proc/vmstat spelling).</summary>
+    private static string SnakeCase(string name)
+    {
+        var sb = new System.Text.StringBuilder();
+        for (int i = 0; i < name.Length; i++)
+        {
+            if (char.IsUpper(name[i]) && i > 0) sb.Append('_');
+            sb.Append(char.ToLowerInvariant(name[i]));
+        }
+        return sb.ToString();
+    }
+}
