@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Diagnostics.Tracing;
 using System.Runtime.CompilerServices;
 using Compaction.Allocator.Os;
 
@@ -29,9 +30,14 @@ public sealed partial class NativeHeap
         if (_disposed) ThrowHelper.Disposed();
         if (_compactor == null) return new CompactionStatistics();
         CompactionStatistics before = _compactor.Counters.Snapshot();
+        long t0 = Stopwatch.GetTimestamp();
+        bool traced = Tracing(NativeHeapEventSource.Keywords.Compaction);
+        if (traced) Events.CompactionStart(_id, "explicit");
         _compactor.CompactAll();
         GC.KeepAlive(this);   // the run worked on native memory the finalizer would free
-        return _compactor.Counters.Snapshot() - before;
+        CompactionStatistics run = _compactor.Counters.Snapshot() - before;
+        if (traced) Events.Pass(_id, "explicit", run, t0);
+        return run;
     }
 
     /// <summary>
@@ -56,6 +62,26 @@ public sealed partial class NativeHeap
     /// goes back to the OS at once instead of the trim: wholly free pageblocks (and kept empty slabs) after every
     /// slice, and free runs inside used pageblocks purged when the run has ended.</summary>
     private void BackgroundStep(TimeSpan now)
+    {
+        if (!Events.IsEnabled())
+        {
+            BackgroundStepCore(now);
+            return;
+        }
+        // Traced: the wake's counters before and after, and what the OS got back.
+        CompactionStatistics before = _compactor?.Counters.Snapshot() ?? new CompactionStatistics();
+        long purged = _memory.PurgedBytes, decommitted = _memory.DecommittedBytes, t0 = Stopwatch.GetTimestamp();
+        BackgroundStepCore(now);
+        CompactionStatistics d = (_compactor?.Counters.Snapshot() ?? new CompactionStatistics()) - before;
+        string trigger = d.WasteWakes > 0 ? "waste" : d.CompactDaemonMigrateScanned > 0 ? "proactive" : d.PagesCompacted > 0 ? "consolidation" : "idle";
+        if (Tracing(NativeHeapEventSource.Keywords.Background, EventLevel.Verbose))
+            Events.BackgroundWake(_id, trigger, d.BytesMoved, Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+        if (Tracing(NativeHeapEventSource.Keywords.Compaction)) Events.Failures(_id, d);
+        long gaveBack = _memory.DecommittedBytes - decommitted, purgedNow = _memory.PurgedBytes - purged;
+        if ((gaveBack | purgedNow) != 0 && Tracing(NativeHeapEventSource.Keywords.Reclaim)) Events.Released(_id, "background", gaveBack, purgedNow);
+    }
+
+    private void BackgroundStepCore(TimeSpan now)
     {
         if (_compactor == null)
         {
@@ -197,8 +223,11 @@ public sealed partial class NativeHeap
     public long ReleaseFreeMemory()
     {
         if (_disposed) ThrowHelper.Disposed();
+        long purged = _memory.PurgedBytes, decommitted = _memory.DecommittedBytes;
         long bytes = _reclaimer.ReleaseFreeMemory();
         GC.KeepAlive(this);   // the release worked on native memory the finalizer would free
+        if (Tracing(NativeHeapEventSource.Keywords.Reclaim))
+            Events.Released(_id, "explicit", _memory.DecommittedBytes - decommitted, _memory.PurgedBytes - purged);
         return bytes;
     }
 }

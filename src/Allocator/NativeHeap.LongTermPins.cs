@@ -116,6 +116,12 @@ public sealed unsafe partial class NativeHeap
                     }
                 }
                 Interlocked.Add(ref _longTermPinBytesMoved, bytes);
+                if (bytes > 0 && Tracing(NativeHeapEventSource.Keywords.LongTermPin))
+                {
+                    int movedNow = 0;
+                    foreach (MigrateResult r in results[..queued]) if (r == MigrateResult.Success) movedNow++;
+                    Events.LongTermPinMigration(_id, movedNow, bytes);
+                }
                 if (!retry) continue;
                 if (Stopwatch.GetTimestamp() > deadline)
                     throw new InvalidOperationException($"A block stayed pinned or busy for {LongTermPinPatience.TotalMilliseconds} ms, so it could not be moved out of movable memory for a long-term pin; release short pins before pinning long-term.");

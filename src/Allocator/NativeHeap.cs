@@ -215,7 +215,12 @@ public sealed unsafe partial class NativeHeap : IDisposable
     {
         if ((ulong)(size - 1) >= (ulong)_maxBlockSize) ThrowHelper.BadSize(size);
         if ((uint)kind > (uint)BlockKind.Unmovable) ThrowHelper.BadKind(kind);
-        if (size > _smallLimit) return AllocateRun(size, kind, tc);
+        if (size > _smallLimit)
+        {
+            ulong run = AllocateRun(size, kind, tc);
+            if (run == 0) NoteAllocationFailed(size, kind);
+            return run;
+        }
         ulong handle = AllocateSmallDirect(size, kind);
         return handle != 0 ? handle : AllocateSmallAfterMiss(size, kind);
     }
@@ -236,7 +241,12 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// Called outside any cache section (a drain waits for every owner, this thread included, to be out of its own).
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private ulong AllocateSmallAfterMiss(long size, BlockKind kind) => ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
+    private ulong AllocateSmallAfterMiss(long size, BlockKind kind)
+    {
+        ulong handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
+        if (handle == 0) NoteAllocationFailed(size, kind);
+        return handle;
+    }
 
     /// <summary>Before an allocation fails (or compacts): storage parked in thread caches and the depot, and the empty
     /// slabs each class keeps, hold pages that no block uses (the kernel drains its per-CPU lists on the same path).
@@ -270,7 +280,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
         int start = _pages.AllocateRun(pages, kind, index);
         if (start < 0 && ReleaseParkedStorage()) start = _pages.AllocateRun(pages, kind, index);
         if (start < 0 && kind == BlockKind.Movable && _compactor != null && _options.DirectCompaction)
-            start = _compactor.DirectCompact(pages, index);
+            start = DirectCompact(pages, index);
         if (start < 0)
         {
             _handles.Push(one);

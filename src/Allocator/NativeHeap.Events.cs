@@ -1,0 +1,32 @@
+using System.Diagnostics;
+using System.Diagnostics.Tracing;
+
+namespace Compaction.Allocator;
+
+// Where the heap raises its events (NativeHeapEventSource): each behind an IsEnabled check, none on a fast path.
+public sealed partial class NativeHeap
+{
+    private static NativeHeapEventSource Events => NativeHeapEventSource.Log;
+
+    /// <summary>True when a listener wants events of <paramref name="keywords"/> at <paramref name="level"/>: one
+    /// load and a compare when nobody listens.</summary>
+    private static bool Tracing(EventKeywords keywords, EventLevel level = EventLevel.Informational) => Events.IsEnabled(level, keywords);
+
+    /// <summary>An allocation the arena could not serve (the slow path's failure; rare, so it checks the listener).</summary>
+    private void NoteAllocationFailed(long size, BlockKind kind)
+    {
+        if (Tracing(NativeHeapEventSource.Keywords.Allocation, EventLevel.Warning)) Events.AllocationFailed(_id, size, kind.ToString());
+    }
+
+    /// <summary>Direct compaction for a run allocation that failed, with its pass traced when a listener wants it.</summary>
+    private int DirectCompact(int pages, uint index)
+    {
+        if (!Tracing(NativeHeapEventSource.Keywords.Compaction)) return _compactor!.DirectCompact(pages, index);
+        CompactionStatistics before = _compactor!.Counters.Snapshot();
+        long t0 = Stopwatch.GetTimestamp();
+        Events.CompactionStart(_id, "direct");
+        int start = _compactor.DirectCompact(pages, index);
+        Events.Pass(_id, "direct", _compactor.Counters.Snapshot() - before, t0);
+        return start;
+    }
+}

@@ -1,0 +1,114 @@
+using System.Diagnostics;
+using System.Diagnostics.Tracing;
+
+namespace Compaction.Allocator;
+
+/// <summary>
+/// The heap's events (EventSource <c>Compaction-NativeHeap</c>): compaction passes with their trigger, counters and
+/// duration, migration failures by reason, background wakes, decommits and purges, allocation failures and long-term
+/// pin migrations. Collect them with <c>dotnet-trace collect --providers Compaction-NativeHeap</c> (keywords below
+/// select them), an <see cref="EventListener"/>, or EventPipe. Every event is raised from the public API's layer,
+/// after an <see cref="EventSource.IsEnabled(EventLevel, EventKeywords)"/> check, so with no listener a call costs one
+/// load and a branch, and nothing on the allocation, free or pin fast paths raises one.
+/// </summary>
+[EventSource(Name = SourceName)]
+public sealed class NativeHeapEventSource : EventSource
+{
+    /// <summary>The provider's name.</summary>
+    public const string SourceName = "Compaction-NativeHeap";
+
+    /// <summary>The one instance.</summary>
+    public static readonly NativeHeapEventSource Log = new();
+
+    private NativeHeapEventSource() { }
+
+    /// <summary>Keywords selecting the events.</summary>
+    public static class Keywords
+    {
+        /// <summary>Compaction passes (start, stop) and migration failures.</summary>
+        public const EventKeywords Compaction = (EventKeywords)1;
+        /// <summary>Background wakes.</summary>
+        public const EventKeywords Background = (EventKeywords)2;
+        /// <summary>Decommits and purges.</summary>
+        public const EventKeywords Reclaim = (EventKeywords)4;
+        /// <summary>Allocation failures.</summary>
+        public const EventKeywords Allocation = (EventKeywords)8;
+        /// <summary>Long-term pin migrations.</summary>
+        public const EventKeywords LongTermPin = (EventKeywords)16;
+    }
+
+    /// <summary>Tasks (start/stop pairs).</summary>
+    public static class Tasks
+    {
+        /// <summary>A compaction pass.</summary>
+        public const EventTask Compaction = (EventTask)1;
+    }
+
+    internal const int CompactionStartId = 1, CompactionStopId = 2, MigrationFailedId = 3, BackgroundWakeId = 4, ReleasedId = 5,
+                       AllocationFailedId = 6, LongTermPinMigrationId = 7;
+
+    /// <summary>A compaction pass begins: <paramref name="trigger"/> is explicit (Compact()), direct (an allocation
+    /// that failed) or background (a wake that compacted).</summary>
+    [Event(CompactionStartId, Level = EventLevel.Informational, Keywords = Keywords.Compaction, Task = Tasks.Compaction, Opcode = EventOpcode.Start)]
+    public void CompactionStart(long heapId, string trigger) => WriteEvent(CompactionStartId, heapId, trigger);
+
+    /// <summary>A compaction pass ends, with what it did (its counters' differences: pages scanned by the migrate
+    /// scanner, pages migrated, bytes moved) and how long it took.</summary>
+    [Event(CompactionStopId, Level = EventLevel.Informational, Keywords = Keywords.Compaction, Task = Tasks.Compaction, Opcode = EventOpcode.Stop)]
+    public void CompactionStop(long heapId, string trigger, string result, long pagesScanned, long pagesMigrated, long bytesMoved, double durationMs) =>
+        WriteEvent(CompactionStopId, heapId, trigger, result, pagesScanned, pagesMigrated, bytesMoved, durationMs);
+
+    /// <summary>Migrations that failed during one pass, for one reason (busy, pinned_after_freeze, gone, owner_retry,
+    /// owner_failed, cache_held, pinned_skipped, pgmigrate_fail).</summary>
+    [Event(MigrationFailedId, Level = EventLevel.Informational, Keywords = Keywords.Compaction)]
+    public void MigrationFailed(long heapId, string reason, long count) => WriteEvent(MigrationFailedId, heapId, reason, count);
+
+    /// <summary>One wake of the background thread: what it ran (waste, proactive, consolidation or idle), its bytes
+    /// moved and its duration.</summary>
+    [Event(BackgroundWakeId, Level = EventLevel.Verbose, Keywords = Keywords.Background)]
+    public void BackgroundWake(long heapId, string trigger, long bytesMoved, double durationMs) =>
+        WriteEvent(BackgroundWakeId, heapId, trigger, bytesMoved, durationMs);
+
+    /// <summary>Memory given back to the OS: decommitted pageblocks and purged free runs, by which path (explicit,
+    /// background).</summary>
+    [Event(ReleasedId, Level = EventLevel.Informational, Keywords = Keywords.Reclaim)]
+    public void Released(long heapId, string path, long bytesDecommitted, long bytesPurged) =>
+        WriteEvent(ReleasedId, heapId, path, bytesDecommitted, bytesPurged);
+
+    /// <summary>An allocation the arena could not serve.</summary>
+    [Event(AllocationFailedId, Level = EventLevel.Warning, Keywords = Keywords.Allocation)]
+    public void AllocationFailed(long heapId, long size, string kind) => WriteEvent(AllocationFailedId, heapId, size, kind);
+
+    /// <summary>Blocks a long-term pin call moved out of movable memory, and their bytes.</summary>
+    [Event(LongTermPinMigrationId, Level = EventLevel.Informational, Keywords = Keywords.LongTermPin)]
+    public void LongTermPinMigration(long heapId, long blocks, long bytes) => WriteEvent(LongTermPinMigrationId, heapId, blocks, bytes);
+
+    /// <summary>The compaction events of one pass, from its counters' difference.</summary>
+    [NonEvent]
+    internal void Pass(long heapId, string trigger, CompactionStatistics d, long startTimestamp)
+    {
+        double ms = Stopwatch.GetElapsedTime(startTimestamp).TotalMilliseconds;
+        string result = d.PgmigrateSuccess > 0 ? "moved" : d.CompactMigrateScanned + d.CompactDaemonMigrateScanned > 0 ? "nothing_moved" : "skipped";
+        CompactionStop(heapId, trigger, result, d.CompactMigrateScanned + d.CompactDaemonMigrateScanned, d.PgmigrateSuccess, d.BytesMoved, ms);
+        Failures(heapId, d);
+    }
+
+    /// <summary>One MigrationFailed event per reason a pass (or wake) met, from its counters' difference.</summary>
+    [NonEvent]
+    internal void Failures(long heapId, CompactionStatistics d)
+    {
+        Failure(heapId, "busy", d.MigrateBusy);
+        Failure(heapId, "pinned_after_freeze", d.MigratePinnedAfterFreeze);
+        Failure(heapId, "gone", d.MigrateGone);
+        Failure(heapId, "owner_retry", d.MigrateOwnerRetry);
+        Failure(heapId, "owner_failed", d.MigrateOwnerFailed);
+        Failure(heapId, "cache_held", d.CacheHeldFailures);
+        Failure(heapId, "pinned_skipped", d.PinnedPagesSkipped);
+    }
+
+    [NonEvent]
+    private void Failure(long heapId, string reason, long count)
+    {
+        if (count > 0) MigrationFailed(heapId, reason, count);
+    }
+}
