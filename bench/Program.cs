@@ -33,6 +33,9 @@ public static class Program
           pool-idle [--quick]
                   buffer pools after a 64 MiB burst of 4 KiB rents is returned, one process each: the arena pool,
                   Kestrel's PinnedBlockMemoryPool, MemoryPool<byte>.Shared; RSS every second -> bench/results/pool-idle.md
+          analyze FILE.nettrace | analyze --pid N [--seconds S] [--out FILE]
+                  the heap's events (EventSource Compaction-NativeHeap) from a trace or a live process: passes by
+                  trigger, p50/p99/max pause, MB/s moved, failures by reason, wakes, releases; an SVG beside the trace
           peers   which peer allocators load in this process
         peers are installed by scripts/install-peers.sh (a missing one is skipped, never fatal)
         """;
@@ -57,6 +60,10 @@ public static class Program
                 return PoolIdleScenario.Run(rest);
             case PoolIdleScenario.ChildCommand:
                 return PoolIdleScenario.Child(rest);
+            case "analyze":
+                return Analysis.TraceAnalyzerCommand.Run(rest);
+            case Analysis.EventsChild.Command:
+                return Analysis.EventsChild.Run();
             case "peers":
                 return ReexecWithJemallocTunable(args) ?? (Peers.PrintReport() == 0 ? 0 : 1);
             case "help" or "-h" or "--help":
