@@ -44,11 +44,15 @@ public static class DemoScenario
         Phase("statistics", () => PrintStatistics(run, "after freeing half"));
         Phase("probe pageblock allocations", () => ProbePageblockAllocations(run));
 
+        ArenaMap before = run.Heap.GetArenaMap("after freeing half, before Compact()");
         Phase("compact", () => Compact(run));
         corrupt += Phase("verify survivors after compaction", () => VerifySurvivors(run));
         Phase("statistics", () => PrintStatistics(run, "after compaction"));
         Phase("probe pageblock allocations after compaction", () => ProbePageblockAllocations(run));
         Phase("release free memory", () => ReleaseFreeMemory(run));
+        string picture = Path.Combine(Paths.BenchDirectory(), "results", "arena-demo.svg");
+        File.WriteAllText(picture, ArenaMap.Svg(before, run.Heap.GetArenaMap("after Compact() and ReleaseFreeMemory()")));
+        Console.WriteLine($"demo: a picture of the arena before and after: {picture}");
 
         Phase("free all", () => FreeAll(run));
         Console.WriteLine($"demo: {(corrupt == 0 ? "OK" : $"FAILED: {corrupt} corrupt block(s)")} in {total.Elapsed.TotalSeconds:F2} s (seed {options.Seed})");

@@ -1,3 +1,4 @@
+using Compaction.Allocator.Layout;
 using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
 
@@ -104,5 +105,71 @@ public sealed unsafe partial class NativeHeap
             _metricsSnapshotAt = nowMs;
         }
         return _metricsSnapshot;
+    }
+
+    /// <summary>
+    /// A map of the arena for <see cref="ArenaMap.Svg"/>: each pageblock below the zones' frontiers with its migrate
+    /// type, commit state, occupancy and pinned pages. Each pageblock is read under its zone's lock; the walk does not
+    /// stop the heap, so the map shows it as it was during the walk.
+    /// </summary>
+    /// <param name="title">The caption of the picture.</param>
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    public ArenaMap GetArenaMap(string title = "arena")
+    {
+        var views = new List<PageblockView>();
+        lock (_statsLock)
+        {
+            if (_disposed) ThrowHelper.Disposed();
+            int pbPages = _map.PageblockPages;
+            foreach (Zone z in _pages.Zones)
+            {
+                (int first, int end) = z.UsedPageblocks;
+                for (int pb = first; pb < end; pb++)
+                {
+                    double used = 0;
+                    int pinned = 0;
+                    lock (z.Lock)
+                    {
+                        int start = pb * pbPages;
+                        for (int p = start; p < start + pbPages;)
+                        {
+                            ref PageDescriptor d = ref _map.Page(p);
+                            switch (d.Kind)
+                            {
+                                case PageKind.FreeHead:
+                                    p += 1 << d.Order;
+                                    continue;
+                                case PageKind.RunHead:
+                                {
+                                    int n = Math.Min(d.RunPages, start + pbPages - p);
+                                    used += n;
+                                    if (Volatile.Read(ref d.PinCount) > 0) pinned += n;
+                                    p += n;
+                                    continue;
+                                }
+                                case PageKind.SlabHead:
+                                {
+                                    int n = Math.Min(_classes.PagesPerSlab[d.SlabClass], start + pbPages - p);
+                                    used += n * (double)d.RefCount / _classes.SlotsPerSlab[d.SlabClass];
+                                    if (Volatile.Read(ref d.PinCount) > 0) pinned += n;
+                                    p += n;
+                                    continue;
+                                }
+                                case PageKind.Tail:
+                                    // The part of a run or slab that began in the pageblock before: counted as in use.
+                                    used++;
+                                    p++;
+                                    continue;
+                                default:
+                                    p++;
+                                    continue;
+                            }
+                        }
+                    }
+                    views.Add(new PageblockView(pb, z.Kind.ToString(), _map.GetMigrateType(pb), _memory.IsCommitted(pb), used, pinned, pbPages));
+                }
+            }
+        }
+        return new ArenaMap(views, title);
     }
 }
