@@ -90,13 +90,15 @@ internal sealed class SizeClasses
     {
         int maxPages = Math.Max(1, Math.Min(16, 65536 * 4 / pageSize));
         (int pages, int slots, double waste) buddy = Best(size, pageSize, maxPages, powersOfTwoOnly: true);
-        if (buddy.slots > 0 && buddy.waste <= BuddyBlockWasteLimit) return (buddy.pages, buddy.slots);
         (int pages, int slots, double waste) exact = Best(size, pageSize, maxPages, powersOfTwoOnly: false);
+        // A whole buddy block when it wastes little, or hardly more than any length would (the 32 B class loses 11% to
+        // its reverse-map words whatever the slab's length).
+        if (buddy.slots > 0 && (buddy.waste <= BuddyBlockWasteLimit || buddy.waste <= exact.waste + 0.02)) return (buddy.pages, buddy.slots);
         return (exact.pages, exact.slots);
     }
 
     /// <summary>Share of a slab's bytes that may go unused (slot rounding and the reverse map) before a class gives up
-    /// whole buddy blocks for an exact length.</summary>
+    /// whole buddy blocks for an exact length (unless the exact length would waste within two points as much).</summary>
     public const double BuddyBlockWasteLimit = 0.04;
 
     /// <summary>The length of 1 to 16 pages (powers of two only, or any) that wastes least for slots of
