@@ -42,17 +42,25 @@ public static class DemoScenario
         Phase("free random half", () => FreeRandomHalf(run));
         long corrupt = Phase("verify survivors", () => VerifySurvivors(run));
         Phase("statistics", () => PrintStatistics(run, "after freeing half"));
-        Phase("probe pageblock allocations", () => ProbePageblockAllocations(run));
+        (int Movable, int Unmovable) probeBefore = Phase("probe pageblock allocations", () => ProbePageblockAllocations(run));
 
         ArenaMap before = run.Heap.GetArenaMap("after freeing half, before Compact()");
-        Phase("compact", () => Compact(run));
+        string reports = Path.Combine(Paths.BenchDirectory(), "results", "arena-demo-reports.txt");
+        HeapStatistics beforeCompact = run.Heap.GetStatistics();   // after the probe, which committed what it allocated
+        File.WriteAllText(reports, KernelReports(beforeCompact, "after freeing half, before Compact()"));
+        CompactionStatistics moved = Phase("compact", () => Compact(run));
         corrupt += Phase("verify survivors after compaction", () => VerifySurvivors(run));
-        Phase("statistics", () => PrintStatistics(run, "after compaction"));
-        Phase("probe pageblock allocations after compaction", () => ProbePageblockAllocations(run));
+        HeapStatistics compacted = Phase("statistics", () => PrintStatistics(run, "after compaction"));
+        (int Movable, int Unmovable) probeAfter = Phase("probe pageblock allocations after compaction", () => ProbePageblockAllocations(run));
         Phase("release free memory", () => ReleaseFreeMemory(run));
+        HeapStatistics released = run.Heap.GetStatistics();
+        File.AppendAllText(reports, "\n" + KernelReports(released, "after Compact() and ReleaseFreeMemory()"));
         string picture = Path.Combine(Paths.BenchDirectory(), "results", "arena-demo.svg");
         File.WriteAllText(picture, ArenaMap.Svg(before, run.Heap.GetArenaMap("after Compact() and ReleaseFreeMemory()")));
-        Console.WriteLine($"demo: a picture of the arena before and after: {picture}");
+        PrintSummary(beforeCompact, compacted, released, probeBefore, probeAfter, moved);
+        Console.WriteLine($"  picture of the arena before and after: {picture}");
+        Console.WriteLine($"  the kernel's reports (buddyinfo, pagetypeinfo, extfrag_index, unusable_index) before and after: {reports}");
+        if (!options.Verbose) Console.WriteLine("  every size class and counter: add --verbose");
 
         Phase("free all", () => FreeAll(run));
         Console.WriteLine($"demo: {(corrupt == 0 ? "OK" : $"FAILED: {corrupt} corrupt block(s)")} in {total.Elapsed.TotalSeconds:F2} s (seed {options.Seed})");
@@ -139,19 +147,28 @@ public static class DemoScenario
     }
 
     /// <summary>Prints the statistics snapshot, buddy and page-type info, and committed vs live bytes.</summary>
-    public static void PrintStatistics(DemoRun run, string when)
+    public static HeapStatistics PrintStatistics(DemoRun run, string when)
     {
         HeapStatistics s = run.Heap.GetStatistics();
-        Console.WriteLine($"---- heap statistics ({when}) ----");
-        Console.Write(s.ToString());
-        Console.WriteLine("---- buddyinfo (free blocks per order) ----");
-        Console.Write(s.BuddyInfo());
-        Console.WriteLine("---- pagetypeinfo ----");
-        Console.Write(s.PageTypeInfo());
+        if (run.Options.Verbose)
+        {
+            Console.WriteLine($"---- heap statistics ({when}) ----");
+            Console.Write(s.ToString());
+            Console.WriteLine("---- buddyinfo (free blocks per order) ----");
+            Console.Write(s.BuddyInfo());
+            Console.WriteLine("---- pagetypeinfo ----");
+            Console.Write(s.PageTypeInfo());
+        }
+        else
+        {
+            Console.WriteLine($"  fragmentation score {s.FragmentationScore}%; /proc/buddyinfo of the arena:");
+            foreach (string line in HeapReports.BuddyInfo(s).TrimEnd('\n').Split('\n')) Console.WriteLine("    " + line);
+        }
         long freePages = s.Zones.Sum(z => z.FreePages);
         Console.WriteLine($"committed {Mib(s.CommittedBytes)} vs live {Mib(s.LiveBytes)}: committed/live = " +
                           $"{(s.LiveBytes > 0 ? (double)s.CommittedBytes / s.LiveBytes : 0):F2}; free pages {freePages:N0} ({Mib(freePages * s.PageSize)})");
         if (ProcessMemory.Summary() is string rss) Console.WriteLine($"process: {rss}");
+        return s;
     }
 
     /// <summary>
@@ -178,8 +195,9 @@ public static class DemoScenario
         sw.Stop();
         Console.WriteLine($"  Compact() took {sw.Elapsed.TotalMilliseconds:F1} ms: moved {c.BytesMoved:N0} B ({Mib(c.BytesMoved)}) = " +
                           $"{(sw.Elapsed.TotalSeconds > 0 ? c.BytesMoved / sw.Elapsed.TotalSeconds / 1e6 : 0):F0} MB/s");
-        Console.WriteLine("---- compaction counters (this run) ----");
-        foreach ((string name, long value) in Counters(c)) Console.WriteLine($"  {name,-30} {value,14:N0}");
+        Console.WriteLine(run.Options.Verbose ? "---- compaction counters (this run) ----" : "---- compaction counters that moved (this run) ----");
+        foreach ((string name, long value) in Counters(c))
+            if (run.Options.Verbose || value != 0) Console.WriteLine($"  {name,-30} {value,14:N0}");
         Console.WriteLine($"  {"compaction efficiency",-30} {c.CompactionEfficiency,13:F1}%  (compact_success / compact_stall)");
         Console.WriteLine($"  {"scan efficiency",-30} {c.ScanEfficiency,13:F1}%  (migrate scanned / free scanned)");
         return c;
@@ -200,6 +218,27 @@ public static class DemoScenario
         if (ProcessMemory.Summary() is string rss) Console.WriteLine($"process: {rss}");
         return released;
     }
+
+    /// <summary>The headline figures at a glance: before compaction, after it, and after the release.</summary>
+    private static void PrintSummary(HeapStatistics fragmented, HeapStatistics compacted, HeapStatistics released,
+                                     (int Movable, int Unmovable) probeBefore, (int Movable, int Unmovable) probeAfter, CompactionStatistics moved)
+    {
+        static string Ratio(HeapStatistics s) => s.LiveBytes > 0 ? $"{(double)s.CommittedBytes / s.LiveBytes:F2}" : "-";
+        Console.WriteLine();
+        Console.WriteLine("==== summary ====");
+        Console.WriteLine($"  {"",-38} {"before Compact()",18} {"after Compact()",18} {"after release",18}");
+        Console.WriteLine($"  {"committed",-38} {Mib(fragmented.CommittedBytes),18} {Mib(compacted.CommittedBytes),18} {Mib(released.CommittedBytes),18}");
+        Console.WriteLine($"  {"committed / live",-38} {Ratio(fragmented),18} {Ratio(compacted),18} {Ratio(released),18}");
+        Console.WriteLine($"  {"fragmentation score (extfrag, %)",-38} {fragmented.FragmentationScore,18} {compacted.FragmentationScore,18} {released.FragmentationScore,18}");
+        Console.WriteLine($"  {"2 MiB allocations possible (mov./unm.)",-38} {$"{probeBefore.Movable} / {probeBefore.Unmovable}",18} {$"{probeAfter.Movable} / {probeAfter.Unmovable}",18} {"",18}");
+        Console.WriteLine($"  compaction moved {Mib(moved.BytesMoved)} ({moved.PgmigrateSuccess:N0} pages, {moved.PagesCompacted:N0} slab pages compacted); " +
+                          $"{moved.PinnedPagesSkipped:N0} pinned pages skipped");
+    }
+
+    /// <summary>The four kernel reports of one snapshot, under a heading.</summary>
+    private static string KernelReports(HeapStatistics s, string when) =>
+        $"==== {when} ====\n-- buddyinfo\n{HeapReports.BuddyInfo(s)}-- pagetypeinfo\n{HeapReports.PagetypeInfo(s)}" +
+        $"-- extfrag_index\n{HeapReports.ExtfragIndex(s)}-- unusable_index\n{HeapReports.UnusableIndex(s)}";
 
     /// <summary>The counters by their kernel names, in /proc/vmstat order.</summary>
     private static IEnumerable<(string, long)> Counters(CompactionStatistics c) =>
@@ -256,7 +295,10 @@ public static class DemoScenario
     {
         Console.WriteLine($"[{name}]");
         var sw = Stopwatch.StartNew();
+        // A phase that takes more than a second says so every second, so a slow machine does not look hung.
+        using var progress = new Timer(_ => Console.WriteLine($"[{name}] still running, {sw.Elapsed.TotalSeconds:F0} s"), null, 1000, 1000);
         T result = phase();
+        progress.Change(Timeout.Infinite, Timeout.Infinite);
         Console.WriteLine($"[{name}] {sw.Elapsed.TotalMilliseconds:F1} ms");
         return result;
     }
@@ -267,7 +309,10 @@ public static class DemoScenario
 /// <summary>Settings of the demo; <c>--seed</c>, <c>--arena-mib</c>, <c>--fill-percent</c>, <c>--unmovable-percent</c>.</summary>
 public sealed class DemoOptions
 {
-    public const string Usage = "usage: demo [--seed N] [--arena-mib N (default 256)] [--fill-percent P (default 80)] [--unmovable-percent P (default 20)]";
+    public const string Usage = "usage: demo [--seed N] [--arena-mib N (default 256)] [--fill-percent P (default 80)] [--unmovable-percent P (default 20)] [--verbose]";
+
+    /// <summary>Print the full statistics (every size class of both kinds, page-type info) and every counter.</summary>
+    public bool Verbose { get; set; }
 
     /// <summary>Seed of every random choice; random (and printed) unless given.</summary>
     public int Seed { get; set; } = Random.Shared.Next();
@@ -284,6 +329,7 @@ public sealed class DemoOptions
         for (int i = 0; i < args.Length; i++)
         {
             string a = args[i];
+            if (a == "--verbose") { options.Verbose = true; continue; }
             if (i + 1 >= args.Length || !long.TryParse(args[i + 1], NumberStyles.Integer, CultureInfo.InvariantCulture, out long v))
             {
                 error = $"'{a}' needs a number";
