@@ -22,7 +22,7 @@ public sealed class HeapMetricsTests
             foreach (KeyValuePair<string, object?> t in tags)
             {
                 if (t.Key == HeapMetrics.HeapTag) id = (long)t.Value!;
-                if (t.Key == HeapMetrics.EventTag) ev = (string)t.Value!;
+                if (t.Key is HeapMetrics.EventTag or HeapMetrics.PinKindTag) ev = (string)t.Value!;
             }
             if (id == heap.Id) values[ev == null ? instrument.Name : instrument.Name + "/" + ev] = value;
         }
@@ -53,6 +53,8 @@ public sealed class HeapMetricsTests
         Assert.Equal(s.ReservedBytes, m["nativeheap.memory.reserved"]);
         Assert.Equal(s.MetadataBytes, m["nativeheap.memory.metadata"]);
         Assert.Equal(1, m["nativeheap.pins.long_term"]);
+        Assert.Equal(1, m["nativeheap.pins.held/atomic"]);   // the long-term pin is an atomic pin
+        Assert.Equal(0, m["nativeheap.pins.held/slot"]);
         Assert.Equal(s.FragmentationScore, m["nativeheap.fragmentation.score"]);
         Assert.Equal((double)(s.CommittedBytes - s.PurgedFreeBytes) / s.LiveBytes, m["nativeheap.waste.ratio"], 6);
         Assert.Equal(s.Compaction.PgmigrateSuccess, m["nativeheap.compaction.events/pgmigrate_success"]);

@@ -13,7 +13,8 @@ namespace Compaction.Allocator;
 /// Instruments (OpenTelemetry naming: dotted, lowercase, units in UCUM): gauges <c>nativeheap.memory.live</c>,
 /// <c>.committed</c>, <c>.resident</c> (committed less purged free memory), <c>.reserved</c>, <c>.metadata</c> (By),
 /// <c>nativeheap.blocks.live</c>, <c>nativeheap.waste.ratio</c> (resident over live), <c>nativeheap.fragmentation.score</c>
-/// (%, extfrag at pageblock order), <c>nativeheap.pins.long_term</c>; counters <c>nativeheap.memory.decommitted</c>,
+/// (%, extfrag at pageblock order), <c>nativeheap.pins.long_term</c>, <c>nativeheap.pins.held</c> (tag
+/// <c>nativeheap.pin.kind</c>: slot or atomic); counters <c>nativeheap.memory.decommitted</c>,
 /// <c>nativeheap.memory.purged</c> (By), <c>nativeheap.compaction.events</c> (one series per compaction counter, the
 /// kernel's name in the <c>nativeheap.event</c> tag: compact_stall, pgmigrate_success, ...),
 /// <c>nativeheap.compaction.moved</c> (By) and <c>nativeheap.background.cpu_time</c> (s, the background thread's own
@@ -54,6 +55,8 @@ public static class HeapMetrics
         s_meter.CreateObservableCounter("nativeheap.compaction.moved", () => Observe(s => s.Compaction.BytesMoved), "By", "Bytes the compactor moved.");
         s_meter.CreateObservableCounter("nativeheap.background.cpu_time", () => Observe(s => s.Compaction.BackgroundCpuNanoseconds / 1e9),
                                         "s", "Processor time the background compactor thread used.");
+        s_meter.CreateObservableGauge("nativeheap.pins.held", ObservePins, "{pin}",
+                                      "Pins held: slot pins (PinScope) and atomic pins (BlockPin, long-term pins), tag nativeheap.pin.kind; a walk of the heap's entries per collection.");
         s_meter.CreateObservableCounter("nativeheap.compaction.events", ObserveEvents, "{event}",
                                         "The compaction counters, one series per counter (tag nativeheap.event: the kernel's names).");
     }
@@ -73,9 +76,9 @@ public static class HeapMetrics
 
     /// <summary>The live heaps' statistics, taken once per collection (a collection reads every instrument in turn,
     /// within milliseconds: a snapshot younger than <see cref="SnapshotAge"/> is reused).</summary>
-    private static List<(long id, HeapStatistics stats)> Snapshots()
+    private static List<(long id, HeapStatistics stats, (int slot, int atomic) pins)> Snapshots()
     {
-        var result = new List<(long, HeapStatistics)>();
+        var result = new List<(long, HeapStatistics, (int, int))>();
         lock (s_lock)
         {
             long now = Environment.TickCount64;
@@ -84,7 +87,8 @@ public static class HeapMetrics
                 if (!w.TryGetTarget(out NativeHeap? heap) || heap.IsDisposed) continue;
                 try
                 {
-                    result.Add((heap.Id, heap.MetricsSnapshot(now, SnapshotAge)));
+                    HeapStatistics stats = heap.MetricsSnapshot(now, SnapshotAge);
+                    result.Add((heap.Id, stats, heap.MetricsPins));
                 }
                 catch (ObjectDisposedException)
                 {
@@ -100,16 +104,29 @@ public static class HeapMetrics
 
     private static IEnumerable<Measurement<T>> Observe<T>(Func<HeapStatistics, T> value) where T : struct
     {
-        foreach ((long id, HeapStatistics stats) in Snapshots())
+        foreach ((long id, HeapStatistics stats, _) in Snapshots())
             yield return new Measurement<T>(value(stats), new KeyValuePair<string, object?>(HeapTag, id));
     }
 
     private static IEnumerable<Measurement<long>> ObserveEvents()
     {
-        foreach ((long id, HeapStatistics stats) in Snapshots())
+        foreach ((long id, HeapStatistics stats, _) in Snapshots())
             for (int c = 0; c < s_eventNames.Length; c++)
                 yield return new Measurement<long>(stats.Compaction.Get((CompactionCounter)c),
                     new KeyValuePair<string, object?>(HeapTag, id), new KeyValuePair<string, object?>(EventTag, s_eventNames[c]));
+    }
+
+    /// <summary>The tag that says which pins a <c>nativeheap.pins.held</c> measurement counts: slot (PinScope) or atomic
+    /// (BlockPin, long-term pins and the Interop adapters).</summary>
+    public const string PinKindTag = "nativeheap.pin.kind";
+
+    private static IEnumerable<Measurement<int>> ObservePins()
+    {
+        foreach ((long id, _, (int slot, int atomic)) in Snapshots())
+        {
+            yield return new Measurement<int>(slot, new KeyValuePair<string, object?>(HeapTag, id), new KeyValuePair<string, object?>(PinKindTag, "slot"));
+            yield return new Measurement<int>(atomic, new KeyValuePair<string, object?>(HeapTag, id), new KeyValuePair<string, object?>(PinKindTag, "atomic"));
+        }
     }
 
     /// <summary>CompactStall -> compact_stall (the kernel's /proc/vmstat spelling).</summary>

@@ -93,7 +93,11 @@ public sealed unsafe partial class NativeHeap
     public bool IsDisposed => _disposed;
 
     private HeapStatistics? _metricsSnapshot;
+    private (int slot, int atomic) _metricsPins;
     private long _metricsSnapshotAt;
+
+    /// <summary>The pins held, for the metrics: taken with the snapshot (<see cref="MetricsSnapshot"/>).</summary>
+    internal (int slot, int atomic) MetricsPins => _metricsPins;
 
     /// <summary>A statistics snapshot for one metrics collection: reused while younger than
     /// <paramref name="maxAgeMs"/>. Called under HeapMetrics' lock only.</summary>
@@ -101,7 +105,12 @@ public sealed unsafe partial class NativeHeap
     {
         if (_metricsSnapshot == null || nowMs - _metricsSnapshotAt > maxAgeMs)
         {
-            _metricsSnapshot = GetStatistics();
+            lock (_statsLock)
+            {
+                if (_disposed) ThrowHelper.Disposed();
+                _metricsSnapshot = GetStatisticsLocked();
+                _metricsPins = CountPinsByKind();
+            }
             _metricsSnapshotAt = nowMs;
         }
         return _metricsSnapshot;

@@ -510,12 +510,21 @@ public sealed unsafe partial class NativeHeap : IDisposable
 
     private int CountPins()
     {
-        int pins = PinRegistry.CountPins(_handles.Owns);   // slot pins on entries of this heap's chunks only
+        (int slot, int atomic) = CountPinsByKind();
+        return slot + atomic;
+    }
+
+    /// <summary>Slot pins (PinScope) on this heap's entries, and atomic pins (BlockPin, long-term pins, the Interop
+    /// adapters). A walk of every entry: for Dispose and the metrics, not for a hot path.</summary>
+    internal (int slot, int atomic) CountPinsByKind()
+    {
+        int slot = PinRegistry.CountPins(_handles.Owns);   // slot pins on entries of this heap's chunks only
+        int atomic = 0;
         foreach (uint i in _handles.Indices())
         {
             long s = Volatile.Read(ref _handles.Get(i)->State);
-            if ((s & EntryState.Allocated) != 0) pins += (int)(s & EntryState.PinMask);
+            if ((s & EntryState.Allocated) != 0) atomic += (int)(s & EntryState.PinMask);
         }
-        return pins;
+        return (slot, atomic);
     }
 }
