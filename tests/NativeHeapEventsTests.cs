@@ -56,7 +56,10 @@ public sealed class NativeHeapEventsTests
         Assert.Equal(after.PurgedBytes - before.PurgedBytes, Field(released, "bytesPurged"));
 
         heap.RunCompactionStep(TimeSpan.FromSeconds(1));
-        Assert.Equal("idle", Field(Assert.Single(recorder.Named("BackgroundWake")), "trigger"));
+        EventWrittenEventArgs wake = Assert.Single(recorder.Named("BackgroundWake"));
+        Assert.Equal("idle", Field(wake, "trigger"));
+        HeapStatistics now = heap.GetStatistics();
+        Assert.Equal((double)(now.CommittedBytes - now.PurgedFreeBytes) / now.LiveBytes, (double)Field(wake, "wasteRatio")!, 6);
 
         BlockHandle m = heap.Allocate(5000);
         using (heap.PinLongTerm(m)) { }

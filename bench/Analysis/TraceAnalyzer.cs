@@ -13,7 +13,7 @@ namespace Compaction.Bench.Analysis;
 public sealed class CompactionTrace
 {
     public sealed record Pass(double AtMs, long HeapId, string Trigger, string Result, long PagesScanned, long PagesMigrated, long BytesMoved, double DurationMs);
-    public sealed record Wake(double AtMs, long HeapId, string Trigger, long BytesMoved, double DurationMs);
+    public sealed record Wake(double AtMs, long HeapId, string Trigger, long BytesMoved, double DurationMs, double WasteRatio);
     public sealed record Release(double AtMs, long HeapId, string Path, long Decommitted, long Purged);
 
     public List<Pass> Passes { get; } = [];
@@ -43,7 +43,8 @@ public sealed class CompactionTrace
                     t.FailuresByReason[reason] = t.FailuresByReason.GetValueOrDefault(reason) + (long)e.PayloadByName("count");
                     break;
                 case "BackgroundWake":
-                    t.Wakes.Add(new Wake(at, heap, (string)e.PayloadByName("trigger"), (long)e.PayloadByName("bytesMoved"), (double)e.PayloadByName("durationMs")));
+                    t.Wakes.Add(new Wake(at, heap, (string)e.PayloadByName("trigger"), (long)e.PayloadByName("bytesMoved"), (double)e.PayloadByName("durationMs"),
+                                         e.PayloadByName("wasteRatio") is double w ? w : double.NaN));
                     break;
                 case "Released":
                     t.Releases.Add(new Release(at, heap, (string)e.PayloadByName("path"), (long)e.PayloadByName("bytesDecommitted"), (long)e.PayloadByName("bytesPurged")));
@@ -82,6 +83,13 @@ public sealed class CompactionTrace
         foreach (IGrouping<string, Wake> g in Wakes.GroupBy(w => w.Trigger).OrderBy(g => g.Key))
             sb.AppendLine(string.Create(inv, $"  {g.Key,-14} {g.Count(),8} wakes, {g.Sum(w => w.DurationMs),10:F1} ms, {g.Sum(w => w.BytesMoved) / 1048576.0,8:F1} MiB moved"));
         if (Wakes.Count == 0) sb.AppendLine("  none");
+        if (Wakes.Count > 0)
+        {
+            sb.AppendLine("Waste (resident / live) after the background wakes, over time");
+            int step = Math.Max(1, Wakes.Count / 10);
+            for (int i = 0; i < Wakes.Count; i += step) sb.AppendLine(string.Create(inv, $"  {Wakes[i].AtMs,10:F1} ms  {Wakes[i].WasteRatio,6:F2}  ({Wakes[i].Trigger})"));
+            sb.AppendLine(string.Create(inv, $"  {Wakes[^1].AtMs,10:F1} ms  {Wakes[^1].WasteRatio,6:F2}  ({Wakes[^1].Trigger}, the last wake)"));
+        }
         sb.AppendLine(string.Create(inv, $"Given back to the OS: {Releases.Sum(r => r.Decommitted) / 1048576.0:F1} MiB decommitted, {Releases.Sum(r => r.Purged) / 1048576.0:F1} MiB purged, in {Releases.Count} releases"));
         sb.AppendLine(string.Create(inv, $"Allocation failures: {AllocationFailures}; blocks moved for long-term pins: {LongTermPinMigrations}"));
         sb.AppendLine("Timeline (ms since the trace began: trigger, pause, MiB moved)");

@@ -75,7 +75,8 @@ public sealed partial class NativeHeap
         CompactionStatistics d = (_compactor?.Counters.Snapshot() ?? new CompactionStatistics()) - before;
         string trigger = d.WasteWakes > 0 ? "waste" : d.CompactDaemonMigrateScanned > 0 ? "proactive" : d.PagesCompacted > 0 ? "consolidation" : "idle";
         if (Tracing(NativeHeapEventSource.Keywords.Background, EventLevel.Verbose))
-            Events.BackgroundWake(_id, trigger, d.BytesMoved, Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+            Events.BackgroundWake(_id, trigger, d.BytesMoved, Stopwatch.GetElapsedTime(t0).TotalMilliseconds,
+                                  (double)_pages.ResidentBytesEstimate / Math.Max(1, _caches.LiveTotals().bytes));
         if (Tracing(NativeHeapEventSource.Keywords.Compaction)) Events.Failures(_id, d);
         long gaveBack = _memory.DecommittedBytes - decommitted, purgedNow = _memory.PurgedBytes - purged;
         if ((gaveBack | purgedNow) != 0 && Tracing(NativeHeapEventSource.Keywords.Reclaim)) Events.Released(_id, "background", gaveBack, purgedNow);

@@ -64,10 +64,10 @@ public sealed class NativeHeapEventSource : EventSource
     public void MigrationFailed(long heapId, string reason, long count) => WriteEvent(MigrationFailedId, heapId, reason, count);
 
     /// <summary>One wake of the background thread: what it ran (waste, proactive, consolidation or idle), its bytes
-    /// moved and its duration.</summary>
+    /// moved, its duration, and the waste ratio after it (resident bytes over live bytes).</summary>
     [Event(BackgroundWakeId, Level = EventLevel.Verbose, Keywords = Keywords.Background)]
-    public void BackgroundWake(long heapId, string trigger, long bytesMoved, double durationMs) =>
-        WriteEvent(BackgroundWakeId, heapId, trigger, bytesMoved, durationMs);
+    public void BackgroundWake(long heapId, string trigger, long bytesMoved, double durationMs, double wasteRatio) =>
+        WriteEvent(BackgroundWakeId, heapId, trigger, bytesMoved, durationMs, wasteRatio);
 
     /// <summary>Memory given back to the OS: decommitted pageblocks and purged free runs, by which path (explicit,
     /// background).</summary>
