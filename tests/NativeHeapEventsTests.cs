@@ -43,6 +43,7 @@ public sealed class NativeHeapEventsTests
         EventWrittenEventArgs stop = Assert.Single(recorder.Named("CompactionStop"));
         Assert.Single(recorder.Named("CompactionStart"));
         Assert.Equal("explicit", Field(stop, "trigger"));
+        Assert.Equal("sync_full", Field(stop, "mode"));
         Assert.Equal(run.PgmigrateSuccess, Field(stop, "pagesMigrated"));
         Assert.Equal(run.BytesMoved, Field(stop, "bytesMoved"));
         Assert.True(run.BytesMoved > 0);

@@ -12,7 +12,7 @@ namespace Compaction.Bench.Analysis;
 /// background wake and release, in the order they happened.</summary>
 public sealed class CompactionTrace
 {
-    public sealed record Pass(double AtMs, long HeapId, string Trigger, string Result, long PagesScanned, long PagesMigrated, long BytesMoved, double DurationMs);
+    public sealed record Pass(double AtMs, long HeapId, string Trigger, string Mode, string Result, long PagesScanned, long PagesMigrated, long BytesMoved, double DurationMs);
     public sealed record Wake(double AtMs, long HeapId, string Trigger, long BytesMoved, double DurationMs, double WasteRatio);
     public sealed record Release(double AtMs, long HeapId, string Path, long Decommitted, long Purged);
 
@@ -35,7 +35,7 @@ public sealed class CompactionTrace
             switch (e.EventName)
             {
                 case "CompactionStop" or "Compaction/Stop":
-                    t.Passes.Add(new Pass(at, heap, (string)e.PayloadByName("trigger"), (string)e.PayloadByName("result"), (long)e.PayloadByName("pagesScanned"),
+                    t.Passes.Add(new Pass(at, heap, (string)e.PayloadByName("trigger"), (string)e.PayloadByName("mode"), (string)e.PayloadByName("result"), (long)e.PayloadByName("pagesScanned"),
                                           (long)e.PayloadByName("pagesMigrated"), (long)e.PayloadByName("bytesMoved"), (double)e.PayloadByName("durationMs")));
                     break;
                 case "MigrationFailed":

@@ -32,11 +32,11 @@ public sealed partial class NativeHeap
         CompactionStatistics before = _compactor.Counters.Snapshot();
         long t0 = Stopwatch.GetTimestamp();
         bool traced = Tracing(NativeHeapEventSource.Keywords.Compaction);
-        if (traced) Events.CompactionStart(_id, "explicit");
+        if (traced) Events.CompactionStart(_id, "explicit", "sync_full");
         _compactor.CompactAll();
         GC.KeepAlive(this);   // the run worked on native memory the finalizer would free
         CompactionStatistics run = _compactor.Counters.Snapshot() - before;
-        if (traced) Events.Pass(_id, "explicit", run, t0);
+        if (traced) Events.Pass(_id, "explicit", "sync_full", run, t0);
         return run;
     }
 

@@ -24,9 +24,9 @@ public sealed partial class NativeHeap
         if (!Tracing(NativeHeapEventSource.Keywords.Compaction)) return _compactor!.DirectCompact(pages, index);
         CompactionStatistics before = _compactor!.Counters.Snapshot();
         long t0 = Stopwatch.GetTimestamp();
-        Events.CompactionStart(_id, "direct");
+        Events.CompactionStart(_id, "direct", "async_then_sync_light");
         int start = _compactor.DirectCompact(pages, index);
-        Events.Pass(_id, "direct", _compactor.Counters.Snapshot() - before, t0);
+        Events.Pass(_id, "direct", "async_then_sync_light", _compactor.Counters.Snapshot() - before, t0);
         return start;
     }
 }

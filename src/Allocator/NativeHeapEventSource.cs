@@ -47,16 +47,19 @@ public sealed class NativeHeapEventSource : EventSource
     internal const int CompactionStartId = 1, CompactionStopId = 2, MigrationFailedId = 3, BackgroundWakeId = 4, ReleasedId = 5,
                        AllocationFailedId = 6, LongTermPinMigrationId = 7;
 
-    /// <summary>A compaction pass begins: <paramref name="trigger"/> is explicit (Compact()), direct (an allocation
-    /// that failed) or background (a wake that compacted).</summary>
+    /// <summary>A compaction pass begins: <paramref name="trigger"/> is explicit (Compact()) or direct (an allocation
+    /// that failed); <paramref name="mode"/> the kernel's migrate mode: sync_full for an explicit pass (every class
+    /// consolidated, then the whole zone), async_then_sync_light for a direct one. Background wakes are
+    /// <see cref="BackgroundWake"/> events.</summary>
     [Event(CompactionStartId, Level = EventLevel.Informational, Keywords = Keywords.Compaction, Task = Tasks.Compaction, Opcode = EventOpcode.Start)]
-    public void CompactionStart(long heapId, string trigger) => WriteEvent(CompactionStartId, heapId, trigger);
+    public void CompactionStart(long heapId, string trigger, string mode) => WriteEvent(CompactionStartId, heapId, trigger, mode);
 
     /// <summary>A compaction pass ends, with what it did (its counters' differences: pages scanned by the migrate
-    /// scanner, pages migrated, bytes moved) and how long it took.</summary>
+    /// scanner, pages migrated, bytes moved) and how long it took; <paramref name="result"/> is moved, nothing_moved
+    /// or skipped (nothing scanned: deferred, or nothing to do).</summary>
     [Event(CompactionStopId, Level = EventLevel.Informational, Keywords = Keywords.Compaction, Task = Tasks.Compaction, Opcode = EventOpcode.Stop)]
-    public void CompactionStop(long heapId, string trigger, string result, long pagesScanned, long pagesMigrated, long bytesMoved, double durationMs) =>
-        WriteEvent(CompactionStopId, heapId, trigger, result, pagesScanned, pagesMigrated, bytesMoved, durationMs);
+    public void CompactionStop(long heapId, string trigger, string mode, string result, long pagesScanned, long pagesMigrated, long bytesMoved, double durationMs) =>
+        WriteEvent(CompactionStopId, heapId, trigger, mode, result, pagesScanned, pagesMigrated, bytesMoved, durationMs);
 
     /// <summary>Migrations that failed during one pass, for one reason (busy, pinned_after_freeze, gone, owner_retry,
     /// owner_failed, cache_held, pinned_skipped, pgmigrate_fail).</summary>
@@ -85,11 +88,11 @@ public sealed class NativeHeapEventSource : EventSource
 
     /// <summary>The compaction events of one pass, from its counters' difference.</summary>
     [NonEvent]
-    internal void Pass(long heapId, string trigger, CompactionStatistics d, long startTimestamp)
+    internal void Pass(long heapId, string trigger, string mode, CompactionStatistics d, long startTimestamp)
     {
         double ms = Stopwatch.GetElapsedTime(startTimestamp).TotalMilliseconds;
         string result = d.PgmigrateSuccess > 0 ? "moved" : d.CompactMigrateScanned + d.CompactDaemonMigrateScanned > 0 ? "nothing_moved" : "skipped";
-        CompactionStop(heapId, trigger, result, d.CompactMigrateScanned + d.CompactDaemonMigrateScanned, d.PgmigrateSuccess, d.BytesMoved, ms);
+        CompactionStop(heapId, trigger, mode, result, d.CompactMigrateScanned + d.CompactDaemonMigrateScanned, d.PgmigrateSuccess, d.BytesMoved, ms);
         Failures(heapId, d);
     }
 
