@@ -43,4 +43,33 @@ public sealed class ArenaMapTests
         Assert.Equal(map.Pageblocks.Count + after.Pageblocks.Count, svg.Split('\n').Count(l => l.Contains("class=\"pb\"")));
         heap.Free(full);
     }
+
+    [Fact]
+    public void APinnedUnmovableBlockHasItsOwnFrameAndThePageZoomShowsEachPage()
+    {
+        using NativeHeap heap = TestHeaps.Small(movablePercent: 50, caches: false);
+        BlockHandle run = heap.Allocate(32 * 4096);                          // movable, half a pageblock
+        BlockPin longTerm = heap.PinLongTerm(heap.Allocate(20 * 4096));      // moved into unmovable memory
+        BlockPin atomic = heap.AcquirePin(run);
+        ArenaMap map = heap.GetArenaMap();
+        PageblockView movable = map.Pageblocks.First(p => p.Zone == "Movable" && p.PinnedPages > 0);
+        PageblockView unmovable = map.Pageblocks.First(p => p.PinnedUnmovablePages > 0);
+        Assert.Equal(32, movable.PinnedPages);
+        Assert.Equal(20, unmovable.PinnedUnmovablePages);
+        Assert.Equal(MigrateType.Unmovable, unmovable.Type);
+        string svg = ArenaMap.Svg(map);
+        Assert.Contains("stroke=\"#9467bd\"", svg.Split('\n').First(l => l.Contains($"data-pb=\"{unmovable.Index}\"")));
+
+        IReadOnlyList<PageView> pages = heap.GetPageMap(movable.Index, 1);
+        Assert.Equal(64, pages.Count);
+        Assert.All(pages.Take(32), p => Assert.True(p.Kind == "run" && p.Pinned && p.MovableBlock));
+        Assert.All(pages.Skip(32), p => Assert.Equal("free", p.Kind));
+        string zoom = ArenaMap.PageSvg(pages, 32, "one pageblock, page by page");
+        Assert.Equal(64, zoom.Split('\n').Count(l => l.Contains("class=\"page\"")));
+        Assert.Equal(32, zoom.Split('\n').Count(l => l.Contains("class=\"page\"") && l.Contains("stroke=\"#d62728\"")));
+        Assert.Throws<ArgumentOutOfRangeException>(() => heap.GetPageMap(-1, 1));
+        atomic.Dispose();
+        longTerm.Dispose();
+        heap.Free(run);
+    }
 }

@@ -45,6 +45,10 @@ public static class DemoScenario
         (int Movable, int Unmovable) probeBefore = Phase("probe pageblock allocations", () => ProbePageblockAllocations(run));
 
         ArenaMap before = run.Heap.GetArenaMap("after freeing half, before Compact()");
+        int firstMovable = before.Pageblocks.FirstOrDefault(p => p.Zone == "Movable")?.Index ?? 0;
+        string zoom = Path.Combine(Paths.BenchDirectory(), "results", "arena-demo-pages.svg");
+        File.WriteAllText(zoom, ArenaMap.PageSvg(run.Heap.GetPageMap(firstMovable, 4), run.Heap.Options.PageblockPages / 4,
+                                                 "the movable zone's first 4 pageblocks, page by page, before Compact()"));
         string reports = Path.Combine(Paths.BenchDirectory(), "results", "arena-demo-reports.txt");
         HeapStatistics beforeCompact = run.Heap.GetStatistics();   // after the probe, which committed what it allocated
         File.WriteAllText(reports, KernelReports(beforeCompact, "after freeing half, before Compact()"));
@@ -58,7 +62,7 @@ public static class DemoScenario
         string picture = Path.Combine(Paths.BenchDirectory(), "results", "arena-demo.svg");
         File.WriteAllText(picture, ArenaMap.Svg(before, run.Heap.GetArenaMap("after Compact() and ReleaseFreeMemory()")));
         PrintSummary(beforeCompact, compacted, released, probeBefore, probeAfter, moved);
-        Console.WriteLine($"  picture of the arena before and after: {picture}");
+        Console.WriteLine($"  picture of the arena before and after: {picture}; page by page: {zoom}");
         Console.WriteLine($"  the kernel's reports (buddyinfo, pagetypeinfo, extfrag_index, unusable_index) before and after: {reports}");
         if (!options.Verbose) Console.WriteLine("  every size class and counter: add --verbose");
 

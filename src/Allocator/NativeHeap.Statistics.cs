@@ -1,3 +1,4 @@
+using Compaction.Allocator.Handles;
 using Compaction.Allocator.Layout;
 using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
@@ -136,7 +137,7 @@ public sealed unsafe partial class NativeHeap
                 for (int pb = first; pb < end; pb++)
                 {
                     double used = 0;
-                    int pinned = 0;
+                    int pinned = 0, pinnedUnmovable = 0;
                     lock (z.Lock)
                     {
                         int start = pb * pbPages;
@@ -152,7 +153,11 @@ public sealed unsafe partial class NativeHeap
                                 {
                                     int n = Math.Min(d.RunPages, start + pbPages - p);
                                     used += n;
-                                    if (Volatile.Read(ref d.PinCount) > 0) pinned += n;
+                                    if (Volatile.Read(ref d.PinCount) > 0)
+                                    {
+                                        if (RunIsMovable(d)) pinned += n;
+                                        else pinnedUnmovable += n;
+                                    }
                                     p += n;
                                     continue;
                                 }
@@ -160,7 +165,14 @@ public sealed unsafe partial class NativeHeap
                                 {
                                     int n = Math.Min(_classes.PagesPerSlab[d.SlabClass], start + pbPages - p);
                                     used += n * (double)d.RefCount / _classes.SlotsPerSlab[d.SlabClass];
-                                    if (Volatile.Read(ref d.PinCount) > 0) pinned += n;
+                                    // A slot's atomic pins are counted on the page its block starts on.
+                                    bool anyPinned = false;
+                                    for (int q = p; q < p + n; q++) anyPinned |= Volatile.Read(ref _map.Page(q).PinCount) > 0;
+                                    if (anyPinned)
+                                    {
+                                        if (d.SlabKind == BlockKind.Movable) pinned += n;
+                                        else pinnedUnmovable += n;
+                                    }
                                     p += n;
                                     continue;
                                 }
@@ -175,10 +187,57 @@ public sealed unsafe partial class NativeHeap
                             }
                         }
                     }
-                    views.Add(new PageblockView(pb, z.Kind.ToString(), _map.GetMigrateType(pb), _memory.IsCommitted(pb), used, pinned, pbPages));
+                    views.Add(new PageblockView(pb, z.Kind.ToString(), _map.GetMigrateType(pb), _memory.IsCommitted(pb), used, pinned, pbPages, pinnedUnmovable));
                 }
             }
         }
         return new ArenaMap(views, title);
+    }
+
+    /// <summary>A run head's block is movable: its handle entry says so (a racy read of the state word, for a picture).</summary>
+    private static bool RunIsMovable(in PageDescriptor d) => (Volatile.Read(ref HandleStore.Get(d.RunHandle)->State) & EntryState.Movable) != 0;
+
+    /// <summary>
+    /// Page by page, <paramref name="count"/> pageblocks from <paramref name="firstPageblock"/> on (below the zones'
+    /// frontiers), for <see cref="ArenaMap.PageSvg"/>: what each page holds, its occupancy and its pins. Read under
+    /// each zone's lock, a pageblock at a time, like <see cref="GetArenaMap"/>.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The range is outside the arena.</exception>
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    public IReadOnlyList<PageView> GetPageMap(int firstPageblock, int count)
+    {
+        if (firstPageblock < 0 || count < 0 || (long)firstPageblock + count > _map.PageblockCount)
+            throw new ArgumentOutOfRangeException(nameof(firstPageblock), $"pageblocks {firstPageblock}..{firstPageblock + count} are not all in the arena ({_map.PageblockCount}).");
+        var views = new List<PageView>();
+        lock (_statsLock)
+        {
+            if (_disposed) ThrowHelper.Disposed();
+            int pbPages = _map.PageblockPages;
+            for (int pb = firstPageblock; pb < firstPageblock + count; pb++)
+            {
+                Zone z = _pages.ZoneOf(pb * pbPages);
+                if (pb * pbPages >= z.Frontier) continue;
+                bool committed = _memory.IsCommitted(pb);
+                MigrateType type = _map.GetMigrateType(pb);
+                lock (z.Lock)
+                {
+                    for (int p = pb * pbPages; p < (pb + 1) * pbPages; p++)
+                    {
+                        int head = _map.HeadOf(p);
+                        ref PageDescriptor d = ref _map.Page(head);
+                        (string kind, double occupancy, bool movable) = d.Kind switch
+                        {
+                            PageKind.RunHead => ("run", 1.0, RunIsMovable(d)),
+                            PageKind.SlabHead => ("slab", (double)d.RefCount / _classes.SlotsPerSlab[d.SlabClass], d.SlabKind == BlockKind.Movable),
+                            _ => ("free", 0.0, false),
+                        };
+                        // A run's pins are on its head; a slot's on the page its block starts on.
+                        bool pinned = kind == "run" ? Volatile.Read(ref d.PinCount) > 0 : kind == "slab" && Volatile.Read(ref _map.Page(p).PinCount) > 0;
+                        views.Add(new PageView(p, kind, type, committed, occupancy, pinned, movable));
+                    }
+                }
+            }
+        }
+        return views;
     }
 }
