@@ -131,6 +131,22 @@ int main(void)
     CHECK(cna_free(other, u) == CNA_E_BAD_HANDLE);                /* foreign */
     CHECK(cna_free(heap, 0) == CNA_E_BAD_HANDLE);
 
+    /* A million random 64-bit values, as handles and as pin tokens: every one refused, none accepted. */
+    {
+        uint64_t x = 0x9E3779B97F4A7C15ull;
+        int accepted = 0;
+        for (int i = 0; i < 1000000; i++)
+        {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;   /* xorshift64 */
+            cna_pin_info fp = new_pin();
+            int r = (i & 1) ? cna_free(heap, x) : cna_pin(heap, x, &fp);
+            if (r != CNA_E_BAD_HANDLE) accepted++;
+            if ((i & 1023) == 0 && cna_unpin(heap, x) != CNA_E_BAD_PIN) accepted++;
+        }
+        CHECK(accepted == 0);
+        CHECK(intact(heap, u) && intact(heap, big));
+    }
+
     /* Statistics and compaction: their errors. */
     cna_stats tiny = new_stats(); tiny.size = 16;
     CHECK(cna_get_stats(heap, NULL) == CNA_E_BAD_ARGUMENT);
