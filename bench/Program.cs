@@ -36,6 +36,9 @@ public static class Program
           analyze FILE.nettrace | analyze --pid N [--seconds S] [--out FILE]
                   the heap's events (EventSource Compaction-NativeHeap) from a trace or a live process: passes by
                   trigger, p50/p99/max pause, MB/s moved, failures by reason, wakes, releases; an SVG beside the trace
+          soak [--seconds N (60)] [--threads N]
+                  every feature at once on one heap with the background compactor on; failures must be 0 and RSS
+                  flat once warm -> bench/results/soak.md, soak.svg
           peers   which peer allocators load in this process
         peers are installed by scripts/install-peers.sh (a missing one is skipped, never fatal)
         """;
@@ -64,6 +67,8 @@ public static class Program
                 return Analysis.TraceAnalyzerCommand.Run(rest);
             case Analysis.EventsChild.Command:
                 return Analysis.EventsChild.Run();
+            case "soak":
+                return Soak.SoakRun.Run(rest);
             case "peers":
                 return ReexecWithJemallocTunable(args) ?? (Peers.PrintReport() == 0 ? 0 : 1);
             case "help" or "-h" or "--help":

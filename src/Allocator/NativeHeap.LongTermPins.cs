@@ -10,8 +10,9 @@ namespace Compaction.Allocator;
 // time, which first move the block out of movable memory. native-layout.md, "Long-term pins".
 public sealed unsafe partial class NativeHeap
 {
-    /// <summary>How long a long-term pin waits for a block that a short pin, an atomic pin or a migration holds in
-    /// place before it gives up (<see cref="InvalidOperationException"/>).</summary>
+    /// <summary>How long a long-term pin waits for a block that a short or atomic pin holds in place before it gives
+    /// up (<see cref="InvalidOperationException"/>). A block a migration holds frozen is waited for without a limit:
+    /// a migration always ends (a copy's time), however long a loaded machine takes to schedule it.</summary>
     public static readonly TimeSpan LongTermPinPatience = TimeSpan.FromMilliseconds(20);
 
     private long _longTermPins;            // long-term pins held now
@@ -31,9 +32,9 @@ public sealed unsafe partial class NativeHeap
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
     /// <exception cref="OutOfMemoryException">No unmovable memory is left for the block (the normal zone is full);
     /// nothing changed.</exception>
-    /// <exception cref="InvalidOperationException">The block stayed held in place (a <see cref="PinScope"/>, a
-    /// <see cref="BlockPin"/> or a migration) for <see cref="LongTermPinPatience"/>: release short pins before
-    /// pinning long-term; or it already holds the maximum of atomic pins.</exception>
+    /// <exception cref="InvalidOperationException">The block stayed pinned in place (a <see cref="PinScope"/> or a
+    /// <see cref="BlockPin"/>) for <see cref="LongTermPinPatience"/>: release short pins before pinning long-term; or
+    /// it already holds the maximum of atomic pins.</exception>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public BlockPin PinLongTerm(BlockHandle handle)
     {
@@ -90,7 +91,7 @@ public sealed unsafe partial class NativeHeap
                 if (queued == 0) break;
                 _migrator.Demote(queue[..queued], results[..queued], out long bytes);
                 int q = 0;
-                bool retry = false;
+                bool retry = false, heldByPin = false;
                 for (int k = 0; k < n; k++)
                 {
                     if (pins[k].IsHeld) continue;
@@ -110,8 +111,11 @@ public sealed unsafe partial class NativeHeap
                             // and empty slabs kept for reuse, are given back, and the pass is tried once more.
                             if (!released && ReleaseParkedStorage()) { released = true; retry = true; break; }
                             throw new OutOfMemoryException($"No unmovable memory is left to move {handles[k]} into for a long-term pin.");
+                        case MigrateResult.Pinned:
+                            retry = heldByPin = true;   // a pin may be held for ever: this waits LongTermPinPatience at most
+                            break;
                         default:
-                            retry = true;   // pinned, frozen or moved meanwhile: the next pass tries again
+                            retry = true;   // frozen by a migration or moved meanwhile: always short, the next pass tries again
                             break;
                     }
                 }
@@ -123,8 +127,8 @@ public sealed unsafe partial class NativeHeap
                     Events.LongTermPinMigration(_id, movedNow, bytes);
                 }
                 if (!retry) continue;
-                if (Stopwatch.GetTimestamp() > deadline)
-                    throw new InvalidOperationException($"A block stayed pinned or busy for {LongTermPinPatience.TotalMilliseconds} ms, so it could not be moved out of movable memory for a long-term pin; release short pins before pinning long-term.");
+                if (heldByPin && Stopwatch.GetTimestamp() > deadline)
+                    throw new InvalidOperationException($"A block stayed pinned for {LongTermPinPatience.TotalMilliseconds} ms, so it could not be moved out of movable memory for a long-term pin; release short pins before pinning long-term.");
                 spin.SpinOnce();
             }
         }
