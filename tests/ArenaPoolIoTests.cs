@@ -78,23 +78,12 @@ public sealed class ArenaPoolIoTests
         Assert.Equal(0, stress.CorruptBytes);
     }
 
-    private static async Task<(Socket client, Socket server)> LoopbackPair()
-    {
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen(1);
-        var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        Task<Socket> accept = listener.AcceptAsync();
-        await client.ConnectAsync(listener.LocalEndPoint!);
-        return (client, await accept);
-    }
-
     [Fact]
     public async Task ALoopbackSocketSendsAndReceivesThroughArenaBuffers()
     {
         using var stress = new ArenaPoolStress();
         using var pool = new ArenaMemoryPool(stress.Heap, new ArenaMemoryPoolOptions { LongTermPins = true });
-        (Socket client, Socket server) = await LoopbackPair();
+        (Socket client, Socket server) = await Loopback.Pair();
         using (client)
         using (server)
         {
@@ -134,7 +123,7 @@ public sealed class ArenaPoolIoTests
     {
         using var stress = new ArenaPoolStress();
         using var pool = new ArenaMemoryPool(stress.Heap);
-        (Socket client, Socket server) = await LoopbackPair();
+        (Socket client, Socket server) = await Loopback.Pair();
         using (client)
         using (server)
         {
@@ -230,6 +219,25 @@ public sealed class ArenaPoolIoTests
         return app;
     }
 
+    /// <summary>For each size: GET /bytes/{n} and POST /echo of n pattern bytes; returns the wrong bytes seen.</summary>
+    private static async Task<long> ExchangeBodies(HttpClient http, int[] sizes)
+    {
+        long wrong = 0;
+        foreach (int n in sizes)
+        {
+            byte[] body = await http.GetByteArrayAsync($"/bytes/{n}");
+            Assert.Equal(n, body.Length);
+            wrong += CountWrong(body, 0);
+            var upload = new byte[n];
+            FillPattern(upload, 0);
+            using HttpResponseMessage echo = await http.PostAsync("/echo", new ByteArrayContent(upload));
+            byte[] back = await echo.Content.ReadAsByteArrayAsync();
+            Assert.Equal(n, back.Length);
+            wrong += CountWrong(back, 0);
+        }
+        return wrong;
+    }
+
     /// <summary>
     /// Kestrel takes its transport's pool from the arena factory and serves requests whose answer fits one buffer
     /// (headers and body in one 4 KiB segment), every byte checked. Larger answers are the next test's subject.
@@ -242,19 +250,7 @@ public sealed class ArenaPoolIoTests
         var factory = new CountingFactory(arenaFactory);
         await using WebApplication app = await StartKestrel(factory);
         using var http = new HttpClient { BaseAddress = new Uri(app.Urls.First()) };
-        long wrong = 0;
-        foreach (int n in new[] { 1, 100, 1000, 3000 })
-        {
-            byte[] body = await http.GetByteArrayAsync($"/bytes/{n}");
-            Assert.Equal(n, body.Length);
-            wrong += CountWrong(body, 0);
-            var upload = new byte[n];
-            FillPattern(upload, 0);
-            using HttpResponseMessage echo = await http.PostAsync("/echo", new ByteArrayContent(upload));
-            byte[] back = await echo.Content.ReadAsByteArrayAsync();
-            Assert.Equal(n, back.Length);
-            wrong += CountWrong(back, 0);
-        }
+        long wrong = await ExchangeBodies(http, [1, 100, 1000, 3000]);
         await app.StopAsync();
         Assert.Equal(0, wrong);
         Assert.NotEmpty(factory.Pools);
@@ -277,19 +273,7 @@ public sealed class ArenaPoolIoTests
         using var transportPool = new ArenaMemoryPool(stress.Heap, new ArenaMemoryPoolOptions { LongTermPins = true });
         await using WebApplication app = await StartKestrel(arenaFactory, new ArenaSocketTransportFactory(transportPool));
         using var http = new HttpClient { BaseAddress = new Uri(app.Urls.First()) };
-        long wrong = 0;
-        foreach (int n in new[] { 1, 100, 4096, 65_537, 1 << 20, 5 << 20 })
-        {
-            byte[] body = await http.GetByteArrayAsync($"/bytes/{n}");
-            Assert.Equal(n, body.Length);
-            wrong += CountWrong(body, 0);
-            var upload = new byte[n];
-            FillPattern(upload, 0);
-            using HttpResponseMessage echo = await http.PostAsync("/echo", new ByteArrayContent(upload));
-            byte[] back = await echo.Content.ReadAsByteArrayAsync();
-            Assert.Equal(n, back.Length);
-            wrong += CountWrong(back, 0);
-        }
+        long wrong = await ExchangeBodies(http, [1, 100, 4096, 65_537, 1 << 20, 5 << 20]);
         await app.StopAsync();
         await app.DisposeAsync();
         Assert.Equal(0, transportPool.RentedBuffers);   // every connection gave its buffers back

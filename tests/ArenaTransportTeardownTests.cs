@@ -16,17 +16,6 @@ namespace Compaction.Tests;
 /// side or unread input neither leaks a long-term pinned buffer nor hangs Dispose (each test failed before its fix).</summary>
 public sealed class ArenaTransportTeardownTests
 {
-    private static async Task<(Socket client, Socket server)> Pair()
-    {
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen(1);
-        var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        Task<Socket> accept = listener.AcceptAsync();
-        await client.ConnectAsync(listener.LocalEndPoint!);
-        return (client, await accept);
-    }
-
     /// <summary>The server completes its output with an error: the send loop sees it rethrown, and Dispose still
     /// completes every pipe end, so every buffer goes back to the pool.</summary>
     [Fact]
@@ -34,7 +23,7 @@ public sealed class ArenaTransportTeardownTests
     {
         using NativeHeap heap = TestHeaps.Small();
         using var pool = new ArenaMemoryPool(heap, new ArenaMemoryPoolOptions { LongTermPins = true });
-        (Socket client, Socket server) = await Pair();
+        (Socket client, Socket server) = await Loopback.Pair();
         using (client)
         {
             var connection = new ArenaSocketConnection(server, pool);
@@ -52,7 +41,7 @@ public sealed class ArenaTransportTeardownTests
     {
         using NativeHeap heap = TestHeaps.Small();
         using var pool = new ArenaMemoryPool(heap, new ArenaMemoryPoolOptions { LongTermPins = true });
-        (Socket client, Socket server) = await Pair();
+        (Socket client, Socket server) = await Loopback.Pair();
         using (client)
         {
             var connection = new ArenaSocketConnection(server, pool);
