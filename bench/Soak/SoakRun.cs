@@ -72,6 +72,7 @@ public static class SoakRun
         stop.Cancel();
         workers.ForEach(w => w.Join());
         compactor.Join();
+        heap.StopBackgroundCompaction();   // the validator needs a quiescent heap: no background step under it
         List<string> problems = heap.Validate();
         foreach (string p in problems.Take(5)) tally.Fail("validator: " + p);
 
