@@ -238,6 +238,41 @@ public sealed class LongTermPinInteractionTests
         TestHeaps.AssertValid(heap);
     }
 
+    private sealed class RefusingOwner(int how) : IMovableBlockOwner
+    {
+        public bool Isolate(BlockHandle h) => how == 0 ? false : how == 1 ? throw new InvalidOperationException("refuses") : true;
+        public OwnerMigrateResult Migrate(BlockHandle h, nint oldAddress, nint newAddress) =>
+            how == 2 ? OwnerMigrateResult.TryAgain : throw new InvalidOperationException("refuses");
+        public void Putback(BlockHandle h) { }
+    }
+
+    /// <summary>Found by the model-based tests: a long-term pin of a block whose owner never lets it move (refuses to
+    /// isolate it, throws, answers "try again") retried for ever. It now gives up after the patience, as for a pin.</summary>
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void ALongTermPinOfABlockWhoseOwnerRefusesGivesUpAfterThePatience(int how)
+    {
+        using NativeHeap heap = TestHeaps.Small();
+        BlockHandle h = heap.Allocate(100);
+        TestHeaps.Fill(heap, h);
+        heap.SetMovableOwner(h, new RefusingOwner(how));
+        var ex = Assert.Throws<InvalidOperationException>(() => heap.PinLongTerm(h));
+        Assert.Contains("owner", ex.Message);
+        var pins = new BlockPin[1];
+        Assert.Throws<InvalidOperationException>(() => heap.PinLongTerm([h], pins));
+        Assert.False(pins[0].IsHeld);
+        Assert.Equal(BlockKind.Movable, heap.GetKind(h));
+        Assert.Equal(0, heap.GetStatistics().LongTermPins);
+        Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+        heap.SetMovableOwner(h, null);
+        using (heap.PinLongTerm(h)) Assert.Equal(BlockKind.Unmovable, heap.GetKind(h));
+        heap.Free(h);
+        TestHeaps.AssertValid(heap);
+    }
+
     [Fact]
     public void ALongTermPinFindsUnmovableSlotsParkedInTheThreadCache()
     {

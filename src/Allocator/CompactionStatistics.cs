@@ -68,14 +68,14 @@ public sealed class CompactionStatistics
     public long Captured => Get(CompactionCounter.Captured);
     /// <summary>Asynchronous runs that stopped on lock contention.</summary>
     public long ContendedRuns => Get(CompactionCounter.ContendedRuns);
-    /// <summary>Block migrations that found the block frozen, changed or refused by its owner's isolate (transient).</summary>
+    /// <summary>Block migrations that found the block frozen by another migration or changed (transient).</summary>
     public long MigrateBusy => Get(CompactionCounter.MigrateBusy);
     /// <summary>Block migrations that found a pin slot after the freeze and barrier (transient; the cheap check cannot
     /// see short-term pins).</summary>
     public long MigratePinnedAfterFreeze => Get(CompactionCounter.MigratePinnedAfterFreeze);
     /// <summary>Block migrations whose block was freed or moved by someone else meanwhile.</summary>
     public long MigrateGone => Get(CompactionCounter.MigrateGone);
-    /// <summary>Owner callbacks that answered "try again".</summary>
+    /// <summary>Owner callbacks that answered "try again" or refused to isolate their block (transient).</summary>
     public long MigrateOwnerRetry => Get(CompactionCounter.MigrateOwnerRetry);
     /// <summary>Owner callbacks that threw (the block stayed intact).</summary>
     public long MigrateOwnerFailed => Get(CompactionCounter.MigrateOwnerFailed);

@@ -34,7 +34,8 @@ public sealed unsafe partial class NativeHeap
     /// nothing changed.</exception>
     /// <exception cref="InvalidOperationException">The block stayed pinned in place (a <see cref="PinScope"/> or a
     /// <see cref="BlockPin"/>) for <see cref="LongTermPinPatience"/>: release short pins before pinning long-term; or
-    /// it already holds the maximum of atomic pins.</exception>
+    /// its movable owner refused the move (Isolate false, Migrate TryAgain, or an exception) for as long; or it
+    /// already holds the maximum of atomic pins.</exception>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public BlockPin PinLongTerm(BlockHandle handle)
     {
@@ -91,7 +92,7 @@ public sealed unsafe partial class NativeHeap
                 if (queued == 0) break;
                 _migrator.Demote(queue[..queued], results[..queued], out long bytes);
                 int q = 0;
-                bool retry = false, heldByPin = false;
+                bool retry = false, heldByPin = false, heldByOwner = false;
                 for (int k = 0; k < n; k++)
                 {
                     if (pins[k].IsHeld) continue;
@@ -114,6 +115,12 @@ public sealed unsafe partial class NativeHeap
                         case MigrateResult.Pinned:
                             retry = heldByPin = true;   // a pin may be held for ever: this waits LongTermPinPatience at most
                             break;
+                        case MigrateResult.OwnerRetry:
+                        case MigrateResult.OwnerFailed:
+                            // The block's movable owner refused, answered "try again" or threw: it may do so for ever,
+                            // so this waits LongTermPinPatience at most, as for a pin.
+                            retry = heldByOwner = true;
+                            break;
                         default:
                             retry = true;   // frozen by a migration or moved meanwhile: always short, the next pass tries again
                             break;
@@ -127,6 +134,8 @@ public sealed unsafe partial class NativeHeap
                     Events.LongTermPinMigration(_id, movedNow, bytes);
                 }
                 if (!retry) continue;
+                if (heldByOwner && Stopwatch.GetTimestamp() > deadline)
+                    throw new InvalidOperationException($"The block's movable owner refused to let it move for {LongTermPinPatience.TotalMilliseconds} ms, so it could not be moved out of movable memory for a long-term pin.");
                 if (heldByPin && Stopwatch.GetTimestamp() > deadline)
                     throw new InvalidOperationException($"A block stayed pinned for {LongTermPinPatience.TotalMilliseconds} ms, so it could not be moved out of movable memory for a long-term pin; release short pins before pinning long-term.");
                 spin.SpinOnce();

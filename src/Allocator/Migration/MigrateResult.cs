@@ -10,9 +10,9 @@ internal enum MigrateResult
     NotMovable,
     /// <summary>Pinned (atomic pin or a pin slot seen after the freeze): transient, retry later.</summary>
     Pinned,
-    /// <summary>Frozen by another migration, changed under us, or its owner refused to isolate it: transient.</summary>
+    /// <summary>Frozen by another migration or changed under us: transient.</summary>
     Busy,
-    /// <summary>Its owner answered "try again": transient.</summary>
+    /// <summary>Its owner answered "try again" or refused to isolate it: transient.</summary>
     OwnerRetry,
     /// <summary>Its owner threw or refused for good: permanent for this run; the block stays intact.</summary>
     OwnerFailed,

@@ -84,7 +84,7 @@ internal sealed unsafe class OwnerRegistry
 
     /// <summary>Asks block <paramref name="i"/>'s owner to isolate it, remembering which owner answered: the same
     /// instance gets the migrate and putback calls (a re-own meanwhile voids the attempt at the freeze). Returns false
-    /// when the owner refused or threw (Result says which) or when no owner is registered any more (Busy).</summary>
+    /// when the owner refused (OwnerRetry) or threw (OwnerFailed), or when no owner is registered any more (Busy).</summary>
     public bool Isolate(MigrationBatch batch, int i)
     {
         uint index = batch.Index[i];
@@ -96,7 +96,7 @@ internal sealed unsafe class OwnerRegistry
                 batch.Owner[i] = owner;
                 return true;
             }
-            batch.Result[i] = MigrateResult.Busy;
+            batch.Result[i] = MigrateResult.OwnerRetry;   // "not now", as a migrate callback's TryAgain
         }
         catch (Exception)
         {

@@ -1,0 +1,85 @@
+using System.Diagnostics;
+using Compaction.Tests.Model;
+using CsCheck;
+using Xunit.Abstractions;
+
+namespace Compaction.Tests;
+
+/// <summary>
+/// Model-based property tests of the whole public API (issue 11): CsCheck generates sequences of every operation —
+/// allocations of every kind and size range (the size-class, slab, page and pageblock boundaries included), frees,
+/// short and atomic pins (some handed to another thread), long-term pins single and batched, owners that agree,
+/// refuse, answer "try again", throw or re-enter the heap, explicit compaction, background steps on a driven clock,
+/// release, statistics, pool rents and returns, stale, doubly freed and forged handles, Dispose — and
+/// <see cref="ModelRun"/> checks each step against a reference model (see there). A failing sequence is shrunk and
+/// printed with its seed.
+/// </summary>
+/// <remarks>
+/// Environment: <c>MODEL_OPS</c> sets the operations of a run (100,000 by default, the CI run; 10,000,000 for the long
+/// run), <c>MODEL_SEED</c> replays a seed CsCheck printed.
+/// </remarks>
+public sealed class ModelBasedTests(ITestOutputHelper output)
+{
+    private const int MaxSequence = 400;
+
+    internal static long Operations(long ciDefault) =>
+        long.TryParse(Environment.GetEnvironmentVariable("MODEL_OPS"), out long n) && n > 0 ? n : ciDefault;
+
+    private static string? Seed => Environment.GetEnvironmentVariable("MODEL_SEED") is { Length: > 0 } s ? s : null;
+
+    /// <summary>How often each operation comes up (weights out of their sum): mostly allocations, frees and checks, so
+    /// that the heap fills and fragments; the costly ones (a thread per release on another thread, a long-term pin
+    /// that waits out its patience) rarely.</summary>
+    private static readonly (int weight, OpKind kind)[] Weights =
+    [
+        (140, OpKind.AllocSmall), (40, OpKind.AllocMedium), (12, OpKind.AllocLarge), (25, OpKind.AllocBoundary),
+        (5, OpKind.AllocBadArgument), (30, OpKind.AllocContext),
+        (150, OpKind.Free), (30, OpKind.FreeContext), (6, OpKind.FreeWhileScoped), (20, OpKind.Verify), (10, OpKind.Rewrite),
+        (25, OpKind.AcquirePin), (22, OpKind.ReleasePin), (1, OpKind.ReleasePinOnOtherThread),
+        (8, OpKind.PinLongTerm), (3, OpKind.PinLongTermBatch), (1, OpKind.ReleaseLongTerm), (8, OpKind.ReleaseLongTerm),
+        (15, OpKind.SetOwner), (4, OpKind.ClearOwner),
+        (6, OpKind.Compact), (6, OpKind.Step), (3, OpKind.Release), (4, OpKind.Statistics),
+        (8, OpKind.Rent), (3, OpKind.RentLongTerm), (10, OpKind.Return),
+        (8, OpKind.Stale), (8, OpKind.Forged), (5, OpKind.StablePointer), (1, OpKind.Dispose),
+    ];
+
+    internal static readonly Gen<Op> GenOp =
+        Gen.Select(Gen.Frequency(Weights.Select(w => (w.weight, w.kind)).ToArray()), Gen.Int[0, int.MaxValue], Gen.Int,
+            (k, a, b) => new Op(k, a, b));
+
+    /// <summary>The rare long-term pin that waits <see cref="Compaction.Allocator.NativeHeap.LongTermPinPatience"/>
+    /// for an atomic pin: one in a few sequences.</summary>
+    internal static readonly Gen<Op[]> GenSequence =
+        Gen.Select(GenOp.Array[1, MaxSequence], Gen.Int[0, 40], Gen.Int[0, int.MaxValue], (ops, rare, at) =>
+        {
+            if (rare == 0 && ops.Length > 1) ops[at % ops.Length] = new Op(OpKind.PinLongTermWhilePinned, 0, 0);
+            return ops;
+        });
+
+    internal static void Run(Op[] ops)
+    {
+        using var run = new ModelRun();
+        foreach (Op op in ops) run.Apply(op);
+        run.Finish();
+    }
+
+    [Fact]
+    public void EverySequenceOfOperationsAgreesWithTheModel()
+    {
+        long target = Operations(100_000);
+        long ops = 0, sequences = 0;
+        var clock = Stopwatch.StartNew();
+        // Sequences are 1-400 steps (200 on average); each runs on a heap of its own.
+        long iter = Math.Max(1, target / (MaxSequence / 2));
+        GenSequence.Sample(seq =>
+        {
+            Run(seq);
+            Interlocked.Add(ref ops, seq.Length);
+            Interlocked.Increment(ref sequences);
+        }, seed: Seed, iter: iter, print: Describe, writeLine: output.WriteLine);
+        output.WriteLine($"{ops:N0} operations in {sequences:N0} sequences, {clock.Elapsed.TotalSeconds:F1} s");
+        Assert.True(ops >= target * 9 / 10, $"only {ops} operations ran");
+    }
+
+    internal static string Describe(Op[] ops) => $"{ops.Length} steps: " + string.Join(", ", ops);
+}
