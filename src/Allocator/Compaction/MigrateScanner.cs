@@ -60,6 +60,7 @@ internal sealed unsafe partial class Compactor
                 if (!cc.IgnoreSkip && _map.GetSkip(migratePb)) { migratePb++; continue; }
                 status = CompactPageblock(cc, migratePb, ref freePb);
                 if (status == CompactStatus.Continue) migratePb++;
+                BetweenPageblocks?.Invoke();
             }
         }
         finally
