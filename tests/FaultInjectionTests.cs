@@ -270,12 +270,13 @@ public sealed unsafe class FaultInjectionTests
         TestHeaps.AssertValid(heap);
         AssertIntact(heap, kept);
 
-        // A fresh heap one mapping below its first split in the middle of the reservation: its first commit (at the
-        // arena's base) splits the reserved mapping in two and passes; the movable zone's first commit, in the
-        // middle, would split it in three and is refused; movable blocks then fall back to the normal zone.
+        // A fresh heap two mappings above what it holds: its first commit, at the arena's base, adds one mapping (two
+        // when the base is not where the reservation starts: alignment) and passes; the movable zone's first commit,
+        // in the middle of the reserved mapping, would add two more and is refused; movable blocks then fall back to
+        // the normal zone.
         var os2 = new FaultyOsMemory();
         using var fresh = new NativeHeap(o, os2);
-        int freshLimit = os2.Mappings + 1;
+        int freshLimit = os2.Mappings + 2;
         os2.MaxMappings = freshLimit;
         var more = AllocateFilled(fresh, 4, 40_000, BlockKind.Unmovable);
         for (int i = 0; i < 8 && fresh.TryAllocate(40_000, BlockKind.Movable, out BlockHandle m); i++) { TestHeaps.Fill(fresh, m); more.Add(m); }
