@@ -24,8 +24,8 @@ public sealed class BuddyZoneTests(ITestOutputHelper output)
         public TestZone(int maxOrderBlocks, MigrateType type)
         {
             int pages = maxOrderBlocks << MaxOrder;
-            Memory = new ArenaMemory((nuint)pages * PageSize, PageblockPages * PageSize, hugePages: false, forcePortable: false);
-            Map = new PageMap(Memory.Base, PageSize, PageblockPages, pages);
+            Memory = new ArenaMemory((nuint)pages * PageSize, PageblockPages * PageSize, hugePages: false, forcePortable: false, LinuxOsMemory.Instance);
+            Map = new PageMap(Memory.Base, PageSize, PageblockPages, pages, LinuxOsMemory.Instance);
             Zone = new Zone(ZoneKind.Movable, 0, pages, Map, Memory, type);
         }
 

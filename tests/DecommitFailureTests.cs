@@ -70,14 +70,15 @@ public sealed unsafe partial class DecommitFailureTests(ITestOutputHelper output
     [Fact]
     public void ARefusedDecommitIsCountedLeavesItsPageblockCommittedAndAccountedAndALaterReleaseTakesIt()
     {
-        using NativeHeap heap = TestHeaps.Small();
+        var os = new FaultyOsMemory();
+        using NativeHeap heap = TestHeaps.Small(os: os);
         long pageblockBytes = (long)heap.Map.PageblockPages << heap.Map.PageShift;
         var blocks = Enumerable.Range(0, 200).Select(_ => heap.Allocate(40_000)).ToList();
         long committed = heap.GetStatistics().CommittedBytes;
         Assert.True(committed >= 2 * pageblockBytes);
         blocks.ForEach(heap.Free);
 
-        heap.Memory.FailNextDecommit = true;
+        os.RefuseInArena(heap, OsCall.DontNeed, times: 1);
         long released = heap.ReleaseFreeMemory();
 
         HeapStatistics stats = heap.GetStatistics();
@@ -100,7 +101,8 @@ public sealed unsafe partial class DecommitFailureTests(ITestOutputHelper output
     [Fact]
     public void ARefusedDecommitInTheBackgroundTrimIsCountedAndRaisesNothing()
     {
-        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 64L << 20, PageblockPages = 64, DecommitDelay = TimeSpan.Zero });
+        var os = new FaultyOsMemory();
+        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 64L << 20, PageblockPages = 64, DecommitDelay = TimeSpan.Zero }, os);
         long pageblockBytes = (long)heap.Map.PageblockPages << heap.Map.PageShift;
         var blocks = Enumerable.Range(0, 200).Select(_ => heap.Allocate(40_000)).ToList();
         blocks.ForEach(heap.Free);
@@ -109,7 +111,7 @@ public sealed unsafe partial class DecommitFailureTests(ITestOutputHelper output
         long committed = heap.GetStatistics().CommittedBytes;
         blocks.ForEach(heap.Free);
 
-        heap.Memory.FailNextDecommit = true;
+        os.RefuseInArena(heap, OsCall.DontNeed, times: 1);
         CompactionStatistics step = heap.RunCompactionStep(TimeSpan.FromSeconds(1));
 
         HeapStatistics stats = heap.GetStatistics();
@@ -125,14 +127,15 @@ public sealed unsafe partial class DecommitFailureTests(ITestOutputHelper output
     [Fact]
     public void ARefusedPurgeIsCountedAndNotReportedAsPurged()
     {
-        using NativeHeap heap = TestHeaps.Small(movablePercent: 100);
+        var os = new FaultyOsMemory();
+        using NativeHeap heap = TestHeaps.Small(movablePercent: 100, os: os);
         var blocks = Enumerable.Range(0, 400).Select(_ => heap.Allocate(30_000)).ToList();
         foreach (BlockHandle h in blocks) TestHeaps.Fill(heap, h);
         var kept = blocks.Where((_, i) => i % 8 == 0).ToList();   // one block in eight: every pageblock stays in use
         foreach (BlockHandle h in blocks.Except(kept)) heap.Free(h);
         long committed = heap.GetStatistics().CommittedBytes;
 
-        heap.Memory.FailNextDecommit = true;   // no pageblock is wholly free: the first to be refused is a purge
+        os.RefuseInArena(heap, OsCall.DontNeed, times: 1);   // no pageblock is wholly free: the first to be refused is a purge
         long released = heap.ReleaseFreeMemory();
 
         HeapStatistics stats = heap.GetStatistics();

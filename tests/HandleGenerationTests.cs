@@ -1,3 +1,4 @@
+using Compaction.Allocator.Os;
 using Compaction.Allocator;
 
 namespace Compaction.Tests;
@@ -94,7 +95,7 @@ public sealed class HandleGenerationTests
     public void ARecycledChunkSkipsItsRetiredEntries()
     {
         uint index;
-        using (var first = new HandleTable())
+        using (var first = new HandleTable(LinuxOsMemory.Instance))
         {
             var one = new uint[1];
             Assert.Equal(1, first.Pop(one));
@@ -110,7 +111,7 @@ public sealed class HandleGenerationTests
             HandleTable? next = null;
             for (int attempt = 0; attempt < 64 && next == null; attempt++)
             {
-                var t = new HandleTable();
+                var t = new HandleTable(LinuxOsMemory.Instance);
                 tables.Add(t);
                 t.Pop(new uint[1]);
                 if (t.Owns(index)) next = t;

@@ -1,3 +1,4 @@
+using Compaction.Allocator.Os;
 using Compaction.Allocator;
 
 namespace Compaction.Tests;
@@ -7,7 +8,7 @@ public sealed class HandleTableTests
     [Fact]
     public void FreedEntriesAreReusedLastInFirstOut()
     {
-        using var table = new HandleTable();
+        using var table = new HandleTable(LinuxOsMemory.Instance);
         var first = new uint[5];
         Assert.Equal(5, table.Pop(first));
         // A chunk's entries come lowest index first (index 0 is never issued; a recycled chunk skips retired entries).
@@ -28,7 +29,7 @@ public sealed class HandleTableTests
     [Fact]
     public void TheTableGrowsByChunksAndNeverMovesAnEntry()
     {
-        using var table = new HandleTable();
+        using var table = new HandleTable(LinuxOsMemory.Instance);
         var one = new uint[1];
         table.Pop(one);
         unsafe
@@ -41,7 +42,7 @@ public sealed class HandleTableTests
             Assert.Equal(12345, firstEntry->Address);
             Assert.True(table.Owns((nint)table.Get(many[^1])));
             Assert.True(table.Owns(many[^1]));
-            using var other = new HandleTable();
+            using var other = new HandleTable(LinuxOsMemory.Instance);
             other.Pop(one);
             Assert.False(table.Owns((nint)other.Get(one[0])));
             Assert.False(table.Owns(one[0]));

@@ -123,8 +123,9 @@ public class HeapBasicsTests
     public void CommitFailureSurfacesAsAnAllocationFailure()
     {
         // Without direct compaction: it would retry the commit and succeed.
-        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 64L << 20, PageblockPages = 64, MovableZonePercent = 100, DirectCompaction = false });
-        heap.Memory.FailNextCommit = true;
+        var os = new FaultyOsMemory();
+        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 64L << 20, PageblockPages = 64, MovableZonePercent = 100, DirectCompaction = false }, os);
+        os.RefuseInArena(heap, OsCall.Protect, times: 1);
         Assert.False(heap.TryAllocate(100_000, BlockKind.Movable, out _));
         TestHeaps.AssertValid(heap);
         BlockHandle h = heap.Allocate(100_000);

@@ -1,18 +1,21 @@
 using Compaction.Allocator;
+using Compaction.Allocator.Os;
 
 namespace Compaction.Tests;
 
 /// <summary>Small arenas for tests: 64 MiB reserved, pageblocks of 64 pages so that few bytes make many pageblocks.</summary>
 internal static class TestHeaps
 {
-    public static NativeHeap Small(int movablePercent = 50, bool caches = true, long arenaBytes = 64L << 20, int pageblockPages = 64)
+    /// <param name="os">The OS layer the heap's system calls go through (a <see cref="FaultyOsMemory"/>); null for the
+    /// real one.</param>
+    public static NativeHeap Small(int movablePercent = 50, bool caches = true, long arenaBytes = 64L << 20, int pageblockPages = 64, IOsMemory? os = null)
         => new(new HeapOptions
         {
             ArenaBytes = arenaBytes,
             PageblockPages = pageblockPages,
             MovableZonePercent = movablePercent,
             PerThreadCaches = caches,
-        });
+        }, os ?? LinuxOsMemory.Instance);
 
     /// <summary>Commits <paramref name="pageblocks"/> pageblocks above what the heap uses and leaves them free (pages
     /// allocated, written and freed, never decommitted before the delay): compaction takes its destinations from

@@ -42,6 +42,20 @@ public sealed class HeapStatistics
     /// resident), counted in <see cref="CommittedBytes"/> and not in <see cref="DecommittedBytes"/> or
     /// <see cref="PurgedBytes"/>; a later release or trim tries again.</summary>
     public long DecommitFailures { get; internal init; }
+    /// <summary>Pageblock commits the OS refused since the heap was created. Each failed the allocation (or the
+    /// compaction's destination, the long-term pin's move, the cache refill) that needed it, leaving the pageblock as
+    /// it was; a later allocation tries again.</summary>
+    public long CommitFailures { get; internal init; }
+    /// <summary>Huge-page advice (madvise MADV_NOHUGEPAGE / MADV_HUGEPAGE on one pageblock) the OS refused, typically
+    /// because the split would pass vm.max_map_count. Each left the pageblock's advice as it was and changed nothing
+    /// else: the purge or decommit that asked for it went ahead.</summary>
+    public long AdviceFailures { get; internal init; }
+    /// <summary>Exceptions that ended the background compactor thread since the heap was created (each stopped it:
+    /// <see cref="NativeHeap.BackgroundCompactionRunning"/> became false until
+    /// <see cref="NativeHeap.StartBackgroundCompaction"/>); also reported by the <c>BackgroundFailed</c> event.</summary>
+    public long BackgroundFailures { get; internal init; }
+    /// <summary>The last exception that ended the background compactor thread, as "type: message"; null if none did.</summary>
+    public string? LastBackgroundFailure { get; internal init; }
     /// <summary>Native metadata: page descriptors, pageblock bitmap and handle table.</summary>
     public long MetadataBytes { get; internal init; }
     /// <summary>Page size in bytes.</summary>

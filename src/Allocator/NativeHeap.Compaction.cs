@@ -16,6 +16,8 @@ public sealed partial class NativeHeap
     private readonly List<(Thread thread, ManualResetEventSlim stop)> _daemons = [];
     private bool _daemonsClosed;                   // Dispose is stopping them: no thread may start
     private readonly Lock _daemonLock = new();     // guards the fields above; never held while a thread works or is joined
+    private long _backgroundFailures;              // exceptions that ended a background thread
+    private string? _lastBackgroundFailure;        // the last one, "type: message"
 
     /// <summary>
     /// Compacts the whole movable zone now (like writing to /proc/sys/vm/compact_memory): size classes are
@@ -148,19 +150,53 @@ public sealed partial class NativeHeap
     /// <summary>One wake of the background thread. Not inlined, so that the strong reference it takes lives only in
     /// this frame and the heap is unreachable (finalizable) between wakes; <see cref="GC.KeepAlive"/> holds it to the
     /// end of the step, since optimised code would otherwise let the heap die (and its finalizer free the arena) while
-    /// the step still works on it. False when the heap is gone.</summary>
+    /// the step still works on it. False when the heap is gone, or when the step threw: the exception is caught here
+    /// (an exception escaping a thread would end the process), recorded and reported, and the thread ends.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static bool WakeOnce(WeakReference<NativeHeap> weak, long origin, out TimeSpan next)
     {
         next = default;
         if (!weak.TryGetTarget(out NativeHeap? heap) || heap._disposed) return false;
-        long start = Stopwatch.GetTimestamp(), cpu = ThreadCpuClock.Nanoseconds();
-        heap.BackgroundStep(Stopwatch.GetElapsedTime(origin));
-        next = heap.NextWakeDelay(Stopwatch.GetElapsedTime(start));
-        if (cpu >= 0 && heap._compactor != null)
-            Interlocked.Add(ref heap._compactor.Counters[CompactionCounter.BackgroundCpuNanoseconds], Math.Max(0, ThreadCpuClock.Nanoseconds() - cpu));
-        GC.KeepAlive(heap);
+        try
+        {
+            long start = Stopwatch.GetTimestamp(), cpu = ThreadCpuClock.Nanoseconds();
+            heap.BackgroundStep(Stopwatch.GetElapsedTime(origin));
+            next = heap.NextWakeDelay(Stopwatch.GetElapsedTime(start));
+            if (cpu >= 0 && heap._compactor != null)
+                Interlocked.Add(ref heap._compactor.Counters[CompactionCounter.BackgroundCpuNanoseconds], Math.Max(0, ThreadCpuClock.Nanoseconds() - cpu));
+        }
+        catch (Exception ex)
+        {
+            heap.BackgroundThreadFailed(ex);
+            return false;
+        }
+        finally
+        {
+            GC.KeepAlive(heap);
+        }
         return true;
+    }
+
+    /// <summary>The background thread's step threw <paramref name="ex"/>. The heap is consistent: every lock of the
+    /// step was released, every frozen entry unfrozen and every isolated page given back by the finally blocks on the
+    /// way out (native-layout.md, section 9, "An exception inside a pass"). Counts and records it, raises
+    /// BackgroundFailed, and marks the thread stopped (unless a stop or a restart already replaced it) so that
+    /// <see cref="BackgroundCompactionRunning"/> is false and <see cref="StartBackgroundCompaction"/> starts a new one.
+    /// Called on the failing thread, which ends right after.</summary>
+    private void BackgroundThreadFailed(Exception ex)
+    {
+        Interlocked.Increment(ref _backgroundFailures);
+        Volatile.Write(ref _lastBackgroundFailure, $"{ex.GetType().FullName}: {ex.Message}");
+        lock (_daemonLock)
+        {
+            if (_daemon == Thread.CurrentThread)
+            {
+                _daemon = null;
+                _daemonStop = null;
+            }
+        }
+        if (Tracing(NativeHeapEventSource.Keywords.Background, EventLevel.Error))
+            Events.BackgroundFailed(_id, ex.GetType().FullName ?? ex.GetType().Name, ex.Message);
     }
 
     /// <summary>Stops the background compactor and waits for its current step to end. Does nothing if it is not

@@ -38,7 +38,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private readonly PageAllocator _pages;
     private readonly SizeClasses _classes;
     private readonly SlabAllocator[] _slabs;       // [BlockKind]
-    private readonly HandleTable _handles = new();   // this heap's share of the process-wide handle table
+    private readonly HandleTable _handles;             // this heap's share of the process-wide handle table
     private readonly long _id;                         // _handles.Owner, read by every handle validation
     private readonly ThreadCaches _caches;
     private readonly Migrator _migrator;
@@ -55,8 +55,15 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// <param name="options">Settings, validated here; null for the defaults.</param>
     /// <exception cref="ArgumentException">An option is out of range; <see cref="ArgumentException.ParamName"/> names it.</exception>
     /// <exception cref="OutOfMemoryException">The address space could not be reserved.</exception>
-    public NativeHeap(HeapOptions? options = null)
+    public NativeHeap(HeapOptions? options = null) : this(options, LinuxOsMemory.Instance) { }
+
+    /// <summary>Creates a heap whose system calls (reservation, commits, decommits, purges, advice, the handle
+    /// table's new chunks) go through <paramref name="os"/>: tests hand it a layer that refuses chosen calls
+    /// (native-layout.md, "The OS layer and fault injection").</summary>
+    internal NativeHeap(HeapOptions? options, IOsMemory os)
     {
+        Debug.Assert(os != null);
+        _handles = new HandleTable(os);   // first: the finalizer of a heap whose constructor threw releases it
         _options = (options ?? new HeapOptions()).Clone();
         _options.Validate();
         _id = _handles.Owner;
@@ -66,8 +73,8 @@ public sealed unsafe partial class NativeHeap : IDisposable
             long maxOrderBytes = 2L * pageSize * pbPages;
             long arenaBytes = (_options.ArenaBytes + maxOrderBytes - 1) / maxOrderBytes * maxOrderBytes;
             int pageCount = checked((int)(arenaBytes / pageSize));
-            _memory = new ArenaMemory((nuint)arenaBytes, (nuint)((long)pageSize * pbPages), _options.UseHugePages, _options.ForcePortableMemory);
-            _map = new PageMap(_memory.Base, pageSize, pbPages, pageCount);
+            _memory = new ArenaMemory((nuint)arenaBytes, (nuint)((long)pageSize * pbPages), _options.UseHugePages, _options.ForcePortableMemory, os);
+            _map = new PageMap(_memory.Base, pageSize, pbPages, pageCount, os);
             _pages = new PageAllocator(_map, _memory, _options.MovableZonePercent);
             _maxBlockSize = (long)_pages.LargestZonePages * pageSize;
 

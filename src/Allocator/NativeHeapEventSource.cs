@@ -5,7 +5,7 @@ namespace Compaction.Allocator;
 
 /// <summary>
 /// The heap's events (EventSource <c>Compaction-NativeHeap</c>): compaction passes with their trigger, counters and
-/// duration, migration failures by reason, background wakes, decommits and purges, allocation failures and long-term
+/// duration, migration failures by reason, background wakes and failures, decommits and purges, allocation failures and long-term
 /// pin migrations. Collect them with <c>dotnet-trace collect --providers Compaction-NativeHeap</c> (keywords below
 /// select them), an <see cref="EventListener"/>, or EventPipe. Every event is raised from the public API's layer,
 /// after an <see cref="EventSource.IsEnabled(EventLevel, EventKeywords)"/> check, so with no listener a call costs one
@@ -45,7 +45,7 @@ public sealed class NativeHeapEventSource : EventSource
     }
 
     internal const int CompactionStartId = 1, CompactionStopId = 2, MigrationFailedId = 3, BackgroundWakeId = 4, ReleasedId = 5,
-                       AllocationFailedId = 6, LongTermPinMigrationId = 7;
+                       AllocationFailedId = 6, LongTermPinMigrationId = 7, BackgroundFailedId = 8;
 
     /// <summary>A compaction pass begins: <paramref name="trigger"/> is explicit (Compact()) or direct (an allocation
     /// that failed); <paramref name="mode"/> the kernel's migrate mode: sync_full for an explicit pass (every class
@@ -71,6 +71,14 @@ public sealed class NativeHeapEventSource : EventSource
     [Event(BackgroundWakeId, Level = EventLevel.Verbose, Keywords = Keywords.Background)]
     public void BackgroundWake(long heapId, string trigger, long bytesMoved, double durationMs, double wasteRatio) =>
         WriteEvent(BackgroundWakeId, heapId, trigger, bytesMoved, durationMs, wasteRatio);
+
+    /// <summary>An exception ended the background compactor thread: its type and message. The heap stays usable and
+    /// consistent (the step's locks, frozen entries and isolated pages were given back on the way out); the thread
+    /// no longer runs until <see cref="NativeHeap.StartBackgroundCompaction"/> (counted in
+    /// <see cref="HeapStatistics.BackgroundFailures"/>).</summary>
+    [Event(BackgroundFailedId, Level = EventLevel.Error, Keywords = Keywords.Background)]
+    public void BackgroundFailed(long heapId, string exceptionType, string message) =>
+        WriteEvent(BackgroundFailedId, heapId, exceptionType, message);
 
     /// <summary>Memory given back to the OS: decommitted pageblocks and purged free runs, by which path (explicit,
     /// background).</summary>

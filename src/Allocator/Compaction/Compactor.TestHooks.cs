@@ -5,4 +5,12 @@ internal sealed unsafe partial class Compactor
 {
     /// <summary>The deferral state (considered, defer shift, order failed).</summary>
     public (int considered, int shift, int orderFailed) Deferral => _deferral.State;
+
+    /// <summary>Called at the start of every background step, with RunLock held and nothing isolated or frozen: a test
+    /// throws from it to stand for an exception of the step.</summary>
+    internal Action? BackgroundStepStarting;
+
+    /// <summary>Called between two pageblocks of a zone pass (RunLock held, the caches disabled, the free pool holding
+    /// isolated pages, nothing frozen): a test throws from it to stand for an exception in the middle of a pass.</summary>
+    internal Action? BetweenPageblocks;
 }

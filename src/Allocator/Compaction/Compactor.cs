@@ -144,6 +144,7 @@ internal sealed unsafe partial class Compactor
         if (RunLock.IsHeldByCurrentThread || !RunLock.TryEnter()) return false;
         try
         {
+            BackgroundStepStarting?.Invoke();
             Counters[CompactDaemonWake]++;
             HeapOptions o = _options;
             long budgetTicks = o.CompactionBudgetTime == TimeSpan.Zero ? 0 : (long)(o.CompactionBudgetTime.TotalSeconds * Stopwatch.Frequency);

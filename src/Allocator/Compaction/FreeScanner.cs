@@ -44,7 +44,7 @@ internal sealed unsafe partial class Compactor
             _isolated.Clear();
             int isolated = _zone.IsolateFreeBlocksLocked(pb, _isolated);
             _zone.Lock.Exit();
-            foreach ((int s, int order) in _isolated) _freePool.Add(s, 1 << order);
+            PoolIsolated();
             Counters[CompactFreeScanned] += _map.PageblockPages;
             if (cc.Daemon) Counters[CompactDaemonFreeScanned] += _map.PageblockPages;
             Counters[CompactIsolated] += isolated;
@@ -56,14 +56,42 @@ internal sealed unsafe partial class Compactor
         }
     }
 
+    /// <summary>Moves the blocks the free scanner just isolated (<see cref="_isolated"/>) into the pool. The pool's list
+    /// may grow, so a managed allocation may fail part way: the blocks not yet pooled then go back to the buddy
+    /// allocator before the exception leaves, so no page is left off both (the pass's own finally returns the pool).</summary>
+    private void PoolIsolated()
+    {
+        int pooled = 0;
+        try
+        {
+            for (; pooled < _isolated.Count; pooled++) _freePool.Add(_isolated[pooled].start, 1 << _isolated[pooled].order);
+        }
+        finally
+        {
+            if (pooled < _isolated.Count)
+                lock (_zone.Lock)
+                    for (int i = pooled; i < _isolated.Count; i++) _zone.FreeRangeLocked(_isolated[i].start, 1 << _isolated[i].order);
+        }
+    }
+
     /// <summary>compaction_free: destination pages the caller did not use go back to the pool, their descriptors
-    /// back to FreeTail (the caller may have written run or slab descriptors on them). Lock-free: pool pages are on no
+    /// back to FreeTail (the caller may have written run or slab descriptors on them). Lock-free (unless the pool cannot
+    /// grow, below): pool pages are on no
     /// free list and belong to the compactor; the only other readers are the lock-free migrate scanner and buddy
     /// merging, which needs a FreeHead and sees none here whichever value it reads.</summary>
     private void ReturnToPool(int start, int pages)
     {
         for (int p = start; p < start + pages; p++) _map.Page(p).InitFree();
-        _freePool.Add(start, pages);
+        try
+        {
+            _freePool.Add(start, pages);
+        }
+        catch (OutOfMemoryException)
+        {
+            // The pool's list could not grow: the pages go straight back to the buddy allocator instead (called from
+            // finally blocks that must go on settling the rest of their batch, so nothing is rethrown).
+            lock (_zone.Lock) _zone.FreeRangeLocked(start, pages);
+        }
     }
 
     /// <summary>release_freepages: the pool goes back to the buddy allocator at the end of a run.</summary>

@@ -60,6 +60,7 @@ internal sealed unsafe partial class Compactor
                 if (!cc.IgnoreSkip && _map.GetSkip(migratePb)) { migratePb++; continue; }
                 status = CompactPageblock(cc, migratePb, ref freePb);
                 if (status == CompactStatus.Continue) migratePb++;
+                BetweenPageblocks?.Invoke();
             }
         }
         finally
@@ -242,6 +243,11 @@ internal sealed unsafe partial class Compactor
     {
         _batch.Clear();
         _runs.Clear();
+        // Room first: after PrepareRun a destination is taken, and an Add that failed to grow a list would strand it
+        // (neither in the pool nor in the batch); the finally below adds a result per run, so that list too.
+        _batch.EnsureRoom(heads.Count);
+        _runs.EnsureCapacity(heads.Count);
+        results.EnsureCapacity(results.Count + heads.Count);
         foreach (int head in heads)
         {
             if (_map.Page(head).Kind != PageKind.RunHead) continue;
@@ -336,16 +342,18 @@ internal sealed unsafe partial class Compactor
                 Counters[CacheHeldFailures]++;
                 return MigrateResult.CacheHeld;
             }
+            // Every managed allocation before the destination is taken: once the slabs are isolated, nothing may throw.
+            Span<nint> dstSlots = _entries.Count <= 1024 ? stackalloc nint[_entries.Count] : new nint[_entries.Count];
+            _batch.Clear();
+            _batch.EnsureRoom(_entries.Count);
             dst = CompactionAlloc(cc, pages, migratePb, ref freePb);
             if (dst < 0) return cc.Contended ? MigrateResult.Busy : MigrateResult.NoMemory;
             if (!Acquire(_zone.Lock, cc)) { _freePool.Add(dst, pages); return MigrateResult.Busy; }   // nothing written yet
             _slabs.InitIsolatedSlabLocked(cls, _zone, dst);
             _zone.Lock.Exit();
             _slabs.IsolateLocked(cls, head);
-            Span<nint> dstSlots = _entries.Count <= 1024 ? stackalloc nint[_entries.Count] : new nint[_entries.Count];
             int got = _slabs.TakeSlotsLocked(cls, dst, dstSlots, _entries.Count);
             Debug.Assert(got == _entries.Count, "a fresh slab holds every block of a slab of its class");
-            _batch.Clear();
             for (int i = 0; i < got; i++) _batch.Add(_entries[i], _states[i], _slots[i], dstSlots[i]);
         }
         finally

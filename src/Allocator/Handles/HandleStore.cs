@@ -51,7 +51,7 @@ internal static unsafe class HandleStore
 
     // The directory, one owner word per chunk (MaxChunks * 8 bytes, 2 MiB of address space), mapped zeroed once and
     // never charged up front (MetadataMemory): the OS backs a page of it only when a word on it is first written.
-    private static readonly long* s_owners = (long*)MetadataMemory.AllocateZeroed((nuint)MaxChunks * sizeof(long));
+    private static readonly long* s_owners = (long*)MetadataMemory.AllocateZeroed((nuint)MaxChunks * sizeof(long), LinuxOsMemory.Instance);
 
     private static readonly Lock s_lock = new();
     private static readonly Stack<int> s_freeChunks = new();   // chunks no heap owns, most recently given back on top
@@ -71,7 +71,9 @@ internal static unsafe class HandleStore
     private static HandleEntry* ReserveTable()
     {
         Debug.Assert(sizeof(HandleEntry) == EntryBytes);
-        void* p = MetadataMemory.Reserve((nuint)MaxEntries * EntryBytes);
+        // The real OS layer: the table is reserved once for the whole process, by the type initializer, before any
+        // heap (and any heap's own layer) exists.
+        void* p = MetadataMemory.Reserve((nuint)MaxEntries * EntryBytes, LinuxOsMemory.Instance);
         if (p == null) throw new OutOfMemoryException($"the handle table could not reserve {(long)MaxEntries * EntryBytes} bytes of address space");
         return (HandleEntry*)p;
     }
@@ -102,24 +104,26 @@ internal static unsafe class HandleStore
     public static long OwnerOf(uint index) => index < MaxEntries ? Volatile.Read(ref OwnerWord(index)) : 0;
 
     /// <summary>
-    /// Gives a chunk to <paramref name="owner"/>: the most recently given-back one, else a new one (committed here).
-    /// Takes the store lock (callers may hold their table's lock). Returns the chunk number, or -1 when the process
-    /// has made <see cref="MaxEntries"/> entries and no chunk is free, or the OS refused to commit a new chunk.
-    /// Never throws.
+    /// Gives a chunk to <paramref name="owner"/>: the most recently given-back one, else (or always, with
+    /// <paramref name="newChunk"/>) a new one, committed here through <paramref name="os"/>, the asking heap's OS
+    /// layer: the commit is made for that heap, and a refusal fails only its allocation. Takes the store lock (callers
+    /// may hold their table's lock). Returns the chunk number, or -1 when the process has made
+    /// <see cref="MaxEntries"/> entries and no chunk is free, or the OS refused to commit a new chunk (the store is
+    /// unchanged: the range stays reserved and the next call tries again). Never throws.
     /// </summary>
-    public static int TakeChunk(long owner)
+    public static int TakeChunk(long owner, IOsMemory os, bool newChunk = false)
     {
         Debug.Assert(owner != 0);
         lock (s_lock)
         {
-            if (s_freeChunks.TryPop(out int free))
+            if (!newChunk && s_freeChunks.TryPop(out int free))
             {
                 Debug.Assert(s_owners[free] == 0);
                 Volatile.Write(ref s_owners[free], owner);
                 return free;
             }
             int c = s_chunkCount;
-            if (c == MaxChunks || !MetadataMemory.Commit(Base + ((long)c << ChunkShift), (nuint)ChunkBytes)) return -1;
+            if (c == MaxChunks || !MetadataMemory.Commit(Base + ((long)c << ChunkShift), (nuint)ChunkBytes, os)) return -1;
             Volatile.Write(ref s_owners[c], owner);   // publishes the committed, zeroed chunk (release)
             Volatile.Write(ref s_chunkCount, c + 1);
             return c;

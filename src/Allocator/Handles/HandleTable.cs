@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Compaction.Allocator.Layout;
+using Compaction.Allocator.Os;
 
 namespace Compaction.Allocator.Handles;
 
@@ -19,7 +20,7 @@ namespace Compaction.Allocator.Handles;
 /// instead of returning it (<see cref="EntryState.Freed"/>).</para>
 /// <para>Lock ordering: <see cref="_lock"/> is the innermost lock of the heap; the store's lock nests inside it.</para>
 /// </remarks>
-internal sealed unsafe class HandleTable : IDisposable
+internal sealed unsafe partial class HandleTable : IDisposable
 {
     public const int ChunkEntries = HandleStore.ChunkEntries;
 
@@ -30,9 +31,15 @@ internal sealed unsafe class HandleTable : IDisposable
     private long _freeEntries;
     private long _retired;                // retired entries in the chunks this heap holds
     private bool _disposed;
+    private readonly IOsMemory _os;       // commits the new chunks this heap asks for
 
-    /// <summary>Takes a fresh owner id; no chunk yet (the first <see cref="Pop"/> takes one).</summary>
-    public HandleTable() => Owner = HandleStore.NewOwner();
+    /// <summary>Takes a fresh owner id; no chunk yet (the first <see cref="Pop"/> takes one). New chunks are
+    /// committed through <paramref name="os"/>, the heap's OS layer.</summary>
+    public HandleTable(IOsMemory os)
+    {
+        _os = os;
+        Owner = HandleStore.NewOwner();
+    }
 
     /// <summary>This heap's id in the chunk directory: unique in the process, never 0.</summary>
     public long Owner { get; }
@@ -151,7 +158,7 @@ internal sealed unsafe class HandleTable : IDisposable
             Array.Copy(_chunks, bigger, _chunkCount);
             Volatile.Write(ref _chunks, bigger);
         }
-        int chunk = HandleStore.TakeChunk(Owner);
+        int chunk = HandleStore.TakeChunk(Owner, _os, NewChunksOnly);
         if (chunk < 0) return false;
         _chunks[_chunkCount] = chunk;
         Volatile.Write(ref _chunkCount, _chunkCount + 1);

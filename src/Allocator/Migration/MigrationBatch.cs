@@ -24,18 +24,26 @@ internal sealed class MigrationBatch
 
     public void Clear() { Count = 0; BytesMoved = 0; Demote = false; }
 
+    /// <summary>Makes room for <paramref name="n"/> more blocks, so that the next <paramref name="n"/> calls of
+    /// <see cref="Add"/> allocate nothing. A caller that takes storage for a block before adding it (the compactor's
+    /// destinations) calls it first: a managed allocation that fails then fails before any storage is taken. Each
+    /// array grows on its own, so a failure part way leaves every array at least <see cref="Count"/> long.</summary>
+    public void EnsureRoom(int n)
+    {
+        int need = Count + n;
+        if (need <= Owner.Length && need <= Index.Length && need <= State.Length && need <= Src.Length && need <= Dst.Length && need <= Result.Length) return;
+        int size = Math.Max(need, Count * 2);
+        if (Index.Length < need) Array.Resize(ref Index, size);
+        if (State.Length < need) Array.Resize(ref State, size);
+        if (Src.Length < need) Array.Resize(ref Src, size);
+        if (Dst.Length < need) Array.Resize(ref Dst, size);
+        if (Result.Length < need) Array.Resize(ref Result, size);
+        if (Owner.Length < need) Array.Resize(ref Owner, size);
+    }
+
     public void Add(uint index, long state, nint src, nint dst)
     {
-        if (Count == Index.Length)
-        {
-            int n = Count * 2;
-            Array.Resize(ref Index, n);
-            Array.Resize(ref State, n);
-            Array.Resize(ref Src, n);
-            Array.Resize(ref Dst, n);
-            Array.Resize(ref Result, n);
-            Array.Resize(ref Owner, n);
-        }
+        EnsureRoom(1);
         Index[Count] = index;
         State[Count] = state;
         Src[Count] = src;

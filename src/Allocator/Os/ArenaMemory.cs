@@ -38,14 +38,17 @@ internal enum PageblockMemory : byte
 /// runtime aborts. With protection changed only from none to read-write, and neighbouring commits merging into one
 /// mapping, the arena holds at most one mapping per run of pageblocks ever committed, plus one per run never
 /// committed; decommits never add one.
+/// On Linux every system call goes through the <see cref="IOsMemory"/> the heap was built with (the real one, or a
+/// test's that refuses chosen calls).
 /// A refused commit fails the allocation that needed it (<see cref="CommitFailures"/>); a refused decommit or purge
 /// leaves the memory committed, resident and accounted as before (<see cref="DecommitFailures"/>). Neither throws.
 /// Thread safety: <see cref="Commit"/>, <see cref="Decommit"/> and <see cref="Purge"/> are called with the owning zone's
 /// lock held, for pageblocks of that zone only, so two calls never race on one pageblock. The counters are updated
 /// with interlocked adds because two zones may commit at the same time.
 /// </remarks>
-internal sealed unsafe partial class ArenaMemory : IDisposable
+internal sealed unsafe class ArenaMemory : IDisposable
 {
+    private readonly IOsMemory _os;                // every system call goes through it (native-layout.md, section 1)
     private readonly bool _linux;
     private readonly nuint _reservedBytes;
     private readonly nuint _pageblockBytes;
@@ -74,8 +77,11 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
     /// default <c>vm.max_map_count</c>; past it a purge leaves the pageblock's huge-page advice alone.</summary>
     public const int MaxSmallPageIslands = 8192;
 
-    public ArenaMemory(nuint reservedBytes, nuint pageblockBytes, bool hugePages, bool forcePortable)
+    /// <summary>Reserves the range through <paramref name="os"/> (the Linux back end) or allocates it (portable).</summary>
+    /// <exception cref="OutOfMemoryException">The OS refused the reservation; nothing is left mapped.</exception>
+    public ArenaMemory(nuint reservedBytes, nuint pageblockBytes, bool hugePages, bool forcePortable, IOsMemory os)
     {
+        _os = os;
         _reservedBytes = reservedBytes;
         _pageblockBytes = pageblockBytes;
         _state = new PageblockMemory[(int)(reservedBytes / pageblockBytes)];
@@ -86,17 +92,16 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
             // Over-reserve by one pageblock so the base can be aligned to a pageblock (2 MiB by default), which lets
             // the kernel back each committed pageblock with one transparent huge page.
             nuint length = reservedBytes + pageblockBytes;
-            nint p = LinuxMemory.mmap(0, length, LinuxMemory.PROT_NONE,
-                LinuxMemory.MAP_PRIVATE | LinuxMemory.MAP_ANONYMOUS | LinuxMemory.MAP_NORESERVE, -1, 0);
-            if (p == LinuxMemory.MAP_FAILED)
-                throw new OutOfMemoryException($"mmap could not reserve {reservedBytes} bytes of address space (errno {Marshal.GetLastPInvokeError()}).");
+            nint p = os.Map(length, readWrite: false, out int errno);
+            if (p == 0)
+                throw new OutOfMemoryException($"The heap could not reserve its arena: mmap refused {length} bytes of address space ({OsError.Describe(errno)}).");
             _rawBase = p;
             _hugePages = hugePages;
             Base = (nint)(((nuint)p + pageblockBytes - 1) & ~(pageblockBytes - 1));
             // Advice only, for the whole range at once (advising each commit would set the flag on a part of the
             // mapping, and a part that differs in flags cannot merge with its neighbours). A kernel without THP
             // refuses it (EINVAL); the heap then works with small pages, so the result is deliberately ignored.
-            if (hugePages) _ = LinuxMemory.madvise(p, length, LinuxMemory.MADV_HUGEPAGE);
+            if (hugePages) _ = os.Advise(p, length, OsAdvice.HugePage);
         }
         else
         {
@@ -140,10 +145,9 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
     {
         PageblockMemory state = _state[pageblock];
         if (state == PageblockMemory.Committed) return true;
-        if (FailNextCommit) { FailNextCommit = false; Interlocked.Increment(ref _commitFailures); return false; }
         // A decommitted pageblock is still mapped read-write: only the first commit changes the protection.
         if (_linux && state == PageblockMemory.Reserved
-            && LinuxMemory.mprotect(AddressOf(pageblock), _pageblockBytes, LinuxMemory.PROT_READ | LinuxMemory.PROT_WRITE) != 0)
+            && _os.Protect(AddressOf(pageblock), _pageblockBytes, readWrite: true) != 0)
         {
             Interlocked.Increment(ref _commitFailures);
             return false;
@@ -189,7 +193,7 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
                 Interlocked.Add(ref s_islands, -delta);
                 return;
             }
-            if (LinuxMemory.madvise(AddressOf(pb), _pageblockBytes, small ? LinuxMemory.MADV_NOHUGEPAGE : LinuxMemory.MADV_HUGEPAGE) != 0)
+            if (_os.Advise(AddressOf(pb), _pageblockBytes, small ? OsAdvice.NoHugePage : OsAdvice.HugePage) != 0)
             {
                 if (delta > 0) Interlocked.Add(ref s_islands, -delta);
                 Interlocked.Increment(ref _adviceFailures);
@@ -235,16 +239,10 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
     }
 
     /// <summary>MADV_DONTNEED on the Linux back end, bookkeeping only on the portable one. False (and counted) when
-    /// the OS refused, or when a test asked for the next one to fail.</summary>
+    /// the OS refused.</summary>
     private bool DropPages(nint address, nuint bytes)
     {
-        if (FailNextDecommit)
-        {
-            FailNextDecommit = false;
-            Interlocked.Increment(ref _decommitFailures);
-            return false;
-        }
-        if (_linux && LinuxMemory.madvise(address, bytes, LinuxMemory.MADV_DONTNEED) != 0)
+        if (_linux && _os.Advise(address, bytes, OsAdvice.DontNeed) != 0)
         {
             Interlocked.Increment(ref _decommitFailures);
             return false;
@@ -267,8 +265,8 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
         if (_linux)
         {
             // Unmapping the whole mapping cannot split one, so it fails only on arguments that are wrong (EINVAL).
-            int unmapped = LinuxMemory.munmap(p, _reservedBytes + _pageblockBytes);
-            Debug.Assert(unmapped == 0, $"munmap of the arena failed (errno {Marshal.GetLastPInvokeError()})");
+            int errno = _os.Unmap(p, _reservedBytes + _pageblockBytes);
+            Debug.Assert(errno == 0, $"munmap of the arena failed ({OsError.Describe(errno)})");
         }
         else
         {

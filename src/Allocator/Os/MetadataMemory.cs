@@ -6,18 +6,19 @@ namespace Compaction.Allocator.Os;
 /// Zeroed native memory for metadata sized by the reservation (the page-descriptor array): on Linux an anonymous
 /// read-write mapping with MAP_NORESERVE, so that neither the heuristic overcommit check nor residency charges the
 /// untouched part (the zones write descriptors only below their frontiers); elsewhere a zeroed native allocation.
+/// On Linux every call goes through the <see cref="IOsMemory"/> passed in (the heap's, or for the process-wide handle
+/// table's reservation the real one).
 /// </summary>
 internal static unsafe class MetadataMemory
 {
     /// <summary>Zeroed memory of <paramref name="bytes"/>; throws <see cref="OutOfMemoryException"/> when the OS refuses.</summary>
-    public static void* AllocateZeroed(nuint bytes)
+    public static void* AllocateZeroed(nuint bytes, IOsMemory os)
     {
         if (OperatingSystem.IsLinux())
         {
-            nint p = LinuxMemory.mmap(0, bytes, LinuxMemory.PROT_READ | LinuxMemory.PROT_WRITE,
-                LinuxMemory.MAP_PRIVATE | LinuxMemory.MAP_ANONYMOUS | LinuxMemory.MAP_NORESERVE, -1, 0);
-            if (p == LinuxMemory.MAP_FAILED)
-                throw new OutOfMemoryException($"mmap could not map {bytes} bytes of metadata (errno {Marshal.GetLastPInvokeError()}).");
+            nint p = os.Map(bytes, readWrite: true, out int errno);
+            if (p == 0)
+                throw new OutOfMemoryException($"mmap refused {bytes} bytes of metadata ({OsError.Describe(errno)}).");
             return (void*)p;
         }
         return NativeMemory.AllocZeroed(bytes);
@@ -29,27 +30,23 @@ internal static unsafe class MetadataMemory
     /// parts of it usable. Elsewhere the whole range is allocated zeroed at once (so keep it small there). Null when
     /// the OS refuses.
     /// </summary>
-    public static void* Reserve(nuint bytes)
+    public static void* Reserve(nuint bytes, IOsMemory os)
     {
-        if (OperatingSystem.IsLinux())
-        {
-            nint p = LinuxMemory.mmap(0, bytes, LinuxMemory.PROT_NONE,
-                LinuxMemory.MAP_PRIVATE | LinuxMemory.MAP_ANONYMOUS | LinuxMemory.MAP_NORESERVE, -1, 0);
-            return p == LinuxMemory.MAP_FAILED ? null : (void*)p;
-        }
+        if (OperatingSystem.IsLinux()) return (void*)os.Map(bytes, readWrite: false, out _);
         return NativeMemory.AllocZeroed(bytes);
     }
 
     /// <summary>Makes <paramref name="bytes"/> at <paramref name="p"/>, inside a <see cref="Reserve"/>d range,
-    /// readable and writable (zeroed: never touched before). False when the OS refuses (commit limit).</summary>
-    public static bool Commit(void* p, nuint bytes) =>
-        !OperatingSystem.IsLinux() || LinuxMemory.mprotect((nint)p, bytes, LinuxMemory.PROT_READ | LinuxMemory.PROT_WRITE) == 0;
+    /// readable and writable (zeroed: never touched before). False when the OS refuses (commit limit, or the split
+    /// would pass vm.max_map_count).</summary>
+    public static bool Commit(void* p, nuint bytes, IOsMemory os) =>
+        !OperatingSystem.IsLinux() || os.Protect((nint)p, bytes, readWrite: true) == 0;
 
     /// <summary>Frees memory from <see cref="AllocateZeroed"/> of the same <paramref name="bytes"/>.</summary>
-    public static void Free(void* p, nuint bytes)
+    public static void Free(void* p, nuint bytes, IOsMemory os)
     {
         if (p == null) return;
-        if (OperatingSystem.IsLinux()) LinuxMemory.munmap((nint)p, bytes);
+        if (OperatingSystem.IsLinux()) os.Unmap((nint)p, bytes);
         else NativeMemory.Free(p);
     }
 }

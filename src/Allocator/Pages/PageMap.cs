@@ -29,9 +29,12 @@ internal sealed unsafe class PageMap : IDisposable
     public readonly int MaxOrder;           // PageblockOrder + 1: the largest buddy order
     public PageDescriptor* Pages;
     private int* _pageblockBits;
+    private readonly IOsMemory _os;   // maps and unmaps the descriptor array
 
-    public PageMap(nint baseAddress, int pageSize, int pageblockPages, int pageCount)
+    /// <exception cref="OutOfMemoryException">The OS refused the descriptor array; nothing is left mapped.</exception>
+    public PageMap(nint baseAddress, int pageSize, int pageblockPages, int pageCount, IOsMemory os)
     {
+        _os = os;
         Base = baseAddress;
         PageSize = pageSize;
         PageShift = BitOperations.Log2((uint)pageSize);
@@ -43,7 +46,7 @@ internal sealed unsafe class PageMap : IDisposable
         // Zeroed lazily and never charged up front (MetadataMemory): untouched descriptors cost no page fault and no
         // commit. All-zero is a valid descriptor (a FreeTail page); the zones write descriptors only below their
         // frontiers, so the resident part of the array follows the pages the heap has used (native-layout.md, 2).
-        Pages = (PageDescriptor*)MetadataMemory.AllocateZeroed(DescriptorArrayBytes);
+        Pages = (PageDescriptor*)MetadataMemory.AllocateZeroed(DescriptorArrayBytes, os);
         int words = (PageblockCount + PageblockBits.PageblocksPerWord - 1) / PageblockBits.PageblocksPerWord;
         try
         {
@@ -126,7 +129,7 @@ internal sealed unsafe class PageMap : IDisposable
 
     public void Dispose()
     {
-        if (Pages != null) { MetadataMemory.Free(Pages, DescriptorArrayBytes); Pages = null; }
+        if (Pages != null) { MetadataMemory.Free(Pages, DescriptorArrayBytes, _os); Pages = null; }
         if (_pageblockBits != null) { NativeMemory.Free(_pageblockBits); _pageblockBits = null; }
     }
 }

@@ -473,9 +473,9 @@ internal sealed unsafe partial class Zone
             ref PageDescriptor d = ref _map.Page(p);
             if (d.Kind != PageKind.FreeHead) { p++; continue; }
             int order = d.Order;
+            pool.Add((p, order));   // first: a managed allocation failing here leaves the block on its free list
             RemoveFreeBlockLocked(p, order, type);
             d.Kind = PageKind.FreeTail;
-            pool.Add((p, order));
             isolated += 1 << order;
             p += 1 << order;
         }
