@@ -42,6 +42,9 @@ public sealed class HeapStatistics
     /// resident), counted in <see cref="CommittedBytes"/> and not in <see cref="DecommittedBytes"/> or
     /// <see cref="PurgedBytes"/>; a later release or trim tries again.</summary>
     public long DecommitFailures { get; internal init; }
+    /// <summary>Writes through stale pointers found since the heap was created (<see cref="HeapOptions.PoisonFreedMemory"/>;
+    /// always 0 without it): each is storage that no longer held its poison when it was handed out again.</summary>
+    public long UseAfterFreeDetections { get; internal init; }
     /// <summary>Native metadata: page descriptors, pageblock bitmap and handle table.</summary>
     public long MetadataBytes { get; internal init; }
     /// <summary>Page size in bytes.</summary>

@@ -18,6 +18,13 @@ public sealed partial class NativeHeap
         if (Tracing(NativeHeapEventSource.Keywords.Allocation, EventLevel.Warning)) Events.AllocationFailed(_id, size, kind.ToString());
     }
 
+    /// <summary>A use-after-free write found as storage was handed out again (the poison's callback; already counted).
+    /// Raised from whatever layer found it, under whatever lock that layer holds: it only writes the event.</summary>
+    private void NoteUseAfterFree(nint address, long bytesChanged)
+    {
+        if (Tracing(NativeHeapEventSource.Keywords.Allocation, EventLevel.Error)) Events.UseAfterFreeDetected(_id, address, bytesChanged);
+    }
+
     /// <summary>Direct compaction for a run allocation that failed, with its pass traced when a listener wants it.</summary>
     private int DirectCompact(int pages, uint index)
     {

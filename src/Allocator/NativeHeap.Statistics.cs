@@ -72,6 +72,7 @@ public sealed unsafe partial class NativeHeap
             LongTermPinBytesMoved = Volatile.Read(ref _longTermPinBytesMoved),
             LongTermPinFailures = Volatile.Read(ref _longTermPinFailures),
             DecommitFailures = _memory.DecommitFailures,
+            UseAfterFreeDetections = _poison.Detections,
             MetadataBytes = _pages.MetadataBytes + _handles.MetadataBytes,
             PageSize = _map.PageSize,
             PageblockPages = _map.PageblockPages,

@@ -47,6 +47,7 @@ internal enum PageblockMemory : byte
 internal sealed unsafe partial class ArenaMemory : IDisposable
 {
     private readonly bool _linux;
+    private readonly bool _clearFirstCommit;   // portable back end only: zero a pageblock at its first commit
     private readonly nuint _reservedBytes;
     private readonly nuint _pageblockBytes;
     private readonly PageblockMemory[] _state; // per pageblock; written under the zone lock of that pageblock
@@ -74,8 +75,12 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
     /// default <c>vm.max_map_count</c>; past it a purge leaves the pageblock's huge-page advice alone.</summary>
     public const int MaxSmallPageIslands = 8192;
 
-    public ArenaMemory(nuint reservedBytes, nuint pageblockBytes, bool hugePages, bool forcePortable)
+    /// <summary>Reserves the range. With <c>clearFirstCommit</c>, the portable back end (whose allocation is not
+    /// zeroed) zeroes each pageblock at its first commit, so that memory never handed out reads as zero on both back
+    /// ends, which poisoned free memory relies on; the Linux back end's fresh pages are zero already.</summary>
+    public ArenaMemory(nuint reservedBytes, nuint pageblockBytes, bool hugePages, bool forcePortable, bool clearFirstCommit = false)
     {
+        _clearFirstCommit = clearFirstCommit;
         _reservedBytes = reservedBytes;
         _pageblockBytes = pageblockBytes;
         _state = new PageblockMemory[(int)(reservedBytes / pageblockBytes)];
@@ -133,6 +138,11 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
     /// a hint (the state changes only under the zone lock).</summary>
     public bool IsCommitted(int pageblock) => Volatile.Read(ref Unsafe.As<PageblockMemory, byte>(ref _state[pageblock])) == (byte)PageblockMemory.Committed;
 
+    /// <summary>True when <paramref name="pageblock"/> may be read: committed now or once (a decommitted pageblock stays
+    /// mapped read-write and reads as zero), or any pageblock of the portable back end. A pageblock never committed is
+    /// <c>PROT_NONE</c> on Linux. For the validator, on a quiescent heap.</summary>
+    public bool IsReadable(int pageblock) => !_linux || _state[pageblock] != PageblockMemory.Reserved;
+
     /// <summary>Makes pageblock <paramref name="pageblock"/> usable: readable, writable and counted as committed.
     /// Caller holds the zone lock.</summary>
     /// <returns>false when the OS refuses (the caller turns that into an allocation failure).</returns>
@@ -148,6 +158,7 @@ internal sealed unsafe partial class ArenaMemory : IDisposable
             Interlocked.Increment(ref _commitFailures);
             return false;
         }
+        if (!_linux && _clearFirstCommit && state == PageblockMemory.Reserved) NativeMemory.Clear((void*)AddressOf(pageblock), _pageblockBytes);
         _state[pageblock] = PageblockMemory.Committed;
         Interlocked.Add(ref _committedBytes, (long)_pageblockBytes);
         Interlocked.Increment(ref _commits);
