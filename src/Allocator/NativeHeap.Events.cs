@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Diagnostics.Tracing;
+using System.Runtime.CompilerServices;
 
 namespace Compaction.Allocator;
 
@@ -18,11 +19,14 @@ public sealed partial class NativeHeap
         if (Tracing(NativeHeapEventSource.Keywords.Allocation, EventLevel.Warning)) Events.AllocationFailed(_id, size, kind.ToString());
     }
 
-    /// <summary>A use-after-free write found as storage was handed out again (the poison's callback; already counted).
-    /// Raised from whatever layer found it, under whatever lock that layer holds: it only writes the event.</summary>
-    private void NoteUseAfterFree(nint address, long bytesChanged)
+    /// <summary>Raises the use-after-free detections waiting in the poison (already counted), on the allocating
+    /// thread, at the end of an allocation, when it holds no heap lock: a listener's code may call into the heap.
+    /// Ones the compactor found (a destination slot) are raised by the next allocation.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void RaiseUseAfterFreeEvents()
     {
-        if (Tracing(NativeHeapEventSource.Keywords.Allocation, EventLevel.Error)) Events.UseAfterFreeDetected(_id, address, bytesChanged);
+        while (_poison.HasPending && _poison.TryTakePending(out (nint first, long changed) d))
+            if (Tracing(NativeHeapEventSource.Keywords.Allocation, EventLevel.Error)) Events.UseAfterFreeDetected(_id, d.first, d.changed);
     }
 
     /// <summary>Direct compaction for a run allocation that failed, with its pass traced when a listener wants it.</summary>

@@ -74,7 +74,6 @@ public sealed unsafe partial class NativeHeap : IDisposable
             _pages = new PageAllocator(_map, _memory, _options.MovableZonePercent, _options.PoisonFreedMemory);
             _poison = _pages.Poison;
             _poisonFreed = _poison.Enabled;
-            _poison.Detected = NoteUseAfterFree;
             _maxBlockSize = (long)_pages.LargestZonePages * pageSize;
 
             _classes = new SizeClasses(_options.SlabThreshold, pageSize);
@@ -195,8 +194,11 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// counted and reported, and the slot is handed out all the same (its contents are unspecified anyway). The entry
     /// is free and ours, so its Address is stable.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void CheckCachedSlot(ulong handle, long size) =>
+    private void CheckCachedSlot(ulong handle, long size)
+    {
         _poison.Check(HandleStore.Get(HandleBits.Index(handle))->Address, _classes.Size[ClassOf(size)]);
+        RaiseUseAfterFreeEvents();   // this one, and any a refill found under its class lock
+    }
 
     /// <summary>Poisoning on: a run being handed out, from a cache (poisoned whole when its block was freed) or from
     /// free pages (each page the pattern or zero: purged, decommitted and never-used pages read as zero).</summary>
@@ -254,9 +256,11 @@ public sealed unsafe partial class NativeHeap : IDisposable
         {
             ulong run = AllocateRun(size, kind, tc);
             if (run == 0) NoteAllocationFailed(size, kind);
+            if (_poisonFreed) RaiseUseAfterFreeEvents();
             return run;
         }
         ulong handle = AllocateSmallDirect(size, kind);
+        if (_poisonFreed) RaiseUseAfterFreeEvents();
         return handle != 0 ? handle : AllocateSmallAfterMiss(size, kind);
     }
 
@@ -280,6 +284,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     {
         ulong handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
         if (handle == 0) NoteAllocationFailed(size, kind);
+        if (_poisonFreed) RaiseUseAfterFreeEvents();
         return handle;
     }
 

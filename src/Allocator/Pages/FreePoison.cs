@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+
 namespace Compaction.Allocator.Pages;
 
 /// <summary>
@@ -37,9 +39,18 @@ internal sealed unsafe class FreePoison
     /// so a heap without the option pays one predictable branch).</summary>
     public readonly bool Enabled;
 
-    /// <summary>Called with the first changed byte and the count of changed bytes on every detection (the API layer
-    /// raises its event here). Set once, before the heap is used.</summary>
-    public Action<nint, long>? Detected { get; set; }
+    /// <summary>Detections not yet reported as events (first changed byte, bytes changed). Most are found under a
+    /// class or zone lock, where no listener's code may run (it could call back into the heap), so they wait here and
+    /// the API layer raises them once it holds no lock (<see cref="TryTakePending"/>). At most
+    /// <see cref="MaxPending"/> wait; later ones are counted but raise no event.</summary>
+    private readonly ConcurrentQueue<(nint first, long changed)> _pending = new();
+    private const int MaxPending = 64;
+
+    /// <summary>True when detections wait to be raised (a racy peek; <see cref="TryTakePending"/> decides).</summary>
+    public bool HasPending => !_pending.IsEmpty;
+
+    /// <summary>Takes the oldest detection not yet raised. Lock-free.</summary>
+    public bool TryTakePending(out (nint first, long changed) detection) => _pending.TryDequeue(out detection);
 
     /// <summary>Use-after-free writes found when storage was handed out again, since the heap was created.</summary>
     public long Detections => Volatile.Read(ref _detections);
@@ -101,7 +112,7 @@ internal sealed unsafe class FreePoison
     {
         if (found.changed == 0) return true;
         Interlocked.Increment(ref _detections);
-        Detected?.Invoke(found.first, found.changed);
+        if (_pending.Count < MaxPending) _pending.Enqueue(found);
         return false;
     }
 
