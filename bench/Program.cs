@@ -36,9 +36,11 @@ public static class Program
           analyze FILE.nettrace | analyze --pid N [--seconds S] [--out FILE]
                   the heap's events (EventSource Compaction-NativeHeap) from a trace or a live process: passes by
                   trigger, p50/p99/max pause, MB/s moved, failures by reason, wakes, releases; an SVG beside the trace
-          soak [--seconds N (60)] [--threads N]
-                  every feature at once on one heap with the background compactor on; failures must be 0 and RSS
-                  flat once warm -> bench/results/soak.md, soak.svg
+          soak [--seconds N (60)] [--threads N] [--c-threads N (2)] [--no-cabi]
+                  every feature at once on one heap with the background compactor on, and beside it C threads
+                  through the C ABI (tests/cabi/cabi_soak.c; built by scripts/cabi.sh, skipped with the reason
+                  when gcc or the NativeAOT publish is unavailable); failures must be 0 and RSS flat once warm
+                  -> bench/results/soak.md, soak.svg
           peers   which peer allocators load in this process
         peers are installed by scripts/install-peers.sh (a missing one is skipped, never fatal)
         """;

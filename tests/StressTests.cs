@@ -12,12 +12,20 @@ public class StressTests(ITestOutputHelper output)
 {
     private const int Mutators = 4;
 
-    [Fact]
-    public void MigrationsConcurrentWithMutatorsLoseNoByteAndNeverMoveAPinnedBlock()
+    /// <summary>With <paramref name="poison"/>, free memory is poisoned and checked on reuse
+    /// (<see cref="HeapOptions.PoisonFreedMemory"/>): correct code must give no detection and no validator problem
+    /// after migrations, slab frees and direct compactions.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void MigrationsConcurrentWithMutatorsLoseNoByteAndNeverMoveAPinnedBlock(bool poison)
     {
         int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
-        output.WriteLine($"seed {seed}");
-        using NativeHeap heap = TestHeaps.Small(movablePercent: 75, arenaBytes: 128L << 20);   // direct compaction on, too
+        output.WriteLine($"seed {seed}, poison {poison}");
+        using var heap = new NativeHeap(new HeapOptions   // TestHeaps.Small's settings; direct compaction on, too
+        {
+            ArenaBytes = 128L << 20, PageblockPages = 64, MovableZonePercent = 75, PoisonFreedMemory = poison,
+        });
         var published = new long[Mutators * 256];   // handles the relocator may move (racy, by design)
         var stop = new CancellationTokenSource();
         long migrated = 0, pinnedRejects = 0;
@@ -62,20 +70,26 @@ public class StressTests(ITestOutputHelper output)
         TestHeaps.AssertValid(heap);
         Assert.True(heap.AllPageblocksFree(), "every pageblock is free at the end");
         TestHeaps.AssertValid(heap);
+        Assert.Equal(0, heap.GetStatistics().UseAfterFreeDetections);
     }
 
     /// <summary>The background compactor at full aggressiveness (no budget, 1 ms interval, proactiveness 100,
-    /// immediate decommit) plus a thread running explicit full compactions, while 4 mutators pin, write and verify.</summary>
-    [Fact]
-    public void BackgroundCompactionConcurrentWithMutatorsLosesNoByteAndNeverMovesAPinnedBlock()
+    /// immediate decommit) plus a thread running explicit full compactions, while 4 mutators pin, write and verify.
+    /// With <paramref name="poison"/>, free memory is poisoned and checked: decommits, purges, consolidation and
+    /// zone passes beside the mutators must give no detection and no validator problem on correct code.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void BackgroundCompactionConcurrentWithMutatorsLosesNoByteAndNeverMovesAPinnedBlock(bool poison)
     {
         int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
-        output.WriteLine($"seed {seed}");
+        output.WriteLine($"seed {seed}, poison {poison}");
         using var heap = new NativeHeap(new HeapOptions
         {
             ArenaBytes = 64L << 20, PageblockPages = 64, MovableZonePercent = 75,
             CompactionInterval = TimeSpan.FromMilliseconds(1), Proactiveness = 100,
             CompactionBudgetBytes = 0, CompactionBudgetTime = TimeSpan.Zero, DecommitDelay = TimeSpan.Zero,
+            PoisonFreedMemory = poison,
         });
         long fullRuns = 0;
         var counts = new MutatorCounts();
@@ -112,6 +126,7 @@ public class StressTests(ITestOutputHelper output)
         Assert.True(end.LiveBytes == 0 && end.LiveBlocks == 0, $"live {end.LiveBytes} B in {end.LiveBlocks} blocks; validator: {string.Join("; ", heap.Validate().Take(5))}");
         TestHeaps.AssertValid(heap);
         Assert.True(heap.AllPageblocksFree(), "every pageblock is free at the end");
+        Assert.Equal(0, end.UseAfterFreeDetections);
     }
 
     [Fact]

@@ -29,6 +29,7 @@ public abstract unsafe partial class AllocFreeBenchmarks
     private readonly BlockHandle[] _handles = new BlockHandle[Blocks];
     private readonly byte[]?[] _arrays = new byte[Blocks][];
     private NativeHeap _heap = null!;
+    private NativeHeap _poisonedHeap = null!;   // HeapOptions.PoisonFreedMemory on: the option's cost
     private NativePeer? _mimalloc, _tcmalloc, _jemalloc;
 
     [GlobalSetup]
@@ -39,6 +40,7 @@ public abstract unsafe partial class AllocFreeBenchmarks
         for (int i = 0; i < Blocks; i++) _sizes[i] = rng.Next(MinSize, MaxSize + 1);
         // The arena is far more than one batch needs (256 MiB up to 64 KiB blocks); commits happen during warmup and are then reused.
         _heap = new NativeHeap(new HeapOptions { ArenaBytes = ArenaBytes });
+        _poisonedHeap = new NativeHeap(new HeapOptions { ArenaBytes = ArenaBytes, PoisonFreedMemory = true });
         _mimalloc = Peers.MimallocPeer;
         _tcmalloc = Peers.TcmallocPeer;
         _jemalloc = Peers.JemallocPeer;
@@ -60,13 +62,22 @@ public abstract unsafe partial class AllocFreeBenchmarks
     private static partial int Mallopt(int param, int value);
 
     [GlobalCleanup]
-    public void Cleanup() => _heap.Dispose();
+    public void Cleanup()
+    {
+        _heap.Dispose();
+        _poisonedHeap.Dispose();
+    }
 
     [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap movable")]
-    public void NativeHeapMovable() => RunHeap(BlockKind.Movable);
+    public void NativeHeapMovable() => RunHeap(_heap, BlockKind.Movable);
 
     [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap unmovable")]
-    public void NativeHeapUnmovable() => RunHeap(BlockKind.Unmovable);
+    public void NativeHeapUnmovable() => RunHeap(_heap, BlockKind.Unmovable);
+
+    /// <summary>The movable row with use-after-free detection on: every free fills the slot with poison, every
+    /// allocation reads it back.</summary>
+    [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap movable, PoisonFreedMemory")]
+    public void NativeHeapMovablePoisoned() => RunHeap(_poisonedHeap, BlockKind.Movable);
 
     [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap movable, HeapContext")]
     public void NativeHeapMovableContext() => RunContext(BlockKind.Movable);
@@ -84,9 +95,8 @@ public abstract unsafe partial class AllocFreeBenchmarks
         for (int i = 0; i < sizes.Length; i++) ctx.Free(handles[i]);
     }
 
-    private void RunHeap(BlockKind kind)
+    private void RunHeap(NativeHeap heap, BlockKind kind)
     {
-        NativeHeap heap = _heap;
         int[] sizes = _sizes;
         BlockHandle[] handles = _handles;
         for (int i = 0; i < sizes.Length; i++) handles[i] = heap.Allocate(sizes[i], kind);

@@ -296,13 +296,15 @@ public sealed class LatencyHistogram
 /// <summary>Resident memory of this process (Linux /proc), or null elsewhere.</summary>
 public static class ProcessMemory
 {
-    /// <summary>Resident bytes: the second field of /proc/self/statm times the page size.</summary>
-    public static long? ResidentBytes()
+    /// <summary>Resident bytes of this process, or of process <paramref name="pid"/>: the second field of
+    /// /proc/PID/statm times the page size; null when it cannot be read (no /proc, or the process has ended).</summary>
+    public static long? ResidentBytes(int? pid = null)
     {
         try
         {
-            if (!File.Exists("/proc/self/statm")) return null;
-            string[] fields = File.ReadAllText("/proc/self/statm").Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            string statm = $"/proc/{(pid is int p ? p.ToString(CultureInfo.InvariantCulture) : "self")}/statm";
+            if (!File.Exists(statm)) return null;
+            string[] fields = File.ReadAllText(statm).Split(' ', StringSplitOptions.RemoveEmptyEntries);
             return long.Parse(fields[1], CultureInfo.InvariantCulture) * Environment.SystemPageSize;
         }
         catch (IOException)

@@ -14,7 +14,10 @@ namespace Compaction.Bench.Soak;
 /// (ArenaMemoryPool, both pin kinds), free at random, and a compactor thread calls <c>Compact()</c> now and then.
 /// Every verification that finds a wrong byte, and every unexpected exception, is a failure. Resident memory is read
 /// every second; once warm (after the first third) it must stay flat: the last third's median within 10% of the
-/// middle third's. Writes bench/results/soak.md and soak.svg (RSS over time).
+/// middle third's. Beside it, in a process of its own, the C part (<see cref="CAbiSoak"/>): C threads doing the same
+/// through the C ABI for the same time; its failures count in the soak's, and its RSS must stay flat the same way
+/// (skipped, with the reason printed and written, when gcc or the NativeAOT publish is unavailable, or with
+/// <c>--no-cabi</c>). Writes bench/results/soak.md and soak.svg (RSS over time).
 /// </summary>
 public static class SoakRun
 {
@@ -34,13 +37,20 @@ public static class SoakRun
 
     public static int Run(string[] args)
     {
-        int seconds = 60, threads = Math.Max(2, Environment.ProcessorCount);
-        for (int i = 0; i + 1 < args.Length; i++)
+        int seconds = 60, threads = Math.Max(2, Environment.ProcessorCount), cThreads = 2;
+        bool withC = true;
+        for (int i = 0; i < args.Length; i++)
         {
-            if (args[i] == "--seconds") seconds = int.Parse(args[++i], Inv);
-            else if (args[i] == "--threads") threads = int.Parse(args[++i], Inv);
+            if (args[i] == "--seconds" && i + 1 < args.Length) seconds = int.Parse(args[++i], Inv);
+            else if (args[i] == "--threads" && i + 1 < args.Length) threads = int.Parse(args[++i], Inv);
+            else if (args[i] == "--c-threads" && i + 1 < args.Length) cThreads = int.Parse(args[++i], Inv);
+            else if (args[i] == "--no-cabi") withC = false;
         }
-        Console.WriteLine($"soak: {seconds} s, {threads} worker threads, the background compactor on");
+        string? cSkipped = withC ? null : "--no-cabi";
+        string? cProgram = withC ? CAbiSoak.Build(out cSkipped) : null;
+        if (cProgram == null) Console.WriteLine($"soak: the C ABI part is SKIPPED: {cSkipped}");
+        Console.WriteLine($"soak: {seconds} s, {threads} worker threads, the background compactor on" +
+                          (cProgram != null ? $"; beside it {cThreads} C threads through the C ABI ({cProgram})" : ""));
         using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 1L << 30, CompactionInterval = TimeSpan.FromMilliseconds(50) });
         heap.StartBackgroundCompaction();
         using var shortPool = new ArenaMemoryPool(heap);
@@ -58,8 +68,10 @@ public static class SoakRun
             }
         }) { IsBackground = true };
         var samples = new List<(double s, long rss, long live)>();
+        var cSamples = new List<(double s, long rss)>();
         long rss0 = Scenarios.ProcessMemory.ResidentBytes() ?? 0;
         var clock = Stopwatch.StartNew();
+        using CAbiSoak? cSoak = cProgram != null ? CAbiSoak.Start(cProgram, seconds, cThreads) : null;
         workers.ForEach(w => w.Start());
         compactor.Start();
         for (int t = 1; t <= seconds; t++)
@@ -67,11 +79,15 @@ public static class SoakRun
             while (clock.Elapsed.TotalSeconds < t) Thread.Sleep(20);
             HeapStatistics s = heap.GetStatistics();
             samples.Add((t, (Scenarios.ProcessMemory.ResidentBytes() ?? 0) - rss0, s.LiveBytes));
+            if (cSoak?.ResidentBytes() is long cRss) cSamples.Add((t, cRss));
             if (t % 10 == 0) Console.WriteLine($"  {t,4} s: {Interlocked.Read(ref tally.Operations):N0} operations, {Interlocked.Read(ref tally.Verifications):N0} verifications, {tally.Failures} failures, RSS +{samples[^1].rss >> 20} MiB, live {s.LiveBytes >> 20} MiB");
         }
         stop.Cancel();
         workers.ForEach(w => w.Join());
         compactor.Join();
+        // The C soak stops by itself after the same time, then verifies and frees what it holds.
+        CAbiSoak.Result? c = cSoak?.Finish(TimeSpan.FromSeconds(120));
+        if (c is { Failures: > 0 }) { Interlocked.Add(ref tally.Failures, c.Failures); Interlocked.CompareExchange(ref tally.FirstFailure, "C ABI: " + c.FirstFailure, null); }
         heap.StopBackgroundCompaction();   // the validator needs a quiescent heap: no background step under it
         List<string> problems = heap.Validate();
         foreach (string p in problems.Take(5)) tally.Fail("validator: " + p);
@@ -80,6 +96,8 @@ public static class SoakRun
         int third = Math.Max(1, samples.Count / 3);
         double middle = Median(samples.Skip(third).Take(third).Select(x => x.rss)), last = Median(samples.Skip(2 * third).Select(x => x.rss));
         bool flat = last <= middle * 1.10 + (8 << 20);
+        double cMiddle = Median(cSamples.Skip(third).Take(third).Select(x => x.rss)), cLast = Median(cSamples.Skip(2 * third).Select(x => x.rss));
+        bool cFlat = cSamples.Count == 0 || cLast <= cMiddle * 1.10 + (8 << 20);
         HeapStatistics end = heap.GetStatistics();
         var sb = new StringBuilder();
         sb.AppendLine("# Soak run");
@@ -91,17 +109,32 @@ public static class SoakRun
         sb.AppendLine("| Operations | Verifications | Failures | RSS growth, middle third (median MiB) | last third (median MiB) | Flat once warm | Bytes moved by compaction (MiB) | Long-term pins taken |");
         sb.AppendLine("|---:|---:|---:|---:|---:|---|---:|---:|");
         sb.AppendLine(string.Create(Inv, $"| {tally.Operations:N0} | {tally.Verifications:N0} | {tally.Failures} | {middle / 1048576:F1} | {last / 1048576:F1} | {(flat ? "yes" : "**no**")} | {end.Compaction.BytesMoved / 1048576.0:F0} | {end.LongTermPinMigrations:N0} moved |"));
+        sb.AppendLine();
+        if (c != null)
+        {
+            sb.AppendLine(string.Create(Inv, $"Beside it, in a process of its own, {c.Threads} C threads (tests/cabi/cabi_soak.c, pthreads) for the same {seconds} s through the C ABI (compaction_heap.so, NativeAOT) on a heap of their own (1 GiB reserved, background compactor on, cna_compact every 0.7 s): allocate 16 B-256 KiB (a tenth unmovable), write, verify under cna_pin (a nested pin must see the same address) and cna_pin_long_term, free at random; the heap must end empty. Its failures count in the soak's; its RSS is the whole process's (the library's runtime included)."));
+            sb.AppendLine();
+            sb.AppendLine("| C ABI: operations | Verifications | Failures | RSS, middle third (median MiB) | last third (median MiB) | Flat once warm | Bytes moved by compaction (MiB) | Long-term pins taken |");
+            sb.AppendLine("|---:|---:|---:|---:|---:|---|---:|---:|");
+            sb.AppendLine(string.Create(Inv, $"| {c.Operations:N0} | {c.Verifications:N0} | {c.Failures} | {cMiddle / 1048576:F1} | {cLast / 1048576:F1} | {(cFlat ? "yes" : "**no**")} | {c.BytesMoved / 1048576.0:F0} | {c.LongTermPinMigrations:N0} moved |"));
+        }
+        else
+        {
+            sb.AppendLine($"The C ABI part was **skipped**: {cSkipped}.");
+        }
         if (tally.FirstFailure != null) sb.AppendLine().AppendLine($"First failure: {tally.FirstFailure}");
         sb.AppendLine().AppendLine("![RSS over time](soak.svg)");
         var plot = new SvgPlot("Soak: resident memory over time", "time (s)", "MiB");
         plot.AddSeries("RSS growth", samples.Select(x => (x.s, x.rss / 1048576.0)).ToList());
         plot.AddSeries("live", samples.Select(x => (x.s, x.live / 1048576.0)).ToList());
+        if (cSamples.Count > 0) plot.AddSeries("C ABI process RSS", cSamples.Select(x => (x.s, x.rss / 1048576.0)).ToList());
         string dir = Path.Combine(Paths.BenchDirectory(), "results");
         File.WriteAllText(Path.Combine(dir, "soak.svg"), plot.Render());
         File.WriteAllText(Path.Combine(dir, "soak.md"), sb.ToString());
         Console.Write(sb.ToString());
-        Console.WriteLine($"soak: {(tally.Failures == 0 && flat ? "OK" : "FAILED")}; wrote {Path.Combine(dir, "soak.md")}");
-        return tally.Failures == 0 && flat ? 0 : 1;
+        bool ok = tally.Failures == 0 && flat && cFlat;
+        Console.WriteLine($"soak: {(ok ? "OK" : "FAILED")}{(c == null ? $" (C ABI part skipped: {cSkipped})" : "")}; wrote {Path.Combine(dir, "soak.md")}");
+        return ok ? 0 : 1;
     }
 
     private static byte Pattern(ulong h, int i) => (byte)((h * 0x9E3779B97F4A7C15UL >> 56) ^ (ulong)i * 31);

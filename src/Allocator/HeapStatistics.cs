@@ -56,6 +56,9 @@ public sealed class HeapStatistics
     public long BackgroundFailures { get; internal init; }
     /// <summary>The last exception that ended the background compactor thread, as "type: message"; null if none did.</summary>
     public string? LastBackgroundFailure { get; internal init; }
+    /// <summary>Writes through stale pointers found since the heap was created (<see cref="HeapOptions.PoisonFreedMemory"/>;
+    /// always 0 without it): each is storage that no longer held its poison when it was handed out again.</summary>
+    public long UseAfterFreeDetections { get; internal init; }
     /// <summary>Native metadata: page descriptors, pageblock bitmap and handle table.</summary>
     public long MetadataBytes { get; internal init; }
     /// <summary>Page size in bytes.</summary>

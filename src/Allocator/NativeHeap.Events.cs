@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Diagnostics.Tracing;
+using System.Runtime.CompilerServices;
 
 namespace Compaction.Allocator;
 
@@ -16,6 +17,16 @@ public sealed partial class NativeHeap
     private void NoteAllocationFailed(long size, BlockKind kind)
     {
         if (Tracing(NativeHeapEventSource.Keywords.Allocation, EventLevel.Warning)) Events.AllocationFailed(_id, size, kind.ToString());
+    }
+
+    /// <summary>Raises the use-after-free detections waiting in the poison (already counted), on the allocating
+    /// thread, at the end of an allocation, when it holds no heap lock: a listener's code may call into the heap.
+    /// Ones the compactor found (a destination slot) are raised by the next allocation.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void RaiseUseAfterFreeEvents()
+    {
+        while (_poison.HasPending && _poison.TryTakePending(out (nint first, long changed) d))
+            if (Tracing(NativeHeapEventSource.Keywords.Allocation, EventLevel.Error)) Events.UseAfterFreeDetected(_id, d.first, d.changed);
     }
 
     /// <summary>Direct compaction for a run allocation that failed, with its pass traced when a listener wants it.</summary>

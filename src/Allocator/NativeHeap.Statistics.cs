@@ -76,6 +76,7 @@ public sealed unsafe partial class NativeHeap
             AdviceFailures = _memory.AdviceFailures,
             BackgroundFailures = Volatile.Read(ref _backgroundFailures),
             LastBackgroundFailure = Volatile.Read(ref _lastBackgroundFailure),
+            UseAfterFreeDetections = _poison.Detections,
             MetadataBytes = _pages.MetadataBytes + _handles.MetadataBytes,
             PageSize = _map.PageSize,
             PageblockPages = _map.PageblockPages,

@@ -49,6 +49,8 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private readonly int _classCount;                  // _classes.Count: bins of one kind
     private readonly byte[] _classOf;                  // _classes' size-to-class table, one load nearer the fast paths
     private readonly CacheBins _bins;                  // _caches.Layout
+    private readonly FreePoison _poison;               // _pages.Poison
+    private readonly bool _poisonFreed;                // _options.PoisonFreedMemory: the fast paths' one branch
     private volatile bool _disposed;
 
     /// <summary>Creates a heap. Reserves <see cref="HeapOptions.ArenaBytes"/> of address space; commits nothing yet.</summary>
@@ -73,9 +75,12 @@ public sealed unsafe partial class NativeHeap : IDisposable
             long maxOrderBytes = 2L * pageSize * pbPages;
             long arenaBytes = (_options.ArenaBytes + maxOrderBytes - 1) / maxOrderBytes * maxOrderBytes;
             int pageCount = checked((int)(arenaBytes / pageSize));
-            _memory = new ArenaMemory((nuint)arenaBytes, (nuint)((long)pageSize * pbPages), _options.UseHugePages, _options.ForcePortableMemory, os);
+            _memory = new ArenaMemory((nuint)arenaBytes, (nuint)((long)pageSize * pbPages), _options.UseHugePages, _options.ForcePortableMemory, os,
+                                      clearFirstCommit: _options.PoisonFreedMemory);
             _map = new PageMap(_memory.Base, pageSize, pbPages, pageCount, os);
-            _pages = new PageAllocator(_map, _memory, _options.MovableZonePercent);
+            _pages = new PageAllocator(_map, _memory, _options.MovableZonePercent, _options.PoisonFreedMemory);
+            _poison = _pages.Poison;
+            _poisonFreed = _poison.Enabled;
             _maxBlockSize = (long)_pages.LargestZonePages * pageSize;
 
             _classes = new SizeClasses(_options.SlabThreshold, pageSize);
@@ -185,9 +190,41 @@ public sealed unsafe partial class NativeHeap : IDisposable
             tc.LiveBytes += handle != 0 ? size : 0;
             tc.LiveBlocks += handle != 0 ? 1 : 0;
             ThreadCaches.Exit(tc);
+            if (_poisonFreed && handle != 0) CheckCachedSlot(handle, size);
             return handle != 0 ? PublishBound(handle, size, kind, run: false) : AllocateSmallAfterMiss(size, kind);
         }
         return AllocateSlow(size, kind, tc);
+    }
+
+    /// <summary>Poisoning on: the slot of a bound free entry a cache handed out holds the pattern throughout (it was
+    /// filled when its block was freed, or when it was bound); a changed byte is a write through a stale pointer,
+    /// counted and reported, and the slot is handed out all the same (its contents are unspecified anyway). The entry
+    /// is free and ours, so its Address is stable.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CheckCachedSlot(ulong handle, long size)
+    {
+        _poison.Check(HandleStore.Get(HandleBits.Index(handle))->Address, _classes.Size[ClassOf(size)]);
+        RaiseUseAfterFreeEvents();   // this one, and any a refill found under its class lock
+    }
+
+    /// <summary>Poisoning on: a run being handed out, from a cache (poisoned whole when its block was freed) or from
+    /// free pages (each page the pattern or zero: purged, decommitted and never-used pages read as zero).</summary>
+    private void CheckRun(nint address, int pages, bool cached)
+    {
+        long bytes = (long)pages << _map.PageShift;
+        if (cached) _poison.Check(address, bytes);
+        else _poison.CheckPoisonOrZero(address, bytes);
+    }
+
+    /// <summary>Poisoning on: the storage of a block just freed (the entry is ours, so Address is stable) is filled
+    /// with the pattern, whole slot or whole pages, before it goes to a cache or back to its slab or zone.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void PoisonFreed(nint address, long state)
+    {
+        long bytes = (state & EntryState.Run) != 0
+            ? (long)_map.Page(_map.PageOf(address)).RunPages << _map.PageShift
+            : _classes.Size[_classes.ClassOf(EntryState.SlabSize(state))];
+        _poison.Fill(address, bytes);
     }
 
     /// <summary>The size class of a slab block (<see cref="SizeClasses.ClassOf(long)"/> without the indirection).</summary>
@@ -226,9 +263,11 @@ public sealed unsafe partial class NativeHeap : IDisposable
         {
             ulong run = AllocateRun(size, kind, tc);
             if (run == 0) NoteAllocationFailed(size, kind);
+            if (_poisonFreed) RaiseUseAfterFreeEvents();
             return run;
         }
         ulong handle = AllocateSmallDirect(size, kind);
+        if (_poisonFreed) RaiseUseAfterFreeEvents();
         return handle != 0 ? handle : AllocateSmallAfterMiss(size, kind);
     }
 
@@ -252,6 +291,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     {
         ulong handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
         if (handle == 0) NoteAllocationFailed(size, kind);
+        if (_poisonFreed) RaiseUseAfterFreeEvents();
         return handle;
     }
 
@@ -279,7 +319,11 @@ public sealed unsafe partial class NativeHeap : IDisposable
                 tc.LiveBlocks++;
             }
             ThreadCaches.Exit(tc);
-            if (cached != 0) return PublishBound(cached, size, kind, run: true);
+            if (cached != 0)
+            {
+                if (_poisonFreed) CheckRun(HandleStore.Get(HandleBits.Index(cached))->Address, pages, cached: true);
+                return PublishBound(cached, size, kind, run: true);
+            }
         }
         Span<uint> one = stackalloc uint[1];
         if (_handles.Pop(one) == 0) return 0;
@@ -293,6 +337,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             _handles.Push(one);
             return 0;
         }
+        if (_poisonFreed) CheckRun(_map.AddressOf(start), pages, cached: false);
         _caches.AddLiveDirect(size, 1);
         HandleStore.Get(index)->Address = _map.AddressOf(start);
         return PublishBound(NextHandle(index), size, kind, run: true);
@@ -334,6 +379,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             && Interlocked.CompareExchange(ref e->State, freed, s) == s)
         {
             // The entry is ours now: no migration can freeze it (its CAS expects Allocated) and no pin can succeed.
+            if (_poisonFreed) PoisonFreed(e->Address, s);
             long size = EntryState.SlabSize(s);
             int bin = ((s & EntryState.Movable) != 0 ? 0 : _classCount) + ClassOf(size);
             if (_caches.Enter(tc))
@@ -379,6 +425,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             if (Interlocked.CompareExchange(ref e->State, freed, s) == s) break;
         }
         // The entry is ours now. Its Address still names its storage, which stays bound to it unless it retired.
+        if (_poisonFreed) PoisonFreed(e->Address, s);
         uint index = HandleBits.Index(handle.Value);
         bool retired = EntryState.IsRetired(freed);
         BlockKind kind = (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
@@ -392,7 +439,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             size = _map.RunSize(e->Address, s);
             if (pages > _bins.MaxRunPages)
             {
-                _pages.FreePages(_map.PageOf(e->Address), pages);
+                _pages.FreePoisonedPages(_map.PageOf(e->Address), pages);   // poisoned above when that is on
                 if (!retired) _handles.Push([index]);
                 _caches.AddLiveDirect(-size, -1);
                 return;

@@ -45,7 +45,7 @@ public sealed class NativeHeapEventSource : EventSource
     }
 
     internal const int CompactionStartId = 1, CompactionStopId = 2, MigrationFailedId = 3, BackgroundWakeId = 4, ReleasedId = 5,
-                       AllocationFailedId = 6, LongTermPinMigrationId = 7, BackgroundFailedId = 8;
+                       AllocationFailedId = 6, LongTermPinMigrationId = 7, BackgroundFailedId = 8, UseAfterFreeDetectedId = 9;
 
     /// <summary>A compaction pass begins: <paramref name="trigger"/> is explicit (Compact()) or direct (an allocation
     /// that failed); <paramref name="mode"/> the kernel's migrate mode: sync_full for an explicit pass (every class
@@ -90,7 +90,14 @@ public sealed class NativeHeapEventSource : EventSource
     [Event(AllocationFailedId, Level = EventLevel.Warning, Keywords = Keywords.Allocation)]
     public void AllocationFailed(long heapId, long size, string kind) => WriteEvent(AllocationFailedId, heapId, size, kind);
 
+    /// <summary>A write through a stale pointer was found (<see cref="HeapOptions.PoisonFreedMemory"/>): storage
+    /// being handed out again no longer held the poison its free left there. <paramref name="address"/> is the first
+    /// changed byte, <paramref name="bytesChanged"/> how many bytes of the storage changed.</summary>
+    [Event(UseAfterFreeDetectedId, Level = EventLevel.Error, Keywords = Keywords.Allocation)]
+    public void UseAfterFreeDetected(long heapId, long address, long bytesChanged) => WriteEvent(UseAfterFreeDetectedId, heapId, address, bytesChanged);
+
     /// <summary>Blocks a long-term pin call moved out of movable memory, and their bytes.</summary>
+
     [Event(LongTermPinMigrationId, Level = EventLevel.Informational, Keywords = Keywords.LongTermPin)]
     public void LongTermPinMigration(long heapId, long blocks, long bytes) => WriteEvent(LongTermPinMigrationId, heapId, blocks, bytes);
 

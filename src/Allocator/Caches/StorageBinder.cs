@@ -85,7 +85,8 @@ internal sealed unsafe class StorageBinder
         if (_layout.IsRun(bin))
         {
             int pages = _layout.PagesOf(bin);
-            foreach (uint index in entries) _pages.FreePages(_map.PageOf(HandleStore.Get(index)->Address), pages);
+            // A bound free run was poisoned (when poisoning is on) as its block was freed, before it was cached.
+            foreach (uint index in entries) _pages.FreePoisonedPages(_map.PageOf(HandleStore.Get(index)->Address), pages);
         }
         else
         {

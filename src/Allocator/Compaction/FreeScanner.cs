@@ -81,6 +81,9 @@ internal sealed unsafe partial class Compactor
     /// merging, which needs a FreeHead and sees none here whichever value it reads.</summary>
     private void ReturnToPool(int start, int pages)
     {
+        // A failed migration may have copied its block here: with poisoning on, the pages hold the pattern again
+        // before they rejoin free memory (the pool's pages are the compactor's, so no lock is needed).
+        if (_pages.Poison.Enabled) _pages.Poison.Fill(_map.AddressOf(start), (long)pages << _map.PageShift);
         for (int p = start; p < start + pages; p++) _map.Page(p).InitFree();
         try
         {
@@ -109,6 +112,8 @@ internal sealed unsafe partial class Compactor
     /// <summary>Frees a migrated source run to the buddy allocator. Takes the zone lock (blocking, in every mode).</summary>
     private void FreePages(int start, int pages)
     {
+        // The block lives at its destination now; its old pages become free memory, poisoned when that is on.
+        if (_pages.Poison.Enabled) _pages.Poison.Fill(_map.AddressOf(start), (long)pages << _map.PageShift);
         lock (_zone.Lock)
         {
             Counters[LockAcquisitions]++;

@@ -139,6 +139,87 @@ internal static unsafe class HeapValidator
                 int expected = slotsPerSlab.GetValueOrDefault(page) + cached.GetValueOrDefault(page);
                 if (d.RefCount != expected) problems.Add($"slab {page}: RefCount {d.RefCount} but {expected} slots are live or cached");
             }
+        if (pages.Poison.Enabled) CheckPoison(pages, classes, caches.Layout, bound, problems);
         return problems;
+    }
+
+    /// <summary>
+    /// Poisoning on (native-layout.md, "Poisoned free memory"): every byte of free storage still holds what its free
+    /// left there, so a write through a stale pointer shows up as a "use after free" problem. Free pages below the
+    /// frontiers hold the pattern or, page by page, zero (given back to the OS, or never used); a free-listed slot
+    /// holds the pattern after its link; a slot or run a cache or the depot keeps holds it throughout; a slot never
+    /// carved lies on pages that were free when the slab was carved, so each page's part of it holds the pattern or
+    /// zero. Live blocks, the reverse maps and a slab's unused tail are not checked. The heap must be quiescent.
+    /// </summary>
+    private static void CheckPoison(PageAllocator pages, SizeClasses classes, CacheBins layout, List<(int bin, ulong item)> bound, List<string> problems)
+    {
+        PageMap map = pages.Map;
+        var cachedSlots = new HashSet<nint>();
+        foreach ((int bin, ulong item) in bound)
+        {
+            nint address = HandleStore.Get(HandleBits.Index(item))->Address;
+            if (!layout.IsRun(bin)) { cachedSlots.Add(address); continue; }
+            Report(FreePoison.Changed(address, (long)layout.PagesOf(bin) << map.PageShift), $"a cached run of {layout.PagesOf(bin)} pages", problems);
+        }
+        foreach (Zone z in pages.Zones)
+        {
+            for (int page = z.Start, frontier = z.Frontier; page < frontier;)
+            {
+                ref PageDescriptor d = ref map.Page(page);
+                switch (d.Kind)
+                {
+                    case PageKind.FreeHead:
+                        CheckFreeBlockPoison(pages, page, 1 << d.Order, problems);
+                        page += 1 << d.Order;
+                        break;
+                    case PageKind.RunHead:
+                        page += Math.Max(1, d.RunPages);
+                        break;
+                    case PageKind.SlabHead:
+                        CheckSlabPoison(map, pages.Poison, classes, page, ref d, cachedSlots, problems);
+                        page += classes.PagesPerSlab[d.SlabClass];
+                        break;
+                    default:
+                        page++;   // a stray page: the walk above reported it
+                        break;
+                }
+            }
+        }
+    }
+
+    /// <summary>A free block's pages, pageblock by pageblock: a pageblock never committed cannot be read (nor written
+    /// through any pointer the heap handed out) and is skipped.</summary>
+    private static void CheckFreeBlockPoison(PageAllocator pages, int start, int count, List<string> problems)
+    {
+        PageMap map = pages.Map;
+        for (int p = start, end = start + count; p < end;)
+        {
+            int pb = p >> map.PageblockOrder;
+            int next = Math.Min(end, (pb + 1) << map.PageblockOrder);
+            if (pages.Memory.IsReadable(pb))
+                Report(pages.Poison.ChangedPoisonOrZero(map.AddressOf(p), (long)(next - p) << map.PageShift), $"the free block at page {start}", problems);
+            p = next;
+        }
+    }
+
+    /// <summary>One slab's free slots: free-listed ones after their link, cached ones whole, uncarved ones per page.</summary>
+    private static void CheckSlabPoison(PageMap map, FreePoison poison, SizeClasses classes, int head, ref PageDescriptor d, HashSet<nint> cachedSlots, List<string> problems)
+    {
+        int c = d.SlabClass, size = classes.Size[c], capacity = classes.SlotsPerSlab[c];
+        nint slab = map.AddressOf(head);
+        var freeListed = new bool[capacity];
+        for (int f = d.SlabFreeSlot, n = 0; f >= 0 && f < capacity && n < capacity; f = *(int*)(slab + f * size), n++) freeListed[f] = true;
+        for (int slot = 0; slot < capacity; slot++)
+        {
+            nint at = slab + slot * size;
+            if (slot >= d.Bump) Report(poison.ChangedPoisonOrZero(at, size), $"an uncarved slot of the slab at page {head}", problems);
+            else if (freeListed[slot]) Report(FreePoison.Changed(at + FreePoison.SlotLinkBytes, size - FreePoison.SlotLinkBytes), $"a free slot of the slab at page {head}", problems);
+            else if (cachedSlots.Contains(at)) Report(FreePoison.Changed(at, size), $"a cached slot of the slab at page {head}", problems);
+        }
+    }
+
+    private static void Report((nint first, long changed) found, string where, List<string> problems)
+    {
+        if (found.changed != 0) problems.Add(FreePoison.Problem(found, where));
     }
 }

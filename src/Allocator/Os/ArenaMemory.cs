@@ -50,6 +50,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
 {
     private readonly IOsMemory _os;                // every system call goes through it (native-layout.md, section 1)
     private readonly bool _linux;
+    private readonly bool _clearFirstCommit;   // portable back end only: zero a pageblock at its first commit
     private readonly nuint _reservedBytes;
     private readonly nuint _pageblockBytes;
     private readonly PageblockMemory[] _state; // per pageblock; written under the zone lock of that pageblock
@@ -77,11 +78,15 @@ internal sealed unsafe class ArenaMemory : IDisposable
     /// default <c>vm.max_map_count</c>; past it a purge leaves the pageblock's huge-page advice alone.</summary>
     public const int MaxSmallPageIslands = 8192;
 
-    /// <summary>Reserves the range through <paramref name="os"/> (the Linux back end) or allocates it (portable).</summary>
+    /// <summary>Reserves the range through <paramref name="os"/> (the Linux back end) or allocates it (portable). With
+    /// <c>clearFirstCommit</c>, the portable back end (whose allocation is not zeroed) zeroes each pageblock at its
+    /// first commit, so that memory never handed out reads as zero on both back ends, which poisoned free memory relies
+    /// on; the Linux back end's fresh pages are zero already.</summary>
     /// <exception cref="OutOfMemoryException">The OS refused the reservation; nothing is left mapped.</exception>
-    public ArenaMemory(nuint reservedBytes, nuint pageblockBytes, bool hugePages, bool forcePortable, IOsMemory os)
+    public ArenaMemory(nuint reservedBytes, nuint pageblockBytes, bool hugePages, bool forcePortable, IOsMemory os, bool clearFirstCommit = false)
     {
         _os = os;
+        _clearFirstCommit = clearFirstCommit;
         _reservedBytes = reservedBytes;
         _pageblockBytes = pageblockBytes;
         _state = new PageblockMemory[(int)(reservedBytes / pageblockBytes)];
@@ -138,6 +143,11 @@ internal sealed unsafe class ArenaMemory : IDisposable
     /// a hint (the state changes only under the zone lock).</summary>
     public bool IsCommitted(int pageblock) => Volatile.Read(ref Unsafe.As<PageblockMemory, byte>(ref _state[pageblock])) == (byte)PageblockMemory.Committed;
 
+    /// <summary>True when <paramref name="pageblock"/> may be read: committed now or once (a decommitted pageblock stays
+    /// mapped read-write and reads as zero), or any pageblock of the portable back end. A pageblock never committed is
+    /// <c>PROT_NONE</c> on Linux. For the validator, on a quiescent heap.</summary>
+    public bool IsReadable(int pageblock) => !_linux || _state[pageblock] != PageblockMemory.Reserved;
+
     /// <summary>Makes pageblock <paramref name="pageblock"/> usable: readable, writable and counted as committed.
     /// Caller holds the zone lock.</summary>
     /// <returns>false when the OS refuses (the caller turns that into an allocation failure).</returns>
@@ -152,6 +162,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
             Interlocked.Increment(ref _commitFailures);
             return false;
         }
+        if (!_linux && _clearFirstCommit && state == PageblockMemory.Reserved) NativeMemory.Clear((void*)AddressOf(pageblock), _pageblockBytes);
         _state[pageblock] = PageblockMemory.Committed;
         Interlocked.Add(ref _committedBytes, (long)_pageblockBytes);
         Interlocked.Increment(ref _commits);

@@ -24,11 +24,14 @@ internal sealed class PageAllocator
     public readonly Zone? Movable;
     /// <summary>The zones that exist, normal first.</summary>
     public readonly Zone[] Zones;
+    /// <summary>The poison of free storage (off unless <see cref="HeapOptions.PoisonFreedMemory"/>).</summary>
+    public readonly FreePoison Poison;
 
-    public PageAllocator(PageMap map, ArenaMemory memory, int movableZonePercent)
+    public PageAllocator(PageMap map, ArenaMemory memory, int movableZonePercent, bool poisonFreedMemory = false)
     {
         Map = map;
         Memory = memory;
+        Poison = new FreePoison(poisonFreedMemory, map.PageSize);
         int blockPages = 1 << map.MaxOrder;
         int blocks = map.PageCount / blockPages;
         int split = (blocks - MovableBlocks(blocks, movableZonePercent)) * blockPages;
@@ -118,8 +121,17 @@ internal sealed class PageAllocator
         return -1;
     }
 
-    /// <summary>Frees pages [start, start + count) to their zone. Takes the zone lock.</summary>
-    public void FreePages(int start, int count) => ZoneOf(start).FreePageRange(start, count);
+    /// <summary>Frees pages [start, start + count), which held a block or a slab, to their zone; with poisoning on
+    /// they are poisoned first (outside the zone lock: the pages are still the caller's). Takes the zone lock.</summary>
+    public void FreePages(int start, int count)
+    {
+        if (Poison.Enabled) Poison.Fill(Map.AddressOf(start), (long)count << Map.PageShift);
+        ZoneOf(start).FreePageRange(start, count);
+    }
+
+    /// <summary>Like <see cref="FreePages"/> for pages that hold the poison already (a run a cache kept, poisoned
+    /// when its block was freed). Takes the zone lock.</summary>
+    public void FreePoisonedPages(int start, int count) => ZoneOf(start).FreePageRange(start, count);
 
     /// <summary>Writes a run's descriptors: the head names its handle entry, the tails name their head.
     /// Caller holds the lock of <paramref name="zone"/>, which owns the pages.</summary>

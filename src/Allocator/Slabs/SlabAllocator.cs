@@ -30,10 +30,12 @@ internal sealed unsafe class SlabAllocator
     public readonly SlabClass[] Class;
     private readonly PageAllocator _pages;
     private readonly PageMap _map;
+    private readonly FreePoison _poison;
 
     public SlabAllocator(PageAllocator pages, BlockKind kind, SizeClasses classes)
     {
         _pages = pages;
+        _poison = pages.Poison;
         Kind = kind;
         Classes = classes;
         _map = pages.Map;
@@ -129,7 +131,8 @@ internal sealed unsafe class SlabAllocator
         while (n < max && d.RefCount < capacity)
         {
             int slot;
-            if (d.SlabFreeSlot >= 0)
+            bool carved = d.SlabFreeSlot < 0;
+            if (!carved)
             {
                 slot = d.SlabFreeSlot;
                 d.SlabFreeSlot = *(int*)(slab + slot * size);
@@ -139,11 +142,23 @@ internal sealed unsafe class SlabAllocator
                 slot = d.Bump++;
             }
             d.RefCount++;
+            if (_poison.Enabled) CheckAndPoisonTaken(slab + slot * size, size, carved);
             dst[n++] = slab + slot * size;
         }
         cls.UsedSlots += n;
         Regroup(cls, head, ref d);
         return n;
+    }
+
+    /// <summary>Poisoning on: a slot leaving its slab is checked (a free-listed slot holds the pattern after its link;
+    /// a slot carved for the first time lies on free pages, so each page's part of it holds the pattern or zero) and
+    /// then filled, so that every slot a cache holds, and every slot handed out, holds the pattern throughout. Caller
+    /// holds the class lock (the slot is the caller's from here).</summary>
+    private void CheckAndPoisonTaken(nint slot, int size, bool carved)
+    {
+        if (carved) _poison.CheckPoisonOrZero(slot, size);
+        else _poison.Check(slot + FreePoison.SlotLinkBytes, size - FreePoison.SlotLinkBytes);
+        _poison.Fill(slot, size);
     }
 
     /// <summary>Returns slots to their slabs. Takes the class lock. A slab that becomes empty is kept (up to
@@ -166,6 +181,7 @@ internal sealed unsafe class SlabAllocator
         Debug.Assert(d.Kind == PageKind.SlabHead && d.SlabClass == c && d.SlabKind == Kind);
         nint slab = _map.AddressOf(head);
         int slot = Classes.SlotOf(c, (int)(addr - slab));
+        if (_poison.Enabled) _poison.Fill(addr, Classes.Size[c]);   // free storage holds the pattern, after the link
         *(int*)addr = d.SlabFreeSlot;
         d.SlabFreeSlot = slot;
         d.RefCount--;
@@ -237,7 +253,8 @@ internal sealed unsafe class SlabAllocator
         return d.RefCount;
     }
 
-    /// <summary>Frees an empty slab's pages to the buddy allocator; caller holds the class lock (takes the zone lock).</summary>
+    /// <summary>Frees an empty slab's pages to the buddy allocator (poisoned whole when poisoning is on: the free-slot
+    /// links, reverse map and uncarved slots included); caller holds the class lock (takes the zone lock).</summary>
     public void ReleaseSlabLocked(SlabClass cls, int head)
     {
         AssertLocked(cls);
