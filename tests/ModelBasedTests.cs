@@ -81,5 +81,61 @@ public sealed class ModelBasedTests(ITestOutputHelper output)
         Assert.True(ops >= target * 9 / 10, $"only {ops} operations ran");
     }
 
+    /// <summary>
+    /// The concurrent variant: three threads, each running a generated sequence of its own against one shared heap
+    /// (its own blocks, pins, rents and stale handles in a model of its own), while the background compactor runs at
+    /// full aggressiveness (1 ms wakes, proactiveness 100, waste ratio 1.05) and the threads' own steps compact, step
+    /// and release. Every byte, every pinned address and every exception is checked as in the single-threaded
+    /// suite; the heap's counts and the validator once all threads ended. Owner callbacks run on whichever thread
+    /// compacts, so they check from there.
+    /// </summary>
+    [Fact]
+    public void ThreadsSharingAHeapBesideTheBackgroundCompactorEachAgreeWithTheirModel()
+    {
+        long target = Operations(100_000) * 3 / 10;
+        long ops = 0;
+        var clock = Stopwatch.StartNew();
+        long iter = Math.Max(1, target / (3 * MaxSequence / 2));
+        Gen.Select(GenSequence, GenSequence, GenSequence, (a, b, c) => new[] { a, b, c }).Sample(seqs =>
+        {
+            RunShared(seqs);
+            Interlocked.Add(ref ops, seqs.Sum(q => (long)q.Length));
+        }, seed: Seed, iter: iter, threads: 1, print: seqs => string.Join(" | ", seqs.Select(Describe)), writeLine: output.WriteLine);
+        output.WriteLine($"{ops:N0} operations on three threads, {clock.Elapsed.TotalSeconds:F1} s");
+        Assert.True(ops >= target * 9 / 10, $"only {ops} operations ran");
+    }
+
+    internal static void RunShared(Op[][] sequences)
+    {
+        using var heap = ModelRun.NewHeap(256L << 20, background: true);
+        heap.StartBackgroundCompaction();
+        var errors = new Exception?[sequences.Length];
+        var threads = new Thread[sequences.Length];
+        for (int t = 0; t < threads.Length; t++)
+        {
+            int k = t;
+            threads[t] = new Thread(() =>
+            {
+                try
+                {
+                    var run = new ModelRun(heap, shared: true);
+                    foreach (Op op in sequences[k]) run.Apply(op);
+                    run.Finish();
+                }
+                catch (Exception e) { errors[k] = e; }
+            });
+            threads[t].Start();
+        }
+        foreach (Thread t in threads) t.Join();
+        heap.StopBackgroundCompaction();
+        if (errors.FirstOrDefault(e => e != null) is { } error) throw new ModelViolationException($"thread {Array.IndexOf(errors, error)}: {error.Message}");
+        Compaction.Allocator.HeapStatistics s = heap.GetStatistics();
+        if (s.LiveBlocks != 0 || s.LiveBytes != 0 || s.LongTermPins != 0)
+            throw new ModelViolationException($"every thread freed what it had, yet the heap counts {s.LiveBlocks} blocks, {s.LiveBytes} B, {s.LongTermPins} long-term pins");
+        List<string> problems = heap.Validate();
+        if (problems.Count > 0) throw new ModelViolationException("validator: " + string.Join("; ", problems.Take(5)));
+        if (s.BackgroundFailures != 0) throw new ModelViolationException($"the background compactor failed: {s.LastBackgroundFailure}");
+    }
+
     internal static string Describe(Op[] ops) => $"{ops.Length} steps: " + string.Join(", ", ops);
 }

@@ -155,26 +155,38 @@ internal sealed unsafe class ModelRun : IDisposable
     private readonly List<ModelBlock> _blocks = [];
     private readonly List<ModelRent> _rents = [];
     private readonly List<BlockHandle> _stale = [];
+    private readonly HashSet<ulong> _issued = [];
     private readonly List<string> _violations = [];
     private readonly long[] _boundaries;
     private long _liveBytes;
     private TimeSpan _clock;
     private bool _disposed;
     private int _steps;
-    private readonly bool _validate;
+    private readonly bool _shared;
 
-    public ModelRun(bool validate = true)
+    /// <summary>A run on a heap of its own (the single-threaded suite): counts checked after every step, the
+    /// validator every <see cref="ValidateEvery"/> steps.</summary>
+    public ModelRun() : this(NewHeap(64L << 20), shared: false) { }
+
+    /// <summary>A run on <paramref name="heap"/>, which other runs may share (<paramref name="shared"/>): then each
+    /// run checks its own blocks, bytes, pins and exceptions only; the heap's counts and the validator are the caller's
+    /// to check once every run ended, and Dispose is not generated.</summary>
+    public ModelRun(NativeHeap heap, bool shared)
     {
-        _validate = validate;
-        Heap = new NativeHeap(new HeapOptions
-        {
-            ArenaBytes = 64L << 20, PageblockPages = 64, MovableZonePercent = 50,
-            DecommitDelay = TimeSpan.FromSeconds(1), Proactiveness = 50,
-        });
+        _shared = shared;
+        Heap = heap;
         _pool = new ArenaMemoryPool(Heap, new ArenaMemoryPoolOptions { MaxBufferSize = 1 << 20 });
         _longTermPool = new ArenaMemoryPool(Heap, new ArenaMemoryPoolOptions { MaxBufferSize = 1 << 20, LongTermPins = true });
         _boundaries = Boundaries(Heap);
     }
+
+    public static NativeHeap NewHeap(long arenaBytes, bool background = false) => new(new HeapOptions
+    {
+        ArenaBytes = arenaBytes, PageblockPages = 64, MovableZonePercent = 50,
+        DecommitDelay = TimeSpan.FromSeconds(1), Proactiveness = background ? 100 : 50,
+        CompactionInterval = TimeSpan.FromMilliseconds(1), WasteHighRatio = 1.05, WasteLowRatio = 1.0, WasteMinBytes = 1 << 20,
+        CompactionCpuShare = 0.5,
+    });
 
     /// <summary>Sizes at the edges of the heap's size classes, of a slab, a page and a pageblock.</summary>
     private static long[] Boundaries(NativeHeap heap)
@@ -192,7 +204,11 @@ internal sealed unsafe class ModelRun : IDisposable
     public int Steps => _steps;
     public int LiveBlocks => _blocks.Count;
 
-    public void Violation(string what) => _violations.Add(what);
+    /// <summary>Records what an owner callback saw wrong (it may run on a compacting thread of its own).</summary>
+    public void Violation(string what)
+    {
+        lock (_violations) _violations.Add(what);
+    }
 
     private static void Fail(string what) => throw new ModelViolationException(what);
 
@@ -254,13 +270,14 @@ internal sealed unsafe class ModelRun : IDisposable
             case OpKind.Stale: Stale(op); break;
             case OpKind.Forged: Forged(op); break;
             case OpKind.StablePointer: StablePointer(op); break;
-            case OpKind.Dispose: DisposeHeap(); break;
+            case OpKind.Dispose: if (!_shared) DisposeHeap(); break;
         }
-        if (_violations.Count > 0) Fail(string.Join("; ", _violations));
-        if (!_disposed)
+        lock (_violations)
+            if (_violations.Count > 0) Fail(string.Join("; ", _violations));
+        if (!_disposed && !_shared)
         {
             CheckCounts();
-            if (_validate && _steps % ValidateEvery == 0) Validate();
+            if (_steps % ValidateEvery == 0) Validate();
         }
     }
 
@@ -288,7 +305,9 @@ internal sealed unsafe class ModelRun : IDisposable
             return;
         }
         if (h.IsNull) Fail("an allocation returned the null handle");
-        if (_blocks.Exists(x => x.Handle == h)) Fail($"{h} handed out twice");
+        // A handle value is issued once in a heap's life (the generation moves on at every free, an entry whose
+        // generation would wrap retires): a stale copy must never come to name a new block.
+        if (!_issued.Add(h.Value)) Fail($"{h} issued a second time: a stale copy of it would now name the new block");
         var block = new ModelBlock(h, size, kind, SeedOf(b * 31 + (int)size));
         if (Heap.GetSize(h) != size) Fail($"{h}: GetSize {Heap.GetSize(h)}, {size} allocated");
         if (Heap.GetKind(h) != kind) Fail($"{h}: GetKind {Heap.GetKind(h)}, {kind} allocated");
@@ -297,7 +316,6 @@ internal sealed unsafe class ModelRun : IDisposable
         if (kind == BlockKind.Unmovable) block.StableAddress = Heap.GetStablePointer(h);
         _blocks.Add(block);
         _liveBytes += size;
-        _stale.Remove(h);
     }
 
     private static bool Try(BlockHandle allocated, out BlockHandle h)
@@ -379,9 +397,19 @@ internal sealed unsafe class ModelRun : IDisposable
     private void Rewrite(Op op)
     {
         if (Pick(op.A) is not { } block) return;
-        block.Seed = SeedOf(op.B);
-        if (block.Pins.Count > 0) ModelContent.Of(block.Seed, block.Size).CopyTo(block.Pins[0].pin.Span);
-        else Write(block);
+        if (block.Pins.Count > 0)
+        {
+            block.Seed = SeedOf(op.B);
+            ModelContent.Of(block.Seed, block.Size).CopyTo(block.Pins[0].pin.Span);
+        }
+        else
+        {
+            // The seed changes only while the block is pinned, so an owner callback on a compacting thread never
+            // compares the new seed with the old bytes.
+            using PinScope pin = Heap.Pin(block.Handle);
+            block.Seed = SeedOf(op.B);
+            ModelContent.Of(block.Seed, block.Size).CopyTo(pin.Span);
+        }
         Verify(block);
     }
 
@@ -707,9 +735,9 @@ internal sealed unsafe class ModelRun : IDisposable
             b.LongTermPins.Clear();
         }
         CheckEverything("releasing every pin");
-        if (_validate) Validate();
-        CheckCounts();
+        if (!_shared) { Validate(); CheckCounts(); }
         foreach (ModelBlock b in _blocks.ToArray()) { Heap.Free(b.Handle); Forget(b); }
+        if (_shared) return;
         CheckCounts();
         Heap.Dispose();
         _disposed = true;
@@ -718,7 +746,7 @@ internal sealed unsafe class ModelRun : IDisposable
     /// <summary>Best effort after a failure: release what can be released so the heap's memory goes back.</summary>
     public void Dispose()
     {
-        if (_disposed) return;
+        if (_disposed || _shared) return;
         try
         {
             foreach (ModelRent r in _rents) try { r.Owner.Dispose(); } catch (InvalidOperationException) { }
