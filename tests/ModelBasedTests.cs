@@ -116,9 +116,9 @@ public sealed class ModelBasedTests(ITestOutputHelper output)
             int k = t;
             threads[t] = new Thread(() =>
             {
+                using var run = new ModelRun(heap, shared: true);
                 try
                 {
-                    var run = new ModelRun(heap, shared: true);
                     foreach (Op op in sequences[k]) run.Apply(op);
                     run.Finish();
                 }

@@ -743,21 +743,21 @@ internal sealed unsafe class ModelRun : IDisposable
         _disposed = true;
     }
 
-    /// <summary>Best effort after a failure: release what can be released so the heap's memory goes back.</summary>
+    /// <summary>Best effort after a failure: every pin released and every buffer returned, so the heap can go (a run
+    /// of its own disposes it; a shared heap is its caller's).</summary>
     public void Dispose()
     {
-        if (_disposed || _shared) return;
-        try
+        if (_disposed) return;
+        foreach (ModelRent r in _rents) try { r.Owner.Dispose(); } catch (InvalidOperationException) { }
+        foreach (ModelBlock b in _blocks)
         {
-            foreach (ModelRent r in _rents) try { r.Owner.Dispose(); } catch (InvalidOperationException) { }
-            foreach (ModelBlock b in _blocks)
-            {
-                foreach ((BlockPin p, nint _) in b.Pins) p.Dispose();
-                foreach (BlockPin p in b.LongTermPins) p.Dispose();
-            }
-            Heap.Dispose();
+            foreach ((BlockPin p, nint _) in b.Pins) p.Dispose();
+            foreach (BlockPin p in b.LongTermPins) p.Dispose();
         }
-        catch (InvalidOperationException) { }
+        _rents.Clear();
+        _blocks.ForEach(b => { b.Pins.Clear(); b.LongTermPins.Clear(); });
+        if (_shared) return;
+        try { Heap.Dispose(); } catch (InvalidOperationException) { }
         _disposed = true;
     }
 }
