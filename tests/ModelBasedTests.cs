@@ -56,9 +56,9 @@ public sealed class ModelBasedTests(ITestOutputHelper output)
             return ops;
         });
 
-    internal static void Run(Op[] ops)
+    internal static void Run(Op[] ops, bool poison = false)
     {
-        using var run = new ModelRun();
+        using var run = new ModelRun(poison);
         foreach (Op op in ops) run.Apply(op);
         run.Finish();
     }
@@ -71,12 +71,14 @@ public sealed class ModelBasedTests(ITestOutputHelper output)
         var clock = Stopwatch.StartNew();
         // Sequences are 1-400 steps (200 on average); each runs on a heap of its own.
         long iter = Math.Max(1, target / (MaxSequence / 2));
-        GenSequence.Sample(seq =>
+        // A quarter of the heaps poison freed memory (HeapOptions.PoisonFreedMemory): the validator then checks the
+        // poison of every free byte, and correct code must get no use-after-free report.
+        Gen.Select(GenSequence, Gen.Int[0, 3]).Sample((seq, poison) =>
         {
-            Run(seq);
+            Run(seq, poison == 0);
             Interlocked.Add(ref ops, seq.Length);
             Interlocked.Increment(ref sequences);
-        }, seed: Seed, iter: iter, print: Describe, writeLine: output.WriteLine);
+        }, seed: Seed, iter: iter, print: t => (t.Item2 == 0 ? "poisoned heap, " : "") + Describe(t.Item1), writeLine: output.WriteLine);
         output.WriteLine($"{ops:N0} operations in {sequences:N0} sequences, {clock.Elapsed.TotalSeconds:F1} s");
         Assert.True(ops >= target * 9 / 10, $"only {ops} operations ran");
     }

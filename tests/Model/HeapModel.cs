@@ -166,7 +166,7 @@ internal sealed unsafe class ModelRun : IDisposable
 
     /// <summary>A run on a heap of its own (the single-threaded suite): counts checked after every step, the
     /// validator every <see cref="ValidateEvery"/> steps.</summary>
-    public ModelRun() : this(NewHeap(64L << 20), shared: false) { }
+    public ModelRun(bool poison = false) : this(NewHeap(64L << 20, poison: poison), shared: false) { }
 
     /// <summary>A run on <paramref name="heap"/>, which other runs may share (<paramref name="shared"/>): then each
     /// run checks its own blocks, bytes, pins and exceptions only; the heap's counts and the validator are the caller's
@@ -180,8 +180,9 @@ internal sealed unsafe class ModelRun : IDisposable
         _boundaries = Boundaries(Heap);
     }
 
-    public static NativeHeap NewHeap(long arenaBytes, bool background = false) => new(new HeapOptions
+    public static NativeHeap NewHeap(long arenaBytes, bool background = false, bool poison = false) => new(new HeapOptions
     {
+        PoisonFreedMemory = poison,
         ArenaBytes = arenaBytes, PageblockPages = 64, MovableZonePercent = 50,
         DecommitDelay = TimeSpan.FromSeconds(1), Proactiveness = background ? 100 : 50,
         CompactionInterval = TimeSpan.FromMilliseconds(1), WasteHighRatio = 1.05, WasteLowRatio = 1.0, WasteMinBytes = 1 << 20,
@@ -736,6 +737,8 @@ internal sealed unsafe class ModelRun : IDisposable
         }
         CheckEverything("releasing every pin");
         if (!_shared) { Validate(); CheckCounts(); }
+        // Correct code never writes freed memory: with PoisonFreedMemory on, nothing may be reported.
+        if (Heap.GetStatistics().UseAfterFreeDetections is var detections and not 0) Fail($"{detections} use-after-free report(s) on correct code");
         foreach (ModelBlock b in _blocks.ToArray()) { Heap.Free(b.Handle); Forget(b); }
         if (_shared) return;
         CheckCounts();
