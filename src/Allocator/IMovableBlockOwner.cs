@@ -15,6 +15,10 @@ namespace Compaction.Allocator;
 /// <see cref="Putback"/>; re-owning the block meanwhile voids the attempt (that owner gets Putback).
 /// An exception from <see cref="Isolate"/> or <see cref="Migrate"/> aborts that block's migration and leaves the block
 /// intact at its old address.
+/// A compactor on another thread that looked the owner up just before its registration ended (the block freed,
+/// re-owned, unregistered or long-term pinned) may still call <see cref="Isolate"/> and then <see cref="Putback"/>
+/// after that call returned; never <see cref="Migrate"/>, which needs the block frozen with this owner still
+/// registered. An owner that tears down its state on free should answer such a late call with false.
 /// </remarks>
 public interface IMovableBlockOwner
 {
