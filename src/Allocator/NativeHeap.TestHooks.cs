@@ -23,7 +23,14 @@ public sealed unsafe partial class NativeHeap
     internal Compactor? Compactor => _compactor;
 
     /// <summary>The whole-heap validator; the heap must be quiescent. Empty when consistent.</summary>
-    internal List<string> Validate() => HeapValidator.Validate(_pages, _slabs, _handles, _caches);
+    /// <exception cref="InvalidOperationException">The background compactor runs: its steps change what the validator
+    /// reads, and it would report problems that are none (stop it first).</exception>
+    internal List<string> Validate()
+    {
+        if (BackgroundCompactionRunning)
+            throw new InvalidOperationException("The validator needs a quiescent heap: stop background compaction first.");
+        return HeapValidator.Validate(_pages, _slabs, _handles, _caches);
+    }
 
     /// <summary>Switches every thread's cache off and drains it; pair with <see cref="EnableThreadCaches"/>.</summary>
     internal void DisableThreadCaches() => _caches.Disable();
