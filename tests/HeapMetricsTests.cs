@@ -22,7 +22,7 @@ public sealed class HeapMetricsTests
             foreach (KeyValuePair<string, object?> t in tags)
             {
                 if (t.Key == HeapMetrics.HeapTag) id = (long)t.Value!;
-                if (t.Key is HeapMetrics.EventTag or HeapMetrics.PinKindTag) ev = (string)t.Value!;
+                if (t.Key is HeapMetrics.EventTag or HeapMetrics.PinKindTag or HeapMetrics.FailureTag) ev = (string)t.Value!;
             }
             if (id == heap.Id) values[ev == null ? instrument.Name : instrument.Name + "/" + ev] = value;
         }
@@ -42,6 +42,7 @@ public sealed class HeapMetricsTests
         for (int i = 0; i < blocks.Count; i += 2) heap.Free(blocks[i]);
         heap.Compact();
         BlockHandle lt = heap.Allocate(64);
+        using (heap.AcquirePin(lt)) Assert.Throws<InvalidOperationException>(() => heap.PinLongTerm(lt));   // one failure counted
         BlockPin pin = heap.PinLongTerm(lt);
         Thread.Sleep((int)HeapMetrics.SnapshotAge + 50);   // past the snapshot a collection reuses
         Dictionary<string, double> m = Collect(heap);
@@ -62,6 +63,12 @@ public sealed class HeapMetricsTests
         Assert.Equal(s.Compaction.CompactStall, m["nativeheap.compaction.events/compact_stall"]);
         Assert.True(s.Compaction.PgmigrateSuccess > 0);
         Assert.Equal(s.Compaction.BytesMoved, m["nativeheap.compaction.moved"]);
+        Assert.Equal(s.CommitFailures, m["nativeheap.failures/commit"]);
+        Assert.Equal(s.DecommitFailures, m["nativeheap.failures/decommit"]);
+        Assert.Equal(s.AdviceFailures, m["nativeheap.failures/advice"]);
+        Assert.Equal(s.BackgroundFailures, m["nativeheap.failures/background"]);
+        Assert.Equal(s.UseAfterFreeDetections, m["nativeheap.failures/use_after_free"]);
+        Assert.Equal(1, m["nativeheap.failures/long_term_pin"]);
         pin.Dispose();
         heap.Free(lt);
         for (int i = 1; i < blocks.Count; i += 2) heap.Free(blocks[i]);

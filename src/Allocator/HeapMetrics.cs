@@ -59,6 +59,8 @@ public static class HeapMetrics
                                       "Pins held: slot pins (PinScope) and atomic pins (BlockPin, long-term pins), tag nativeheap.pin.kind; a walk of the heap's entries per collection.");
         s_meter.CreateObservableCounter("nativeheap.compaction.events", ObserveEvents, "{event}",
                                         "The compaction counters, one series per counter (tag nativeheap.event: the kernel's names).");
+        s_meter.CreateObservableCounter("nativeheap.failures", ObserveFailures, "{failure}",
+                                        "Refusals and faults since the heap was created, tag nativeheap.failure: commit, decommit (and purge), advice (huge-page advice), background (exceptions that ended the background thread), use_after_free (PoisonFreedMemory detections), long_term_pin.");
     }
 
     private static void Gauge(string name, string unit, string description, Func<HeapStatistics, long> value) =>
@@ -114,6 +116,24 @@ public static class HeapMetrics
             for (int c = 0; c < s_eventNames.Length; c++)
                 yield return new Measurement<long>(stats.Compaction.Get((CompactionCounter)c),
                     new KeyValuePair<string, object?>(HeapTag, id), new KeyValuePair<string, object?>(EventTag, s_eventNames[c]));
+    }
+
+    /// <summary>The tag that names the kind of a <c>nativeheap.failures</c> measurement.</summary>
+    public const string FailureTag = "nativeheap.failure";
+
+    private static readonly (string name, Func<HeapStatistics, long> value)[] s_failures =
+    [
+        ("commit", s => s.CommitFailures), ("decommit", s => s.DecommitFailures), ("advice", s => s.AdviceFailures),
+        ("background", s => s.BackgroundFailures), ("use_after_free", s => s.UseAfterFreeDetections),
+        ("long_term_pin", s => s.LongTermPinFailures),
+    ];
+
+    private static IEnumerable<Measurement<long>> ObserveFailures()
+    {
+        foreach ((long id, HeapStatistics stats, _) in Snapshots())
+            foreach ((string name, Func<HeapStatistics, long> value) in s_failures)
+                yield return new Measurement<long>(value(stats),
+                    new KeyValuePair<string, object?>(HeapTag, id), new KeyValuePair<string, object?>(FailureTag, name));
     }
 
     /// <summary>The tag that says which pins a <c>nativeheap.pins.held</c> measurement counts: slot (PinScope) or atomic
