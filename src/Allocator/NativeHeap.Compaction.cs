@@ -185,8 +185,9 @@ public sealed partial class NativeHeap
     /// Called on the failing thread, which ends right after.</summary>
     private void BackgroundThreadFailed(Exception ex)
     {
+        // The count and the thread's state first: they allocate nothing, so they hold even when what failed was a
+        // managed allocation and the words below fail too.
         Interlocked.Increment(ref _backgroundFailures);
-        Volatile.Write(ref _lastBackgroundFailure, $"{ex.GetType().FullName}: {ex.Message}");
         lock (_daemonLock)
         {
             if (_daemon == Thread.CurrentThread)
@@ -195,8 +196,16 @@ public sealed partial class NativeHeap
                 _daemonStop = null;
             }
         }
-        if (Tracing(NativeHeapEventSource.Keywords.Background, EventLevel.Error))
-            Events.BackgroundFailed(_id, ex.GetType().FullName ?? ex.GetType().Name, ex.Message);
+        try
+        {
+            Volatile.Write(ref _lastBackgroundFailure, $"{ex.GetType().FullName}: {ex.Message}");
+            if (Tracing(NativeHeapEventSource.Keywords.Background, EventLevel.Error))
+                Events.BackgroundFailed(_id, ex.GetType().FullName ?? ex.GetType().Name, ex.Message);
+        }
+        catch (Exception)
+        {
+            // An exception escaping the background thread would end the process; the failure is counted already.
+        }
     }
 
     /// <summary>Stops the background compactor and waits for its current step to end. Does nothing if it is not

@@ -40,10 +40,21 @@ internal sealed unsafe partial class Compactor
             // back. Racy read (commits and decommits happen under the zone lock): a stale "committed" is corrected by
             // the commit below, at most one pageblock per isolation.
             if (!_pages.Memory.IsCommitted(pb)) continue;
-            if (!Acquire(_zone.Lock, cc)) { freePb++; return -1; }
+            // Room first, for every free block a pageblock can hold: IsolateFreeBlocksLocked then allocates nothing
+            // under the zone lock (a list failing to grow there would leave the lock held by this thread and the
+            // blocks isolated before it off every list). The finally is for any other exception.
             _isolated.Clear();
-            int isolated = _zone.IsolateFreeBlocksLocked(pb, _isolated);
-            _zone.Lock.Exit();
+            _isolated.EnsureCapacity(_map.PageblockPages);
+            if (!Acquire(_zone.Lock, cc)) { freePb++; return -1; }
+            int isolated;
+            try
+            {
+                isolated = _zone.IsolateFreeBlocksLocked(pb, _isolated);
+            }
+            finally
+            {
+                _zone.Lock.Exit();
+            }
             PoolIsolated();
             Counters[CompactFreeScanned] += _map.PageblockPages;
             if (cc.Daemon) Counters[CompactDaemonFreeScanned] += _map.PageblockPages;

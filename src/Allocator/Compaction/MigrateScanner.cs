@@ -248,22 +248,24 @@ internal sealed unsafe partial class Compactor
         _batch.EnsureRoom(heads.Count);
         _runs.EnsureCapacity(heads.Count);
         results.EnsureCapacity(results.Count + heads.Count);
-        foreach (int head in heads)
-        {
-            if (_map.Page(head).Kind != PageKind.RunHead) continue;
-            MigrateResult r = PrepareRun(cc, head, migratePb, ref freePb, out long state, out int pages, out int dst);
-            if (r != MigrateResult.Success) { results.Add((head, r)); continue; }
-            _batch.Add(_map.Page(dst).RunHandle, state, _map.AddressOf(head), _map.AddressOf(dst));
-            _runs.Add((head, dst, pages));
-        }
-        if (_batch.Count == 0) return;
         try
         {
-            Migrate(_batch);
+            // Inside the try: a later run's PrepareRun may throw (the free scanner's pool failing to grow) while the
+            // earlier runs hold their destinations, which the finally then gives back (their results are Busy).
+            foreach (int head in heads)
+            {
+                if (_map.Page(head).Kind != PageKind.RunHead) continue;
+                MigrateResult r = PrepareRun(cc, head, migratePb, ref freePb, out long state, out int pages, out int dst);
+                if (r != MigrateResult.Success) { results.Add((head, r)); continue; }
+                _batch.Add(_map.Page(dst).RunHandle, state, _map.AddressOf(head), _map.AddressOf(dst));
+                _runs.Add((head, dst, pages));
+            }
+            if (_batch.Count > 0) Migrate(_batch);
         }
         finally
         {
-            // Even when the migration threw: moved runs free their source, the others their destination.
+            // Even when the migration (or a later run's preparation) threw: moved runs free their source, the others
+            // their destination.
             for (int i = 0; i < _batch.Count; i++)
             {
                 (int head, int dst, int pages) = _runs[i];
@@ -303,6 +305,7 @@ internal sealed unsafe partial class Compactor
         if ((s & EntryState.Frozen) != 0) return MigrateResult.Busy;
         if (pages > 1 << _map.MaxOrder) return MigrateResult.NotMovable; // multi-pageblock runs stay (see native-layout.md)
 
+        RunDestinationWanted?.Invoke();
         dst = CompactionAlloc(cc, pages, migratePb, ref freePb);
         if (dst < 0) return cc.Contended ? MigrateResult.Busy : MigrateResult.NoMemory;
         if (!Acquire(_zone.Lock, cc)) { _freePool.Add(dst, pages); return MigrateResult.Busy; }   // nothing written yet

@@ -103,10 +103,13 @@ internal sealed unsafe partial class Compactor
                 Counters[CacheHeldFailures]++;
                 return true;
             }
+            // Room first: once the source is isolated and a destination slot taken, an Add that failed to grow the
+            // batch would leave both for good (MigrateSlabBatch, which settles them, would never run).
+            _batch.Clear();
+            _batch.EnsureRoom(_entries.Count);
             _slabs.IsolateLocked(cls, src);
             // Destination slots from the fullest slabs; never carve a new slab for this.
             Span<nint> one = stackalloc nint[1];
-            _batch.Clear();
             for (int i = 0; i < _entries.Count; i++)
             {
                 int dst = _slabs.FindSlabLocked(cls, excludeHead: src);

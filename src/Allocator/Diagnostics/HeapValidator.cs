@@ -187,8 +187,9 @@ internal static unsafe class HeapValidator
         }
     }
 
-    /// <summary>A free block's pages, pageblock by pageblock: a pageblock never committed cannot be read (nor written
-    /// through any pointer the heap handed out) and is skipped.</summary>
+    /// <summary>A free block's pages, pageblock by pageblock: a pageblock never committed was never written through any
+    /// pointer the heap handed out, and is skipped (unreadable on Linux; on the portable back end it holds what the C
+    /// allocation held until its first commit zeroes it).</summary>
     private static void CheckFreeBlockPoison(PageAllocator pages, int start, int count, List<string> problems)
     {
         PageMap map = pages.Map;

@@ -143,10 +143,11 @@ internal sealed unsafe class ArenaMemory : IDisposable
     /// a hint (the state changes only under the zone lock).</summary>
     public bool IsCommitted(int pageblock) => Volatile.Read(ref Unsafe.As<PageblockMemory, byte>(ref _state[pageblock])) == (byte)PageblockMemory.Committed;
 
-    /// <summary>True when <paramref name="pageblock"/> may be read: committed now or once (a decommitted pageblock stays
-    /// mapped read-write and reads as zero), or any pageblock of the portable back end. A pageblock never committed is
-    /// <c>PROT_NONE</c> on Linux. For the validator, on a quiescent heap.</summary>
-    public bool IsReadable(int pageblock) => !_linux || _state[pageblock] != PageblockMemory.Reserved;
+    /// <summary>True when <paramref name="pageblock"/> was committed now or once, so that what it holds is what the heap
+    /// left there (a decommitted pageblock stays mapped read-write and reads as zero). A pageblock never committed is
+    /// <c>PROT_NONE</c> on Linux, and on the portable back end holds whatever the C allocation held (its first commit
+    /// zeroes it): either way not the heap's to check. For the validator, on a quiescent heap.</summary>
+    public bool IsReadable(int pageblock) => _state[pageblock] != PageblockMemory.Reserved;
 
     /// <summary>Makes pageblock <paramref name="pageblock"/> usable: readable, writable and counted as committed.
     /// Caller holds the zone lock.</summary>

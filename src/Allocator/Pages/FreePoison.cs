@@ -112,7 +112,17 @@ internal sealed unsafe class FreePoison
     {
         if (found.changed == 0) return true;
         Interlocked.Increment(ref _detections);
-        if (_pending.Count < MaxPending) _pending.Enqueue(found);
+        // Never throws: callers check storage they have just taken (a slot off its slab under the class lock, with
+        // the slab's RefCount raised; a compactor's destination after its source was isolated; an entry popped from a
+        // cache), and an exception there would strand it. The queue may need a new segment: if that allocation
+        // fails, the detection stays counted and raises no event.
+        try
+        {
+            if (_pending.Count < MaxPending) _pending.Enqueue(found);
+        }
+        catch (OutOfMemoryException)
+        {
+        }
         return false;
     }
 
