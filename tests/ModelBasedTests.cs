@@ -41,6 +41,7 @@ public sealed class ModelBasedTests(ITestOutputHelper output)
         (6, OpKind.Compact), (6, OpKind.Step), (3, OpKind.Release), (4, OpKind.Statistics),
         (8, OpKind.Rent), (3, OpKind.RentLongTerm), (10, OpKind.Return),
         (8, OpKind.Stale), (8, OpKind.Forged), (5, OpKind.StablePointer), (1, OpKind.Dispose),
+        (8, OpKind.OsRefuse), (4, OpKind.OsAllow),
     ];
 
     internal static readonly Gen<Op> GenOp =
@@ -56,9 +57,9 @@ public sealed class ModelBasedTests(ITestOutputHelper output)
             return ops;
         });
 
-    internal static void Run(Op[] ops, bool poison = false)
+    internal static void Run(Op[] ops, bool poison = false, bool faults = false)
     {
-        using var run = new ModelRun(poison);
+        using var run = new ModelRun(poison, faults);
         foreach (Op op in ops) run.Apply(op);
         run.Finish();
     }
@@ -72,14 +73,16 @@ public sealed class ModelBasedTests(ITestOutputHelper output)
         // Sequences are 1-400 steps (200 on average); each runs on a heap of its own.
         long iter = Math.Max(1, target / (MaxSequence / 2));
         // A quarter of the heaps poison freed memory (HeapOptions.PoisonFreedMemory): the validator then checks the
-        // poison of every free byte, and correct code must get no use-after-free report.
-        Gen.Select(GenSequence, Gen.Int[0, 3]).Sample((seq, poison) =>
+        // poison of every free byte, and correct code must get no use-after-free report. Another quarter run over an
+        // OS layer that refuses the commits, purges, decommits and huge-page advice the OsRefuse steps say.
+        Gen.Select(GenSequence, Gen.Int[0, 3]).Sample((seq, variant) =>
         {
-            Run(seq, poison == 0);
+            Run(seq, poison: variant == 0, faults: variant == 1);
             Interlocked.Add(ref ops, seq.Length);
             Interlocked.Increment(ref sequences);
-        }, seed: Seed, iter: iter, print: t => (t.Item2 == 0 ? "poisoned heap, " : "") + Describe(t.Item1), writeLine: output.WriteLine);
-        output.WriteLine($"{ops:N0} operations in {sequences:N0} sequences, {clock.Elapsed.TotalSeconds:F1} s");
+        }, seed: Seed, iter: iter, print: t => (t.Item2 == 0 ? "poisoned heap, " : t.Item2 == 1 ? "refusing OS layer, " : "") + Describe(t.Item1), writeLine: output.WriteLine);
+        output.WriteLine($"{ops:N0} operations in {sequences:N0} sequences, {clock.Elapsed.TotalSeconds:F1} s; {ModelRun.Refusals:N0} OS calls refused");
+        Assert.True(ModelRun.Refusals > 0, "no OS call was refused: the refusing heaps tested nothing");
         Assert.True(ops >= target * 9 / 10, $"only {ops} operations ran");
     }
 

@@ -22,6 +22,7 @@ internal enum OpKind : byte
     Compact, Step, Release, Statistics,
     Rent, RentLongTerm, Return,
     Stale, Forged, StablePointer, Dispose,
+    OsRefuse, OsAllow,
 }
 
 /// <summary>How a generated movable owner answers the compactor.</summary>
@@ -166,10 +167,14 @@ internal sealed unsafe class ModelRun : IDisposable
     private bool _disposed;
     private int _steps;
     private readonly bool _shared;
+    private FaultyOsMemory? _os;            // the heap's OS layer when it refuses calls (OsRefuse, OsAllow)
+    private bool _osRefusing;               // rules are set: allocations may fail until OsAllow
 
     /// <summary>A run on a heap of its own (the single-threaded suite): counts checked after every step, the
     /// validator every <see cref="ValidateEvery"/> steps.</summary>
-    public ModelRun(bool poison = false) : this(NewHeap(64L << 20, poison: poison), shared: false) { }
+    public ModelRun(bool poison = false, bool faults = false) : this(faults ? new FaultyOsMemory() : null, poison) { }
+
+    private ModelRun(FaultyOsMemory? os, bool poison) : this(NewHeap(64L << 20, poison: poison, os: os), shared: false) => _os = os;
 
     /// <summary>A run on <paramref name="heap"/>, which other runs may share (<paramref name="shared"/>): then each
     /// run checks its own blocks, bytes, pins and exceptions only; the heap's counts and the validator are the caller's
@@ -183,14 +188,15 @@ internal sealed unsafe class ModelRun : IDisposable
         _boundaries = Boundaries(Heap);
     }
 
-    public static NativeHeap NewHeap(long arenaBytes, bool background = false, bool poison = false) => new(new HeapOptions
+    /// <summary>A heap for model runs; with <paramref name="os"/>, over an OS layer that refuses what the steps say.</summary>
+    public static NativeHeap NewHeap(long arenaBytes, bool background = false, bool poison = false, FaultyOsMemory? os = null) => new(new HeapOptions
     {
         PoisonFreedMemory = poison,
         ArenaBytes = arenaBytes, PageblockPages = 64, MovableZonePercent = 50,
         DecommitDelay = TimeSpan.FromSeconds(1), Proactiveness = background ? 100 : 50,
         CompactionInterval = TimeSpan.FromMilliseconds(1), WasteHighRatio = 1.05, WasteLowRatio = 1.0, WasteMinBytes = 1 << 20,
         CompactionCpuShare = 0.5,
-    });
+    }, os ?? (IOsMemory)LinuxOsMemory.Instance);
 
     /// <summary>Sizes at the edges of the heap's size classes, of a slab, a page and a pageblock.</summary>
     private static long[] Boundaries(NativeHeap heap)
@@ -276,6 +282,14 @@ internal sealed unsafe class ModelRun : IDisposable
             case OpKind.Forged: Forged(op); break;
             case OpKind.StablePointer: StablePointer(op); break;
             case OpKind.Dispose: if (!_shared) DisposeHeap(); break;
+            case OpKind.OsRefuse:
+                if (_os == null) break;
+                // The next few commits, purges or decommits, or huge-page advice calls in the arena are refused.
+                OsCall call = ((uint)op.B % 3) switch { 0 => OsCall.Protect, 1 => OsCall.DontNeed, _ => OsCall.NoHugePage };
+                _os.RefuseInArena(Heap, call, times: 1 + (int)((uint)op.A % 8), skip: (int)((uint)op.A / 8 % 4));
+                _osRefusing = true;
+                break;
+            case OpKind.OsAllow: _os?.Allow(); _osRefusing = false; break;
         }
         lock (_violations)
             if (_violations.Count > 0) Fail(string.Join("; ", _violations));
@@ -306,7 +320,7 @@ internal sealed unsafe class ModelRun : IDisposable
         catch (OutOfMemoryException) { ok = false; h = default; }
         if (!ok)
         {
-            if (size <= 64 << 10 && _liveBytes + size <= OomExcusedAbove) Fail($"allocating {size} B ({kind}) failed with {_liveBytes} B live");
+            if (size <= 64 << 10 && _liveBytes + size <= OomExcusedAbove && !_osRefusing) Fail($"allocating {size} B ({kind}) failed with {_liveBytes} B live");
             return;
         }
         if (h.IsNull) Fail("an allocation returned the null handle");
@@ -483,7 +497,11 @@ internal sealed unsafe class ModelRun : IDisposable
         }
         BlockPin pin;
         try { pin = Heap.PinLongTerm(block.Handle); }
-        catch (OutOfMemoryException) when (_liveBytes > OomExcusedAbove) { return; }
+        catch (OutOfMemoryException) when (_liveBytes > OomExcusedAbove || _osRefusing)
+        {
+            if (Heap.GetKind(block.Handle) != block.Kind) Fail($"{block.Handle}: a long-term pin that failed changed its kind");
+            return;
+        }
         AfterLongTermPin(block, pin);
     }
 
@@ -518,26 +536,31 @@ internal sealed unsafe class ModelRun : IDisposable
             // All or nothing: no pin stays held; blocks moved before the refusal stay unmovable, their owners forgotten.
             Expect<InvalidOperationException>(() => Heap.PinLongTerm(handles, pins), "a long-term batch with a refusing owner");
             if (pins.Any(p => p.IsHeld)) Fail("a failed long-term batch left a pin held");
-            foreach (ModelBlock b in chosen)
-            {
-                if (b.Kind == BlockKind.Movable && Heap.GetKind(b.Handle) == BlockKind.Unmovable)
-                {
-                    if (b.Owner is { Refuses: true }) Fail($"{b.Handle} moved although its owner refused ({b.Owner.Behaviour})");
-                    b.Kind = BlockKind.Unmovable;
-                    if (b.Owner != null) { b.Owner.Retired = true; b.Owner = null; }
-                    b.StableAddress = Heap.GetStablePointer(b.Handle);
-                }
-                Verify(b);
-            }
+            foreach (ModelBlock b in chosen) AfterFailedLongTermPin(b);
             return;
         }
         try { Heap.PinLongTerm(handles, pins); }
-        catch (OutOfMemoryException) when (_liveBytes > OomExcusedAbove)
+        catch (OutOfMemoryException) when (_liveBytes > OomExcusedAbove || _osRefusing)
         {
             if (pins.Any(p => p.IsHeld)) Fail("a failed long-term batch left a pin held");
+            foreach (ModelBlock b in chosen) AfterFailedLongTermPin(b);
             return;
         }
         for (int i = 0; i < chosen.Count; i++) AfterLongTermPin(chosen[i], pins[i]);
+    }
+
+    /// <summary>After a long-term batch failed: its blocks already moved stay unmovable (their owners forgotten),
+    /// the others are as they were; every one keeps its bytes.</summary>
+    private void AfterFailedLongTermPin(ModelBlock b)
+    {
+        if (b.Kind == BlockKind.Movable && Heap.GetKind(b.Handle) == BlockKind.Unmovable)
+        {
+            if (b.Owner is { Refuses: true }) Fail($"{b.Handle} moved although its owner refused ({b.Owner.Behaviour})");
+            b.Kind = BlockKind.Unmovable;
+            if (b.Owner != null) { b.Owner.Retired = true; b.Owner = null; }
+            b.StableAddress = Heap.GetStablePointer(b.Handle);
+        }
+        Verify(b);
     }
 
     private void PinLongTermWhilePinned(Op op)
@@ -591,7 +614,9 @@ internal sealed unsafe class ModelRun : IDisposable
         int size = (uint)op.A % 8 == 0 ? -1 : (uint)op.A % 8 == 1 ? 0 : 1 + (int)((uint)op.A % 65536);
         int bytes = size == -1 ? 4096 : Math.Max(1, size);
         if (_liveBytes + bytes > LiveCap) { Return(op); return; }
-        IMemoryOwner<byte> owner = pool.Rent(size);
+        IMemoryOwner<byte> owner;
+        try { owner = pool.Rent(size); }
+        catch (OutOfMemoryException) when (_osRefusing || _liveBytes > OomExcusedAbove) { return; }
         if (owner.Memory.Length != bytes) Fail($"Rent({size}) gave {owner.Memory.Length} B");
         var rent = new ModelRent(owner, SeedOf(op.B), longTerm);
         ModelContent.Of(rent.Seed, bytes).CopyTo(owner.Memory.Span);
@@ -676,6 +701,11 @@ internal sealed unsafe class ModelRun : IDisposable
         long longTerm = _blocks.Sum(b => (long)b.LongTermPins.Count) + _rents.Count(r => r.LongTerm);
         if (s.LiveBlocks != blocks || s.LiveBytes != _liveBytes || s.LongTermPins != longTerm)
             Fail($"statistics say {s.LiveBlocks} blocks, {s.LiveBytes} B, {s.LongTermPins} long-term pins; the model {blocks}, {_liveBytes} B, {longTerm}");
+        // Every refusal the OS layer made is counted once, as the kind it was.
+        if (_os != null && (s.CommitFailures != _os.Refused(OsCall.Protect) || s.DecommitFailures != _os.Refused(OsCall.DontNeed)
+                            || s.AdviceFailures != _os.Refused(OsCall.NoHugePage) + _os.Refused(OsCall.HugePage)))
+            Fail($"statistics count {s.CommitFailures} commit, {s.DecommitFailures} decommit, {s.AdviceFailures} advice failures; the OS refused "
+                 + $"{_os.Refused(OsCall.Protect)}, {_os.Refused(OsCall.DontNeed)}, {_os.Refused(OsCall.NoHugePage) + _os.Refused(OsCall.HugePage)}");
     }
 
     private void Statistics()
@@ -728,9 +758,17 @@ internal sealed unsafe class ModelRun : IDisposable
 
     /// <summary>The end of a run: every pin released, every buffer returned, the validator, the counts, every block
     /// freed, and the heap disposed (which must now succeed).</summary>
+    /// <summary>OS calls refused over every run of the process (the test reports it, so a run that injected none
+    /// shows).</summary>
+    public static long Refusals;
+
     public void Finish()
     {
         if (_disposed) return;
+        if (_os != null)
+            Interlocked.Add(ref Refusals, _os.Refused(OsCall.Protect) + _os.Refused(OsCall.DontNeed) + _os.Refused(OsCall.NoHugePage) + _os.Refused(OsCall.HugePage));
+        _os?.Allow();
+        _osRefusing = false;
         foreach (ModelRent r in _rents.ToArray()) Return(new Op(OpKind.Return, 0, _rents.IndexOf(r)));
         foreach (ModelBlock b in _blocks)
         {
