@@ -31,6 +31,8 @@ internal static unsafe class HeapValidator
         // frontier the zone was never handed out (free max-order blocks, descriptors still zero): not walked, so the
         // check costs what the heap uses, not what it reserves.
         long freePages = 0;
+        var runHeads = new List<int>();          // every run's head page; each must be named by a live or cached entry
+        var namedRuns = new HashSet<int>();
         foreach (Zone z in pages.Zones)
         {
             int frontier = z.Frontier;
@@ -52,6 +54,7 @@ internal static unsafe class HeapValidator
                         if (page + count > frontier) problems.Add($"the run or slab at {page} reaches past the {z.Kind} zone's frontier {frontier}");
                         for (int t = page + 1; t < page + count; t++)
                             if (map.Page(t).Kind != PageKind.Tail || map.Page(t).TailHead != page) { problems.Add($"page {t} of the run or slab at {page} is not its tail"); break; }
+                        if (d.Kind == PageKind.RunHead) runHeads.Add(page);
                         if (d.Kind == PageKind.SlabHead && z == pages.Movable && d.SlabKind != BlockKind.Movable)
                             problems.Add($"unmovable slab at page {page} in the movable zone");
                         page += count;
@@ -85,6 +88,7 @@ internal static unsafe class HeapValidator
                 ref PageDescriptor d = ref map.Page(page);
                 if (d.Kind != PageKind.RunHead || d.RunHandle != i) { problems.Add($"entry {i}: its run head does not name it back"); continue; }
                 liveBytes += map.RunSize(e->Address, s);
+                namedRuns.Add(page);
             }
             else
             {
@@ -122,6 +126,7 @@ internal static unsafe class HeapValidator
                 ref PageDescriptor d = ref map.Page(page);
                 if (d.Kind != PageKind.RunHead || d.RunHandle != index || d.RunPages != layout.PagesOf(bin))
                     problems.Add($"cached run entry {index}: its run head does not name it back with {layout.PagesOf(bin)} pages");
+                else namedRuns.Add(page);
                 continue;
             }
             int head = map.HeadOf(page);
@@ -131,6 +136,9 @@ internal static unsafe class HeapValidator
             if (*slabs[(int)layout.KindOf(bin)].ReverseMapWord(e->Address, c) != (int)index) problems.Add($"cached entry {index}: its slot's reverse map names another entry");
             cached[head] = cached.GetValueOrDefault(head) + 1;
         }
+        // A run no live or cached entry names is storage nobody can free again: lost pages.
+        foreach (int page in runHeads)
+            if (!namedRuns.Contains(page)) problems.Add($"the run at page {page} ({map.Page(page).RunPages} pages) is named by no live or cached entry: its pages are lost");
         foreach (Zone z in pages.Zones)
             for (int page = z.Start, frontier = z.Frontier; page < frontier; page++)
             {
