@@ -348,6 +348,7 @@ public sealed unsafe class FaultInjectionTests
         Assert.True(os.Refused(OsCall.Protect) >= 2);
         Assert.Equal(live.Count, heap.GetStatistics().LiveBlocks);
         Assert.Equal(0, heap.GetStatistics().CommitFailures);     // no arena commit was refused
+        Assert.Equal(os.Refused(OsCall.Protect), heap.GetStatistics().HandleTableGrowthFailures);   // every refused chunk counted once
         TestHeaps.AssertValid(heap);
         AssertIntact(heap, live);
 

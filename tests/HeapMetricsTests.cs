@@ -69,6 +69,7 @@ public sealed class HeapMetricsTests
         Assert.Equal(s.BackgroundFailures, m["nativeheap.failures/background"]);
         Assert.Equal(s.UseAfterFreeDetections, m["nativeheap.failures/use_after_free"]);
         Assert.Equal(1, m["nativeheap.failures/long_term_pin"]);
+        Assert.Equal(s.HandleTableGrowthFailures, m["nativeheap.failures/handle_table"]);
         pin.Dispose();
         heap.Free(lt);
         for (int i = 1; i < blocks.Count; i += 2) heap.Free(blocks[i]);

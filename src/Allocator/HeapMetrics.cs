@@ -60,7 +60,7 @@ public static class HeapMetrics
         s_meter.CreateObservableCounter("nativeheap.compaction.events", ObserveEvents, "{event}",
                                         "The compaction counters, one series per counter (tag nativeheap.event: the kernel's names).");
         s_meter.CreateObservableCounter("nativeheap.failures", ObserveFailures, "{failure}",
-                                        "Refusals and faults since the heap was created, tag nativeheap.failure: commit, decommit (and purge), advice (huge-page advice), background (exceptions that ended the background thread), use_after_free (PoisonFreedMemory detections), long_term_pin.");
+                                        "Refusals and faults since the heap was created, tag nativeheap.failure: commit, decommit (and purge), advice (huge-page advice), background (exceptions that ended the background thread), use_after_free (PoisonFreedMemory detections), long_term_pin, handle_table (the handle table could not grow).");
     }
 
     private static void Gauge(string name, string unit, string description, Func<HeapStatistics, long> value) =>
@@ -125,7 +125,7 @@ public static class HeapMetrics
     [
         ("commit", s => s.CommitFailures), ("decommit", s => s.DecommitFailures), ("advice", s => s.AdviceFailures),
         ("background", s => s.BackgroundFailures), ("use_after_free", s => s.UseAfterFreeDetections),
-        ("long_term_pin", s => s.LongTermPinFailures),
+        ("long_term_pin", s => s.LongTermPinFailures), ("handle_table", s => s.HandleTableGrowthFailures),
     ];
 
     private static IEnumerable<Measurement<long>> ObserveFailures()

@@ -59,6 +59,10 @@ public sealed class HeapStatistics
     /// <summary>Writes through stale pointers found since the heap was created (<see cref="HeapOptions.PoisonFreedMemory"/>;
     /// always 0 without it): each is storage that no longer held its poison when it was handed out again.</summary>
     public long UseAfterFreeDetections { get; internal init; }
+    /// <summary>Times the handle table needed more entries and could not get them (the OS refused to commit a chunk
+    /// of entries, or the process made every entry it may): each failed the allocation that asked, leaving the heap as
+    /// it was.</summary>
+    public long HandleTableGrowthFailures { get; internal init; }
     /// <summary>Native metadata: page descriptors, pageblock bitmap and handle table.</summary>
     public long MetadataBytes { get; internal init; }
     /// <summary>Page size in bytes.</summary>

@@ -77,6 +77,7 @@ public sealed unsafe partial class NativeHeap
             BackgroundFailures = Volatile.Read(ref _backgroundFailures),
             LastBackgroundFailure = Volatile.Read(ref _lastBackgroundFailure),
             UseAfterFreeDetections = _poison.Detections,
+            HandleTableGrowthFailures = _handles.GrowthFailures,
             MetadataBytes = _pages.MetadataBytes + _handles.MetadataBytes,
             PageSize = _map.PageSize,
             PageblockPages = _map.PageblockPages,

@@ -30,6 +30,7 @@ internal sealed unsafe partial class HandleTable : IDisposable
     private uint _freeHead;               // 0 = empty (index 0 is never issued, so never free)
     private long _freeEntries;
     private long _retired;                // retired entries in the chunks this heap holds
+    private long _growthFailures;         // chunks the store could not give (OS refusal or entries exhausted); under _lock
     private bool _disposed;
     private readonly IOsMemory _os;       // commits the new chunks this heap asks for
 
@@ -159,7 +160,11 @@ internal sealed unsafe partial class HandleTable : IDisposable
             Volatile.Write(ref _chunks, bigger);
         }
         int chunk = HandleStore.TakeChunk(Owner, _os, NewChunksOnly);
-        if (chunk < 0) return false;
+        if (chunk < 0)
+        {
+            Volatile.Write(ref _growthFailures, _growthFailures + 1);   // written under the lock, read without it
+            return false;
+        }
         _chunks[_chunkCount] = chunk;
         Volatile.Write(ref _chunkCount, _chunkCount + 1);
         uint first = (uint)chunk << HandleStore.ChunkShift, lowest = Math.Max(first, 1);   // index 0 is never issued
@@ -190,6 +195,11 @@ internal sealed unsafe partial class HandleTable : IDisposable
 
     /// <summary>Retired entries in this heap's chunks. Takes the table lock.</summary>
     public long RetiredEntries { get { lock (_lock) return _retired; } }
+
+    /// <summary>Times the table needed a chunk and the store had none to give: the OS refused to commit a new one, or
+    /// the process made every entry it may. Each failed the allocation that asked. A racy read of a counter only this
+    /// table's lock holder writes: at worst one behind.</summary>
+    public long GrowthFailures => Volatile.Read(ref _growthFailures);
 
     /// <summary>
     /// Frees every live entry (generation + 1, or retirement when it would wrap, as a Free does) and gives every chunk
