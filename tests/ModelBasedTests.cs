@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Compaction.Allocator;
 using Compaction.Tests.Model;
 using CsCheck;
 using Xunit.Abstractions;
@@ -36,7 +37,7 @@ public sealed class ModelBasedTests(ITestOutputHelper output)
         (5, OpKind.AllocBadArgument), (30, OpKind.AllocContext),
         (150, OpKind.Free), (30, OpKind.FreeContext), (6, OpKind.FreeWhileScoped), (20, OpKind.Verify), (10, OpKind.Rewrite),
         (25, OpKind.AcquirePin), (22, OpKind.ReleasePin), (1, OpKind.ReleasePinOnOtherThread),
-        (8, OpKind.PinLongTerm), (3, OpKind.PinLongTermBatch), (1, OpKind.ReleaseLongTerm), (8, OpKind.ReleaseLongTerm),
+        (8, OpKind.PinLongTerm), (3, OpKind.PinLongTermBatch), (9, OpKind.ReleaseLongTerm),
         (15, OpKind.SetOwner), (4, OpKind.ClearOwner),
         (6, OpKind.Compact), (6, OpKind.Step), (3, OpKind.Release), (4, OpKind.Statistics),
         (8, OpKind.Rent), (3, OpKind.RentLongTerm), (10, OpKind.Return),
@@ -134,7 +135,7 @@ public sealed class ModelBasedTests(ITestOutputHelper output)
         foreach (Thread t in threads) t.Join();
         heap.StopBackgroundCompaction();
         if (errors.FirstOrDefault(e => e != null) is { } error) throw new ModelViolationException($"thread {Array.IndexOf(errors, error)}: {error.Message}");
-        Compaction.Allocator.HeapStatistics s = heap.GetStatistics();
+        HeapStatistics s = heap.GetStatistics();
         if (s.LiveBlocks != 0 || s.LiveBytes != 0 || s.LongTermPins != 0)
             throw new ModelViolationException($"every thread freed what it had, yet the heap counts {s.LiveBlocks} blocks, {s.LiveBytes} B, {s.LongTermPins} long-term pins");
         List<string> problems = heap.Validate();

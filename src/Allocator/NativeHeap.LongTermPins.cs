@@ -134,10 +134,10 @@ public sealed unsafe partial class NativeHeap
                     Events.LongTermPinMigration(_id, movedNow, bytes);
                 }
                 if (!retry) continue;
-                if (heldByOwner && Stopwatch.GetTimestamp() > deadline)
-                    throw new InvalidOperationException($"The block's movable owner refused to let it move for {LongTermPinPatience.TotalMilliseconds} ms, so it could not be moved out of movable memory for a long-term pin.");
-                if (heldByPin && Stopwatch.GetTimestamp() > deadline)
-                    throw new InvalidOperationException($"A block stayed pinned for {LongTermPinPatience.TotalMilliseconds} ms, so it could not be moved out of movable memory for a long-term pin; release short pins before pinning long-term.");
+                if ((heldByOwner || heldByPin) && Stopwatch.GetTimestamp() > deadline)
+                    throw new InvalidOperationException(heldByOwner
+                        ? $"The block's movable owner refused to let it move for {LongTermPinPatience.TotalMilliseconds} ms, so it could not be moved out of movable memory for a long-term pin."
+                        : $"A block stayed pinned for {LongTermPinPatience.TotalMilliseconds} ms, so it could not be moved out of movable memory for a long-term pin; release short pins before pinning long-term.");
                 spin.SpinOnce();
             }
         }

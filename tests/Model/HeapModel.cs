@@ -79,7 +79,6 @@ internal sealed unsafe class ModelOwner(ModelRun run, ModelBlock block, OwnerBeh
     public readonly OwnerBehaviour Behaviour = behaviour;
     /// <summary>Set when the owner stops being the block's (freed, replaced, cleared, forgotten by a long-term pin).</summary>
     public bool Retired;
-    public int Isolates, Migrates, Putbacks;
     /// <summary>True when the owner never lets its block move.</summary>
     public bool Refuses => Behaviour is not (OwnerBehaviour.Agree or OwnerBehaviour.ReenterHeap);
 
@@ -95,7 +94,6 @@ internal sealed unsafe class ModelOwner(ModelRun run, ModelBlock block, OwnerBeh
     public bool Isolate(BlockHandle handle)
     {
         Check(handle, "Isolate");
-        Isolates++;
         return Behaviour switch
         {
             OwnerBehaviour.RefuseIsolate => false,
@@ -107,7 +105,8 @@ internal sealed unsafe class ModelOwner(ModelRun run, ModelBlock block, OwnerBeh
     public OwnerMigrateResult Migrate(BlockHandle handle, nint oldAddress, nint newAddress)
     {
         Check(handle, "Migrate");
-        Migrates++;
+        // Racy in the concurrent variant (the block's thread changes its pin lists meanwhile), and safe for this check:
+        // a pin enters the lists after it is taken and leaves before it is released, so Pinned true means pinned.
         if (block.Pinned) run.Violation($"the compactor asked to complete the move of pinned {handle}");
         if (!new ReadOnlySpan<byte>((void*)newAddress, (int)block.Size).SequenceEqual(ModelContent.Of(block.Seed, block.Size)))
             run.Violation($"{handle}: the bytes at its new address differ from the block's when its owner is asked");
@@ -136,7 +135,6 @@ internal sealed unsafe class ModelOwner(ModelRun run, ModelBlock block, OwnerBeh
     public void Putback(BlockHandle handle)
     {
         Check(handle, "Putback");
-        Putbacks++;
     }
 }
 
@@ -211,9 +209,7 @@ internal sealed unsafe class ModelRun : IDisposable
         return [.. sizes];
     }
 
-    public int Steps => _steps;
     public bool Shared => _shared;
-    public int LiveBlocks => _blocks.Count;
 
     /// <summary>Records what an owner callback saw wrong (it may run on a compacting thread of its own).</summary>
     public void Violation(string what)
@@ -301,6 +297,11 @@ internal sealed unsafe class ModelRun : IDisposable
     }
 
     private ModelBlock? Pick(int a) => _blocks.Count == 0 ? null : _blocks[(int)((uint)a % (uint)_blocks.Count)];
+
+    /// <summary>The first block that <paramref name="wanted"/> accepts, except one time in <paramref name="tries"/>
+    /// (chosen by <paramref name="a"/>) or when none does: then any block, which the caller may find unfit.</summary>
+    private ModelBlock? PickMostlyFirst(int a, Predicate<ModelBlock> wanted, int tries) =>
+        ((uint)a % (uint)tries != 0 ? _blocks.Find(wanted) : null) ?? Pick(a);
 
     private static int SeedOf(int b) => (int)((uint)b % ModelContent.Seeds);
 
@@ -453,7 +454,7 @@ internal sealed unsafe class ModelRun : IDisposable
 
     private void ReleasePin(Op op, bool otherThread)
     {
-        ModelBlock? block = _blocks.Find(b => b.Pins.Count > 0 && (uint)op.A % 4 != 0) ?? Pick(op.A);
+        ModelBlock? block = PickMostlyFirst(op.A, b => b.Pins.Count > 0, tries: 4);
         if (block == null || block.Pins.Count == 0) return;
         int k = (int)((uint)op.B % (uint)block.Pins.Count);
         (BlockPin pin, nint address) = block.Pins[k];
@@ -589,7 +590,7 @@ internal sealed unsafe class ModelRun : IDisposable
 
     private void ReleaseLongTerm(Op op)
     {
-        ModelBlock? block = _blocks.Find(b => b.LongTermPins.Count > 0 && (uint)op.A % 3 != 0) ?? Pick(op.A);
+        ModelBlock? block = PickMostlyFirst(op.A, b => b.LongTermPins.Count > 0, tries: 3);
         if (block == null || block.LongTermPins.Count == 0) return;
         BlockPin pin = block.LongTermPins[^1];
         block.LongTermPins.RemoveAt(block.LongTermPins.Count - 1);

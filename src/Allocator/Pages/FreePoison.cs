@@ -41,8 +41,9 @@ internal sealed unsafe class FreePoison
 
     /// <summary>Detections not yet reported as events (first changed byte, bytes changed). Most are found under a
     /// class or zone lock, where no listener's code may run (it could call back into the heap), so they wait here and
-    /// the API layer raises them once it holds no lock (<see cref="TryTakePending"/>). At most
-    /// <see cref="MaxPending"/> wait; later ones are counted but raise no event.</summary>
+    /// the API layer raises them once it holds no lock (<see cref="TryTakePending"/>). About
+    /// <see cref="MaxPending"/> wait at most (the count is read before the enqueue, so threads reporting at the same
+    /// moment may each add one more); later ones are counted but raise no event.</summary>
     private readonly ConcurrentQueue<(nint first, long changed)> _pending = new();
     private const int MaxPending = 64;
 
@@ -90,9 +91,10 @@ internal sealed unsafe class FreePoison
         {
             nint next = Math.Min(end, (p & ~(nint)(_pageSize - 1)) + _pageSize);
             var span = new ReadOnlySpan<byte>((void*)p, (int)(next - p));
-            if (span.IndexOfAnyExcept(Pattern) >= 0 && span.IndexOfAnyExcept((byte)0) >= 0)
+            int at = span.IndexOfAnyExcept(Pattern);
+            if (at >= 0 && span.IndexOfAnyExcept((byte)0) >= 0)
             {
-                if (first == 0) first = p + span.IndexOfAnyExcept(Pattern);
+                if (first == 0) first = p + at;
                 changed += span.Length - span.Count(Pattern);
             }
             p = next;
