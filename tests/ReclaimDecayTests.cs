@@ -151,10 +151,9 @@ public sealed class HugePageAdviceTests
         return null;
     }
 
-    [Fact]
+    [LinuxFact]
     public void PurgedPageblocksLeaveHugePagesAndGetThemBackWhenDecommittedOrDense()
     {
-        if (!OperatingSystem.IsLinux()) return;
         using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 64L << 20, WasteHighRatio = 0, Proactiveness = 0, DecommitDelay = TimeSpan.Zero });
         var runs = new List<BlockHandle>();
         for (int i = 0; i < 32; i++) runs.Add(heap.Allocate(64 * 1024));   // exactly one 2 MiB pageblock
@@ -187,10 +186,9 @@ public sealed class HugePageAdviceTests
         TestHeaps.AssertValid(heap);
     }
 
-    [Fact]
+    [LinuxFact]
     public void WithHugePagesOffNoAdviceIsGiven()
     {
-        if (!OperatingSystem.IsLinux()) return;
         using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 64L << 20, UseHugePages = false, WasteHighRatio = 0, Proactiveness = 0 });
         var runs = new List<BlockHandle>();
         for (int i = 0; i < 32; i++) runs.Add(heap.Allocate(64 * 1024));

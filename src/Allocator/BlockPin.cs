@@ -12,11 +12,19 @@ public readonly unsafe struct BlockPin : IDisposable
 {
     private readonly BlockPinRecord? _record;
     private readonly long _generation;
+    // What the getters return, copied when the pin was taken: the record is reused by later pins, so a getter that
+    // read the record's fields after checking its generation could return another block's address or length.
+    private readonly byte* _pointer;
+    private readonly long _length;
+    private readonly BlockHandle _handle;
 
-    internal BlockPin(BlockPinRecord record, long generation)
+    internal BlockPin(BlockPinRecord record, long generation, BlockHandle handle, byte* pointer, long length)
     {
         _record = record;
         _generation = generation;
+        _handle = handle;
+        _pointer = pointer;
+        _length = length;
     }
 
     /// <summary>True until the pin is released (false for <c>default</c>).</summary>
@@ -24,15 +32,36 @@ public readonly unsafe struct BlockPin : IDisposable
 
     /// <summary>The pinned block.</summary>
     /// <exception cref="ObjectDisposedException">The pin was released.</exception>
-    public BlockHandle Handle => Held().Handle;
+    public BlockHandle Handle
+    {
+        get
+        {
+            ThrowIfReleased();
+            return _handle;
+        }
+    }
 
     /// <summary>The block's size in bytes.</summary>
     /// <exception cref="ObjectDisposedException">The pin was released.</exception>
-    public long Length => Held().Length;
+    public long Length
+    {
+        get
+        {
+            ThrowIfReleased();
+            return _length;
+        }
+    }
 
     /// <summary>The block's first byte.</summary>
     /// <exception cref="ObjectDisposedException">The pin was released.</exception>
-    public nint Address => (nint)Held().Pointer;
+    public nint Address
+    {
+        get
+        {
+            ThrowIfReleased();
+            return (nint)_pointer;
+        }
+    }
 
     /// <summary>The block's bytes.</summary>
     /// <exception cref="ObjectDisposedException">The pin was released.</exception>
@@ -41,9 +70,9 @@ public readonly unsafe struct BlockPin : IDisposable
     {
         get
         {
-            BlockPinRecord r = Held();
-            if (r.Length > int.MaxValue) ThrowHelper.TooLargeForSpan(r.Length);
-            return new Span<byte>(r.Pointer, (int)r.Length);
+            ThrowIfReleased();
+            if (_length > int.MaxValue) ThrowHelper.TooLargeForSpan(_length);
+            return new Span<byte>(_pointer, (int)_length);
         }
     }
 
@@ -51,11 +80,12 @@ public readonly unsafe struct BlockPin : IDisposable
     /// <exception cref="ObjectDisposedException">The heap was disposed (the pin is released all the same).</exception>
     public void Dispose() => _record?.Release(_generation);
 
-    private BlockPinRecord Held()
+    /// <summary>The getters' check: this value's fields are its own (never rewritten), so only whether the pin is still
+    /// held is read from the shared record.</summary>
+    private void ThrowIfReleased()
     {
         BlockPinRecord? r = _record;
         if (r == null || Volatile.Read(ref r.Generation) != _generation) throw new ObjectDisposedException(nameof(BlockPin));
-        return r;
     }
 }
 
@@ -72,9 +102,6 @@ internal sealed unsafe class BlockPinRecord
     public long Generation;
     public NativeHeap? Heap;
     public HandleEntry* Entry;
-    public byte* Pointer;
-    public long Length;
-    public BlockHandle Handle;
     /// <summary>A long-term pin (<see cref="NativeHeap.PinLongTerm(BlockHandle)"/>): its release also drops the
     /// heap's count of long-term pins.</summary>
     public bool LongTerm;

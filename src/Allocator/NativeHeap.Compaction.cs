@@ -31,6 +31,7 @@ public sealed partial class NativeHeap
     {
         if (_disposed) ThrowHelper.Disposed();
         if (_compactor == null) return new CompactionStatistics();
+        using Section _ = new(_caches);
         CompactionStatistics before = _compactor.Counters.Snapshot();
         long t0 = Stopwatch.GetTimestamp();
         bool traced = Tracing(NativeHeapEventSource.Keywords.Compaction);
@@ -53,10 +54,10 @@ public sealed partial class NativeHeap
     public CompactionStatistics RunCompactionStep(TimeSpan now)
     {
         if (_disposed) ThrowHelper.Disposed();
-        if (_compactor == null) return new CompactionStatistics();
-        CompactionStatistics before = _compactor.Counters.Snapshot();
+        using Section _ = new(_caches);
+        CompactionStatistics before = _counters.Snapshot();
         BackgroundStep(now);
-        return _compactor.Counters.Snapshot() - before;
+        return _counters.Snapshot() - before;
     }
 
     /// <summary>One wake: the compactor's step, then the delayed trim (only when the compactor ran: a wake skipped
@@ -71,10 +72,10 @@ public sealed partial class NativeHeap
             return;
         }
         // Traced: the wake's counters before and after, and what the OS got back.
-        CompactionStatistics before = _compactor?.Counters.Snapshot() ?? new CompactionStatistics();
+        CompactionStatistics before = _counters.Snapshot();
         long purged = _memory.PurgedBytes, decommitted = _memory.DecommittedBytes, t0 = Stopwatch.GetTimestamp();
         BackgroundStepCore(now);
-        CompactionStatistics d = (_compactor?.Counters.Snapshot() ?? new CompactionStatistics()) - before;
+        CompactionStatistics d = _counters.Snapshot() - before;
         string trigger = d.WasteWakes > 0 ? "waste" : d.CompactDaemonMigrateScanned > 0 ? "proactive" : d.PagesCompacted > 0 ? "consolidation" : "idle";
         if (Tracing(NativeHeapEventSource.Keywords.Background, EventLevel.Verbose))
             Events.BackgroundWake(_id, trigger, d.BytesMoved, Stopwatch.GetElapsedTime(t0).TotalMilliseconds,
@@ -124,7 +125,6 @@ public sealed partial class NativeHeap
     public void StartBackgroundCompaction()
     {
         if (_disposed) ThrowHelper.Disposed();
-        if (_compactor == null) return;
         lock (_daemonLock)
         {
             if (_daemonsClosed) ThrowHelper.Disposed();
@@ -162,8 +162,8 @@ public sealed partial class NativeHeap
             long start = Stopwatch.GetTimestamp(), cpu = ThreadCpuClock.Nanoseconds();
             heap.BackgroundStep(Stopwatch.GetElapsedTime(origin));
             next = heap.NextWakeDelay(Stopwatch.GetElapsedTime(start));
-            if (cpu >= 0 && heap._compactor != null)
-                Interlocked.Add(ref heap._compactor.Counters[CompactionCounter.BackgroundCpuNanoseconds], Math.Max(0, ThreadCpuClock.Nanoseconds() - cpu));
+            if (cpu >= 0)
+                Interlocked.Add(ref heap._counters[CompactionCounter.BackgroundCpuNanoseconds], Math.Max(0, ThreadCpuClock.Nanoseconds() - cpu));
         }
         catch (Exception ex)
         {
@@ -269,6 +269,7 @@ public sealed partial class NativeHeap
     public long ReleaseFreeMemory()
     {
         if (_disposed) ThrowHelper.Disposed();
+        using Section _ = new(_caches);
         long purged = _memory.PurgedBytes, decommitted = _memory.DecommittedBytes;
         long bytes = _reclaimer.ReleaseFreeMemory();
         GC.KeepAlive(this);   // the release worked on native memory the finalizer would free

@@ -23,8 +23,17 @@ public sealed unsafe partial class NativeHeap
     {
         if (_disposed) ThrowHelper.Disposed();
         HandleEntry* e = TryLocate(handle);
-        if (e == null) LocateFailed(handle);
+        if (e == null) LocateFailedOrDisposed(handle);
         return e;
+    }
+
+    /// <summary>A handle this heap does not own: the heap was disposed meanwhile (its chunks went back to the store,
+    /// so a handle that passed the disposed check finds a foreign owner), or a bad handle.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void LocateFailedOrDisposed(BlockHandle handle)
+    {
+        if (_disposed) ThrowHelper.Disposed();
+        LocateFailed(handle);
     }
 
     /// <summary><see cref="Locate"/> for a caller that has just checked the heap is not disposed (a context).</summary>
@@ -41,8 +50,9 @@ public sealed unsafe partial class NativeHeap
     /// Cost: one compare for the range, one load of the chunk's owner word (compared with this heap's id), one add
     /// for the entry's address in the flat table.
     /// Lock-free: the owner word is read with acquire, and a chunk is committed and initialised before any owner is
-    /// published (<see cref="HandleStore"/>); a chunk of this heap stays this heap's until Dispose, which does not
-    /// race with other calls.
+    /// published (<see cref="HandleStore"/>); a chunk of this heap stays this heap's until Dispose gives it back. A
+    /// Dispose racing this read is harmless: the store is never unmapped, and an entry Dispose freed is stale for
+    /// every handle this heap issued.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private HandleEntry* TryLocate(BlockHandle handle)

@@ -65,6 +65,7 @@ public sealed unsafe partial class NativeHeap
         // Every handle is checked before anything changes.
         for (int k = 0; k < n; k++) pins[k] = default;
         for (int k = 0; k < n; k++) Locate(handles[k]);
+        using Section _ = new(_caches);   // the migrations into unmovable memory touch the arena
         uint[]? heapIndices = n > 128 ? new uint[2 * n] : null;   // large batches: the index lists on the managed heap
         Span<uint> indices = heapIndices != null ? heapIndices.AsSpan(0, n) : stackalloc uint[n];
         Span<uint> queue = heapIndices != null ? heapIndices.AsSpan(n, n) : stackalloc uint[n];
@@ -86,8 +87,11 @@ public sealed unsafe partial class NativeHeap
                     HandleEntry* e = Locate(handles[k]);
                     long s = Volatile.Read(ref e->State);
                     HandleChecks.CheckLive(handles[k], s);
-                    if ((s & EntryState.Movable) == 0) { pins[k] = AcquireLongTermPin(handles[k], e); pinned++; }
-                    else queue[queued++] = indices[k];
+                    if ((s & EntryState.Movable) == 0) { pins[k] = AcquireLongTermPin(handles[k], e); pinned++; continue; }
+                    // An owner callback of this thread holds the block frozen for its move: the migration that would
+                    // move it again could never freeze it, so this would retry for ever (every pin path checks this).
+                    if ((s & EntryState.Frozen) != 0) FrozenByThisThread.ThrowIfFrozenHere(e);
+                    queue[queued++] = indices[k];
                 }
                 if (queued == 0) break;
                 _migrator.Demote(queue[..queued], results[..queued], out long bytes);

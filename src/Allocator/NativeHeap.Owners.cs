@@ -17,6 +17,7 @@ public sealed unsafe partial class NativeHeap
     public void SetMovableOwner(BlockHandle handle, IMovableBlockOwner? owner)
     {
         HandleEntry* e = Locate(handle);
+        using Section _ = new(_caches);
         _migrator.Owners.Set(handle, HandleBits.Index(handle.Value), e, owner);
     }
 }

@@ -52,6 +52,9 @@ public sealed unsafe partial class NativeHeap
         SpinWait spin = default;
         while (true)
         {
+            // A Dispose freezes every entry while it decides: once it is done, the heap is gone (checked before the
+            // state, whose entry Dispose frees after setting the flag).
+            if (_disposed) ThrowHelper.Disposed();
             s = Volatile.Read(ref e->State);
             HandleChecks.CheckLive(handle, s);
             if ((s & EntryState.Frozen) == 0) return PinCore(handle, e, pins);
@@ -72,15 +75,21 @@ public sealed unsafe partial class NativeHeap
     private BlockPin AcquireBlockPin(BlockHandle handle, bool longTerm)
     {
         HandleEntry* e = Locate(handle);
-        long s = AtomicPins.Acquire(handle, e, _map);   // throws before any record is taken
+        long s;
+        SpinWait spin = default;
+        // Throws before any record is taken. A frozen entry (a migration's copy, or a Dispose deciding) is waited for;
+        // once a Dispose is done, the heap is gone (checked before the state, whose entry Dispose frees after the flag).
+        while (!AtomicPins.TryAcquire(handle, e, _map, out s))
+        {
+            spin.SpinOnce();
+            if (_disposed) ThrowHelper.Disposed();
+        }
         BlockPinRecord r = BlockPinRecord.Rent();
         r.Heap = this;
         r.Entry = e;
-        r.Handle = handle;
-        r.Pointer = (byte*)e->Address;                  // pinned: the address and size are stable
-        r.Length = _map.BlockSize(e->Address, s);
         r.LongTerm = longTerm;
-        return new BlockPin(r, r.Activate());
+        // Pinned: the address and size are stable, and the pin keeps its own copy of them.
+        return new BlockPin(r, r.Activate(), handle, (byte*)e->Address, _map.BlockSize(e->Address, s));
     }
 
     /// <summary>Drops one atomic pin of a <see cref="BlockPin"/>.</summary>

@@ -85,7 +85,7 @@ public sealed unsafe partial class NativeHeap
             BytesMigrated = _migrator.BytesMigrated,
             CachedSlots = _caches.CachedSlots(),
             CachedRuns = _caches.CachedRuns(),
-            Compaction = _compactor?.Counters.Snapshot() ?? new CompactionStatistics(),
+            Compaction = _counters.Snapshot(),
             FragmentationScore = _compactor?.Score() ?? 0,
             Zones = zones,
             SlabClasses = classes,

@@ -44,6 +44,9 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private readonly Migrator _migrator;
     private readonly Compactor? _compactor;        // null when the heap has no movable zone
     private readonly Reclaimer _reclaimer;
+    // The compaction and reclaim counters, one set whatever zones the heap has: the compactor (when there is a movable
+    // zone) and the reclaimer write them, the statistics read them.
+    private readonly CompactionStatistics _counters = new();
     private readonly long _maxBlockSize;
     private readonly long _smallLimit;                 // _classes.Threshold: the largest slab block
     private readonly int _classCount;                  // _classes.Count: bins of one kind
@@ -92,8 +95,8 @@ public sealed unsafe partial class NativeHeap : IDisposable
             _bins = _caches.Layout;
             _migrator = new Migrator(_handles, _pages, _slabs[(int)BlockKind.Movable], _slabs[(int)BlockKind.Unmovable], new OwnerRegistry(HandleOf));
             if (_pages.Movable != null)
-                _compactor = new Compactor(_options, _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches);
-            _reclaimer = new Reclaimer(_options, _pages, _slabs, _caches, _compactor?.Counters ?? new CompactionStatistics());
+                _compactor = new Compactor(_options, _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches, _counters);
+            _reclaimer = new Reclaimer(_options, _pages, _slabs, _caches, _counters);
         }
         catch
         {
@@ -189,11 +192,30 @@ public sealed unsafe partial class NativeHeap : IDisposable
             ulong handle = _caches.PopSlot(tc, (int)kind * _classCount + ClassOf(size));   // no bounds checks
             tc.LiveBytes += handle != 0 ? size : 0;
             tc.LiveBlocks += handle != 0 ? 1 : 0;
+            // Published inside the cache section: a Dispose waits for it, so the entry's chunk is still this heap's.
+            if (handle != 0 && !_poisonFreed) PublishBound(handle, size, kind, run: false);
             ThreadCaches.Exit(tc);
-            if (_poisonFreed && handle != 0) CheckCachedSlot(handle, size);
-            return handle != 0 ? PublishBound(handle, size, kind, run: false) : AllocateSmallAfterMiss(size, kind);
+            if (handle == 0) return AllocateSmallAfterMiss(size, kind, tc);
+            return _poisonFreed ? PublishCheckedSlot(handle, size, kind, tc) : handle;
         }
         return AllocateSlow(size, kind, tc);
+    }
+
+    /// <summary>Poisoning on: checks a popped slot's pattern (raising events for what it found, so outside the cache
+    /// section) and publishes it, inside a call section.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ulong PublishCheckedSlot(ulong handle, long size, BlockKind kind, ThreadCache tc)
+    {
+        _caches.EnterCall(tc);
+        try
+        {
+            CheckCachedSlot(handle, size);
+            return PublishBound(handle, size, kind, run: false);
+        }
+        finally
+        {
+            _caches.ExitCall(tc);
+        }
     }
 
     /// <summary>Poisoning on: the slot of a bound free entry a cache handed out holds the pattern throughout (it was
@@ -266,9 +288,18 @@ public sealed unsafe partial class NativeHeap : IDisposable
             if (_poisonFreed) RaiseUseAfterFreeEvents();
             return run;
         }
-        ulong handle = AllocateSmallDirect(size, kind);
+        ulong handle;
+        _caches.EnterCall(tc);
+        try
+        {
+            handle = AllocateSmallDirect(size, kind);
+        }
+        finally
+        {
+            _caches.ExitCall(tc);
+        }
         if (_poisonFreed) RaiseUseAfterFreeEvents();
-        return handle != 0 ? handle : AllocateSmallAfterMiss(size, kind);
+        return handle != 0 ? handle : AllocateSmallAfterMiss(size, kind, tc);
     }
 
     /// <summary>A small block without a cache: one fresh entry bound to one fresh slot, published. 0 when out of room.</summary>
@@ -284,12 +315,22 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// A small allocation that found no slot (the arena is full as far as its class can tell): free runs and other
     /// classes' slots parked in thread caches and the depot, and the empty slab each class keeps, hold pages no block
     /// uses. Drain and release them, then bind one slot directly; 0 when that freed nothing or still found no room.
-    /// Called outside any cache section (a drain waits for every owner, this thread included, to be out of its own).
+    /// Called outside any cache section (a drain waits for every owner, this thread included, to be out of its own);
+    /// runs in a call section.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private ulong AllocateSmallAfterMiss(long size, BlockKind kind)
+    private ulong AllocateSmallAfterMiss(long size, BlockKind kind, ThreadCache? tc)
     {
-        ulong handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
+        ulong handle;
+        _caches.EnterCall(tc);
+        try
+        {
+            handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
+        }
+        finally
+        {
+            _caches.ExitCall(tc);
+        }
         if (handle == 0) NoteAllocationFailed(size, kind);
         if (_poisonFreed) RaiseUseAfterFreeEvents();
         return handle;
@@ -317,14 +358,43 @@ public sealed unsafe partial class NativeHeap : IDisposable
             {
                 tc.LiveBytes += size;
                 tc.LiveBlocks++;
+                if (!_poisonFreed)
+                {
+                    PublishBound(cached, size, kind, run: true);   // inside the cache section, which Dispose waits for
+                    ThreadCaches.Exit(tc);
+                    return cached;
+                }
             }
             ThreadCaches.Exit(tc);
             if (cached != 0)
             {
-                if (_poisonFreed) CheckRun(HandleStore.Get(HandleBits.Index(cached))->Address, pages, cached: true);
-                return PublishBound(cached, size, kind, run: true);
+                _caches.EnterCall(tc);
+                try
+                {
+                    CheckRun(HandleStore.Get(HandleBits.Index(cached))->Address, pages, cached: true);
+                    return PublishBound(cached, size, kind, run: true);
+                }
+                finally
+                {
+                    _caches.ExitCall(tc);
+                }
             }
         }
+        _caches.EnterCall(tc);
+        try
+        {
+            return AllocateRunFromZone(size, kind, pages);
+        }
+        finally
+        {
+            _caches.ExitCall(tc);
+        }
+    }
+
+    /// <summary>A run from the zone's buddy allocator (after giving back parked storage, then after direct compaction,
+    /// when it finds no room); 0 when there is none. Caller is in a call section.</summary>
+    private ulong AllocateRunFromZone(long size, BlockKind kind, int pages)
+    {
         Span<uint> one = stackalloc uint[1];
         if (_handles.Pop(one) == 0) return 0;
         uint index = one[0];
@@ -370,46 +440,49 @@ public sealed unsafe partial class NativeHeap : IDisposable
     {
         const long slowBits = EntryState.GenerationMask | EntryState.Allocated | EntryState.PinMask | EntryState.Frozen
                               | EntryState.Run | EntryState.HasOwner;
-        long s = Volatile.Read(ref e->State);
-        long freed = (s & EntryState.GenerationMask) + EntryState.GenerationOne;   // 0 when the generation would wrap
-        if (((s ^ HandleChecks.Expected(handle)) & slowBits) == 0   // live, this generation, unpinned, a slab slot, no owner
-            && freed != 0                                            // else the entry retires (slow path)
-            && tc != null
-            && !PinRegistry.IsPinnedBy(pins, e)
-            && Interlocked.CompareExchange(ref e->State, freed, s) == s)
+        if (tc != null && _caches.Enter(tc))
         {
-            // The entry is ours now: no migration can freeze it (its CAS expects Allocated) and no pin can succeed.
-            if (_poisonFreed) PoisonFreed(e->Address, s);
-            long size = EntryState.SlabSize(s);
-            int bin = ((s & EntryState.Movable) != 0 ? 0 : _classCount) + ClassOf(size);
-            if (_caches.Enter(tc))
+            // Inside the cache section from the first load: a Dispose waits for it before it frees anything.
+            long s = Volatile.Read(ref e->State);
+            long freed = (s & EntryState.GenerationMask) + EntryState.GenerationOne;   // 0 when the generation would wrap
+            if (((s ^ HandleChecks.Expected(handle)) & slowBits) == 0   // live, this generation, unpinned, a slab slot, no owner
+                && freed != 0                                            // else the entry retires (slow path)
+                && !PinRegistry.IsPinnedBy(pins, e)
+                && Interlocked.CompareExchange(ref e->State, freed, s) == s)
             {
+                // The entry is ours now: no migration can freeze it (its CAS expects Allocated) and no pin can succeed.
+                if (_poisonFreed) PoisonFreed(e->Address, s);
+                long size = EntryState.SlabSize(s);
+                int bin = ((s & EntryState.Movable) != 0 ? 0 : _classCount) + ClassOf(size);
                 // Cached as the handle the entry will be issued with next: the new generation and the index.
                 _caches.PushSlot(tc, bin, (ulong)freed | HandleBits.Index(handle.Value));
                 tc.LiveBytes -= size;
                 tc.LiveBlocks--;
                 ThreadCaches.Exit(tc);
+                return;
             }
-            else
-            {
-                FreeUncached(bin, HandleBits.Index(handle.Value), size);
-            }
-            return;
+            ThreadCaches.Exit(tc);
         }
         FreeSlow(handle, e, tc, pins);
     }
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private void FreeUncached(int bin, uint index, long size)
-    {
-        _caches.UnbindDirect(bin, index, retired: false);
-        _caches.AddLiveDirect(-size, -1);
-    }
-
     /// <summary>Every other free: a bad or pinned handle (throws), a frozen block (waits for the copy), a retiring
-    /// entry, a run, an owned block, or no cache.</summary>
+    /// entry, a run, an owned block, or no cache (or caches switched off). Runs in a call section.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void FreeSlow(BlockHandle handle, HandleEntry* e, ThreadCache? tc, ThreadPins pins)
+    {
+        _caches.EnterCall(tc);
+        try
+        {
+            FreeInSection(handle, e, tc, pins);
+        }
+        finally
+        {
+            _caches.ExitCall(tc);
+        }
+    }
+
+    private void FreeInSection(BlockHandle handle, HandleEntry* e, ThreadCache? tc, ThreadPins pins)
     {
         long s, freed;
         SpinWait spin = default;
@@ -515,26 +588,107 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// </summary>
     /// <exception cref="InvalidOperationException">A block is still pinned (a <see cref="PinScope"/> not yet disposed,
     /// or a <see cref="BlockPin"/> not yet released), or the call comes from inside a compaction of this heap (a
-    /// movable owner's callback). Nothing is released and the heap stays usable, background compaction included:
+    /// movable owner's callback) or from inside another call on this heap (an event listener). Nothing is released and the heap stays usable, background compaction included:
     /// release the pins, or return from the callback, and dispose again. Memory a pin or a running migration uses is
     /// therefore never unmapped under it.</exception>
+    /// <remarks>Dispose may race any other call (native-layout.md, "Dispose and the closing protocol"): each call
+    /// either completes before the memory goes away or throws <see cref="ObjectDisposedException"/>; a call that
+    /// starts while a Dispose is deciding waits for the decision. Pins are counted with new pins held off, so no pin
+    /// can slip in between the count and the unmap. Cost: it waits for the calls in flight, and walks every handle
+    /// entry of the heap twice.</remarks>
     public void Dispose()
     {
         if (_disposed) return;
         if (FrozenByThisThread.Any || (_compactor?.RunLock.IsHeldByCurrentThread ?? false))
             throw new InvalidOperationException("A heap cannot be disposed from inside one of its compactions (a movable owner's callback); return from the callback first.");
-        // The background threads stop first (a step's owner callback may still take a pin), then the pins are counted.
-        bool daemonWasRunning = CloseDaemons();
-        int pins = CountPins();
-        if (pins > 0)
+        if (_caches.InSectionOnThisThread())
+            throw new InvalidOperationException("A heap cannot be disposed from inside one of its own calls (an event listener or callback it runs); dispose it after the call returns.");
+        lock (_disposeLock)   // one Dispose at a time; the others wait for its decision
         {
-            ReopenDaemons(daemonWasRunning);
-            throw new InvalidOperationException($"{pins} pin(s) are still held on blocks of this heap; release them before disposing it.");
+            if (_disposed) return;
+            // The background threads stop first (a step's owner callback may still take a pin).
+            bool daemonWasRunning = CloseDaemons();
+            // No call is in flight from here on, and none starts until the decision (Close or Reopen).
+            _caches.BeginClose();
+            int pins = FreezeForDispose();
+            if (pins > 0)
+            {
+                ThawAfterRefusedDispose();
+                _caches.Reopen();
+                ReopenDaemons(daemonWasRunning);
+                throw new InvalidOperationException($"{pins} pin(s) are still held on blocks of this heap; release them before disposing it.");
+            }
+            lock (_statsLock) _disposed = true;   // a statistics snapshot in progress ends before the metadata goes
+            _caches.Close();
+            ReleaseNative();
         }
-        lock (_statsLock) _disposed = true;   // a statistics snapshot in progress ends before the metadata goes
-        _caches.Close();
-        ReleaseNative();
         GC.SuppressFinalize(this);
+    }
+
+    private readonly Lock _disposeLock = new();
+
+    /// <summary>A call section for an entry point that touches the arena outside the allocation and free paths
+    /// (<see cref="ThreadCaches.EnterCall"/>): <c>using Section _ = new(_caches);</c>. A Dispose waits for it.</summary>
+    private readonly ref struct Section
+    {
+        private readonly ThreadCaches _caches;
+        private readonly ThreadCache? _tc;
+
+        /// <exception cref="ObjectDisposedException">The heap was disposed (or is being disposed, from inside another
+        /// call).</exception>
+        public Section(ThreadCaches caches)
+        {
+            _caches = caches;
+            _tc = caches.Current();
+            caches.EnterCall(_tc);
+        }
+
+        public void Dispose() => _caches.ExitCall(_tc);
+    }
+
+    /// <summary>
+    /// Dispose's pin count, with new pins held off: every live entry is frozen (as a migration freezes the entries it
+    /// moves: an atomic pin waits while its entry is frozen, a slot pin that sees the freeze retries), then a
+    /// process-wide barrier, then the slot pins are counted — Dekker's argument of the pin protocol, so a pin either is
+    /// counted here or sees the freeze (native-layout.md, "Pins"). Returns the pins found (atomic ones from the state
+    /// words, slot pins from the registry). Caller: Dispose, after <see cref="ThreadCaches.BeginClose"/>, so no call
+    /// section (no migration, no free) touches a state word meanwhile; only atomic pin releases do, and they keep the
+    /// frozen bit.
+    /// </summary>
+    private int FreezeForDispose()
+    {
+        int atomic = 0;
+        foreach (uint i in _handles.Indices())
+        {
+            HandleEntry* e = _handles.Get(i);
+            while (true)
+            {
+                long s = Volatile.Read(ref e->State);
+                if ((s & EntryState.Allocated) == 0) break;
+                Debug.Assert((s & EntryState.Frozen) == 0, "no migration runs once the heap is closing");
+                if (Interlocked.CompareExchange(ref e->State, s | EntryState.Frozen, s) != s) continue;
+                atomic += (int)(s & EntryState.PinMask);
+                break;
+            }
+        }
+        Interlocked.MemoryBarrierProcessWide();
+        return atomic + PinRegistry.CountPins(_handles.Owns);
+    }
+
+    /// <summary>Undoes <see cref="FreezeForDispose"/> for a refused Dispose: clears the frozen bit of every live entry
+    /// (a CAS loop, since an atomic pin's release may change the word meanwhile); the pins that waited go on.</summary>
+    private void ThawAfterRefusedDispose()
+    {
+        foreach (uint i in _handles.Indices())
+        {
+            HandleEntry* e = _handles.Get(i);
+            while (true)
+            {
+                long s = Volatile.Read(ref e->State);
+                if ((s & EntryState.Frozen) == 0) break;
+                if (Interlocked.CompareExchange(ref e->State, s & ~EntryState.Frozen, s) == s) break;
+            }
+        }
     }
 
     /// <summary>Releases the native memory of a heap nobody disposed, unless a pin still exposes it. The background

@@ -20,6 +20,9 @@ internal sealed class ThreadCache
 {
     /// <summary>1 while the owner touches the cache; the Dekker flag of the drain protocol.</summary>
     public int InUse;
+    /// <summary>How deep the owner is in call sections of the heap (<see cref="ThreadCaches.EnterCall"/>): above 0
+    /// while a slow path runs. Written by the owner only; Dispose waits for it to be 0 (the closing protocol).</summary>
+    public int InCall;
     /// <summary>Bytes and blocks allocated minus freed by this thread; written by the owner only, summed racily.</summary>
     public long LiveBytes;
     public long LiveBlocks;

@@ -34,6 +34,12 @@ internal sealed unsafe class ThreadCaches
     private int _cacheDisable;                        // > 0: caches are off (lru_cache_disable's counter)
     private long _liveBytesDirect;                    // live bytes/blocks changed outside any cache (interlocked)
     private long _liveBlocksDirect;
+    private int _closing;                             // Closing protocol: Open, Deciding (a Dispose waits) or Closed
+    private long _uncachedCalls;                      // call sections of threads without a cache of this heap (interlocked)
+    private const int Open = 0, Deciding = 1, Closed = 2;
+
+    // The sections without a cache this thread is in, innermost last (threads of heaps without caches only).
+    [ThreadStatic] private static List<ThreadCaches>? t_uncachedSections;
 
     public ThreadCaches(SlabAllocator[] slabs, PageAllocator pages, HandleTable handles, SizeClasses classes, bool enabled, long depotRunBytes)
     {
@@ -46,8 +52,14 @@ internal sealed unsafe class ThreadCaches
     /// <summary>How the caches are cut into bins.</summary>
     public CacheBins Layout => _layout;
 
-    /// <summary>Marks the set closed (the heap is being disposed): threads drop their caches of it on next lookup.</summary>
-    public void Close() => _closed = true;
+    /// <summary>Marks the set closed (the heap is disposed): threads drop their caches of it on next lookup, and every
+    /// call section that would start fails with <see cref="ObjectDisposedException"/>. Caller: a Dispose that
+    /// <see cref="BeginClose"/>d, or the finalizer of a heap nobody can call any more.</summary>
+    public void Close()
+    {
+        _closed = true;
+        Volatile.Write(ref _closing, Closed);
+    }
 
     /// <summary>The calling thread's cache for this heap, or null when the heap runs without caches. One
     /// thread-local read when the thread last used this heap.</summary>
@@ -67,12 +79,22 @@ internal sealed unsafe class ThreadCaches
         foreach (ThreadCache c in mine)
             if (c.Set == this) return t_lastCache = c;
         var tc = new ThreadCache(this, _layout);
-        mine.Add(tc);
-        lock (_cachesLock)
+        // The prune flushes dead threads' caches into the slabs and zones: a call section (this thread has no
+        // registered cache yet, so the uncached kind), which a Dispose waits for or which finds the heap disposed.
+        EnterCall(null);
+        try
         {
-            PruneDeadCachesLocked();
-            _caches = [.. _caches, tc];
+            lock (_cachesLock)
+            {
+                PruneDeadCachesLocked();
+                _caches = [.. _caches, tc];
+            }
         }
+        finally
+        {
+            ExitCall(null);
+        }
+        mine.Add(tc);
         return t_lastCache = tc;
     }
 
@@ -106,6 +128,142 @@ internal sealed unsafe class ThreadCaches
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Exit(ThreadCache tc) => Volatile.Write(ref tc.InUse, 0);
+
+    // ------------------------------------------------------------------ call sections and the closing protocol
+
+    /// <summary>
+    /// Enters a call section: a slow path of an allocation or a free, a compaction, a release, a long-term pin, an
+    /// owner change, a page walk — anything that touches the arena, the page map or the zones outside a cache section
+    /// (native-layout.md, "Dispose and the closing protocol"). Pair with <see cref="ExitCall"/> in a finally.
+    /// Lock-free: with a cache, a plain store of <see cref="ThreadCache.InCall"/> and a load of the closing word,
+    /// Dekker's pattern against <see cref="BeginClose"/>'s store, barrier and loads (as in <see cref="Enter"/>); without
+    /// one, an interlocked increment of the set's count. Nested sections on one thread pass without a check: the
+    /// outer one already holds Dispose off.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The heap is disposed, or a Dispose is deciding while this thread is
+    /// inside another section (waiting there could deadlock); a Dispose that is deciding is otherwise waited for, and
+    /// when it is refused (pins held) the call goes on.</exception>
+    public void EnterCall(ThreadCache? tc)
+    {
+        if (tc != null)
+        {
+            if (tc.InCall > 0)
+            {
+                tc.InCall++;
+                return;
+            }
+            while (true)
+            {
+                Volatile.Write(ref tc.InCall, 1);
+                if (Volatile.Read(ref _closing) == Open) return;
+                Volatile.Write(ref tc.InCall, 0);
+                WaitWhileDeciding();
+            }
+        }
+        List<ThreadCaches> mine = t_uncachedSections ??= [];
+        if (mine.Contains(this))
+        {
+            Interlocked.Increment(ref _uncachedCalls);
+            mine.Add(this);
+            return;
+        }
+        while (true)
+        {
+            Interlocked.Increment(ref _uncachedCalls);   // a full fence: the load below cannot pass it
+            if (Volatile.Read(ref _closing) == Open) break;
+            Interlocked.Decrement(ref _uncachedCalls);
+            WaitWhileDeciding();
+        }
+        mine.Add(this);
+    }
+
+    /// <summary>Leaves the section <see cref="EnterCall"/> entered (same <paramref name="tc"/>).</summary>
+    public void ExitCall(ThreadCache? tc)
+    {
+        if (tc != null)
+        {
+            Debug.Assert(tc.InCall > 0, "ExitCall follows EnterCall");
+            Volatile.Write(ref tc.InCall, tc.InCall - 1);
+            return;
+        }
+        List<ThreadCaches> mine = t_uncachedSections!;
+        mine.RemoveAt(mine.LastIndexOf(this));
+        Interlocked.Decrement(ref _uncachedCalls);
+    }
+
+    /// <summary>A section could not start because a Dispose is deciding or done: waits for the decision (bounded by the
+    /// calls in flight, which Dispose waits for), and throws once the heap is disposed. A thread already inside a
+    /// section (of any heap) does not wait, so that no Dispose ends up waiting for a thread that waits for it.</summary>
+    private void WaitWhileDeciding()
+    {
+        if (InAnySection()) ThrowHelper.Disposed();
+        SpinWait spin = default;
+        while (true)
+        {
+            int closing = Volatile.Read(ref _closing);
+            if (closing == Open) return;
+            if (closing == Closed) ThrowHelper.Disposed();
+            spin.SpinOnce();
+        }
+    }
+
+    /// <summary>True when the calling thread is inside a call or cache section of any heap.</summary>
+    private static bool InAnySection()
+    {
+        if (t_uncachedSections is { Count: > 0 }) return true;
+        if (t_caches is { } caches)
+            foreach (ThreadCache c in caches)
+                if (c.InCall > 0 || c.InUse != 0) return true;
+        return false;
+    }
+
+    /// <summary>True when the calling thread is inside a call or cache section of this heap (so a Dispose from here
+    /// would wait for itself).</summary>
+    public bool InSectionOnThisThread()
+    {
+        if (t_uncachedSections?.Contains(this) == true) return true;
+        ThreadCache? tc = t_lastCache;
+        if (tc == null || tc.Set != this)
+        {
+            tc = null;
+            if (t_caches is { } caches)
+                foreach (ThreadCache c in caches)
+                    if (c.Set == this) tc = c;
+        }
+        return tc != null && (tc.InCall > 0 || tc.InUse != 0);
+    }
+
+    /// <summary>
+    /// The first half of Dispose's closing protocol: from now on no cache or call section starts (caches are switched
+    /// off, so the fast paths fall to the slow ones, whose sections wait for the decision), and this returns once
+    /// every section in flight has ended. Then nothing but pins can touch the heap's memory; Dispose deals with those
+    /// and either <see cref="Close"/>s or <see cref="Reopen"/>s. Takes no lock; the caller is in no section of
+    /// this heap and holds no heap lock.
+    /// </summary>
+    public void BeginClose()
+    {
+        Interlocked.Increment(ref _cacheDisable);
+        Volatile.Write(ref _closing, Deciding);
+        // Make every section's entry store visible, and make every later entry see the closing word.
+        Interlocked.MemoryBarrierProcessWide();
+        // No lock is held while waiting: a section in flight may drain the caches (which takes the caches lock). A
+        // cache registered after this snapshot had no section open before the barrier, so its owner sees Deciding.
+        foreach (ThreadCache tc in Volatile.Read(ref _caches))
+        {
+            // A dead owner is in no section, whatever its flags say.
+            SpinWait spin = default;
+            while ((Volatile.Read(ref tc.InUse) | Volatile.Read(ref tc.InCall)) != 0 && tc.Owner.IsAlive) spin.SpinOnce();
+        }
+        SpinWait wait = default;
+        while (Volatile.Read(ref _uncachedCalls) != 0) wait.SpinOnce();
+    }
+
+    /// <summary>Undoes <see cref="BeginClose"/> for a Dispose that was refused: caches on again, the waiting calls go on.</summary>
+    public void Reopen()
+    {
+        Volatile.Write(ref _closing, Open);
+        Interlocked.Decrement(ref _cacheDisable);
+    }
 
     // ------------------------------------------------------------------ the fast pops and pushes (owner, entered)
 

@@ -32,8 +32,8 @@ internal sealed unsafe partial class Compactor
     public const int ProactiveDeferWakes = 1 << MaxDeferShift;  // back-off after a pass without progress
 
     public readonly Lock RunLock = new();
-    /// <summary>The live counters; written under RunLock, read racily.</summary>
-    public readonly CompactionStatistics Counters = new();
+    /// <summary>The live counters (the heap's, shared with the reclaimer); written under RunLock, read racily.</summary>
+    public readonly CompactionStatistics Counters;
     private readonly HeapOptions _options;          // live: the heap's own copy
     private readonly PageAllocator _pages;
     private readonly PageMap _map;
@@ -56,8 +56,10 @@ internal sealed unsafe partial class Compactor
     private long _wasteCycleMoved;   // bytes moved in the current cycle
     private int _wasteDefer;         // wakes to skip after a slice that could move nothing
 
-    public Compactor(HeapOptions options, PageAllocator pages, SlabAllocator movableSlabs, HandleTable handles, Migrator migrator, ThreadCaches caches)
+    public Compactor(HeapOptions options, PageAllocator pages, SlabAllocator movableSlabs, HandleTable handles, Migrator migrator, ThreadCaches caches,
+                     CompactionStatistics counters)
     {
+        Counters = counters;
         _options = options;
         _pages = pages;
         _map = pages.Map;

@@ -222,7 +222,7 @@ internal sealed unsafe partial class HandleTable : IDisposable
                     HandleEntry* e = HandleStore.Get(i);
                     long s = e->State;
                     if ((s & EntryState.Allocated) == 0) continue;   // free: its generation was never issued
-                    Debug.Assert((s & (EntryState.Frozen | EntryState.PinMask)) == 0, "a disposed heap holds no pins or migrations");
+                    Debug.Assert((s & EntryState.PinMask) == 0, "a disposed heap holds no pins (its live entries are frozen by Dispose)");
                     long freed = EntryState.Freed(s);
                     if (EntryState.IsRetired(freed)) retired++;
                     Volatile.Write(ref e->State, freed);

@@ -29,7 +29,8 @@ internal sealed unsafe class PageMap : IDisposable
     public readonly int MaxOrder;           // PageblockOrder + 1: the largest buddy order
     public PageDescriptor* Pages;
     private int* _pageblockBits;
-    private readonly IOsMemory _os;   // maps and unmaps the descriptor array
+    private nuint _pageblockBitsBytes;
+    private readonly IOsMemory _os;   // maps and unmaps the descriptor array and the pageblock bits
 
     /// <exception cref="OutOfMemoryException">The OS refused the descriptor array; nothing is left mapped.</exception>
     public PageMap(nint baseAddress, int pageSize, int pageblockPages, int pageCount, IOsMemory os)
@@ -50,7 +51,8 @@ internal sealed unsafe class PageMap : IDisposable
         int words = (PageblockCount + PageblockBits.PageblocksPerWord - 1) / PageblockBits.PageblocksPerWord;
         try
         {
-            _pageblockBits = (int*)NativeMemory.AllocZeroed((nuint)words * sizeof(int));
+            _pageblockBitsBytes = (nuint)words * sizeof(int);
+            _pageblockBits = (int*)MetadataMemory.AllocateZeroed(_pageblockBitsBytes, os);
         }
         catch
         {
@@ -130,6 +132,6 @@ internal sealed unsafe class PageMap : IDisposable
     public void Dispose()
     {
         if (Pages != null) { MetadataMemory.Free(Pages, DescriptorArrayBytes, _os); Pages = null; }
-        if (_pageblockBits != null) { NativeMemory.Free(_pageblockBits); _pageblockBits = null; }
+        if (_pageblockBits != null) { MetadataMemory.Free(_pageblockBits, _pageblockBitsBytes, _os); _pageblockBits = null; }
     }
 }

@@ -12,28 +12,38 @@ namespace Compaction.Allocator.Pins;
 internal static unsafe class AtomicPins
 {
     /// <summary>
-    /// Raises the entry's atomic pin count (CAS; waits while a migration holds the block frozen), then the pin count
-    /// of the block's first page. Lock-free. The page count is a hint: it may briefly over-count and never matters
-    /// for safety (the freeze CAS on the entry, which expects zero pins, decides).
+    /// Raises the entry's atomic pin count (CAS), then the pin count of the block's first page. Lock-free. False,
+    /// with nothing changed, while the entry is frozen (a migration's copy, or a Dispose deciding): the caller waits
+    /// and tries again. The page count is a hint: it may briefly over-count and never matters for safety (the freeze
+    /// CAS on the entry, which expects zero pins, decides).
     /// </summary>
     /// <exception cref="InvalidBlockHandleException">The handle is stale.</exception>
-    /// <exception cref="InvalidOperationException">The block already holds the maximum of atomic pins.</exception>
-    /// <returns>The state word the pin was taken on (without the pin).</returns>
-    public static long Acquire(BlockHandle handle, HandleEntry* e, PageMap map)
+    /// <exception cref="InvalidOperationException">The block already holds the maximum of atomic pins, or the calling
+    /// thread's owner callback holds it frozen.</exception>
+    /// <param name="handle">The block's handle, checked against the state word.</param>
+    /// <param name="e">Its entry.</param>
+    /// <param name="map">The heap's page map (the block's first page gets the pin count).</param>
+    /// <param name="state">The state word the pin was taken on (without the pin).</param>
+    public static bool TryAcquire(BlockHandle handle, HandleEntry* e, PageMap map, out long state)
     {
-        SpinWait spin = default;
         while (true)
         {
             long s = Volatile.Read(ref e->State);
             HandleChecks.CheckLive(handle, s);
-            if ((s & EntryState.Frozen) != 0) { FrozenByThisThread.ThrowIfFrozenHere(e); spin.SpinOnce(); continue; }
+            if ((s & EntryState.Frozen) != 0)
+            {
+                FrozenByThisThread.ThrowIfFrozenHere(e);
+                state = 0;
+                return false;
+            }
             if ((s & EntryState.PinMask) == EntryState.PinMask)
                 throw new InvalidOperationException($"{handle} already holds the maximum of {EntryState.PinMask} atomic pins.");
             if (Interlocked.CompareExchange(ref e->State, s + 1, s) == s)
             {
                 // The entry's pin excludes a migration now, so its address is stable until the count falls.
                 Interlocked.Increment(ref map.Page(map.PageOf(e->Address)).PinCount);
-                return s;
+                state = s;
+                return true;
             }
         }
     }

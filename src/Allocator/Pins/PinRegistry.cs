@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Compaction.Allocator.Layout;
+using Compaction.Allocator.Os;
 
 namespace Compaction.Allocator.Pins;
 
@@ -27,6 +28,13 @@ internal static unsafe class PinRegistry
     private static nint[] s_records = new nint[64];
     private static int s_count;
     private static readonly Stack<nint> s_free = new();
+    private static nint s_chunk;       // records not yet handed out: [s_chunk, s_chunkEnd), guarded by s_lock
+    private static nint s_chunkEnd;
+    private const int ChunkBytes = 64 * PinSlot.RecordBytes;
+
+    /// <summary>The OS layer new record chunks are mapped through (the real one; fault-injection tests swap in one
+    /// that refuses, so a refused record is tested like any other refused metadata).</summary>
+    internal static IOsMemory Os { get; set; } = LinuxOsMemory.Instance;
 
     [ThreadStatic] private static ThreadPins? t_pins;
 
@@ -101,14 +109,23 @@ internal static unsafe class PinRegistry
             }
             else
             {
-                record = (nint)NativeMemory.AlignedAlloc(PinSlot.RecordBytes, PinSlot.RecordBytes);
-                NativeMemory.Clear((void*)record, PinSlot.RecordBytes);
+                if (s_chunk == s_chunkEnd)
+                {
+                    // Records come in zeroed chunks of 64 from the OS layer (MetadataMemory), aligned to their own size
+                    // (the chunk's start is rounded up); records are never freed (a dead thread's is reused), nor are chunks.
+                    // A refusal throws OutOfMemoryException here, before anything changed.
+                    nint chunk = (nint)MetadataMemory.AllocateZeroed(ChunkBytes + PinSlot.RecordBytes, Os);
+                    s_chunk = (chunk + PinSlot.RecordBytes - 1) & ~(nint)(PinSlot.RecordBytes - 1);
+                    s_chunkEnd = s_chunk + ChunkBytes;
+                }
                 if (s_count == s_records.Length)
                 {
                     var bigger = new nint[s_records.Length * 2];
                     Array.Copy(s_records, bigger, s_count);
                     Volatile.Write(ref s_records, bigger);
                 }
+                record = s_chunk;
+                s_chunk += PinSlot.RecordBytes;
                 s_records[s_count] = record;
                 Volatile.Write(ref s_count, s_count + 1);
             }

@@ -1,0 +1,25 @@
+namespace Compaction.Tests;
+
+/// <summary>A test that needs Linux (its system calls, /proc or /sys): reported as skipped, with the reason, elsewhere.</summary>
+public sealed class LinuxFactAttribute : FactAttribute
+{
+    public LinuxFactAttribute()
+    {
+        if (!OperatingSystem.IsLinux()) Skip = "needs Linux (/proc, madvise and the Linux back end); this is " + Environment.OSVersion;
+    }
+}
+
+/// <summary>A test that builds C programs: reported as skipped, with the reason, where there is no Linux or no gcc on
+/// the PATH (scripts/cabi.sh, which the tests run, needs both).</summary>
+public sealed class CCompilerFactAttribute : FactAttribute
+{
+    public CCompilerFactAttribute()
+    {
+        if (!OperatingSystem.IsLinux()) Skip = "needs Linux: the C ABI is published for linux-x64 only";
+        else if (!OnPath("gcc")) Skip = "needs gcc on the PATH to build the C programs (Debian: apt-get install gcc)";
+    }
+
+    private static bool OnPath(string program) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
+            .Any(dir => File.Exists(Path.Combine(dir, program)));
+}
