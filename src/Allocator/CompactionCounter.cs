@@ -35,6 +35,11 @@ internal enum CompactionCounter
     WasteWakes,
     WasteBytesMoved,
     BackgroundCpuNanoseconds,
+    LimitSlices,
+    LimitBytesMoved,
+    LimitBytesDecommitted,
+    LimitNanoseconds,
+    LimitFailures,
     /// <summary>Not a counter: how many there are.</summary>
     Count,
 }

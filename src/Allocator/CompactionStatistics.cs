@@ -91,6 +91,24 @@ public sealed class CompactionStatistics
     /// migration barrier) is not in it.</summary>
     public long BackgroundCpuNanoseconds => Get(CompactionCounter.BackgroundCpuNanoseconds);
 
+    /// <summary>Slices of work that allocations did to stay under <see cref="HeapOptions.MemoryLimit"/>: each gives
+    /// wholly free pageblocks back and, when that is not enough, compacts for at most
+    /// <see cref="HeapOptions.CompactionSliceTime"/> on the allocating thread.</summary>
+    public long LimitSlices => Get(CompactionCounter.LimitSlices);
+
+    /// <summary>Bytes those slices moved.</summary>
+    public long LimitBytesMoved => Get(CompactionCounter.LimitBytesMoved);
+
+    /// <summary>Bytes those slices decommitted.</summary>
+    public long LimitBytesDecommitted => Get(CompactionCounter.LimitBytesDecommitted);
+
+    /// <summary>Wall-clock time allocations spent in those slices, in nanoseconds: what the limit cost the mutators.</summary>
+    public long LimitNanoseconds => Get(CompactionCounter.LimitNanoseconds);
+
+    /// <summary>Allocations that failed because the limit could not be kept (live bytes above it, or pinned and
+    /// unmovable blocks holding the committed memory).</summary>
+    public long LimitFailures => Get(CompactionCounter.LimitFailures);
+
     /// <summary>Compaction efficiency: compact_success * 100 / compact_stall.</summary>
     public double CompactionEfficiency => CompactStall == 0 ? 0 : CompactSuccess * 100.0 / CompactStall;
     /// <summary>Scan efficiency: compact_migrate_scanned * 100 / compact_free_scanned.</summary>

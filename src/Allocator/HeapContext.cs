@@ -49,7 +49,7 @@ public readonly unsafe ref struct HeapContext
     public BlockHandle Allocate(long size, BlockKind kind = BlockKind.Movable)
     {
         ulong handle = Enter().AllocateCore(size, kind, _cache);
-        if (handle == 0) ThrowHelper.OutOfMemory(size, kind);
+        if (handle == 0) _heap!.ThrowOutOfMemory(size, kind);
         return new BlockHandle(handle);
     }
 

@@ -119,6 +119,34 @@ public sealed class HeapOptions
     /// </summary>
     public bool PoisonFreedMemory { get; set; }
 
+    /// <summary>
+    /// The most bytes of arena memory the heap may hold committed at once, and so resident (committed memory bounds
+    /// resident memory): 0 for no limit (the default). Like the .NET GC's <c>GCHeapHardLimit</c>: an allocation that
+    /// would commit past it first gives free memory back (wholly free pageblocks are decommitted at once), then
+    /// compacts in slices of <see cref="CompactionSliceTime"/> on the allocating thread (slabs consolidated, runs
+    /// moved, pinned blocks skipped) until it fits, and fails (<see cref="OutOfMemoryException"/> with the reason,
+    /// <see cref="NativeHeap.TryAllocate"/> false) only when live bytes do not fit under the limit or pinned and
+    /// unmovable blocks hold the committed memory. The heap's metadata (page descriptors, handle table: about 1% of
+    /// the memory in use) is not counted. A whole number of pageblocks is usable: the limit is rounded down to one.
+    /// At least two pageblocks.
+    /// </summary>
+    public long MemoryLimit { get; set; }
+
+    /// <summary>
+    /// The memory limit as a percentage of the memory available to the process: the container's limit (cgroup
+    /// <c>memory.max</c>) when it has one, else the machine's memory, as the runtime reports it
+    /// (<see cref="GCMemoryInfo.TotalAvailableMemoryBytes"/>, the figure the GC's <c>GCHeapHardLimitPercent</c> is
+    /// taken of). 0 (the default) for none; from 1 to 100. Cannot be combined with <see cref="MemoryLimit"/>.
+    /// </summary>
+    public int MemoryLimitPercent { get; set; }
+
+    /// <summary>The limit these options set, in bytes: <see cref="MemoryLimit"/>, or <see cref="MemoryLimitPercent"/>
+    /// of the memory available to the process; 0 for none.</summary>
+    internal long EffectiveMemoryLimit() =>
+        MemoryLimit != 0 ? MemoryLimit
+        : MemoryLimitPercent != 0 ? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 100 * MemoryLimitPercent
+        : 0;
+
     internal HeapOptions Clone() => (HeapOptions)MemberwiseClone();
 
     internal void Validate()
@@ -157,6 +185,12 @@ public sealed class HeapOptions
             throw new ArgumentException($"CompactionBudgetTime must not be negative; it was {CompactionBudgetTime}.", nameof(CompactionBudgetTime));
         if (DecommitDelay < TimeSpan.Zero)
             throw new ArgumentException($"DecommitDelay must not be negative; it was {DecommitDelay}.", nameof(DecommitDelay));
+        if (MemoryLimit < 0 || (MemoryLimit != 0 && MemoryLimit < 2L * PageSize * PageblockPages))
+            throw new ArgumentException($"MemoryLimit must be 0 (none) or at least two pageblocks ({2L * PageSize * PageblockPages} bytes); it was {MemoryLimit}.", nameof(MemoryLimit));
+        if (MemoryLimitPercent < 0 || MemoryLimitPercent > 100)
+            throw new ArgumentException($"MemoryLimitPercent must be from 0 (none) to 100; it was {MemoryLimitPercent}.", nameof(MemoryLimitPercent));
+        if (MemoryLimit != 0 && MemoryLimitPercent != 0)
+            throw new ArgumentException("MemoryLimit and MemoryLimitPercent cannot both be set.", nameof(MemoryLimitPercent));
         if (RetainedBytesLimit < 0)
             throw new ArgumentException($"RetainedBytesLimit must not be negative; it was {RetainedBytesLimit}.", nameof(RetainedBytesLimit));
     }

@@ -46,6 +46,12 @@ public sealed class HeapStatistics
     /// compaction's destination, the long-term pin's move, the cache refill) that needed it, leaving the pageblock as
     /// it was; a later allocation tries again.</summary>
     public long CommitFailures { get; internal init; }
+    /// <summary>The memory limit in force (<see cref="HeapOptions.MemoryLimit"/>, rounded down to whole pageblocks),
+    /// 0 for none. Committed bytes never pass it.</summary>
+    public long MemoryLimit { get; internal init; }
+    /// <summary>Pageblock commits the memory limit refused (each sends its allocation to free or compact memory, and
+    /// to fail if that makes no room: <see cref="CompactionStatistics.LimitFailures"/>).</summary>
+    public long MemoryLimitCommitRefusals { get; internal init; }
     /// <summary>Huge-page advice (madvise MADV_NOHUGEPAGE / MADV_HUGEPAGE on one pageblock) the OS refused, typically
     /// because the split would pass vm.max_map_count. Each left the pageblock's advice as it was and changed nothing
     /// else: the purge or decommit that asked for it went ahead.</summary>

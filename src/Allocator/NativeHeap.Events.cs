@@ -13,10 +13,72 @@ public sealed partial class NativeHeap
     /// load and a compare when nobody listens.</summary>
     private static bool Tracing(EventKeywords keywords, EventLevel level = EventLevel.Informational) => Events.IsEnabled(level, keywords);
 
-    /// <summary>An allocation the arena could not serve (the slow path's failure; rare, so it checks the listener).</summary>
+    /// <summary>An allocation the arena could not serve (the slow path's failure; rare, so it checks the listener).
+    /// Under a memory limit that stood in the way it is also counted as a limit failure, with its reason.</summary>
     private void NoteAllocationFailed(long size, BlockKind kind)
     {
         if (Tracing(NativeHeapEventSource.Keywords.Allocation, EventLevel.Warning)) Events.AllocationFailed(_id, size, kind.ToString());
+        if (!LimitInTheWay()) return;
+        Interlocked.Increment(ref _counters[CompactionCounter.LimitFailures]);
+        if (Tracing(NativeHeapEventSource.Keywords.MemoryLimit, EventLevel.Warning)) Events.LimitFailed(_id, size, _memoryLimit, LimitFailureReason(size));
+    }
+
+    /// <summary>True when a memory limit is set and committed memory is within a pageblock of it (so a failed
+    /// allocation failed for want of a commit the limit refused, not because the arena's range is full).</summary>
+    private bool LimitInTheWay() =>
+        _memoryLimit != 0 && _memory.CommittedBytes > _memoryLimit - (long)_options.PageSize * _options.PageblockPages;
+
+    /// <summary>Why the memory limit could not be kept for an allocation of <paramref name="size"/>: live bytes do
+    /// not fit under it, or committed memory is held by pinned and unmovable blocks that compaction cannot move. For a
+    /// failure's exception and event only (it walks the heap's entries to count pins).</summary>
+    private string LimitFailureReason(long size)
+    {
+        (long live, _) = _caches.LiveTotals();
+        if (live + size > _memoryLimit)
+            return $"the live bytes ({live:N0}) and this block ({size:N0}) do not fit under the memory limit ({_memoryLimit:N0} bytes)";
+        (int slot, int atomic) = CountPinsByKind();
+        return $"the memory limit ({_memoryLimit:N0} bytes) is held by memory compaction could not free: {_memory.CommittedBytes:N0} bytes " +
+               $"committed for {live:N0} live; {slot + atomic} pin(s) ({Volatile.Read(ref _longTermPins)} long-term) and every unmovable " +
+               "block keep their pages in place";
+    }
+
+    /// <summary>The <see cref="OutOfMemoryException"/> of a failed allocation, with the memory limit's reason when the
+    /// limit stood in the way.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal void ThrowOutOfMemory(long size, BlockKind kind)
+    {
+        if (LimitInTheWay())
+            throw new OutOfMemoryException($"The heap cannot serve a {kind} block of {size} bytes under its memory limit: {LimitFailureReason(size)}.");
+        ThrowHelper.OutOfMemory(size, kind);
+    }
+
+    /// <summary>Slices an allocation may run to stay under the memory limit before it fails: each is bounded by
+    /// <see cref="HeapOptions.CompactionSliceTime"/> of compaction plus the decommits it makes possible.</summary>
+    private const int MaxLimitSlices = 8;
+
+    /// <summary>
+    /// One slice of the memory limit's work on an allocating thread whose allocation found no room under the limit
+    /// (native-layout.md, section 9, "The memory limit"): wholly free pageblocks (and kept empty slabs) are decommitted
+    /// at once; when that gives nothing back, the compactor consolidates slabs and compacts the movable zone for at
+    /// most a slice, and what that emptied is decommitted. True when it moved or gave back anything (the allocation
+    /// retries). Caller is in a call section (no cache section) and holds no heap lock. Counted and traced per slice.
+    /// </summary>
+    private bool MakeRoomUnderLimit()
+    {
+        long t0 = Stopwatch.GetTimestamp();
+        long released = _reclaimer.ReleaseEmptiedPageblocks(), moved = 0;
+        if (released == 0 && _compactor != null)
+        {
+            moved = _compactor.LimitSlice(Math.Max(1, (long)(_options.CompactionSliceTime.TotalSeconds * Stopwatch.Frequency)));
+            released = _reclaimer.ReleaseEmptiedPageblocks();
+        }
+        long elapsed = Stopwatch.GetTimestamp() - t0;
+        Interlocked.Increment(ref _counters[CompactionCounter.LimitSlices]);
+        Interlocked.Add(ref _counters[CompactionCounter.LimitBytesDecommitted], released);
+        Interlocked.Add(ref _counters[CompactionCounter.LimitNanoseconds], (long)(elapsed * (1e9 / Stopwatch.Frequency)));
+        if (Tracing(NativeHeapEventSource.Keywords.MemoryLimit))
+            Events.LimitSlice(_id, released, moved, elapsed * 1000.0 / Stopwatch.Frequency);
+        return released > 0 || moved > 0;
     }
 
     /// <summary>Raises the use-after-free detections waiting in the poison (already counted), on the allocating

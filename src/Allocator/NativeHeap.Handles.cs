@@ -41,7 +41,7 @@ public sealed unsafe partial class NativeHeap
     internal HandleEntry* LocateLive(BlockHandle handle)
     {
         HandleEntry* e = TryLocate(handle);
-        if (e == null) LocateFailed(handle);
+        if (e == null) LocateFailedOrDisposed(handle);
         return e;
     }
 

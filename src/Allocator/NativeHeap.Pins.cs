@@ -52,10 +52,10 @@ public sealed unsafe partial class NativeHeap
         SpinWait spin = default;
         while (true)
         {
-            // A Dispose freezes every entry while it decides: once it is done, the heap is gone (checked before the
-            // state, whose entry Dispose frees after setting the flag).
-            if (_disposed) ThrowHelper.Disposed();
+            // A Dispose freezes every entry while it decides; once it is done the heap is gone. The flag is read after
+            // the state: Dispose sets it before it frees the entries, so a state it freed comes with the flag set.
             s = Volatile.Read(ref e->State);
+            if (_disposed) ThrowHelper.Disposed();
             HandleChecks.CheckLive(handle, s);
             if ((s & EntryState.Frozen) == 0) return PinCore(handle, e, pins);
             FrozenByThisThread.ThrowIfFrozenHere(e);
@@ -79,10 +79,19 @@ public sealed unsafe partial class NativeHeap
         SpinWait spin = default;
         // Throws before any record is taken. A frozen entry (a migration's copy, or a Dispose deciding) is waited for;
         // once a Dispose is done, the heap is gone (checked before the state, whose entry Dispose frees after the flag).
-        while (!AtomicPins.TryAcquire(handle, e, _map, out s))
+        try
         {
-            spin.SpinOnce();
-            if (_disposed) ThrowHelper.Disposed();
+            while (!AtomicPins.TryAcquire(handle, e, _map, out s))
+            {
+                spin.SpinOnce();
+                if (_disposed) ThrowHelper.Disposed();
+            }
+        }
+        catch (InvalidBlockHandleException) when (_disposed)
+        {
+            // The entry was freed by a Dispose that completed meanwhile (it sets the flag before freeing entries).
+            ThrowHelper.Disposed();
+            throw;
         }
         BlockPinRecord r = BlockPinRecord.Rent();
         r.Heap = this;

@@ -73,6 +73,8 @@ public sealed unsafe partial class NativeHeap
             LongTermPinFailures = Volatile.Read(ref _longTermPinFailures),
             DecommitFailures = _memory.DecommitFailures,
             CommitFailures = _memory.CommitFailures,
+            MemoryLimit = _memoryLimit,
+            MemoryLimitCommitRefusals = _memory.LimitRefusals,
             AdviceFailures = _memory.AdviceFailures,
             BackgroundFailures = Volatile.Read(ref _backgroundFailures),
             LastBackgroundFailure = Volatile.Read(ref _lastBackgroundFailure),

@@ -22,6 +22,9 @@ public sealed unsafe partial class NativeHeap
     internal ArenaMemory Memory => _memory;
     internal Compactor? Compactor => _compactor;
 
+    /// <summary>Bytes the arena holds committed now (a racy read of one counter; cheaper than a statistics snapshot).</summary>
+    internal long CommittedBytesNow => _memory.CommittedBytes;
+
     /// <summary>The whole-heap validator; the heap must be quiescent. Empty when consistent.</summary>
     /// <exception cref="InvalidOperationException">The background compactor runs: its steps change what the validator
     /// reads, and it would report problems that are none (stop it first).</exception>

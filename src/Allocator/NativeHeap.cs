@@ -55,6 +55,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private readonly FreePoison _poison;               // _pages.Poison
     private readonly bool _poisonFreed;                // _options.PoisonFreedMemory: the fast paths' one branch
     private volatile bool _disposed;
+    private readonly long _memoryLimit;                // bytes the arena may hold committed; 0 for no limit
 
     /// <summary>Creates a heap. Reserves <see cref="HeapOptions.ArenaBytes"/> of address space; commits nothing yet.</summary>
     /// <param name="options">Settings, validated here; null for the defaults.</param>
@@ -80,6 +81,14 @@ public sealed unsafe partial class NativeHeap : IDisposable
             int pageCount = checked((int)(arenaBytes / pageSize));
             _memory = new ArenaMemory((nuint)arenaBytes, (nuint)((long)pageSize * pbPages), _options.UseHugePages, _options.ForcePortableMemory, os,
                                       clearFirstCommit: _options.PoisonFreedMemory);
+            long limit = _options.EffectiveMemoryLimit();
+            if (limit != 0)
+            {
+                // Whole pageblocks (what a commit takes), at least two: one per zone.
+                long pageblockBytes = (long)pageSize * pbPages;
+                _memoryLimit = Math.Max(2 * pageblockBytes, limit / pageblockBytes * pageblockBytes);
+                _memory.LimitBytes = _memoryLimit;
+            }
             _map = new PageMap(_memory.Base, pageSize, pbPages, pageCount, os);
             _pages = new PageAllocator(_map, _memory, _options.MovableZonePercent, _options.PoisonFreedMemory);
             _poison = _pages.Poison;
@@ -162,7 +171,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     {
         if (_disposed) ThrowHelper.Disposed();
         ulong handle = AllocateCore(size, kind, _caches.Current());
-        if (handle == 0) ThrowHelper.OutOfMemory(size, kind);
+        if (handle == 0) ThrowOutOfMemory(size, kind);
         return new BlockHandle(handle);
     }
 
@@ -326,6 +335,8 @@ public sealed unsafe partial class NativeHeap : IDisposable
         try
         {
             handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
+            for (int slice = 0; handle == 0 && _memoryLimit != 0 && slice < MaxLimitSlices && MakeRoomUnderLimit(); slice++)
+                handle = AllocateSmallDirect(size, kind);
         }
         finally
         {
@@ -402,6 +413,8 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if (start < 0 && ReleaseParkedStorage()) start = _pages.AllocateRun(pages, kind, index);
         if (start < 0 && kind == BlockKind.Movable && _compactor != null && _options.DirectCompaction)
             start = DirectCompact(pages, index);
+        for (int slice = 0; start < 0 && _memoryLimit != 0 && slice < MaxLimitSlices && MakeRoomUnderLimit(); slice++)
+            start = _pages.AllocateRun(pages, kind, index);
         if (start < 0)
         {
             _handles.Push(one);
@@ -601,25 +614,37 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if (_disposed) return;
         if (FrozenByThisThread.Any || (_compactor?.RunLock.IsHeldByCurrentThread ?? false))
             throw new InvalidOperationException("A heap cannot be disposed from inside one of its compactions (a movable owner's callback); return from the callback first.");
-        if (_caches.InSectionOnThisThread())
-            throw new InvalidOperationException("A heap cannot be disposed from inside one of its own calls (an event listener or callback it runs); dispose it after the call returns.");
+        if (ThreadCaches.InAnySection())
+            throw new InvalidOperationException("A heap cannot be disposed from inside a call on a heap (an event listener or callback it runs); dispose it after the call returns.");
         lock (_disposeLock)   // one Dispose at a time; the others wait for its decision
         {
             if (_disposed) return;
-            // The background threads stop first (a step's owner callback may still take a pin).
-            bool daemonWasRunning = CloseDaemons();
-            // No call is in flight from here on, and none starts until the decision (Close or Reopen).
-            _caches.BeginClose();
-            int pins = FreezeForDispose();
-            if (pins > 0)
+            bool daemonWasRunning = false, closing = false, frozen = false;
+            try
             {
-                ThawAfterRefusedDispose();
-                _caches.Reopen();
-                ReopenDaemons(daemonWasRunning);
-                throw new InvalidOperationException($"{pins} pin(s) are still held on blocks of this heap; release them before disposing it.");
+                // The background threads stop first (a step's owner callback may still take a pin).
+                daemonWasRunning = CloseDaemons();
+                // No call is in flight from here on, and none starts until the decision (Close or Reopen). A call that
+                // cannot wait (it is inside another section) or sections that do not drain while calls wait make
+                // BeginClose give up, and Dispose refuses: it never waits for a thread that waits for it.
+                closing = true;
+                if (!_caches.BeginClose())
+                    throw new InvalidOperationException("Calls on this heap are in flight that cannot finish while it is being disposed (one waits for another); dispose it when they have returned.");
+                frozen = true;
+                long pins = FreezeForDispose();
+                if (pins != 0)
+                    throw new InvalidOperationException($"{pins} pin(s) are still held on blocks of this heap; release them before disposing it.");
+                lock (_statsLock) _disposed = true;   // a statistics snapshot in progress ends before the metadata goes
+                _caches.Close();
             }
-            lock (_statsLock) _disposed = true;   // a statistics snapshot in progress ends before the metadata goes
-            _caches.Close();
+            catch
+            {
+                // Refused, or interrupted (a thread interrupt in a wait): the heap goes on as it was.
+                if (frozen) ThawAfterRefusedDispose();
+                if (closing) _caches.Reopen();
+                ReopenDaemons(daemonWasRunning);
+                throw;
+            }
             ReleaseNative();
         }
         GC.SuppressFinalize(this);
@@ -655,9 +680,9 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// section (no migration, no free) touches a state word meanwhile; only atomic pin releases do, and they keep the
     /// frozen bit.
     /// </summary>
-    private int FreezeForDispose()
+    private long FreezeForDispose()
     {
-        int atomic = 0;
+        long atomic = 0;
         foreach (uint i in _handles.Indices())
         {
             HandleEntry* e = _handles.Get(i);
@@ -667,7 +692,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
                 if ((s & EntryState.Allocated) == 0) break;
                 Debug.Assert((s & EntryState.Frozen) == 0, "no migration runs once the heap is closing");
                 if (Interlocked.CompareExchange(ref e->State, s | EntryState.Frozen, s) != s) continue;
-                atomic += (int)(s & EntryState.PinMask);
+                atomic += s & EntryState.PinMask;
                 break;
             }
         }

@@ -35,6 +35,8 @@ public sealed class NativeHeapEventSource : EventSource
         public const EventKeywords Allocation = (EventKeywords)8;
         /// <summary>Long-term pin migrations.</summary>
         public const EventKeywords LongTermPin = (EventKeywords)16;
+        /// <summary>Work allocations did to stay under the memory limit, and allocations it refused.</summary>
+        public const EventKeywords MemoryLimit = (EventKeywords)32;
     }
 
     /// <summary>Tasks (start/stop pairs).</summary>
@@ -45,7 +47,8 @@ public sealed class NativeHeapEventSource : EventSource
     }
 
     internal const int CompactionStartId = 1, CompactionStopId = 2, MigrationFailedId = 3, BackgroundWakeId = 4, ReleasedId = 5,
-                       AllocationFailedId = 6, LongTermPinMigrationId = 7, BackgroundFailedId = 8, UseAfterFreeDetectedId = 9;
+                       AllocationFailedId = 6, LongTermPinMigrationId = 7, BackgroundFailedId = 8, UseAfterFreeDetectedId = 9,
+                       LimitSliceId = 10, LimitFailedId = 11;
 
     /// <summary>A compaction pass begins: <paramref name="trigger"/> is explicit (Compact()) or direct (an allocation
     /// that failed); <paramref name="mode"/> the kernel's migrate mode: sync_full for an explicit pass (every class
@@ -100,6 +103,17 @@ public sealed class NativeHeapEventSource : EventSource
 
     [Event(LongTermPinMigrationId, Level = EventLevel.Informational, Keywords = Keywords.LongTermPin)]
     public void LongTermPinMigration(long heapId, long blocks, long bytes) => WriteEvent(LongTermPinMigrationId, heapId, blocks, bytes);
+
+    /// <summary>One slice of work an allocation did to stay under <see cref="HeapOptions.MemoryLimit"/>: bytes
+    /// decommitted and moved, and how long the allocating thread spent in it.</summary>
+    [Event(LimitSliceId, Level = EventLevel.Informational, Keywords = Keywords.MemoryLimit)]
+    public void LimitSlice(long heapId, long bytesDecommitted, long bytesMoved, double durationMs) =>
+        WriteEvent(LimitSliceId, heapId, bytesDecommitted, bytesMoved, durationMs);
+
+    /// <summary>An allocation the memory limit refused, with the reason (live bytes above the limit, or pinned and
+    /// unmovable blocks holding the committed memory).</summary>
+    [Event(LimitFailedId, Level = EventLevel.Warning, Keywords = Keywords.MemoryLimit)]
+    public void LimitFailed(long heapId, long size, long limit, string reason) => WriteEvent(LimitFailedId, heapId, size, limit, reason);
 
     /// <summary>The compaction events of one pass, from its counters' difference.</summary>
     [NonEvent]

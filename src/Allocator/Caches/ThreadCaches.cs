@@ -37,6 +37,12 @@ internal sealed unsafe class ThreadCaches
     private int _closing;                             // Closing protocol: Open, Deciding (a Dispose waits) or Closed
     private long _uncachedCalls;                      // call sections of threads without a cache of this heap (interlocked)
     private const int Open = 0, Deciding = 1, Closed = 2;
+    private int _closeWaiters;                        // calls waiting for a Dispose's decision (interlocked)
+    private int _closeAbort;                          // 1: a waiting call must not wait for long (BeginClose gives up)
+
+    /// <summary>How long <see cref="BeginClose"/> waits for sections in flight while other calls wait for it before
+    /// it gives up (the sections may be waiting for those calls, through the caller's own locks).</summary>
+    private static readonly long CloseWaitLimitTicks = Stopwatch.Frequency / 5;
 
     // The sections without a cache this thread is in, innermost last (threads of heaps without caches only).
     [ThreadStatic] private static List<ThreadCaches>? t_uncachedSections;
@@ -161,18 +167,20 @@ internal sealed unsafe class ThreadCaches
             }
         }
         List<ThreadCaches> mine = t_uncachedSections ??= [];
-        if (mine.Contains(this))
+        mine.EnsureCapacity(mine.Count + 1);   // first: a list that cannot grow throws before anything is counted
+        if (!mine.Contains(this))
+        {
+            while (true)
+            {
+                Interlocked.Increment(ref _uncachedCalls);   // a full fence: the load below cannot pass it
+                if (Volatile.Read(ref _closing) == Open) break;
+                Interlocked.Decrement(ref _uncachedCalls);
+                WaitWhileDeciding();
+            }
+        }
+        else
         {
             Interlocked.Increment(ref _uncachedCalls);
-            mine.Add(this);
-            return;
-        }
-        while (true)
-        {
-            Interlocked.Increment(ref _uncachedCalls);   // a full fence: the load below cannot pass it
-            if (Volatile.Read(ref _closing) == Open) break;
-            Interlocked.Decrement(ref _uncachedCalls);
-            WaitWhileDeciding();
         }
         mine.Add(this);
     }
@@ -191,24 +199,33 @@ internal sealed unsafe class ThreadCaches
         Interlocked.Decrement(ref _uncachedCalls);
     }
 
-    /// <summary>A section could not start because a Dispose is deciding or done: waits for the decision (bounded by the
-    /// calls in flight, which Dispose waits for), and throws once the heap is disposed. A thread already inside a
-    /// section (of any heap) does not wait, so that no Dispose ends up waiting for a thread that waits for it.</summary>
+    /// <summary>A section could not start because a Dispose is deciding or done: waits for the decision, and throws
+    /// once the heap is disposed. The wait is bounded: <see cref="BeginClose"/> gives up (and Dispose refuses) when
+    /// sections in flight do not drain while calls wait, and at once when a waiting thread is itself inside a section
+    /// (of any heap), so that no Dispose waits for a thread that waits for it.</summary>
     private void WaitWhileDeciding()
     {
-        if (InAnySection()) ThrowHelper.Disposed();
-        SpinWait spin = default;
-        while (true)
+        if (InAnySection()) Volatile.Write(ref _closeAbort, 1);
+        Interlocked.Increment(ref _closeWaiters);
+        try
         {
-            int closing = Volatile.Read(ref _closing);
-            if (closing == Open) return;
-            if (closing == Closed) ThrowHelper.Disposed();
-            spin.SpinOnce();
+            SpinWait spin = default;
+            while (true)
+            {
+                int closing = Volatile.Read(ref _closing);
+                if (closing == Open) return;
+                if (closing == Closed) ThrowHelper.Disposed();
+                spin.SpinOnce();
+            }
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _closeWaiters);
         }
     }
 
     /// <summary>True when the calling thread is inside a call or cache section of any heap.</summary>
-    private static bool InAnySection()
+    public static bool InAnySection()
     {
         if (t_uncachedSections is { Count: > 0 }) return true;
         if (t_caches is { } caches)
@@ -240,27 +257,46 @@ internal sealed unsafe class ThreadCaches
     /// and either <see cref="Close"/>s or <see cref="Reopen"/>s. Takes no lock; the caller is in no section of
     /// this heap and holds no heap lock.
     /// </summary>
-    public void BeginClose()
+    /// <returns>False when it gave up: a call waiting for the decision is inside another section, or sections in
+    /// flight did not drain within <see cref="CloseWaitLimitTicks"/> while calls waited (a section may wait for one of
+    /// them, through the caller's own locks). The caller then <see cref="Reopen"/>s and refuses.</returns>
+    public bool BeginClose()
     {
         Interlocked.Increment(ref _cacheDisable);
         Volatile.Write(ref _closing, Deciding);
         // Make every section's entry store visible, and make every later entry see the closing word.
         Interlocked.MemoryBarrierProcessWide();
+        long start = Stopwatch.GetTimestamp();
         // No lock is held while waiting: a section in flight may drain the caches (which takes the caches lock). A
         // cache registered after this snapshot had no section open before the barrier, so its owner sees Deciding.
         foreach (ThreadCache tc in Volatile.Read(ref _caches))
         {
             // A dead owner is in no section, whatever its flags say.
             SpinWait spin = default;
-            while ((Volatile.Read(ref tc.InUse) | Volatile.Read(ref tc.InCall)) != 0 && tc.Owner.IsAlive) spin.SpinOnce();
+            while ((Volatile.Read(ref tc.InUse) | Volatile.Read(ref tc.InCall)) != 0 && tc.Owner.IsAlive)
+            {
+                if (ShouldGiveUp(start)) return false;
+                spin.SpinOnce();
+            }
         }
         SpinWait wait = default;
-        while (Volatile.Read(ref _uncachedCalls) != 0) wait.SpinOnce();
+        while (Volatile.Read(ref _uncachedCalls) != 0)
+        {
+            if (ShouldGiveUp(start)) return false;
+            wait.SpinOnce();
+        }
+        return true;
     }
 
-    /// <summary>Undoes <see cref="BeginClose"/> for a Dispose that was refused: caches on again, the waiting calls go on.</summary>
+    private bool ShouldGiveUp(long start) =>
+        Volatile.Read(ref _closeAbort) != 0
+        || (Volatile.Read(ref _closeWaiters) != 0 && Stopwatch.GetTimestamp() - start > CloseWaitLimitTicks);
+
+    /// <summary>Undoes <see cref="BeginClose"/> for a Dispose that was refused (or interrupted): caches on again, the
+    /// waiting calls go on.</summary>
     public void Reopen()
     {
+        Volatile.Write(ref _closeAbort, 0);
         Volatile.Write(ref _closing, Open);
         Interlocked.Decrement(ref _cacheDisable);
     }

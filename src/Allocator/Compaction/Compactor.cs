@@ -276,6 +276,35 @@ internal sealed unsafe partial class Compactor
         _wasteCycleMoved = 0;
     }
 
+    /// <summary>
+    /// A slice of compaction for the memory limit, on an allocating thread whose allocation found the limit in the way
+    /// (native-layout.md, section 9, "The memory limit"): every movable size class with a slab to spare is
+    /// consolidated, then the whole movable zone compacted, within <paramref name="budgetTicks"/> (the heap's
+    /// <c>CompactionSliceTime</c>), so that slab pages and pageblocks come free inside committed memory (reused by the
+    /// allocation) and whole pageblocks empty (decommitted by the caller). Destinations are taken from committed memory
+    /// only, so the slice itself commits nothing. Pinned blocks are skipped as always. Takes RunLock, waiting for a
+    /// running compaction (a background slice is bounded by the same slice time); returns 0 at once when the calling
+    /// thread already holds it (an owner callback's allocation). Returns the bytes moved.
+    /// </summary>
+    public long LimitSlice(long budgetTicks)
+    {
+        if (RunLock.IsHeldByCurrentThread) return 0;
+        lock (RunLock)
+        {
+            using var caches = new CacheGuard(_caches, _options);   // slots the caches hold would make slab moves fail
+            long movedBefore = Counters[BytesMoved];
+            long start = Stopwatch.GetTimestamp();
+            var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = budgetTicks, StartTicks = start, BytesMovedAtStart = movedBefore };
+            ConsolidateSlabs(cc);
+            long left = budgetTicks - (Stopwatch.GetTimestamp() - start);
+            if (left > 0)
+                CompactZone(new CompactControl { Mode = CompactMode.SyncLight, WholeZone = true, IgnoreSkipHint = true, BudgetTicks = left });
+            long moved = Counters[BytesMoved] - movedBefore;
+            Counters[LimitBytesMoved] += moved;
+            return moved;
+        }
+    }
+
     /// <summary>The proactive score: extfrag at pageblock order of the movable zone, in percent. Lock-free: the free
     /// counts are racy reads of 64-bit counters (see <see cref="Zone.FreeBlocks"/>); a stale view only shifts a
     /// heuristic by a block.</summary>

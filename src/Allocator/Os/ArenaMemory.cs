@@ -61,6 +61,8 @@ internal sealed unsafe class ArenaMemory : IDisposable
     private long _commits;
     private long _commitFailures;
     private long _decommitFailures;
+    private long _limitBytes;                  // committed bytes may not pass it; long.MaxValue: no limit
+    private long _limitRefusals;               // commits refused because they would have passed it
 
     // Small-page pageblocks (see UseSmallPages). Flips are rare (a purge in a pageblock still huge, a decommit of a
     // small-page one), so one lock serialises them with the island count; it is the innermost lock (zone lock, then
@@ -86,6 +88,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
     public ArenaMemory(nuint reservedBytes, nuint pageblockBytes, bool hugePages, bool forcePortable, IOsMemory os, bool clearFirstCommit = false)
     {
         _os = os;
+        _limitBytes = long.MaxValue;
         _clearFirstCommit = clearFirstCommit;
         _reservedBytes = reservedBytes;
         _pageblockBytes = pageblockBytes;
@@ -128,6 +131,22 @@ internal sealed unsafe class ArenaMemory : IDisposable
     public long PurgedBytes => Volatile.Read(ref _purgedBytes);
     /// <summary>Commits the OS refused (each failed an allocation).</summary>
     public long CommitFailures => Volatile.Read(ref _commitFailures);
+
+    /// <summary>The most bytes that may be committed at once (the heap's memory limit); <see cref="long.MaxValue"/>
+    /// for none. Committed bytes bound resident memory (a committed page is resident or not; an uncommitted one never
+    /// is), so holding committed bytes at the limit holds resident memory there. Set once, before any commit.</summary>
+    public long LimitBytes
+    {
+        get => Volatile.Read(ref _limitBytes);
+        set
+        {
+            Debug.Assert(value > 0 && CommittedBytes == 0, "the limit is set once, before the first commit");
+            _limitBytes = value;
+        }
+    }
+
+    /// <summary>Commits refused because they would have taken committed bytes past <see cref="LimitBytes"/>.</summary>
+    public long LimitRefusals => Volatile.Read(ref _limitRefusals);
     /// <summary>Decommits and purges the OS refused (the memory stayed committed and resident).</summary>
     public long DecommitFailures => Volatile.Read(ref _decommitFailures);
 
@@ -151,21 +170,36 @@ internal sealed unsafe class ArenaMemory : IDisposable
 
     /// <summary>Makes pageblock <paramref name="pageblock"/> usable: readable, writable and counted as committed.
     /// Caller holds the zone lock.</summary>
-    /// <returns>false when the OS refuses (the caller turns that into an allocation failure).</returns>
+    /// <returns>false when the OS refuses, or when the commit would take committed bytes past
+    /// <see cref="LimitBytes"/> (the caller turns either into an allocation failure).</returns>
     public bool Commit(int pageblock)
     {
         PageblockMemory state = _state[pageblock];
         if (state == PageblockMemory.Committed) return true;
+        long bytes = (long)_pageblockBytes;
+        // The bytes are taken before the system call, so that two zones committing at once cannot both pass the
+        // limit (a CAS loop that never goes past it); without a limit the comparison never fails.
+        long limit = _limitBytes;
+        while (true)
+        {
+            long committed = Volatile.Read(ref _committedBytes);
+            if (committed > limit - bytes)
+            {
+                Interlocked.Increment(ref _limitRefusals);
+                return false;
+            }
+            if (Interlocked.CompareExchange(ref _committedBytes, committed + bytes, committed) == committed) break;
+        }
         // A decommitted pageblock is still mapped read-write: only the first commit changes the protection.
         if (_linux && state == PageblockMemory.Reserved
             && _os.Protect(AddressOf(pageblock), _pageblockBytes, readWrite: true) != 0)
         {
+            Interlocked.Add(ref _committedBytes, -bytes);
             Interlocked.Increment(ref _commitFailures);
             return false;
         }
         if (!_linux && _clearFirstCommit && state == PageblockMemory.Reserved) NativeMemory.Clear((void*)AddressOf(pageblock), _pageblockBytes);
         _state[pageblock] = PageblockMemory.Committed;
-        Interlocked.Add(ref _committedBytes, (long)_pageblockBytes);
         Interlocked.Increment(ref _commits);
         return true;
     }
