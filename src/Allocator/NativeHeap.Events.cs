@@ -52,24 +52,27 @@ public sealed partial class NativeHeap
         ThrowHelper.OutOfMemory(size, kind);
     }
 
-    /// <summary>Slices an allocation may run to stay under the memory limit before it fails: each is bounded by
-    /// <see cref="HeapOptions.CompactionSliceTime"/> of compaction plus the decommits it makes possible.</summary>
-    private const int MaxLimitSlices = 8;
+    /// <summary>Slices an allocation may run to stay under the memory limit before it fails (it stops earlier at a
+    /// slice that moved, released and left nothing): each is bounded by <see cref="HeapOptions.CompactionSliceTime"/>
+    /// of compaction plus the decommits it makes possible, so an allocation spends at most 32 slices (16 ms at the
+    /// default slice time, plus the decommits) keeping the limit.</summary>
+    private const int MaxLimitSlices = 32;
 
     /// <summary>
     /// One slice of the memory limit's work on an allocating thread whose allocation found no room under the limit
     /// (native-layout.md, section 9, "The memory limit"): wholly free pageblocks (and kept empty slabs) are decommitted
     /// at once; when that gives nothing back, the compactor consolidates slabs and compacts the movable zone for at
-    /// most a slice, and what that emptied is decommitted. True when it moved or gave back anything (the allocation
-    /// retries). Caller is in a call section (no cache section) and holds no heap lock. Counted and traced per slice.
+    /// most a slice, and what that emptied is decommitted. True when it moved or gave back anything, or ran out of
+    /// budget with work left (the allocation retries). Caller is in a call section (no cache section) and holds no heap lock. Counted and traced per slice.
     /// </summary>
     private bool MakeRoomUnderLimit()
     {
         long t0 = Stopwatch.GetTimestamp();
         long released = _reclaimer.ReleaseEmptiedPageblocks(), moved = 0;
+        bool unfinished = false;   // the slice's budget ran out: there is more to do, the next slice resumes
         if (released == 0 && _compactor != null)
         {
-            moved = _compactor.LimitSlice(Math.Max(1, (long)(_options.CompactionSliceTime.TotalSeconds * Stopwatch.Frequency)));
+            (moved, unfinished) = _compactor.LimitSlice(Math.Max(1, (long)(_options.CompactionSliceTime.TotalSeconds * Stopwatch.Frequency)));
             released = _reclaimer.ReleaseEmptiedPageblocks();
         }
         long elapsed = Stopwatch.GetTimestamp() - t0;
@@ -78,7 +81,7 @@ public sealed partial class NativeHeap
         Interlocked.Add(ref _counters[CompactionCounter.LimitNanoseconds], (long)(elapsed * (1e9 / Stopwatch.Frequency)));
         if (Tracing(NativeHeapEventSource.Keywords.MemoryLimit))
             Events.LimitSlice(_id, released, moved, elapsed * 1000.0 / Stopwatch.Frequency);
-        return released > 0 || moved > 0;
+        return released > 0 || moved > 0 || unfinished;
     }
 
     /// <summary>Raises the use-after-free detections waiting in the poison (already counted), on the allocating

@@ -55,6 +55,8 @@ internal sealed unsafe partial class Compactor
     private bool _wasteResume;       // ... which the last slice's budget cut short (it resumes)
     private long _wasteCycleMoved;   // bytes moved in the current cycle
     private int _wasteDefer;         // wakes to skip after a slice that could move nothing
+    private bool _limitZonePhase;    // memory-limit slices: the classes are consolidated, the zone pass is next
+    private bool _limitResume;       // ... and the last slice's budget cut that pass short (it resumes)
 
     public Compactor(HeapOptions options, PageAllocator pages, SlabAllocator movableSlabs, HandleTable handles, Migrator migrator, ThreadCaches caches,
                      CompactionStatistics counters)
@@ -286,22 +288,41 @@ internal sealed unsafe partial class Compactor
     /// running compaction (a background slice is bounded by the same slice time); returns 0 at once when the calling
     /// thread already holds it (an owner callback's allocation). Returns the bytes moved.
     /// </summary>
-    public long LimitSlice(long budgetTicks)
+    public (long moved, bool budgetSpent) LimitSlice(long budgetTicks)
     {
-        if (RunLock.IsHeldByCurrentThread) return 0;
+        if (RunLock.IsHeldByCurrentThread) return (0, false);
         lock (RunLock)
         {
             using var caches = new CacheGuard(_caches, _options);   // slots the caches hold would make slab moves fail
             long movedBefore = Counters[BytesMoved];
             long start = Stopwatch.GetTimestamp();
-            var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = budgetTicks, StartTicks = start, BytesMovedAtStart = movedBefore };
-            ConsolidateSlabs(cc);
+            bool spent;
+            if (!_limitZonePhase)
+            {
+                var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = budgetTicks, StartTicks = start, BytesMovedAtStart = movedBefore };
+                ConsolidateSlabs(cc);
+                spent = BudgetSpent(cc);
+                // Every class consolidated: the next slices compact the zone, so that the slab pages freed here
+                // coalesce into the larger blocks new slabs and runs need (and whole pageblocks empty).
+                if (!spent) _limitZonePhase = true;
+            }
             long left = budgetTicks - (Stopwatch.GetTimestamp() - start);
-            if (left > 0)
-                CompactZone(new CompactControl { Mode = CompactMode.SyncLight, WholeZone = true, IgnoreSkipHint = true, BudgetTicks = left });
+            spent = left <= 0;
+            if (_limitZonePhase && left > 0)
+            {
+                // Resumed where the last slice stopped (the scanners' cached positions), so that successive slices
+                // walk the zone instead of rescanning its bottom; a pass that ends starts the next cycle.
+                CompactStatus status = CompactZone(new CompactControl
+                {
+                    Mode = CompactMode.SyncLight, WholeZone = !_limitResume, IgnoreSkipHint = true, BudgetTicks = left,
+                });
+                _limitResume = status == CompactStatus.BudgetExhausted;
+                spent = _limitResume;
+                if (!_limitResume) _limitZonePhase = false;
+            }
             long moved = Counters[BytesMoved] - movedBefore;
             Counters[LimitBytesMoved] += moved;
-            return moved;
+            return (moved, spent);
         }
     }
 
