@@ -12,16 +12,17 @@ namespace Compaction.Interop;
 /// <summary>
 /// A socket transport for Kestrel (an <see cref="IConnectionListenerFactory"/>) whose connection buffers are arena
 /// memory. Kestrel's own socket transport gathers a multi-buffer send through SocketAsyncEventArgs.BufferList, which
-/// takes arrays, and throws "Buffer backed by array was expected" for native memory; this one sends each buffer
-/// with <see cref="Socket.SendAsync(ReadOnlyMemory{byte}, SocketFlags, CancellationToken)"/> and receives straight
-/// into the pipe's arena buffers, so neither direction copies or needs an array.
-/// Register it after <c>UseKestrel()</c>:
-/// <c>services.AddSingleton&lt;IConnectionListenerFactory&gt;(new ArenaSocketTransportFactory(pool))</c>.
+/// takes arrays, and throws "Buffer backed by array was expected" for native memory; this one gathers the pinned
+/// segments of an answer into one <c>sendmsg</c> on Linux (segment by segment through
+/// <see cref="Socket.SendAsync(ReadOnlyMemory{byte}, SocketFlags, CancellationToken)"/> elsewhere) and receives
+/// straight into the pipe's arena buffers, so neither direction copies or needs an array.
+/// Register it with <c>builder.WebHost.UseArenaMemory()</c>, which also makes its heap and pool.
 /// </summary>
 /// <remarks>Each connection has two pipes over <paramref name="pool"/> (a long-term pool, so the buffers the OS holds
 /// while a receive waits never pin the movable zone): the receive loop writes what the socket reads into the input
-/// pipe, the send loop writes what Kestrel flushes into the output pipe to the socket, segment by segment. TCP
-/// endpoints only (IPv4 and IPv6).</remarks>
+/// pipe (4 KiB receives, growing to 64 KiB while they fill), the send loop writes what Kestrel flushes into the output
+/// pipe to the socket. Endpoints: TCP (IPv4, IPv6; <c>IPv6Any</c> binds a dual-mode socket) and Unix domain
+/// sockets.</remarks>
 public sealed class ArenaSocketTransportFactory(MemoryPool<byte> pool) : IConnectionListenerFactory, IConnectionListenerFactorySelector
 {
     /// <summary>True for the endpoints this transport binds: <see cref="IPEndPoint"/> and
