@@ -41,6 +41,11 @@ public static class Program
                   through the C ABI (tests/cabi/cabi_soak.c; built by scripts/cabi.sh, skipped with the reason
                   when gcc or the NativeAOT publish is unavailable); failures must be 0 and RSS flat once warm
                   -> bench/results/soak.md, soak.svg
+          web [--quick] [--rounds N (3)] [--duration S (10)] [--idle S (30)]
+                  Kestrel as shipped vs Kestrel over the arena transport (UseArenaMemory, with and without the background
+                  thread), each in its own process, loaded by wrk (-t2 -c64 --latency) on GET 64 KiB, POST echo 64 KiB and
+                  GET 100 B: req/s, p50, p99, failures, RSS under load and after idling -> bench/results/web.md
+                  (wrk is installed by scripts/install-wrk.sh; the command says SKIPPED when it cannot be)
           peers   which peer allocators load in this process
         peers are installed by scripts/install-peers.sh (a missing one is skipped, never fatal)
         """;
@@ -71,6 +76,10 @@ public static class Program
                 return Analysis.EventsChild.Run();
             case "soak":
                 return Soak.SoakRun.Run(rest);
+            case "web":
+                return Web.WebBenchmark.Run(rest);
+            case Web.WebBenchmark.ServerCommand:   // hidden: one server mode, started by web
+                return Web.WebBenchmark.Server(rest);
             case "peers":
                 return ReexecWithJemallocTunable(args) ?? (Peers.PrintReport() == 0 ? 0 : 1);
             case "help" or "-h" or "--help":

@@ -23,6 +23,15 @@ public sealed class ArenaMemoryPoolOptions
     /// the rent, which the compactor skips cheaply and which is compactable again once it is returned.
     /// </summary>
     public bool LongTermPins { get; set; }
+
+    /// <summary>The owner named by the pool's metrics (tag <c>aspnetcore.memory_pool.owner</c>, as Kestrel tags its
+    /// pools "kestrel"); null for no tag.</summary>
+    public string? Owner { get; set; }
+
+    /// <summary>Where the pool's meter (<c>Microsoft.AspNetCore.MemoryPool</c>) comes from: a host's
+    /// <see cref="System.Diagnostics.Metrics.IMeterFactory"/>, or null (the default) for the library's own static
+    /// meter of that name.</summary>
+    public System.Diagnostics.Metrics.IMeterFactory? MeterFactory { get; set; }
 }
 
 /// <summary>
@@ -41,6 +50,9 @@ public sealed class ArenaMemoryPoolOptions
 /// next rent at once, and whose background thread gives idle memory back to the OS (wholly free pageblocks after
 /// <see cref="HeapOptions.DecommitDelay"/>, free runs one to two delays after their last use, or at once above
 /// <see cref="HeapOptions.RetainedBytesLimit"/>) once <see cref="NativeHeap.StartBackgroundCompaction"/> runs.</para>
+/// <para>Metrics: the pool reports under Kestrel's names (meter <c>Microsoft.AspNetCore.MemoryPool</c>,
+/// <c>aspnetcore.memory_pool.rented</c>, <c>.allocated</c>, <c>.evicted</c>, <c>.pooled</c>, in bytes; see
+/// <see cref="ArenaMemoryPoolOptions.Owner"/> and <see cref="ArenaMemoryPoolOptions.MeterFactory"/>).</para>
 /// <para>Thread safety: every member may be called from any thread. The pool does not own the heap: disposing the
 /// pool stops further rents; buffers still rented stay valid until returned.</para>
 /// </remarks>
@@ -50,6 +62,8 @@ public sealed class ArenaMemoryPool : MemoryPool<byte>
     private readonly int _defaultSize;
     private readonly int _maxSize;
     private readonly bool _longTerm;
+    private readonly string? _owner;
+    private readonly ArenaPoolMetrics _metrics;
     private long _rented;
     private long _rentedBytes;
     private long _rents;
@@ -72,6 +86,8 @@ public sealed class ArenaMemoryPool : MemoryPool<byte>
         _heap = heap;
         _defaultSize = options.DefaultBufferSize;
         _longTerm = options.LongTermPins;
+        _owner = options.Owner;
+        _metrics = ArenaPoolMetrics.For(options.MeterFactory);
     }
 
     /// <summary>The heap the buffers come from.</summary>
@@ -120,6 +136,7 @@ public sealed class ArenaMemoryPool : MemoryPool<byte>
         Interlocked.Increment(ref _rented);
         Interlocked.Add(ref _rentedBytes, size);
         Interlocked.Increment(ref _rents);
+        if (_metrics.Enabled) _metrics.Rented(size, _owner);
         return new ArenaPoolBuffer(this, h, pin);
     }
 
@@ -128,6 +145,7 @@ public sealed class ArenaMemoryPool : MemoryPool<byte>
     {
         Interlocked.Decrement(ref _rented);
         Interlocked.Add(ref _rentedBytes, -bytes);
+        if (_metrics.Enabled) _metrics.Returned(bytes, _owner);
     }
 
     /// <summary>Stops further rents; buffers still rented stay valid until they are returned.</summary>

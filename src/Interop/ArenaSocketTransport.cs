@@ -2,7 +2,9 @@ using System.Buffers;
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using Microsoft.AspNetCore.Connections;
+using Compaction.Interop.Native;
 using Microsoft.AspNetCore.Http.Features;
 
 namespace Compaction.Interop;
@@ -10,28 +12,41 @@ namespace Compaction.Interop;
 /// <summary>
 /// A socket transport for Kestrel (an <see cref="IConnectionListenerFactory"/>) whose connection buffers are arena
 /// memory. Kestrel's own socket transport gathers a multi-buffer send through SocketAsyncEventArgs.BufferList, which
-/// takes arrays, and throws "Buffer backed by array was expected" for native memory; this one sends each buffer
-/// with <see cref="Socket.SendAsync(ReadOnlyMemory{byte}, SocketFlags, CancellationToken)"/> and receives straight
-/// into the pipe's arena buffers, so neither direction copies or needs an array.
-/// Register it after <c>UseKestrel()</c>:
-/// <c>services.AddSingleton&lt;IConnectionListenerFactory&gt;(new ArenaSocketTransportFactory(pool))</c>.
+/// takes arrays, and throws "Buffer backed by array was expected" for native memory; this one gathers the pinned
+/// segments of an answer into one <c>sendmsg</c> on Linux (segment by segment through
+/// <see cref="Socket.SendAsync(ReadOnlyMemory{byte}, SocketFlags, CancellationToken)"/> elsewhere) and receives
+/// straight into the pipe's arena buffers, so neither direction copies or needs an array.
+/// Register it with <c>builder.WebHost.UseArenaMemory()</c>, which also makes its heap and pool.
 /// </summary>
 /// <remarks>Each connection has two pipes over <paramref name="pool"/> (a long-term pool, so the buffers the OS holds
 /// while a receive waits never pin the movable zone): the receive loop writes what the socket reads into the input
-/// pipe, the send loop writes what Kestrel flushes into the output pipe to the socket, segment by segment. TCP
-/// endpoints only (IPv4 and IPv6).</remarks>
-public sealed class ArenaSocketTransportFactory(MemoryPool<byte> pool) : IConnectionListenerFactory
+/// pipe (4 KiB receives, growing to 64 KiB while they fill), the send loop writes what Kestrel flushes into the output
+/// pipe to the socket. Endpoints: TCP (IPv4, IPv6; <c>IPv6Any</c> binds a dual-mode socket) and Unix domain
+/// sockets.</remarks>
+public sealed class ArenaSocketTransportFactory(MemoryPool<byte> pool) : IConnectionListenerFactory, IConnectionListenerFactorySelector
 {
+    /// <summary>True for the endpoints this transport binds: <see cref="IPEndPoint"/> and
+    /// <see cref="UnixDomainSocketEndPoint"/> (Kestrel asks before it binds, and gives other endpoints to other
+    /// transports).</summary>
+    public bool CanBind(EndPoint endpoint) => endpoint is IPEndPoint or UnixDomainSocketEndPoint;
+
     /// <summary>Binds a listening socket to <paramref name="endpoint"/> (port 0 picks a free port; the listener's
     /// <see cref="IConnectionListener.EndPoint"/> says which).</summary>
-    /// <exception cref="NotSupportedException">The endpoint is not an <see cref="IPEndPoint"/>.</exception>
+    /// <exception cref="NotSupportedException">The endpoint is neither an <see cref="IPEndPoint"/> nor a
+    /// <see cref="UnixDomainSocketEndPoint"/>.</exception>
     public ValueTask<IConnectionListener> BindAsync(EndPoint endpoint, CancellationToken cancellationToken = default)
     {
-        if (endpoint is not IPEndPoint ip) throw new NotSupportedException($"{endpoint} is not a TCP endpoint; this transport binds IP endpoints only.");
-        var socket = new Socket(ip.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        Socket socket = endpoint switch
+        {
+            IPEndPoint ip => new Socket(ip.AddressFamily, SocketType.Stream, ProtocolType.Tcp),
+            UnixDomainSocketEndPoint => new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified),
+            _ => throw new NotSupportedException($"{endpoint} ({endpoint.GetType().Name}) is not supported; this transport binds IP (TCP) and Unix domain socket endpoints."),
+        };
         try
         {
-            socket.Bind(ip);
+            // ListenAnyIP binds IPv6Any: one dual-mode socket then takes IPv4 clients too, as Kestrel's transport does.
+            if (endpoint is IPEndPoint { Address: var address } && address.Equals(IPAddress.IPv6Any)) socket.DualMode = true;
+            socket.Bind(endpoint);
             socket.Listen(512);
         }
         catch
@@ -57,7 +72,7 @@ internal sealed class ArenaSocketListener(Socket socket, MemoryPool<byte> pool) 
                 Socket accepted = await socket.AcceptAsync(cancellationToken).ConfigureAwait(false);
                 try
                 {
-                    accepted.NoDelay = true;
+                    if (accepted.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6) accepted.NoDelay = true;
                     return new ArenaSocketConnection(accepted, pool);
                 }
                 catch
@@ -108,6 +123,8 @@ internal sealed class ArenaSocketConnection : ConnectionContext
     private bool _socketClosed;                    // under _shutdownLock
     private volatile Exception? _shutdownReason;   // why it was closed: what the input pipe completes with
     private readonly TaskCompletionSource _closedFired = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly bool _gather = LinuxSockets.IsSupported;       // gathered sends through sendmsg
+    private readonly MemoryHandle[] _pins = new MemoryHandle[LinuxSockets.MaxSegments];   // the send loop's, one call at a time
 
     public ArenaSocketConnection(Socket socket, MemoryPool<byte> pool)
     {
@@ -129,17 +146,26 @@ internal sealed class ArenaSocketConnection : ConnectionContext
     public override IFeatureCollection Features { get; } = new FeatureCollection();
     public override IDictionary<object, object?> Items { get; set; } = new ConnectionItems();
 
+    /// <summary>The smallest receive buffer the receive loop asks for.</summary>
+    internal const int MinimumReceiveSize = 4096;
+
+    /// <summary>The largest receive buffer: a receive that filled its buffer doubles the next one up to this size
+    /// (more is waiting), one that did not goes back to <see cref="MinimumReceiveSize"/>.</summary>
+    internal const int MaximumReceiveSize = 64 * 1024;
+
     private async Task ReceiveLoop()
     {
         Exception? error = null;
         try
         {
+            int size = MinimumReceiveSize;
             while (true)
             {
-                Memory<byte> buffer = _input.Writer.GetMemory(4096);
+                Memory<byte> buffer = _input.Writer.GetMemory(size);
                 int n = await _socket.ReceiveAsync(buffer, SocketFlags.None).ConfigureAwait(false);
                 if (n == 0) break;   // the peer closed its side
                 _input.Writer.Advance(n);
+                size = n == buffer.Length ? Math.Min(MaximumReceiveSize, Math.Max(size, n) * 2) : MinimumReceiveSize;
                 FlushResult flushed = await _input.Writer.FlushAsync().ConfigureAwait(false);
                 if (flushed.IsCompleted || flushed.IsCanceled) break;
             }
@@ -175,9 +201,7 @@ internal sealed class ArenaSocketConnection : ConnectionContext
                 ReadResult result = await _output.Reader.ReadAsync().ConfigureAwait(false);
                 if (result.IsCanceled) break;   // Abort
                 ReadOnlySequence<byte> buffer = result.Buffer;
-                foreach (ReadOnlyMemory<byte> segment in buffer)
-                    for (int sent = 0; sent < segment.Length;)
-                        sent += await _socket.SendAsync(segment[sent..], SocketFlags.None).ConfigureAwait(false);
+                if (!buffer.IsEmpty) await SendAsync(buffer).ConfigureAwait(false);
                 _output.Reader.AdvanceTo(buffer.End);
                 if (result.IsCompleted) break;
             }
@@ -197,6 +221,83 @@ internal sealed class ArenaSocketConnection : ConnectionContext
             _input.Writer.CancelPendingFlush();                      // a receive loop paused on a full input pipe ends
         }
     }
+
+    /// <summary>
+    /// Sends all of <paramref name="buffer"/>. On Linux a multi-segment buffer goes out in one non-blocking
+    /// <c>sendmsg</c> over an iovec of its segments (up to <see cref="LinuxSockets.MaxSegments"/> per call; a
+    /// partial write sends the rest in the next call). When the socket's send buffer is full (EAGAIN), the first
+    /// remaining segment goes through <see cref="Socket.SendAsync(ReadOnlyMemory{byte}, SocketFlags, CancellationToken)"/>,
+    /// which waits for writability without a thread (the runtime's epoll), and gathering resumes after it. A single
+    /// segment, and every segment on other systems, goes through that same <c>SendAsync</c>.
+    /// </summary>
+    private async ValueTask SendAsync(ReadOnlySequence<byte> buffer)
+    {
+        while (!buffer.IsEmpty)
+        {
+            long sent = 0;
+            if (_gather && !buffer.IsSingleSegment)
+            {
+                sent = TrySendGathered(buffer);
+                if (sent > 0) GatheredSends++;
+            }
+            if (sent == 0)
+            {
+                ReadOnlyMemory<byte> first = default;
+                foreach (ReadOnlyMemory<byte> segment in buffer)
+                {
+                    first = segment;
+                    if (!first.IsEmpty) break;   // empty segments count no bytes: slicing by what is sent skips them
+                }
+                sent = await _socket.SendAsync(first, SocketFlags.None).ConfigureAwait(false);
+            }
+            buffer = buffer.Slice(sent);
+        }
+    }
+
+    /// <summary>One non-blocking gathered send of up to <see cref="LinuxSockets.MaxSegments"/> segments of
+    /// <paramref name="buffer"/>: the bytes sent, or 0 when the socket's buffer is full. Each segment is pinned
+    /// (<see cref="Memory{T}.Pin"/>: for an arena buffer, already pinned for its rent, this only counts a handle)
+    /// for the call, and the socket's handle is held (<see cref="SafeHandle.DangerousAddRef"/>) so that an abort
+    /// closing it meanwhile cannot let the descriptor be reused under the call.</summary>
+    private unsafe long TrySendGathered(in ReadOnlySequence<byte> buffer)
+    {
+        LinuxSockets.IoVector* vectors = stackalloc LinuxSockets.IoVector[LinuxSockets.MaxSegments];
+        MemoryHandle[] handles = _pins;
+        int count = 0;
+        try
+        {
+            foreach (ReadOnlyMemory<byte> segment in buffer)
+            {
+                if (segment.IsEmpty) continue;
+                handles[count] = segment.Pin();
+                vectors[count].Base = handles[count].Pointer;
+                vectors[count].Length = (nuint)segment.Length;
+                if (++count == LinuxSockets.MaxSegments) break;
+            }
+            SafeSocketHandle handle = _socket.SafeHandle;
+            bool added = false;
+            try
+            {
+                handle.DangerousAddRef(ref added);
+                return LinuxSockets.Send((int)handle.DangerousGetHandle(), vectors, count);
+            }
+            finally
+            {
+                if (added) handle.DangerousRelease();
+            }
+        }
+        finally
+        {
+            for (int i = 0; i < count; i++)
+            {
+                handles[i].Dispose();
+                handles[i] = default;
+            }
+        }
+    }
+
+    /// <summary>Gathered send calls that sent something (for tests: a multi-segment answer takes one).</summary>
+    internal int GatheredSends { get; private set; }
 
     /// <summary>Closes the socket once: a graceful shutdown first (a pending receive then ends with 0 bytes; a bare
     /// Dispose with an operation pending is an abortive close, a RST that discards the unsent and unread answer).</summary>
