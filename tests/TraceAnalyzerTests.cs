@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Diagnostics.Tracing;
 using Compaction.Allocator;
 using Compaction.Bench.Analysis;
+using Compaction.TraceAnalyzer;
 using Microsoft.Diagnostics.NETCore.Client;
 using Microsoft.Diagnostics.Tracing;
 using Xunit.Abstractions;
