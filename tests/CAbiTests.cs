@@ -7,7 +7,8 @@ using Xunit.Abstractions;
 namespace Compaction.Tests;
 
 /// <summary>
-/// The C ABI end to end: scripts/cabi.sh publishes the NativeAOT library, builds tests/cabi's C programs with gcc and
+/// The C ABI end to end: scripts/cabi.sh packs the NativeAOT library as its tarball, unpacks it and builds tests/cabi's C
+/// programs with gcc through pkg-config, as a C user would, and
 /// runs them. The C test exercises every entry point, every error code and two threads beside the background
 /// compactor; the layout program's offsets must equal the C# declarations', field by field.
 /// </summary>
