@@ -19,7 +19,7 @@ public static class Program
           micro [--smoke] [--filter GLOB]... [--launches N] [--out FILE]
                   BenchmarkDotNet micro benchmarks vs glibc, mimalloc, tcmalloc, jemalloc, ArrayPool;
                   summary table -> bench/results/micro.md (--smoke: micro-smoke.md, --filter: micro-filtered.md)
-          demo [--seed N] [--arena-mib N] [--fill-percent P]
+          demo [--seed N] [--arena-mib N] [--fill-percent P] [--out DIR]
                   fill a heap with a seeded mix of movable and unmovable blocks, free half, verify, print statistics
           compaction [--quick] [--seed N] [--only NAME[,NAME...]] [--out FILE]
                   compaction scenarios, each beside its baseline: high-order success, throughput vs memcpy,
