@@ -34,7 +34,7 @@ public sealed class CAbiTests(ITestOutputHelper output)
     {
         (int code, string text, _) = s_run.Value;
         output.WriteLine(text);
-        if (code == 3) { output.WriteLine("SKIPPED: no gcc on this machine (scripts/cabi.sh says so)"); return false; }
+        if (code == 3) { output.WriteLine("SKIPPED: no gcc or no pkg-config on this machine (scripts/cabi.sh says which)"); return false; }
         return true;
     }
 
