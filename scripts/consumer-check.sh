@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The packages as a user takes them, from a fresh folder (CI runs this; about 3-5 minutes):
 #   1. `dotnet pack` at the root into a local folder feed; the feed must hold exactly the expected packages.
-#   2. The C# snippets of README.md, extracted from its ```csharp blocks (so the docs cannot rot), each run AS WRITTEN
+#   2. The C# snippets of README.md (and of the packages' PACKAGE.md readmes), extracted from their ```csharp blocks
+#      (so the docs cannot rot), each run AS WRITTEN
 #      as the Program.cs of a brand-new app that takes the packages from the local feed: `dotnet new console` for
 #      most, `dotnet new web` for a block preceded by <!-- snippet: web -->. A block preceded by
 #      <!-- snippet: skip --> is a fragment and is left out (none is, today).
@@ -31,7 +32,7 @@ quiet() {
 finish() {
     if [ ${#failures[@]} -eq 0 ]; then
         [ "${KEEP:-0}" = 1 ] && echo "consumer-check: work folder kept: $work" || rm -rf "$work"
-        echo "consumer-check: OK in $(( $(date +%s) - start )) s (packages $version from a local feed; $snippets_run C# snippets of README.md, $c_run C program(s) through pkg-config, the tool)"
+        echo "consumer-check: OK in $(( $(date +%s) - start )) s (packages $version from a local feed; $snippets_run C# snippets of README.md and the package readmes, $c_run C program(s) through pkg-config, the tool)"
         exit 0
     fi
     echo "consumer-check: work folder kept: $work"
@@ -61,14 +62,20 @@ NUGET
 # ---- 2. the README's C# snippets
 snippets="$work/snippets"
 mkdir -p "$snippets"
-awk -v dir="$snippets" '
-    /^<!-- snippet: [a-z]+ -->$/ { mark = $3; next }
-    /^```csharp$/ { n++; kind = (mark == "" ? "console" : mark); file = sprintf("%s/%02d-%s.cs", dir, n, kind); inblock = 1; mark = ""; next }
-    /^```c$/ { c++; file = sprintf("%s/c%02d.c", dir, c); inblock = 1; mark = ""; next }
-    /^```/ && inblock { inblock = 0; next }
-    inblock { print > file; next }
-    /[^ \t]/ { mark = "" }
-' "$root/README.md"
+extract() {   # extract FILE PREFIX: every ```csharp and ```c block of FILE into $snippets/PREFIX-NN-KIND.cs / PREFIX-cNN.c
+    awk -v dir="$snippets" -v prefix="$2" '
+        /^<!-- snippet: [a-z]+ -->$/ { mark = $3; next }
+        /^```csharp$/ { n++; kind = (mark == "" ? "console" : mark); file = sprintf("%s/%s-%02d-%s.cs", dir, prefix, n, kind); inblock = 1; mark = ""; next }
+        /^```c$/ { c++; file = sprintf("%s/%s-c%02d.c", dir, prefix, c); inblock = 1; mark = ""; next }
+        /^```/ && inblock { inblock = 0; next }
+        inblock { print > file; next }
+        /[^ \t]/ { mark = "" }
+    ' "$1"
+}
+extract "$root/README.md" readme
+# The package readmes shown on nuget.org hold snippets too: they are run the same way.
+extract "$root/src/Allocator/PACKAGE.md" allocator-package
+extract "$root/src/Interop/PACKAGE.md" interop-package
 ls "$snippets"/*-skip.cs > /dev/null 2>&1 && echo "consumer-check: left out as fragments: $(cd "$snippets" && ls ./*-skip.cs | tr '\n' ' ')"
 
 make_app() {   # make_app TEMPLATE DIR: a brand-new app taking both packages from the feed
@@ -105,7 +112,7 @@ if command -v gcc > /dev/null && command -v pkg-config > /dev/null; then
     tar -xzf "$feed/compaction_heap-$version-linux-x64.tar.gz" -C "$work/c-install"
     export PKG_CONFIG_PATH="$work/c-install/compaction_heap-$version-linux-x64/lib/pkgconfig"
     echo "consumer-check: C: pkg-config --cflags --libs compaction_heap = $(pkg-config --cflags --libs compaction_heap)"
-    for f in "$snippets"/c*.c; do
+    for f in "$snippets"/*-c[0-9]*.c; do
         [ -e "$f" ] || continue
         name=$(basename "$f" .c)
         cp "$f" "$work/c-prog/prog.c"
@@ -117,7 +124,7 @@ if command -v gcc > /dev/null && command -v pkg-config > /dev/null; then
         sed 's/^/    | /' "$work/$name.out"
         c_run=$((c_run + 1))
     done
-    [ "$c_run" -gt 0 ] || fail "no \`\`\`c block in README.md"
+    [ "$c_run" -gt 0 ] || fail "no C block in README.md"
 else
     echo "consumer-check: C part SKIPPED: gcc or pkg-config is not installed"
 fi

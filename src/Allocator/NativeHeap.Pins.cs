@@ -16,7 +16,7 @@ public sealed unsafe partial class NativeHeap
     /// </summary>
     /// <remarks>Lock-free, no interlocked instruction: the pin is published in a per-thread slot (a thread holding
     /// more than 8 scopes at once gets more slots on its first overflow). Pinning an unmovable block works too.
-    /// Cost: 5-10 ns for the pin and its release (4-5 ns through a <see cref="HeapContext"/>); a block the migrator
+    /// Cost: about 10 ns for the pin and its release (4-5 ns through a <see cref="HeapContext"/>); a block the migrator
     /// is moving at that instant is waited for (spinning until that one block's copy ends: microseconds for small
     /// blocks, up to the copy of a large one).</remarks>
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
@@ -70,7 +70,7 @@ public sealed unsafe partial class NativeHeap
     /// </summary>
     /// <remarks>Cost: acquire plus release is eight interlocked operations (the entry's pin count, the page's, the
     /// pooled record and its generation, each way): 32-36 ns in quiet runs on the project's machines, against 5-10 ns
-    /// for a <see cref="PinScope"/>; no managed allocation. A block holds at most 1,023 atomic pins at once (this
+    /// for a <see cref="PinScope"/> (about 10 ns); no managed allocation. A block holds at most 1,023 atomic pins at once (this
     /// method's, long-term pins and the Interop adapters' together); one more throws
     /// <see cref="InvalidOperationException"/>.</remarks>
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>

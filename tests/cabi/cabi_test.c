@@ -72,7 +72,8 @@ int main(void)
     uint64_t heap = 0, other = 0;
     CHECK(cna_heap_create(NULL, NULL) == CNA_E_BAD_ARGUMENT);
     cna_heap_options o; memset(&o, 0, sizeof o); o.size = sizeof o; o.arena_bytes = 256ll << 20;
-    CHECK(cna_heap_create(NULL, &heap) == CNA_E_BAD_ARGUMENT);    /* options are required (the header says so) */
+    heap = 77;
+    CHECK(cna_heap_create(NULL, &heap) == CNA_E_BAD_ARGUMENT && heap == 0);   /* options are required (the header says so) */
     cna_heap_options bad = o; bad.arena_bytes = 12345;
     CHECK(cna_heap_create(&bad, &heap) == CNA_E_BAD_ARGUMENT);
     bad = o; bad.movable_zone_percent = 101;

@@ -92,8 +92,9 @@ public static unsafe class Exports
     {
         try
         {
-            if (heapOut == null || options == null) return BadArgument;
+            if (heapOut == null) return BadArgument;
             *heapOut = 0;
+            if (options == null) return BadArgument;   // the header lists a null pointer as CNA_E_BAD_ARGUMENT
             if (!TryReadOptions(options, out CnaHeapOptions given)) return BadArgument;
             var o = new HeapOptions();
             if (given.ArenaBytes != 0) o.ArenaBytes = given.ArenaBytes;
