@@ -94,7 +94,7 @@ run_snippets() {   # run_snippets KIND TEMPLATE
     for f in "${files[@]}"; do
         local name; name=$(basename "$f")
         cp "$f" "$app/Program.cs"
-        echo "consumer-check: README snippet $name ($(wc -l < "$f") lines) as $kind/Program.cs"
+        echo "consumer-check: snippet $name ($(wc -l < "$f") lines) as $kind/Program.cs"
         if ! (cd "$app" && quiet dotnet build -c Release -warnaserror); then fail "build of $name"; continue; fi
         if ! (cd "$app" && timeout 180 dotnet run -c Release --no-build --no-launch-profile > "$work/$name.out" 2>&1); then
             tail -30 "$work/$name.out"; fail "run of $name"; continue
