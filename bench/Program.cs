@@ -19,7 +19,7 @@ public static class Program
           micro [--smoke] [--filter GLOB]... [--launches N] [--out FILE]
                   BenchmarkDotNet micro benchmarks vs glibc, mimalloc, tcmalloc, jemalloc, ArrayPool;
                   summary table -> bench/results/micro.md (--smoke: micro-smoke.md, --filter: micro-filtered.md)
-          demo [--seed N] [--arena-mib N] [--fill-percent P]
+          demo [--seed N] [--arena-mib N] [--fill-percent P] [--out DIR]
                   fill a heap with a seeded mix of movable and unmovable blocks, free half, verify, print statistics
           compaction [--quick] [--seed N] [--only NAME[,NAME...]] [--out FILE]
                   compaction scenarios, each beside its baseline: high-order success, throughput vs memcpy,
@@ -33,9 +33,10 @@ public static class Program
           pool-idle [--quick]
                   buffer pools after a 64 MiB burst of 4 KiB rents is returned, one process each: the arena pool,
                   Kestrel's PinnedBlockMemoryPool, MemoryPool<byte>.Shared; RSS every second -> bench/results/pool-idle.md
-          analyze FILE.nettrace | analyze --pid N [--seconds S] [--out FILE]
-                  the heap's events (EventSource Compaction-NativeHeap) from a trace or a live process: passes by
-                  trigger, p50/p99/max pause, MB/s moved, failures by reason, wakes, releases; an SVG beside the trace
+          analyze FILE.nettrace [--out DIR] | analyze --pid N [--seconds S] [--out DIR]
+                  the trace analyzer (tools/TraceAnalyzer, also the .NET tool nativeheap-trace): the heap's events
+                  (EventSource Compaction-NativeHeap) from a trace or a live process: passes by trigger, p50/p99/max
+                  pause, MB/s moved, failures by reason, wakes, releases; files (an SVG, the recording) only into --out
           soak [--seconds N (60)] [--threads N] [--c-threads N (2)] [--no-cabi]
                   every feature at once on one heap with the background compactor on, and beside it C threads
                   through the C ABI (tests/cabi/cabi_soak.c; built by scripts/cabi.sh, skipped with the reason
@@ -71,7 +72,7 @@ public static class Program
             case PoolIdleScenario.ChildCommand:
                 return PoolIdleScenario.Child(rest);
             case "analyze":
-                return Analysis.TraceAnalyzerCommand.Run(rest);
+                return TraceAnalyzer.TraceAnalyzerCommand.Run(rest, "dotnet run -c Release --project bench -- analyze");
             case Analysis.EventsChild.Command:
                 return Analysis.EventsChild.Run();
             case "soak":

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs the peer allocators the micro benchmarks compare against (Debian packages):
+# Installs the peer allocators the benchmarks compare against (Debian packages, with apt-get, as root or through
+# password-less sudo), and says so before it does:
 #   libjemalloc2 (libjemalloc.so.2), libmimalloc2.0 (libmimalloc.so.2), libtcmalloc-minimal4 (libtcmalloc_minimal.so.4).
+# Only the benchmarks need them (CI runs this before its benchmark smoke); the demo and the tests do not.
 # Idempotent: does nothing (and touches no network) when all three are installed.
 # Without root or sudo, or without apt-get, it prints which peers the benchmarks will skip and exits 0:
 # a missing peer never fails the benchmarks, it is only left out of the table.
@@ -40,10 +42,11 @@ else
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-if ! "${SUDO[@]}" apt-get update -qq; then
+echo "install-peers: installing ${missing[*]} with apt-get${SUDO:+ through sudo} (apt-get update, then apt-get install -y --no-install-recommends)"
+if ! "${SUDO[@]}" apt-get update; then
     skip "apt-get update failed."
 fi
-if ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+if ! "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"; then
     skip "apt-get install failed."
 fi
 echo "install-peers: installed ${missing[*]}."

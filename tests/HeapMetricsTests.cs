@@ -63,6 +63,12 @@ public sealed class HeapMetricsTests
         Assert.Equal(s.Compaction.CompactStall, m["nativeheap.compaction.events/compact_stall"]);
         Assert.True(s.Compaction.PgmigrateSuccess > 0);
         Assert.Equal(s.Compaction.BytesMoved, m["nativeheap.compaction.moved"]);
+        Assert.Equal(s.Compaction.BytesDecommitted, m["nativeheap.compaction.decommitted"]);
+        Assert.Equal(s.Compaction.WasteBytesMoved, m["nativeheap.background.waste_moved"]);
+        Assert.Equal(s.Compaction.BackgroundCpuNanoseconds / 1e9, m["nativeheap.background.cpu_time"], 9);
+        // Bytes and time are quantities with their own units, never counted as events.
+        foreach (string quantity in new[] { "bytes_moved", "bytes_decommitted", "waste_bytes_moved", "background_cpu_nanoseconds" })
+            Assert.False(m.ContainsKey("nativeheap.compaction.events/" + quantity), quantity + " is not an event");
         Assert.Equal(s.CommitFailures, m["nativeheap.failures/commit"]);
         Assert.Equal(s.DecommitFailures, m["nativeheap.failures/decommit"]);
         Assert.Equal(s.AdviceFailures, m["nativeheap.failures/advice"]);
@@ -104,6 +110,10 @@ public sealed class HeapMetricsTests
             Assert.Contains(n, names);
         Metric live = exported.First(x => x.Name == "nativeheap.memory.live");
         Assert.Equal("By", live.Unit);
+        Assert.Equal("By", exported.First(x => x.Name == "nativeheap.compaction.moved").Unit);
+        Assert.Equal("By", exported.First(x => x.Name == "nativeheap.compaction.decommitted").Unit);
+        Assert.Equal("s", exported.First(x => x.Name == "nativeheap.background.cpu_time").Unit);
+        Assert.Equal("{event}", exported.First(x => x.Name == "nativeheap.compaction.events").Unit);
         bool found = false;
         foreach (ref readonly MetricPoint p in live.GetMetricPoints())
             foreach (KeyValuePair<string, object?> t in p.Tags)

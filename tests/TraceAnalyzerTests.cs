@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Diagnostics.Tracing;
 using Compaction.Allocator;
 using Compaction.Bench.Analysis;
+using Compaction.TraceAnalyzer;
 using Microsoft.Diagnostics.NETCore.Client;
 using Microsoft.Diagnostics.Tracing;
 using Xunit.Abstractions;
@@ -60,6 +61,23 @@ public sealed class TraceAnalyzerTests(ITestOutputHelper output)
             Assert.Equal(figures["purged"], releases.Sum(r => r.Purged));
             Assert.Equal(1, t.AllocationFailures);
             Assert.Contains("<svg", t.Svg());
+
+            // The command (the nativeheap-trace tool) writes files only where --out says: none beside the trace
+            // without it, the SVG into the folder with it.
+            string outDir = Path.Combine(Path.GetTempPath(), $"analyzer-out-{child.Id}");
+            string[] beside = Directory.GetFiles(Path.GetDirectoryName(trace)!, Path.GetFileNameWithoutExtension(trace) + "*");
+            try
+            {
+                Assert.Equal(0, TraceAnalyzerCommand.Run([trace]));
+                Assert.Equal(beside, Directory.GetFiles(Path.GetDirectoryName(trace)!, Path.GetFileNameWithoutExtension(trace) + "*"));
+                Assert.Equal(0, TraceAnalyzerCommand.Run([trace, "--out", outDir]));
+                Assert.Equal([Path.Combine(outDir, Path.GetFileNameWithoutExtension(trace) + ".svg")], Directory.GetFiles(outDir));
+                Assert.Equal(2, TraceAnalyzerCommand.Run([trace, "--bogus"]));
+            }
+            finally
+            {
+                if (Directory.Exists(outDir)) Directory.Delete(outDir, recursive: true);
+            }
         }
         finally
         {

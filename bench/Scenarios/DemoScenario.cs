@@ -20,6 +20,11 @@ namespace Compaction.Bench.Scenarios;
 /// the statistics printed and the pageblock-sized allocations probed again.</item>
 /// <item><see cref="ReleaseFreeMemory"/>: wholly free pageblocks go back to the OS.</item>
 /// </list>
+/// Every figure is labelled with the moment it was taken, and the ratios are the same two everywhere: committed / live
+/// and resident / live (resident = committed less the free memory purged since, what <c>nativeheap.waste.ratio</c>
+/// reports). The pageblock probe allocates and frees pageblocks, which commits memory: its effect is printed, and the
+/// summary has a column before it and one after it. Output files (the arena pictures and the kernel's reports) go to
+/// out/demo of the source tree unless <c>--out DIR</c> names another folder.
 /// </summary>
 public static class DemoScenario
 {
@@ -31,6 +36,9 @@ public static class DemoScenario
             Console.Error.WriteLine(DemoOptions.Usage);
             return 2;
         }
+        string outDir = options.OutDirectory ?? Path.Combine(Paths.BenchDirectory(), "..", "out", "demo");
+        Directory.CreateDirectory(outDir);
+        outDir = Path.GetFullPath(outDir);
         Console.WriteLine($"demo: seed {options.Seed} (repeat with --seed {options.Seed}); arena {options.ArenaBytes >> 20} MiB; " +
                           $"fill to {options.FillPercent}% live; blocks {options.MinSize} B-{options.MaxSize >> 10} KiB, {options.UnmovablePercent}% unmovable; " +
                           "direct compaction off (only the explicit Compact() phase moves blocks)");
@@ -41,27 +49,31 @@ public static class DemoScenario
         Phase("write pattern", () => WritePattern(run));
         Phase("free random half", () => FreeRandomHalf(run));
         long corrupt = Phase("verify survivors", () => VerifySurvivors(run));
-        Phase("statistics", () => PrintStatistics(run, "after freeing half"));
-        (int Movable, int Unmovable) probeBefore = Phase("probe pageblock allocations", () => ProbePageblockAllocations(run));
-
+        HeapStatistics freedHalf = Phase("statistics", () => PrintStatistics(run, "after freeing half"));
         ArenaMap before = run.Heap.GetArenaMap("after freeing half, before Compact()");
+        (int Movable, int Unmovable) probeBefore = Phase("probe pageblock allocations", () => ProbePageblockAllocations(run));
+        // The probe allocated and freed pageblocks: what it committed stays committed until the release below.
+        HeapStatistics beforeCompact = run.Heap.GetStatistics();
+        PrintProbeEffect(freedHalf, beforeCompact);
+
         int firstMovable = before.Pageblocks.FirstOrDefault(p => p.Zone == "Movable")?.Index ?? 0;
-        string zoom = Path.Combine(Paths.BenchDirectory(), "results", "arena-demo-pages.svg");
+        string zoom = Path.Combine(outDir, "arena-demo-pages.svg");
         File.WriteAllText(zoom, ArenaMap.PageSvg(run.Heap.GetPageMap(firstMovable, 4), run.Heap.Options.PageblockPages / 4,
                                                  "the movable zone's first 4 pageblocks, page by page, before Compact()"));
-        string reports = Path.Combine(Paths.BenchDirectory(), "results", "arena-demo-reports.txt");
-        HeapStatistics beforeCompact = run.Heap.GetStatistics();   // after the probe, which committed what it allocated
-        File.WriteAllText(reports, KernelReports(beforeCompact, "after freeing half, before Compact()"));
+        string reports = Path.Combine(outDir, "arena-demo-reports.txt");
+        File.WriteAllText(reports, KernelReports(freedHalf, "after freeing half, before the probe and Compact()"));
         CompactionStatistics moved = Phase("compact", () => Compact(run));
         corrupt += Phase("verify survivors after compaction", () => VerifySurvivors(run));
-        HeapStatistics compacted = Phase("statistics", () => PrintStatistics(run, "after compaction"));
+        HeapStatistics compacted = Phase("statistics", () => PrintStatistics(run, "after Compact()"));
         (int Movable, int Unmovable) probeAfter = Phase("probe pageblock allocations after compaction", () => ProbePageblockAllocations(run));
+        HeapStatistics probedAgain = run.Heap.GetStatistics();
+        PrintProbeEffect(compacted, probedAgain);
         Phase("release free memory", () => ReleaseFreeMemory(run));
         HeapStatistics released = run.Heap.GetStatistics();
         File.AppendAllText(reports, "\n" + KernelReports(released, "after Compact() and ReleaseFreeMemory()"));
-        string picture = Path.Combine(Paths.BenchDirectory(), "results", "arena-demo.svg");
+        string picture = Path.Combine(outDir, "arena-demo.svg");
         File.WriteAllText(picture, ArenaMap.Svg(before, run.Heap.GetArenaMap("after Compact() and ReleaseFreeMemory()")));
-        PrintSummary(beforeCompact, compacted, released, probeBefore, probeAfter, moved);
+        PrintSummary(freedHalf, beforeCompact, compacted, released, probeBefore, probeAfter, moved);
         Console.WriteLine($"  picture of the arena before and after: {picture}; page by page: {zoom}");
         Console.WriteLine($"  the kernel's reports (buddyinfo, pagetypeinfo, extfrag_index, unusable_index) before and after: {reports}");
         if (!options.Verbose) Console.WriteLine("  every size class and counter: add --verbose");
@@ -169,8 +181,8 @@ public static class DemoScenario
             foreach (string line in HeapReports.BuddyInfo(s).TrimEnd('\n').Split('\n')) Console.WriteLine("    " + line);
         }
         long freePages = s.Zones.Sum(z => z.FreePages);
-        Console.WriteLine($"committed {Mib(s.CommittedBytes)} vs live {Mib(s.LiveBytes)}: committed/live = " +
-                          $"{(s.LiveBytes > 0 ? (double)s.CommittedBytes / s.LiveBytes : 0):F2}; free pages {freePages:N0} ({Mib(freePages * s.PageSize)})");
+        Console.WriteLine($"  {when}: committed {Mib(s.CommittedBytes)}, resident {Mib(Resident(s))}, live {Mib(s.LiveBytes)}: " +
+                          $"committed / live {CommittedRatio(s)}, resident / live {ResidentRatio(s)}; free pages {freePages:N0} ({Mib(freePages * s.PageSize)})");
         if (ProcessMemory.Summary() is string rss) Console.WriteLine($"process: {rss}");
         return s;
     }
@@ -202,8 +214,9 @@ public static class DemoScenario
         Console.WriteLine(run.Options.Verbose ? "---- compaction counters (this run) ----" : "---- compaction counters that moved (this run) ----");
         foreach ((string name, long value) in Counters(c))
             if (run.Options.Verbose || value != 0) Console.WriteLine($"  {name,-30} {value,14:N0}");
-        Console.WriteLine($"  {"compaction efficiency",-30} {c.CompactionEfficiency,13:F1}%  (compact_success / compact_stall)");
-        Console.WriteLine($"  {"scan efficiency",-30} {c.ScanEfficiency,13:F1}%  (migrate scanned / free scanned)");
+        // 0/0 is no efficiency at all: an explicit Compact() is not a stall, so compact_stall is 0 here.
+        Console.WriteLine($"  {"compaction efficiency",-30} {Percent(c.CompactSuccess, c.CompactStall),14}  (compact_success / compact_stall)");
+        Console.WriteLine($"  {"scan efficiency",-30} {Percent(c.CompactMigrateScanned, c.CompactFreeScanned),14}  (migrate scanned / free scanned)");
         return c;
     }
 
@@ -217,27 +230,50 @@ public static class DemoScenario
         long purged = s.PurgedBytes - b.PurgedBytes;
         Console.WriteLine($"  ReleaseFreeMemory returned {released:N0} B ({Mib(released)}): {Mib(s.DecommittedBytes - b.DecommittedBytes)} of wholly free " +
                           $"pageblocks decommitted, {Mib(purged)} of free runs purged inside pageblocks in use");
-        Console.WriteLine($"  committed {Mib(b.CommittedBytes)} -> {Mib(s.CommittedBytes)} ({Mib(s.CommittedBytes - purged)} not purged), live {Mib(s.LiveBytes)}: " +
-                          $"(committed - purged)/live = {(s.LiveBytes > 0 ? (double)(s.CommittedBytes - purged) / s.LiveBytes : 0):F2}");
+        Console.WriteLine($"  before the release: committed {Mib(b.CommittedBytes)}, resident {Mib(Resident(b))}; after it: committed {Mib(s.CommittedBytes)}, " +
+                          $"resident {Mib(Resident(s))}, live {Mib(s.LiveBytes)}: committed / live {CommittedRatio(s)}, resident / live {ResidentRatio(s)}");
         if (ProcessMemory.Summary() is string rss) Console.WriteLine($"process: {rss}");
         return released;
     }
 
-    /// <summary>The headline figures at a glance: before compaction, after it, and after the release.</summary>
-    private static void PrintSummary(HeapStatistics fragmented, HeapStatistics compacted, HeapStatistics released,
+    /// <summary>What the probe did to the figures: it allocated pageblocks and freed them, and the memory it committed
+    /// stays committed (free, not purged) until a release.</summary>
+    private static void PrintProbeEffect(HeapStatistics before, HeapStatistics after)
+    {
+        long committed = after.CommittedBytes - before.CommittedBytes;
+        Console.WriteLine(committed == 0
+            ? "  the probe committed nothing (it found its pageblocks in committed memory)"
+            : $"  the probe committed {Mib(committed)} (pageblocks it allocated and freed stay committed until ReleaseFreeMemory): " +
+              $"committed / live {CommittedRatio(before)} -> {CommittedRatio(after)}, resident / live {ResidentRatio(before)} -> {ResidentRatio(after)}");
+    }
+
+    /// <summary>The headline figures at a glance, each column a moment of the run.</summary>
+    private static void PrintSummary(HeapStatistics freedHalf, HeapStatistics probed, HeapStatistics compacted, HeapStatistics released,
                                      (int Movable, int Unmovable) probeBefore, (int Movable, int Unmovable) probeAfter, CompactionStatistics moved)
     {
-        static string Ratio(HeapStatistics s) => s.LiveBytes > 0 ? $"{(double)s.CommittedBytes / s.LiveBytes:F2}" : "-";
+        HeapStatistics[] at = [freedHalf, probed, compacted, released];
+        void Row(string name, Func<HeapStatistics, string> value) =>
+            Console.WriteLine($"  {name,-34}" + string.Concat(at.Select(s => $" {value(s),18}")));
         Console.WriteLine();
-        Console.WriteLine("==== summary ====");
-        Console.WriteLine($"  {"",-38} {"before Compact()",18} {"after Compact()",18} {"after release",18}");
-        Console.WriteLine($"  {"committed",-38} {Mib(fragmented.CommittedBytes),18} {Mib(compacted.CommittedBytes),18} {Mib(released.CommittedBytes),18}");
-        Console.WriteLine($"  {"committed / live",-38} {Ratio(fragmented),18} {Ratio(compacted),18} {Ratio(released),18}");
-        Console.WriteLine($"  {"fragmentation score (extfrag, %)",-38} {fragmented.FragmentationScore,18} {compacted.FragmentationScore,18} {released.FragmentationScore,18}");
-        Console.WriteLine($"  {"2 MiB allocations possible (mov./unm.)",-38} {$"{probeBefore.Movable} / {probeBefore.Unmovable}",18} {$"{probeAfter.Movable} / {probeAfter.Unmovable}",18} {"",18}");
-        Console.WriteLine($"  compaction moved {Mib(moved.BytesMoved)} ({moved.PgmigrateSuccess:N0} pages, {moved.PagesCompacted:N0} slab pages compacted); " +
+        Console.WriteLine("==== summary (each column a moment of the run) ====");
+        Console.WriteLine($"  {"",-34} {"half freed",18} {"after the probe",18} {"after Compact()",18} {"after release",18}");
+        Row("committed", s => Mib(s.CommittedBytes));
+        Row("resident (committed - purged)", s => Mib(Resident(s)));
+        Row("live", s => Mib(s.LiveBytes));
+        Row("committed / live", CommittedRatio);
+        Row("resident / live", ResidentRatio);
+        Row("fragmentation score (extfrag, %)", s => s.FragmentationScore.ToString(CultureInfo.InvariantCulture));
+        Console.WriteLine($"  2 MiB allocations that succeed (the probes): {probeBefore.Movable} movable / {probeBefore.Unmovable} unmovable with half freed; " +
+                          $"{probeAfter.Movable} / {probeAfter.Unmovable} after Compact()");
+        Console.WriteLine($"  Compact() moved {Mib(moved.BytesMoved)} ({moved.PgmigrateSuccess:N0} pages, {moved.PagesCompacted:N0} slab pages compacted); " +
                           $"{moved.PinnedPagesSkipped:N0} pinned pages skipped");
     }
+
+    private static long Resident(HeapStatistics s) => s.CommittedBytes - s.PurgedFreeBytes;
+    private static string CommittedRatio(HeapStatistics s) => Ratio(s.CommittedBytes, s.LiveBytes);
+    private static string ResidentRatio(HeapStatistics s) => Ratio(Resident(s), s.LiveBytes);
+    private static string Ratio(long a, long b) => b == 0 ? "n/a" : ((double)a / b).ToString("F2", CultureInfo.InvariantCulture);
+    private static string Percent(long a, long b) => b == 0 ? "n/a" : (a * 100.0 / b).ToString("F1", CultureInfo.InvariantCulture) + "%";
 
     /// <summary>The four kernel reports of one snapshot, under a heading.</summary>
     private static string KernelReports(HeapStatistics s, string when) =>
@@ -310,10 +346,13 @@ public static class DemoScenario
     private static string Mib(long bytes) => $"{bytes / (1024.0 * 1024):F1} MiB";
 }
 
-/// <summary>Settings of the demo; <c>--seed</c>, <c>--arena-mib</c>, <c>--fill-percent</c>, <c>--unmovable-percent</c>.</summary>
+/// <summary>Settings of the demo; <c>--seed</c>, <c>--arena-mib</c>, <c>--fill-percent</c>, <c>--unmovable-percent</c>, <c>--out</c>.</summary>
 public sealed class DemoOptions
 {
-    public const string Usage = "usage: demo [--seed N] [--arena-mib N (default 256)] [--fill-percent P (default 80)] [--unmovable-percent P (default 20)] [--verbose]";
+    public const string Usage = "usage: demo [--seed N] [--arena-mib N (default 256)] [--fill-percent P (default 80)] [--unmovable-percent P (default 20)] [--out DIR (default out/demo)] [--verbose]";
+
+    /// <summary>Where the pictures and reports go; null: out/demo of the source tree (ignored by git).</summary>
+    public string? OutDirectory { get; set; }
 
     /// <summary>Print the full statistics (every size class of both kinds, page-type info) and every counter.</summary>
     public bool Verbose { get; set; }
@@ -334,6 +373,7 @@ public sealed class DemoOptions
         {
             string a = args[i];
             if (a == "--verbose") { options.Verbose = true; continue; }
+            if (a == "--out" && i + 1 < args.Length) { options.OutDirectory = args[++i]; continue; }
             if (i + 1 >= args.Length || !long.TryParse(args[i + 1], NumberStyles.Integer, CultureInfo.InvariantCulture, out long v))
             {
                 error = $"'{a}' needs a number";

@@ -6,8 +6,8 @@ namespace Compaction.Bench.Soak;
 
 /// <summary>
 /// The soak's C part: tests/cabi/cabi_soak.c, C threads (pthreads) working a heap through the C ABI (the NativeAOT
-/// library compaction_heap.so) with its background compactor on, in a process of its own beside the managed soak.
-/// <see cref="Build"/> runs <c>scripts/cabi.sh OUT --build-only</c> (dotnet publish of the library, gcc of the
+/// library libcompaction_heap.so) with its background compactor on, in a process of its own beside the managed soak.
+/// <see cref="Build"/> runs <c>scripts/cabi.sh OUT --build-only</c> (the library packed as its tarball and unpacked, gcc of the
 /// program; incremental when nothing changed); <see cref="Start"/> launches it for the soak's duration; the soak samples
 /// its RSS every second (<see cref="ResidentBytes"/>) and <see cref="Finish"/> parses its closing line. When gcc or
 /// the publish is unavailable the part is skipped with the reason, which the soak prints and writes to soak.md.

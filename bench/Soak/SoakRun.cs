@@ -112,7 +112,7 @@ public static class SoakRun
         sb.AppendLine();
         if (c != null)
         {
-            sb.AppendLine(string.Create(Inv, $"Beside it, in a process of its own, {c.Threads} C threads (tests/cabi/cabi_soak.c, pthreads) for the same {seconds} s through the C ABI (compaction_heap.so, NativeAOT) on a heap of their own (1 GiB reserved, background compactor on, cna_compact every 0.7 s): allocate 16 B-256 KiB (a tenth unmovable), write, verify under cna_pin (a nested pin must see the same address) and cna_pin_long_term, free at random; the heap must end empty. Its failures count in the soak's; its RSS is the whole process's (the library's runtime included)."));
+            sb.AppendLine(string.Create(Inv, $"Beside it, in a process of its own, {c.Threads} C threads (tests/cabi/cabi_soak.c, pthreads) for the same {seconds} s through the C ABI (libcompaction_heap.so, NativeAOT) on a heap of their own (1 GiB reserved, background compactor on, cna_compact every 0.7 s): allocate 16 B-256 KiB (a tenth unmovable), write, verify under cna_pin (a nested pin must see the same address) and cna_pin_long_term, free at random; the heap must end empty. Its failures count in the soak's; its RSS is the whole process's (the library's runtime included)."));
             sb.AppendLine();
             sb.AppendLine("| C ABI: operations | Verifications | Failures | RSS, middle third (median MiB) | last third (median MiB) | Flat once warm | Bytes moved by compaction (MiB) | Long-term pins taken |");
             sb.AppendLine("|---:|---:|---:|---:|---:|---|---:|---:|");

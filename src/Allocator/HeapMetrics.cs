@@ -15,10 +15,11 @@ namespace Compaction.Allocator;
 /// <c>nativeheap.blocks.live</c>, <c>nativeheap.waste.ratio</c> (resident over live), <c>nativeheap.fragmentation.score</c>
 /// (%, extfrag at pageblock order), <c>nativeheap.pins.long_term</c>, <c>nativeheap.pins.held</c> (tag
 /// <c>nativeheap.pin.kind</c>: slot or atomic); counters <c>nativeheap.memory.decommitted</c>,
-/// <c>nativeheap.memory.purged</c> (By), <c>nativeheap.compaction.events</c> (one series per compaction counter, the
-/// kernel's name in the <c>nativeheap.event</c> tag: compact_stall, pgmigrate_success, ...),
-/// <c>nativeheap.compaction.moved</c> (By) and <c>nativeheap.background.cpu_time</c> (s, the background thread's own
-/// processor time). A heap is listed from its construction to its Dispose (weakly: an abandoned heap drops out when
+/// <c>nativeheap.memory.purged</c> (By), <c>nativeheap.compaction.events</c> ({event}: one series per compaction event
+/// counter, the kernel's name in the <c>nativeheap.event</c> tag: compact_stall, pgmigrate_success, ...; the byte and
+/// time counters are not events and are not listed there), <c>nativeheap.compaction.moved</c>,
+/// <c>nativeheap.compaction.decommitted</c>, <c>nativeheap.background.waste_moved</c> (By) and
+/// <c>nativeheap.background.cpu_time</c> (s, the background thread's own processor time). A heap is listed from its construction to its Dispose (weakly: an abandoned heap drops out when
 /// collected).
 /// </remarks>
 public static class HeapMetrics
@@ -35,7 +36,16 @@ public static class HeapMetrics
     private static readonly Lock s_lock = new();
     private static readonly List<WeakReference<NativeHeap>> s_heaps = [];
     private static readonly Meter s_meter = new(MeterName, "1.0");
-    private static readonly string[] s_eventNames = Enum.GetNames<CompactionCounter>().Where(n => n != nameof(CompactionCounter.Count)).Select(SnakeCase).ToArray();
+
+    /// <summary>The counters that are quantities, not events: published as instruments of their own, with their unit
+    /// (By, s), never under <c>nativeheap.compaction.events</c>.</summary>
+    private static readonly CompactionCounter[] s_quantities =
+        [CompactionCounter.BytesMoved, CompactionCounter.BytesDecommitted, CompactionCounter.WasteBytesMoved, CompactionCounter.BackgroundCpuNanoseconds];
+
+    /// <summary>The event counters (every counter but the quantities) and their kernel spelling.</summary>
+    private static readonly (CompactionCounter counter, string name)[] s_events = Enum.GetValues<CompactionCounter>()
+        .Where(c => c != CompactionCounter.Count && Array.IndexOf(s_quantities, c) < 0)
+        .Select(c => (c, SnakeCase(c.ToString()))).ToArray();
 
     static HeapMetrics()
     {
@@ -53,12 +63,16 @@ public static class HeapMetrics
         s_meter.CreateObservableCounter("nativeheap.memory.decommitted", () => Observe(s => s.DecommittedBytes), "By", "Bytes decommitted since the heap was created.");
         s_meter.CreateObservableCounter("nativeheap.memory.purged", () => Observe(s => s.PurgedBytes), "By", "Bytes of free pages purged since the heap was created.");
         s_meter.CreateObservableCounter("nativeheap.compaction.moved", () => Observe(s => s.Compaction.BytesMoved), "By", "Bytes the compactor moved.");
+        s_meter.CreateObservableCounter("nativeheap.compaction.decommitted", () => Observe(s => s.Compaction.BytesDecommitted), "By",
+                                        "Bytes of pageblocks that compaction emptied and decommitted.");
+        s_meter.CreateObservableCounter("nativeheap.background.waste_moved", () => Observe(s => s.Compaction.WasteBytesMoved), "By",
+                                        "Bytes the background compactor moved on its waste trigger.");
         s_meter.CreateObservableCounter("nativeheap.background.cpu_time", () => Observe(s => s.Compaction.BackgroundCpuNanoseconds / 1e9),
                                         "s", "Processor time the background compactor thread used.");
         s_meter.CreateObservableGauge("nativeheap.pins.held", ObservePins, "{pin}",
                                       "Pins held: slot pins (PinScope) and atomic pins (BlockPin, long-term pins), tag nativeheap.pin.kind; a walk of the heap's entries per collection.");
         s_meter.CreateObservableCounter("nativeheap.compaction.events", ObserveEvents, "{event}",
-                                        "The compaction counters, one series per counter (tag nativeheap.event: the kernel's names).");
+                                        "The compaction event counters, one series per counter (tag nativeheap.event: the kernel's names); bytes and time are instruments of their own.");
         s_meter.CreateObservableCounter("nativeheap.failures", ObserveFailures, "{failure}",
                                         "Refusals and faults since the heap was created, tag nativeheap.failure: commit, decommit (and purge), advice (huge-page advice), background (exceptions that ended the background thread), use_after_free (PoisonFreedMemory detections), long_term_pin, handle_table (the handle table could not grow).");
     }
@@ -113,9 +127,9 @@ public static class HeapMetrics
     private static IEnumerable<Measurement<long>> ObserveEvents()
     {
         foreach ((long id, HeapStatistics stats, _) in Snapshots())
-            for (int c = 0; c < s_eventNames.Length; c++)
-                yield return new Measurement<long>(stats.Compaction.Get((CompactionCounter)c),
-                    new KeyValuePair<string, object?>(HeapTag, id), new KeyValuePair<string, object?>(EventTag, s_eventNames[c]));
+            foreach ((CompactionCounter counter, string name) in s_events)
+                yield return new Measurement<long>(stats.Compaction.Get(counter),
+                    new KeyValuePair<string, object?>(HeapTag, id), new KeyValuePair<string, object?>(EventTag, name));
     }
 
     /// <summary>The tag that names the kind of a <c>nativeheap.failures</c> measurement.</summary>

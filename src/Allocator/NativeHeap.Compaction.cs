@@ -25,6 +25,9 @@ public sealed partial class NativeHeap
     /// pinned blocks. Blocks until done; other threads keep allocating, pinning and freeing meanwhile. Called from a
     /// movable owner's callback (inside a compaction), it does nothing.
     /// </summary>
+    /// <remarks>Cost: proportional to what it moves, on the calling thread: about 5 GB/s for 64 KiB runs and
+    /// 0.4 GB/s for small slab blocks here (each batch also pays one process-wide barrier); 85-400 ms were measured
+    /// for 100-500 MiB live on the footprint workloads.</remarks>
     /// <returns>The counters of this run (the difference over the call).</returns>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public CompactionStatistics Compact()
@@ -265,6 +268,9 @@ public sealed partial class NativeHeap
     /// free runs of at least 4 pages inside pageblocks still in use (madvise DONTNEED; they stay usable). A decommit or
     /// purge the OS refuses is counted (<see cref="HeapStatistics.DecommitFailures"/>) and leaves that memory committed;
     /// it raises no exception. Returns the bytes decommitted or purged.</summary>
+    /// <remarks>Cost: one madvise system call per free pageblock or run, and a walk of the free lists: milliseconds
+    /// for hundreds of MiB (61 ms for 144 MiB in the demo); pages purged fault back in (about 13 us per 4 KiB page
+    /// here) when they are used again.</remarks>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public long ReleaseFreeMemory()
     {

@@ -29,6 +29,10 @@ public sealed unsafe partial class NativeHeap
     /// released. So a long-term pin never holds a pageblock of the movable zone in place, and the compactor never
     /// meets one. An unmovable block is pinned where it is. Release with <see cref="BlockPin.Dispose"/>, from any thread.
     /// </summary>
+    /// <remarks>Cost: an unmovable block costs what <see cref="AcquirePin"/> does; a movable one is first copied into
+    /// unmovable memory and pays a migration batch's process-wide barrier (tens of microseconds on these 2-core VMs;
+    /// a batch through <see cref="PinLongTerm(ReadOnlySpan{BlockHandle}, Span{BlockPin})"/> pays one for all). A block
+    /// held in place by another pin is waited for, up to <see cref="LongTermPinPatience"/>.</remarks>
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
     /// <exception cref="OutOfMemoryException">No unmovable memory is left for the block (the normal zone is full);
     /// nothing changed.</exception>

@@ -15,7 +15,10 @@ public sealed unsafe partial class NativeHeap
     /// <code>using (var pin = heap.Pin(h)) pin.Span.Fill(1);</code>
     /// </summary>
     /// <remarks>Lock-free, no interlocked instruction: the pin is published in a per-thread slot (a thread holding
-    /// more than 8 scopes at once gets more slots on its first overflow). Pinning an unmovable block works too.</remarks>
+    /// more than 8 scopes at once gets more slots on its first overflow). Pinning an unmovable block works too.
+    /// Cost: about 10 ns for the pin and its release (4-5 ns through a <see cref="HeapContext"/>); a block the migrator
+    /// is moving at that instant is waited for (spinning until that one block's copy ends: microseconds for small
+    /// blocks, up to the copy of a large one).</remarks>
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -65,10 +68,16 @@ public sealed unsafe partial class NativeHeap
 
     /// <summary>
     /// Pins a block until the returned pin is disposed, from any thread: unlike a <see cref="PinScope"/> it may be
-    /// stored in a field, held across <c>await</c> and released on another thread. It costs an interlocked increment
-    /// and decrement, and the compactor sees it through the page's pin count before taking any lock.
+    /// stored in a field, held across <c>await</c> and released on another thread. The compactor sees it through the
+    /// page's pin count before taking any lock.
     /// </summary>
+    /// <remarks>Cost: acquire plus release is eight interlocked operations (the entry's pin count, the page's, the
+    /// pooled record and its generation, each way): 32-36 ns in quiet runs on the project's machines, against 5-10 ns
+    /// for a <see cref="PinScope"/> (about 10 ns); no managed allocation. A block holds at most 1,023 atomic pins at once (this
+    /// method's, long-term pins and the Interop adapters' together); one more throws
+    /// <see cref="InvalidOperationException"/>.</remarks>
     /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
+    /// <exception cref="InvalidOperationException">The block already holds 1,023 atomic pins.</exception>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public BlockPin AcquirePin(BlockHandle handle) => AcquireBlockPin(handle, longTerm: false);
 

@@ -9,6 +9,9 @@ namespace Compaction.Allocator;
 public sealed unsafe partial class NativeHeap
 {
     /// <summary>A snapshot of memory use, free lists per order and migrate type, and slab occupancy.</summary>
+    /// <remarks>Cost: a walk of every zone's free lists and every size class under their locks, and a managed
+    /// snapshot object: microseconds to a millisecond or so with a large arena; not for a hot path (the metrics take
+    /// one per collection).</remarks>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public HeapStatistics GetStatistics()
     {
@@ -130,6 +133,7 @@ public sealed unsafe partial class NativeHeap
     /// type, commit state, occupancy and pinned pages. Each pageblock is read under its zone's lock; the walk does not
     /// stop the heap, so the map shows it as it was during the walk.
     /// </summary>
+    /// <remarks>Cost: proportional to the arena in use (every page descriptor below the frontiers is read).</remarks>
     /// <param name="title">The caption of the picture.</param>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public ArenaMap GetArenaMap(string title = "arena")

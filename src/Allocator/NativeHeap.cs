@@ -161,6 +161,11 @@ public sealed unsafe partial class NativeHeap : IDisposable
     // ------------------------------------------------------------------ allocate
 
     /// <summary>Allocates a block of <paramref name="size"/> bytes. Its contents are unspecified.</summary>
+    /// <remarks>Cost: tens of nanoseconds from the thread's cache or a slab (35-70 ns measured for 16 B-64 KiB);
+    /// more when pages must be committed (a page fault per page first touched). When the arena has no free run of
+    /// the size asked, and <see cref="HeapOptions.DirectCompaction"/> is on (the default), the call first runs
+    /// direct compaction on this thread: passes of tens of milliseconds (up to 67 ms) were traced on a fragmented
+    /// 1 GiB arena. Turn the option off to fail such an allocation at once instead.</remarks>
     /// <param name="size">At least 1 and at most <see cref="MaxBlockSize"/>.</param>
     /// <param name="kind">Movable (default) blocks may be relocated by compaction while unpinned; unmovable ones never move.</param>
     /// <returns>A handle to the block, valid until <see cref="Free"/>.</returns>
@@ -176,6 +181,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     }
 
     /// <summary>Like <see cref="Allocate"/>, but returns false instead of throwing when the arena has no room.</summary>
+    /// <remarks>Cost: as <see cref="Allocate"/>'s, direct compaction included.</remarks>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="size"/> is zero, negative or above <see cref="MaxBlockSize"/>.</exception>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public bool TryAllocate(long size, BlockKind kind, out BlockHandle handle)
@@ -434,7 +440,9 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// <see cref="PinScope"/> of the calling thread); the block stays allocated.</exception>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     /// <remarks>A <see cref="PinScope"/> held by another thread at the same moment is a data race in the caller,
-    /// which this call does not detect (see native-layout.md, "Pins").</remarks>
+    /// which this call does not detect (see native-layout.md, "Pins"). Cost: tens of nanoseconds into the thread's
+    /// cache; a block another thread allocated goes back through a batch (one lock per batch); with
+    /// <see cref="HeapOptions.PoisonFreedMemory"/> the freed bytes are filled (microseconds for 4-64 KiB).</remarks>
     public void Free(BlockHandle handle)
     {
         HandleEntry* e = Locate(handle);

@@ -9,14 +9,15 @@ public sealed class LinuxFactAttribute : FactAttribute
     }
 }
 
-/// <summary>A test that builds C programs: reported as skipped, with the reason, where there is no Linux or no gcc on
-/// the PATH (scripts/cabi.sh, which the tests run, needs both).</summary>
+/// <summary>A test that builds C programs: reported as skipped, with the reason, where there is no Linux, or no gcc or
+/// pkg-config on the PATH (scripts/cabi.sh, which the tests run, needs them).</summary>
 public sealed class CCompilerFactAttribute : FactAttribute
 {
     public CCompilerFactAttribute()
     {
         if (!OperatingSystem.IsLinux()) Skip = "needs Linux: the C ABI is published for linux-x64 only";
         else if (!OnPath("gcc")) Skip = "needs gcc on the PATH to build the C programs (Debian: apt-get install gcc)";
+        else if (!OnPath("pkg-config")) Skip = "needs pkg-config on the PATH to build the C programs against the packed library (Debian: apt-get install pkg-config)";
     }
 
     private static bool OnPath(string program) =>

@@ -72,8 +72,8 @@ int main(void)
     uint64_t heap = 0, other = 0;
     CHECK(cna_heap_create(NULL, NULL) == CNA_E_BAD_ARGUMENT);
     cna_heap_options o; memset(&o, 0, sizeof o); o.size = sizeof o; o.arena_bytes = 256ll << 20;
-    cna_heap_options small = o; small.size = 4;
-    CHECK(cna_heap_create(&small, &heap) == CNA_E_BAD_ARGUMENT);
+    heap = 77;
+    CHECK(cna_heap_create(NULL, &heap) == CNA_E_BAD_ARGUMENT && heap == 0);   /* options are required (the header says so) */
     cna_heap_options bad = o; bad.arena_bytes = 12345;
     CHECK(cna_heap_create(&bad, &heap) == CNA_E_BAD_ARGUMENT);
     bad = o; bad.movable_zone_percent = 101;
@@ -81,7 +81,55 @@ int main(void)
     bad = o; bad.use_huge_pages = 7;
     CHECK(cna_heap_create(&bad, &heap) == CNA_E_BAD_ARGUMENT);
     CHECK(cna_heap_create(&o, &heap) == CNA_OK && heap != 0);
-    CHECK(cna_heap_create(NULL, &other) == CNA_OK && other != 0 && other != heap);
+    cna_heap_options defaults; memset(&defaults, 0, sizeof defaults); defaults.size = sizeof defaults;
+    CHECK(cna_heap_create(&defaults, &other) == CNA_OK && other != 0 && other != heap);
+
+    /* The struct-size contract, both ways: an older, shorter struct is read as far as it goes (the rest defaults);
+     * a longer one (a newer header than this library) and one too short for its size field are refused. */
+    {
+        struct { cna_heap_options o; int64_t newer_field; } longer;
+        memset(&longer, 0, sizeof longer); longer.o.size = sizeof longer; longer.o.arena_bytes = 64ll << 20;
+        uint64_t x = 0;
+        CHECK(cna_heap_create(&longer.o, &x) == CNA_E_BAD_ARGUMENT && x == 0);
+        cna_heap_options tooshort = o; tooshort.size = 2;
+        CHECK(cna_heap_create(&tooshort, &x) == CNA_E_BAD_ARGUMENT);
+        /* Only the size field: every option its default (a 1 GiB arena). The bytes past it are poison. */
+        cna_heap_options old4; memset(&old4, 0x7f, sizeof old4); old4.size = 4;
+        cna_stats st; memset(&st, 0, sizeof st); st.size = sizeof st;
+        CHECK(cna_heap_create(&old4, &x) == CNA_OK && cna_get_stats(x, &st) == CNA_OK && st.reserved_bytes == 1ll << 30);
+        CHECK(cna_heap_destroy(x) == CNA_OK);
+        /* Up to arena_bytes: that is read, use_huge_pages and background (poison past the size) are not. */
+        cna_heap_options old16; memset(&old16, 0x7f, sizeof old16); old16.size = 16; old16.movable_zone_percent = 50; old16.arena_bytes = 64ll << 20;
+        CHECK(cna_heap_create(&old16, &x) == CNA_OK && cna_get_stats(x, &st) == CNA_OK && st.reserved_bytes == 64ll << 20);
+        CHECK(cna_heap_destroy(x) == CNA_OK);
+        /* Output structs: a shorter cna_stats is written as far as it goes and no further; a longer one is refused. */
+        struct { cna_stats s; int64_t newer_field; } longstats;
+        memset(&longstats, 0, sizeof longstats); longstats.s.size = sizeof longstats;
+        CHECK(cna_get_stats(heap, &longstats.s) == CNA_E_BAD_ARGUMENT);
+        CHECK(cna_compact(heap, &longstats.s) == CNA_E_BAD_ARGUMENT);
+        cna_stats part; memset(&part, 0x55, sizeof part); part.size = 16;   /* size, fragmentation_score, live_bytes */
+        CHECK(cna_get_stats(heap, &part) == CNA_OK && part.size == 16 && part.live_bytes == 0);
+        CHECK(part.live_blocks == 0x5555555555555555ll && part.bytes_moved == 0x5555555555555555ll);   /* untouched */
+        cna_pin_info nopin; memset(&nopin, 0, sizeof nopin); nopin.size = sizeof nopin - 8;   /* no room for the token */
+        uint64_t blk = 0;
+        CHECK(cna_alloc(heap, 10, CNA_MOVABLE, &blk) == CNA_OK && cna_pin(heap, blk, &nopin) == CNA_E_BAD_ARGUMENT);
+        struct { cna_pin_info p; int64_t newer_field; } longpin;
+        memset(&longpin, 0, sizeof longpin); longpin.p.size = sizeof longpin;
+        CHECK(cna_pin(heap, blk, &longpin.p) == CNA_E_BAD_ARGUMENT && cna_free(heap, blk) == CNA_OK);
+    }
+
+    /* Status strings and the version. */
+    CHECK(strncmp(cna_status_string(CNA_OK), "CNA_OK", 6) == 0);
+    CHECK(strncmp(cna_status_string(CNA_E_BAD_HEAP), "CNA_E_BAD_HEAP:", 15) == 0);
+    CHECK(strncmp(cna_status_string(CNA_E_BAD_PIN), "CNA_E_BAD_PIN:", 14) == 0);
+    CHECK(strncmp(cna_status_string(CNA_E_INTERNAL), "CNA_E_INTERNAL:", 15) == 0);
+    CHECK(strcmp(cna_status_string(12345), "unknown cna_status") == 0);
+    CHECK(cna_status_string(CNA_E_BUSY) == cna_status_string(CNA_E_BUSY));   /* static: the same string every time */
+    CHECK(cna_version() != NULL && cna_version() == cna_version());
+#ifdef CNA_EXPECTED_VERSION
+    CHECK(strncmp(cna_version(), CNA_EXPECTED_VERSION, strlen(CNA_EXPECTED_VERSION)) == 0);   /* pkg-config's version */
+#endif
+    printf("cabi: library version %s\n", cna_version());
 
     /* Allocation and its errors. */
     uint64_t h = 0, u = 0, big = 0;
@@ -148,10 +196,11 @@ int main(void)
     }
 
     /* Statistics and compaction: their errors. */
-    cna_stats tiny = new_stats(); tiny.size = 16;
+    cna_stats tiny = new_stats(); tiny.size = 2;
     CHECK(cna_get_stats(heap, NULL) == CNA_E_BAD_ARGUMENT);
     CHECK(cna_get_stats(heap, &tiny) == CNA_E_BAD_ARGUMENT);
     CHECK(cna_compact(heap, &tiny) == CNA_E_BAD_ARGUMENT);
+    CHECK(cna_release_free_memory(31337, NULL) == CNA_E_BAD_HEAP);
     CHECK(cna_get_stats(31337, &s) == CNA_E_BAD_HEAP);
     CHECK(cna_compact(31337, NULL) == CNA_E_BAD_HEAP);
     CHECK(cna_background_start(31337) == CNA_E_BAD_HEAP);
@@ -174,12 +223,20 @@ int main(void)
     CHECK(cna_compact(heap, &s) == CNA_OK && s.live_blocks == 0 && s.live_bytes == 0 && s.reserved_bytes == 256ll << 20);
     printf("cabi: moved %lld bytes in %lld pages (pgmigrate_success) while the threads ran\n", (long long)s.bytes_moved, (long long)s.pgmigrate_success);
 
+    /* Giving free memory back: everything is free now, so committed memory falls. */
+    int64_t before = s.committed_bytes, released = -1;
+    CHECK(cna_release_free_memory(heap, &released) == CNA_OK && released > 0);
+    CHECK(cna_release_free_memory(heap, NULL) == CNA_OK);
+    s = new_stats();
+    CHECK(cna_get_stats(heap, &s) == CNA_OK && s.decommitted_bytes + s.purged_bytes > 0);
+    printf("cabi: released %lld bytes (committed %lld -> %lld)\n", (long long)released, (long long)before, (long long)s.committed_bytes);
+
     /* Destroy: then every call on it is refused, and a new heap never gets its id. */
     CHECK(cna_heap_destroy(heap) == CNA_OK);
     CHECK(cna_heap_destroy(heap) == CNA_E_BAD_HEAP);
     CHECK(cna_alloc(heap, 10, CNA_MOVABLE, &h) == CNA_E_BAD_HEAP);
     uint64_t third = 0;
-    CHECK(cna_heap_create(NULL, &third) == CNA_OK && third != heap && third != other);
+    CHECK(cna_heap_create(&defaults, &third) == CNA_OK && third != heap && third != other);
     CHECK(cna_free(third, u) == CNA_E_BAD_HANDLE);                /* a dead heap's handle */
     CHECK(cna_heap_destroy(third) == CNA_OK && cna_heap_destroy(other) == CNA_OK);
 

@@ -51,7 +51,11 @@ public struct CnaStats
 }
 
 /// <summary>
-/// The exports of libcompaction_heap.so (compaction_heap.h). Heaps live in a table keyed by 64-bit ids that are
+/// The exports of libcompaction_heap.so (compaction_heap.h). The struct-size contract (header, "Structs carry their
+/// own size"): a struct shorter than today's, from a caller built against an older header, is read, or written, only
+/// as far as its size goes (fields beyond it take their defaults, or are not written); a struct longer than today's
+/// is refused with CNA_E_BAD_ARGUMENT (this library would not know its tail); a size below the fields a call cannot
+/// do without (the size itself; a pin's token) is refused too. Heaps live in a table keyed by 64-bit ids that are
 /// never reused, so a destroyed or forged id is looked up, not dereferenced; pins live in a per-heap table keyed by
 /// never-reused tokens. Every export catches every exception and turns it into a status code: nothing crosses the
 /// boundary.
@@ -90,17 +94,14 @@ public static unsafe class Exports
         {
             if (heapOut == null) return BadArgument;
             *heapOut = 0;
+            if (options == null) return BadArgument;   // the header lists a null pointer as CNA_E_BAD_ARGUMENT
+            if (!TryReadOptions(options, out CnaHeapOptions given)) return BadArgument;
             var o = new HeapOptions();
-            bool background = false;
-            if (options != null)
-            {
-                if (options->Size < sizeof(CnaHeapOptions)) return BadArgument;
-                if (options->ArenaBytes != 0) o.ArenaBytes = options->ArenaBytes;
-                if (options->MovableZonePercent != 0) o.MovableZonePercent = options->MovableZonePercent;
-                if (options->UseHugePages is < 0 or > 2) return BadArgument;
-                if (options->UseHugePages == 2) o.UseHugePages = false;
-                background = options->Background != 0;
-            }
+            if (given.ArenaBytes != 0) o.ArenaBytes = given.ArenaBytes;
+            if (given.MovableZonePercent != 0) o.MovableZonePercent = given.MovableZonePercent;
+            if (given.UseHugePages is < 0 or > 2) return BadArgument;
+            if (given.UseHugePages == 2) o.UseHugePages = false;
+            bool background = given.Background != 0;
             var heap = new NativeHeap(o);   // bad options: ArgumentException -> BadArgument
             if (background) heap.StartBackgroundCompaction();
             ulong id = (ulong)Interlocked.Increment(ref s_nextHeap);
@@ -113,6 +114,21 @@ public static unsafe class Exports
             return StatusOf(e);
         }
     }
+
+    /// <summary>Copies the caller's options as far as their size goes into a zeroed struct (zero: the default); false
+    /// for a size below the size field itself or above today's struct.</summary>
+    private static bool TryReadOptions(CnaHeapOptions* options, out CnaHeapOptions given)
+    {
+        given = default;
+        int size = options->Size;
+        if (size < sizeof(int) || size > sizeof(CnaHeapOptions)) return false;
+        fixed (CnaHeapOptions* to = &given) Buffer.MemoryCopy(options, to, sizeof(CnaHeapOptions), size);
+        return true;
+    }
+
+    /// <summary>Whether an output struct whose first field says <paramref name="size"/> can be written: at least
+    /// <paramref name="minimum"/> bytes, at most today's <paramref name="current"/>.</summary>
+    private static bool FitsOutput(int size, int minimum, int current) => size >= minimum && size <= current;
 
     [UnmanagedCallersOnly(EntryPoint = "cna_heap_destroy")]
     public static int HeapDestroy(ulong heap)
@@ -177,7 +193,8 @@ public static unsafe class Exports
     {
         try
         {
-            if (pinOut == null || pinOut->Size < sizeof(CnaPinInfo)) return BadArgument;
+            // A pin is of no use without its token, the struct's last field: the whole struct is required.
+            if (pinOut == null || !FitsOutput(pinOut->Size, sizeof(CnaPinInfo), sizeof(CnaPinInfo))) return BadArgument;
             if (!TryGet(heap, out HeapBox box)) return BadHeap;
             var h = new BlockHandle(handle);
             BlockPin pin = longTerm ? box.Heap.PinLongTerm(h) : box.Heap.AcquirePin(h);
@@ -216,7 +233,7 @@ public static unsafe class Exports
     {
         try
         {
-            if (statsOut != null && statsOut->Size < sizeof(CnaStats)) return BadArgument;
+            if (statsOut != null && !FitsOutput(statsOut->Size, sizeof(int), sizeof(CnaStats))) return BadArgument;
             if (!TryGet(heap, out HeapBox box)) return BadHeap;
             box.Heap.Compact();
             if (statsOut != null) Fill(box.Heap, statsOut);
@@ -263,7 +280,7 @@ public static unsafe class Exports
     {
         try
         {
-            if (statsOut == null || statsOut->Size < sizeof(CnaStats)) return BadArgument;
+            if (statsOut == null || !FitsOutput(statsOut->Size, sizeof(int), sizeof(CnaStats))) return BadArgument;
             if (!TryGet(heap, out HeapBox box)) return BadHeap;
             Fill(box.Heap, statsOut);
             return Ok;
@@ -274,13 +291,80 @@ public static unsafe class Exports
         }
     }
 
+    [UnmanagedCallersOnly(EntryPoint = "cna_release_free_memory")]
+    public static int ReleaseFreeMemory(ulong heap, long* releasedOut)
+    {
+        try
+        {
+            if (releasedOut != null) *releasedOut = 0;
+            if (!TryGet(heap, out HeapBox box)) return BadHeap;
+            long released = box.Heap.ReleaseFreeMemory();
+            if (releasedOut != null) *releasedOut = released;
+            return Ok;
+        }
+        catch (Exception e)
+        {
+            return StatusOf(e);
+        }
+    }
+
+    /// <summary>The text of every status, NUL-terminated UTF-8 literals in the library's image (never freed, never moved).</summary>
+    [UnmanagedCallersOnly(EntryPoint = "cna_status_string")]
+    public static byte* StatusString(int status) => status switch
+    {
+        Ok => Text("CNA_OK: success\0"u8),
+        BadHandle => Text("CNA_E_BAD_HANDLE: a null, stale (freed), forged or another heap's block handle\0"u8),
+        BadArgument => Text("CNA_E_BAD_ARGUMENT: a null pointer, a bad size or kind, bad options or a struct size this library does not accept\0"u8),
+        NoMemory => Text("CNA_E_NO_MEMORY: the arena (or, for a long-term pin, its unmovable memory) is full\0"u8),
+        BadHeap => Text("CNA_E_BAD_HEAP: not a live heap id (never created, or destroyed)\0"u8),
+        Pinned => Text("CNA_E_PINNED: the block is pinned\0"u8),
+        Busy => Text("CNA_E_BUSY: the heap still has pinned blocks\0"u8),
+        BadPin => Text("CNA_E_BAD_PIN: not a live pin token of this heap\0"u8),
+        Internal => Text("CNA_E_INTERNAL: an unexpected failure inside the library; the heap stays consistent\0"u8),
+        _ => Text("unknown cna_status\0"u8),
+    };
+
+    // A u8 literal's bytes are RVA data of the image: a stable address for the life of the process.
+    private static byte* Text(ReadOnlySpan<byte> literal) => (byte*)Unsafe.AsPointer(ref Unsafe.AsRef(in literal[0]));
+
+    private static nint s_version;
+
+    /// <summary>The library's version, "MAJOR.MINOR.PATCH" (the packages' version, Directory.Build.props), then
+    /// "+COMMIT" when it was built from a git checkout: made once, kept for the life of the process.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "cna_version")]
+    public static byte* Version()
+    {
+        nint v = Volatile.Read(ref s_version);
+        if (v != 0) return (byte*)v;
+        try
+        {
+            string text = typeof(Exports).Assembly.GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+                              .OfType<System.Reflection.AssemblyInformationalVersionAttribute>().FirstOrDefault()?.InformationalVersion
+                          ?? typeof(Exports).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
+            byte[] utf8 = System.Text.Encoding.UTF8.GetBytes(text);
+            byte* made = (byte*)NativeMemory.AllocZeroed((nuint)utf8.Length + 1);
+            utf8.CopyTo(new Span<byte>(made, utf8.Length));
+            nint won = Interlocked.CompareExchange(ref s_version, (nint)made, 0);
+            if (won == 0) return made;
+            NativeMemory.Free(made);   // another thread made it first
+            return (byte*)won;
+        }
+        catch
+        {
+            return Text("0.0.0\0"u8);
+        }
+    }
+
+    /// <summary>Writes the heap's figures into <paramref name="o"/> as far as its size goes (today's struct or an
+    /// older, shorter one).</summary>
     private static void Fill(NativeHeap heap, CnaStats* o)
     {
         HeapStatistics s = heap.GetStatistics();
         CompactionStatistics c = s.Compaction;
-        *o = new CnaStats
+        int size = o->Size;
+        var all = new CnaStats
         {
-            Size = sizeof(CnaStats),
+            Size = size,
             FragmentationScore = s.FragmentationScore,
             LiveBytes = s.LiveBytes,
             LiveBlocks = s.LiveBlocks,
@@ -297,5 +381,6 @@ public static unsafe class Exports
             PgmigrateFail = c.PgmigrateFail,
             BytesMoved = c.BytesMoved,
         };
+        Buffer.MemoryCopy(&all, o, size, size);
     }
 }

@@ -5,8 +5,9 @@ using System.Text;
 using Compaction.Allocator;
 using Microsoft.Diagnostics.NETCore.Client;
 using Microsoft.Diagnostics.Tracing;
+using Compaction.Bench;
 
-namespace Compaction.Bench.Analysis;
+namespace Compaction.TraceAnalyzer;
 
 /// <summary>What a trace of <see cref="NativeHeapEventSource"/> events says: every compaction pass, migration failure,
 /// background wake and release, in the order they happened.</summary>
@@ -112,16 +113,30 @@ public sealed class CompactionTrace
 }
 
 /// <summary>
-/// The <c>analyze</c> command: <c>analyze FILE.nettrace</c> reads a trace (dotnet-trace's, or one this command wrote);
-/// <c>analyze --pid N [--seconds S] [--out FILE]</c> attaches to a running process through EventPipe, records the
-/// provider for S seconds (10 by default) into FILE (trace.nettrace by default) and analyzes it. Prints the report and
-/// writes an SVG of the passes beside the trace.
+/// The command line of the tool (<c>nativeheap-trace</c>) and of bench's <c>analyze</c> command:
+/// <c>FILE.nettrace [--out DIR]</c> reads a trace (dotnet-trace's, or one this command wrote);
+/// <c>--pid N [--seconds S] [--out DIR]</c> attaches to a running process through EventPipe, records the heap's
+/// provider for S seconds (10 by default) and analyzes it. Prints the report. Files are written only into the
+/// directory <c>--out</c> names: the SVG of the passes (NAME.svg) and, with <c>--pid</c>, the recorded trace
+/// (trace-PID.nettrace). Without <c>--out</c> nothing is written but a recording, to a temporary file deleted at the end.
 /// </summary>
 public static class TraceAnalyzerCommand
 {
-    public static int Run(string[] args)
+    /// <summary>The usage text; <paramref name="command"/> is how the caller is invoked.</summary>
+    public static string Usage(string command) => $"""
+        usage: {command} FILE.nettrace [--out DIR]
+               {command} --pid N [--seconds S (10)] [--out DIR]
+          Reads the events of a compacting native heap (EventSource {NativeHeapEventSource.SourceName}) from a trace
+          (dotnet-trace collect --providers {NativeHeapEventSource.SourceName}) or a live process, and prints passes by
+          trigger (p50/p99/max pause, MB/s moved), migration failures by reason, background wakes, memory given back
+          and a timeline. With --out DIR it also writes DIR/NAME.svg (the pauses over time) and, with --pid, the
+          recorded trace DIR/trace-PID.nettrace; without --out it writes no file.
+        """;
+
+    /// <summary>Runs the command; returns the process exit code (2 for a usage error).</summary>
+    public static int Run(string[] args, string command = "nativeheap-trace")
     {
-        string? file = null, outFile = null;
+        string? file = null, outDir = null;
         int? pid = null;
         int seconds = 10;
         for (int i = 0; i < args.Length; i++)
@@ -130,27 +145,46 @@ public static class TraceAnalyzerCommand
             {
                 case "--pid" when i + 1 < args.Length: pid = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--seconds" when i + 1 < args.Length: seconds = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
-                case "--out" when i + 1 < args.Length: outFile = args[++i]; break;
-                default: file = args[i]; break;
+                case "--out" when i + 1 < args.Length: outDir = args[++i]; break;
+                case "-h" or "--help": Console.WriteLine(Usage(command)); return 0;
+                default:
+                    if (args[i].StartsWith('-') || file != null) { Console.Error.WriteLine($"{command}: unexpected argument '{args[i]}'"); Console.Error.WriteLine(Usage(command)); return 2; }
+                    file = args[i];
+                    break;
             }
         }
-        if (pid is int p)
+        if (outDir != null) Directory.CreateDirectory(outDir);
+        string? temporary = null;
+        try
         {
-            file = outFile ?? "trace.nettrace";
-            Record(p, TimeSpan.FromSeconds(seconds), file);
+            if (pid is int p)
+            {
+                file = outDir != null ? Path.Combine(outDir, $"trace-{p}.nettrace") : temporary = Path.Combine(Path.GetTempPath(), $"nativeheap-trace-{Environment.ProcessId}-{p}.nettrace");
+                Record(p, TimeSpan.FromSeconds(seconds), file);
+            }
+            if (file == null || !File.Exists(file))
+            {
+                Console.Error.WriteLine(file == null ? $"{command}: no trace given" : $"{command}: {file} not found");
+                Console.Error.WriteLine(Usage(command));
+                return 2;
+            }
+            CompactionTrace trace;
+            using (var source = new EventPipeEventSource(file)) trace = CompactionTrace.Read(source);
+            Console.Write(trace.Report());
+            string picture = "";
+            if (outDir != null)
+            {
+                string svg = Path.Combine(outDir, Path.GetFileNameWithoutExtension(file) + ".svg");
+                File.WriteAllText(svg, trace.Svg());
+                picture = $"; picture: {svg}" + (pid != null ? $"; trace: {file}" : "");
+            }
+            Console.WriteLine($"{command}: {trace.Passes.Count} passes{picture}");
+            return 0;
         }
-        if (file == null || !File.Exists(file))
+        finally
         {
-            Console.Error.WriteLine("usage: analyze FILE.nettrace | analyze --pid N [--seconds S] [--out FILE]");
-            return 2;
+            if (temporary != null) File.Delete(temporary);
         }
-        CompactionTrace trace;
-        using (var source = new EventPipeEventSource(file)) trace = CompactionTrace.Read(source);
-        Console.Write(trace.Report());
-        string svg = Path.ChangeExtension(file, ".svg");
-        File.WriteAllText(svg, trace.Svg());
-        Console.WriteLine($"analyze: {trace.Passes.Count} passes; picture: {svg}");
-        return 0;
     }
 
     /// <summary>Records the provider's events of process <paramref name="pid"/> for <paramref name="length"/> into
@@ -165,49 +199,5 @@ public static class TraceAnalyzerCommand
         Thread.Sleep(length);
         session.Stop();
         copy.Wait();
-    }
-}
-
-/// <summary>
-/// The <c>events-child</c> command, a workload for the analyzer's end-to-end test: waits for a line on stdin (the
-/// session is attached), then fragments a heap, compacts it explicitly three times, runs background steps, releases
-/// and fails one allocation; prints its own counters as <c>name=value</c> lines and waits for a last line on stdin.
-/// </summary>
-public static class EventsChild
-{
-    public const string Command = "events-child";
-
-    public static int Run()
-    {
-        Console.WriteLine("ready");
-        Console.In.ReadLine();
-        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 1L << 30, WasteHighRatio = 0, Proactiveness = 0 });
-        long passes = 0, migrated = 0, moved = 0;
-        var rng = new Random(3);
-        var blocks = new List<BlockHandle>();
-        for (int round = 0; round < 3; round++)
-        {
-            for (int i = 0; i < 8_000; i++) blocks.Add(heap.Allocate(rng.Next(4) == 0 ? rng.Next(17_000, 60_000) : rng.Next(16, 2000)));
-            for (int i = blocks.Count - 1; i >= 0; i -= 2) { heap.Free(blocks[i]); blocks.RemoveAt(i); }
-            CompactionStatistics c = heap.Compact();
-            passes++;
-            migrated += c.PgmigrateSuccess;
-            moved += c.BytesMoved;
-        }
-        for (int s = 0; s < 5; s++) heap.RunCompactionStep(TimeSpan.FromSeconds(s));
-        heap.ReleaseFreeMemory();
-        _ = heap.TryAllocate(heap.MaxBlockSize, BlockKind.Unmovable, out _);
-        HeapStatistics st = heap.GetStatistics();
-        Console.WriteLine($"heapId={heap.Id}");
-        Console.WriteLine($"explicitPasses={passes}");
-        Console.WriteLine($"pagesMigrated={migrated}");
-        Console.WriteLine($"bytesMoved={moved}");
-        Console.WriteLine($"wakes={st.Compaction.CompactDaemonWake}");
-        Console.WriteLine($"decommitted={st.DecommittedBytes}");
-        Console.WriteLine($"purged={st.PurgedBytes}");
-        Console.WriteLine("done");
-        Console.In.ReadLine();
-        foreach (BlockHandle b in blocks) heap.Free(b);
-        return 0;
     }
 }
