@@ -40,7 +40,8 @@ public static class HeapMetrics
     /// <summary>The counters that are quantities, not events: published as instruments of their own, with their unit
     /// (By, s), never under <c>nativeheap.compaction.events</c>.</summary>
     private static readonly CompactionCounter[] s_quantities =
-        [CompactionCounter.BytesMoved, CompactionCounter.BytesDecommitted, CompactionCounter.WasteBytesMoved, CompactionCounter.BackgroundCpuNanoseconds];
+        [CompactionCounter.BytesMoved, CompactionCounter.BytesDecommitted, CompactionCounter.WasteBytesMoved, CompactionCounter.BackgroundCpuNanoseconds,
+         CompactionCounter.LimitBytesMoved, CompactionCounter.LimitBytesDecommitted, CompactionCounter.LimitNanoseconds];
 
     /// <summary>The event counters (every counter but the quantities) and their kernel spelling.</summary>
     private static readonly (CompactionCounter counter, string name)[] s_events = Enum.GetValues<CompactionCounter>()
@@ -69,6 +70,13 @@ public static class HeapMetrics
                                         "Bytes the background compactor moved on its waste trigger.");
         s_meter.CreateObservableCounter("nativeheap.background.cpu_time", () => Observe(s => s.Compaction.BackgroundCpuNanoseconds / 1e9),
                                         "s", "Processor time the background compactor thread used.");
+        Gauge("nativeheap.memory.limit", "By", "The memory limit (HeapOptions.MemoryLimit), 0 for none: committed bytes never pass it.", s => s.MemoryLimit);
+        s_meter.CreateObservableCounter("nativeheap.limit.moved", () => Observe(s => s.Compaction.LimitBytesMoved), "By",
+                                        "Bytes that allocations moved to stay under the memory limit.");
+        s_meter.CreateObservableCounter("nativeheap.limit.decommitted", () => Observe(s => s.Compaction.LimitBytesDecommitted), "By",
+                                        "Bytes that allocations decommitted to stay under the memory limit.");
+        s_meter.CreateObservableCounter("nativeheap.limit.time", () => Observe(s => s.Compaction.LimitNanoseconds / 1e9), "s",
+                                        "Time allocations spent keeping the memory limit (slices of freeing and compacting on the allocating thread).");
         s_meter.CreateObservableGauge("nativeheap.pins.held", ObservePins, "{pin}",
                                       "Pins held: slot pins (PinScope) and atomic pins (BlockPin, long-term pins), tag nativeheap.pin.kind; a walk of the heap's entries per collection.");
         s_meter.CreateObservableCounter("nativeheap.compaction.events", ObserveEvents, "{event}",

@@ -131,6 +131,27 @@ int main(void)
 #endif
     printf("cabi: library version %s\n", cna_version());
 
+    /* The memory limit: allocations fail with CNA_E_NO_MEMORY once live bytes reach it, and committed bytes never
+     * pass it; a negative limit is refused. */
+    {
+        cna_heap_options lo; memset(&lo, 0, sizeof lo); lo.size = sizeof lo; lo.arena_bytes = 64ll << 20;
+        lo.memory_limit = 8ll << 20;
+        uint64_t lh = 0;
+        CHECK(cna_heap_create(&lo, &lh) == CNA_OK);
+        uint64_t got[4096];
+        int n = 0;
+        cna_status ls = CNA_OK;
+        while (n < 4096 && (ls = cna_alloc(lh, 4000, CNA_MOVABLE, &got[n])) == CNA_OK) n++;
+        CHECK(ls == CNA_E_NO_MEMORY);
+        CHECK(n > 1000);
+        cna_stats ls_ = new_stats();
+        CHECK(cna_get_stats(lh, &ls_) == CNA_OK && ls_.committed_bytes <= lo.memory_limit);
+        for (int i = 0; i < n; i++) CHECK(cna_free(lh, got[i]) == CNA_OK);
+        CHECK(cna_heap_destroy(lh) == CNA_OK);
+        lo.memory_limit = -1;
+        CHECK(cna_heap_create(&lo, &lh) == CNA_E_BAD_ARGUMENT);
+    }
+
     /* Allocation and its errors. */
     uint64_t h = 0, u = 0, big = 0;
     CHECK(cna_alloc(heap, 100, CNA_MOVABLE, NULL) == CNA_E_BAD_ARGUMENT);

@@ -9,7 +9,7 @@ int main(void)
 {
     printf("cna_heap_options.sizeof %zu\n", sizeof(cna_heap_options));
     F(cna_heap_options, size); F(cna_heap_options, movable_zone_percent); F(cna_heap_options, arena_bytes);
-    F(cna_heap_options, use_huge_pages); F(cna_heap_options, background);
+    F(cna_heap_options, use_huge_pages); F(cna_heap_options, background); F(cna_heap_options, memory_limit);
     printf("cna_pin_info.sizeof %zu\n", sizeof(cna_pin_info));
     F(cna_pin_info, size); F(cna_pin_info, reserved); F(cna_pin_info, address); F(cna_pin_info, length); F(cna_pin_info, token);
     printf("cna_stats.sizeof %zu\n", sizeof(cna_stats));

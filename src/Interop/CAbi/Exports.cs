@@ -15,6 +15,7 @@ public struct CnaHeapOptions
     public long ArenaBytes;
     public int UseHugePages;
     public int Background;
+    public long MemoryLimit;
 }
 
 /// <inheritdoc cref="CnaHeapOptions"/>
@@ -102,6 +103,7 @@ public static unsafe class Exports
             if (given.UseHugePages is < 0 or > 2) return BadArgument;
             if (given.UseHugePages == 2) o.UseHugePages = false;
             bool background = given.Background != 0;
+            o.MemoryLimit = given.MemoryLimit;   // 0: none; negative or below two pageblocks: ArgumentException -> BadArgument
             var heap = new NativeHeap(o);   // bad options: ArgumentException -> BadArgument
             if (background) heap.StartBackgroundCompaction();
             ulong id = (ulong)Interlocked.Increment(ref s_nextHeap);
