@@ -4,24 +4,20 @@ namespace Compaction.Allocator;
 
 /// <summary>Compaction counters (cumulative since the heap was created, or the difference over one run), named
 /// after the kernel's /proc/vmstat fields.</summary>
-/// <remarks>The heap keeps one live instance, written by the compacting thread (one compaction at a time) and read
-/// racily: each counter is a 64-bit value, never torn, and a snapshot may mix values a few updates apart.</remarks>
+/// <remarks>A snapshot: the heap's live counters are read racily (each a 64-bit value, never torn), so a snapshot may
+/// mix values a few updates apart.</remarks>
 public sealed class CompactionStatistics
 {
-    private readonly long[] _values = new long[(int)Count];
+    private readonly long[] _values;
 
     /// <summary>All counters zero.</summary>
-    public CompactionStatistics() { }
+    public CompactionStatistics() => _values = new long[(int)Count];
 
-    /// <summary>The live counter <paramref name="counter"/>; only the compacting thread writes it.</summary>
-    internal ref long this[CompactionCounter counter] => ref _values[(int)counter];
-
-    /// <summary>A copy of every counter (racy reads of the live values, see the remarks).</summary>
-    internal CompactionStatistics Snapshot()
+    /// <summary>A snapshot of the values read from a heap's live counters (one per <see cref="CompactionCounter"/>).</summary>
+    internal CompactionStatistics(long[] values)
     {
-        var copy = new CompactionStatistics();
-        for (int i = 0; i < _values.Length; i++) copy._values[i] = Volatile.Read(ref _values[i]);
-        return copy;
+        System.Diagnostics.Debug.Assert(values.Length == (int)Count);
+        _values = values;
     }
 
     internal long Get(CompactionCounter counter) => _values[(int)counter];

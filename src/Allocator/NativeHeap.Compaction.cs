@@ -19,6 +19,9 @@ public sealed partial class NativeHeap
     private long _backgroundFailures;              // exceptions that ended a background thread
     private string? _lastBackgroundFailure;        // the last one, "type: message"
 
+    /// <summary>A snapshot of the heap's compaction and reclaim counters.</summary>
+    private CompactionStatistics CountersNow() => new(_counters.Read());
+
     /// <summary>
     /// Compacts the whole movable zone now (like writing to /proc/sys/vm/compact_memory): size classes are
     /// consolidated, then movable runs and slabs move from the bottom of the zone to free space at the top, skipping
@@ -35,13 +38,13 @@ public sealed partial class NativeHeap
         if (_disposed) ThrowHelper.Disposed();
         if (_compactor == null) return new CompactionStatistics();
         using Section _ = new(_caches);
-        CompactionStatistics before = _compactor.Counters.Snapshot();
+        CompactionStatistics before = CountersNow();
         long t0 = Stopwatch.GetTimestamp();
         bool traced = Tracing(NativeHeapEventSource.Keywords.Compaction);
         if (traced) Events.CompactionStart(_id, "explicit", "sync_full");
         _compactor.CompactAll();
         GC.KeepAlive(this);   // the run worked on native memory the finalizer would free
-        CompactionStatistics run = _compactor.Counters.Snapshot() - before;
+        CompactionStatistics run = CountersNow() - before;
         if (traced) Events.Pass(_id, "explicit", "sync_full", run, t0);
         return run;
     }
@@ -58,9 +61,9 @@ public sealed partial class NativeHeap
     {
         if (_disposed) ThrowHelper.Disposed();
         using Section _ = new(_caches);
-        CompactionStatistics before = _counters.Snapshot();
+        CompactionStatistics before = CountersNow();
         BackgroundStep(now);
-        return _counters.Snapshot() - before;
+        return CountersNow() - before;
     }
 
     /// <summary>One wake: the compactor's step, then the delayed trim (only when the compactor ran: a wake skipped
@@ -75,10 +78,10 @@ public sealed partial class NativeHeap
             return;
         }
         // Traced: the wake's counters before and after, and what the OS got back.
-        CompactionStatistics before = _counters.Snapshot();
+        CompactionStatistics before = CountersNow();
         long purged = _memory.PurgedBytes, decommitted = _memory.DecommittedBytes, t0 = Stopwatch.GetTimestamp();
         BackgroundStepCore(now);
-        CompactionStatistics d = _counters.Snapshot() - before;
+        CompactionStatistics d = CountersNow() - before;
         string trigger = d.WasteWakes > 0 ? "waste" : d.CompactDaemonMigrateScanned > 0 ? "proactive" : d.PagesCompacted > 0 ? "consolidation" : "idle";
         if (Tracing(NativeHeapEventSource.Keywords.Background, EventLevel.Verbose))
             Events.BackgroundWake(_id, trigger, d.BytesMoved, Stopwatch.GetElapsedTime(t0).TotalMilliseconds,

@@ -98,11 +98,11 @@ public sealed partial class NativeHeap
     private int DirectCompact(int pages, uint index)
     {
         if (!Tracing(NativeHeapEventSource.Keywords.Compaction)) return _compactor!.DirectCompact(pages, index);
-        CompactionStatistics before = _compactor!.Counters.Snapshot();
+        CompactionStatistics before = CountersNow();
         long t0 = Stopwatch.GetTimestamp();
         Events.CompactionStart(_id, "direct", "async_then_sync_light");
-        int start = _compactor.DirectCompact(pages, index);
-        Events.Pass(_id, "direct", "async_then_sync_light", _compactor.Counters.Snapshot() - before, t0);
+        int start = _compactor!.DirectCompact(pages, index);
+        Events.Pass(_id, "direct", "async_then_sync_light", CountersNow() - before, t0);
         return start;
     }
 }

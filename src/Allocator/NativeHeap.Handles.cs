@@ -73,7 +73,4 @@ public sealed unsafe partial class NativeHeap
         // A made chunk that another heap owns, or that a disposed heap gave back.
         ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Foreign);
     }
-
-    /// <summary>The handle this heap issued for entry <paramref name="index"/> in state <paramref name="state"/>.</summary>
-    private static BlockHandle HandleOf(uint index, long state) => new(HandleBits.Encode(EntryState.Generation(state), index));
 }

@@ -90,7 +90,7 @@ public sealed unsafe partial class NativeHeap
             BytesMigrated = _migrator.BytesMigrated,
             CachedSlots = _caches.CachedSlots(),
             CachedRuns = _caches.CachedRuns(),
-            Compaction = _counters.Snapshot(),
+            Compaction = CountersNow(),
             FragmentationScore = _compactor?.Score() ?? 0,
             Zones = zones,
             SlabClasses = classes,

@@ -66,7 +66,7 @@ public sealed unsafe partial class NativeHeap
         long aged = (s & ~EntryState.WithGeneration(uint.MaxValue)) | EntryState.WithGeneration(generation);
         if (Interlocked.CompareExchange(ref e->State, aged, s) != s)
             throw new InvalidOperationException("The block changed while AgeEntry ran.");
-        return HandleOf(HandleBits.Index(handle.Value), aged);
+        return new BlockHandle(HandleBits.Encode(EntryState.Generation(aged), HandleBits.Index(handle.Value)));
     }
 
     /// <summary>The block's current address (racy; stable only while the block is pinned).</summary>

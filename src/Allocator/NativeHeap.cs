@@ -46,7 +46,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private readonly Reclaimer _reclaimer;
     // The compaction and reclaim counters, one set whatever zones the heap has: the compactor (when there is a movable
     // zone) and the reclaimer write them, the statistics read them.
-    private readonly CompactionStatistics _counters = new();
+    private readonly CompactionCounters _counters = new();
     private readonly long _maxBlockSize;
     private readonly long _smallLimit;                 // _classes.Threshold: the largest slab block
     private readonly int _classCount;                  // _classes.Count: bins of one kind
@@ -102,10 +102,10 @@ public sealed unsafe partial class NativeHeap : IDisposable
             _classOf = _classes.ClassTable;
             _caches = new ThreadCaches(_slabs, _pages, _handles, _classes, _options.PerThreadCaches, DepotRunBytes(arenaBytes));
             _bins = _caches.Layout;
-            _migrator = new Migrator(_handles, _pages, _slabs[(int)BlockKind.Movable], _slabs[(int)BlockKind.Unmovable], new OwnerRegistry(HandleOf));
+            _migrator = new Migrator(_handles, _pages, _slabs[(int)BlockKind.Movable], _slabs[(int)BlockKind.Unmovable], new OwnerRegistry());
             if (_pages.Movable != null)
                 _compactor = new Compactor(_options, _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches, _counters);
-            _reclaimer = new Reclaimer(_options, _pages, _slabs, _caches, _counters);
+            _reclaimer = new Reclaimer(new ReclaimSettings(_options.DecommitDelay, _options.RetainedBytesLimit), _pages, _slabs, _caches, _counters);
         }
         catch
         {

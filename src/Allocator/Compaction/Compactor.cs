@@ -12,7 +12,7 @@ namespace Compaction.Allocator.Compaction;
 /// The compactor of the movable zone (native-layout.md, "Compaction"). One concern per file: the triggers and their
 /// control (this file), deferral (<see cref="CompactionDeferral"/>), the migrate scanner (MigrateScanner.cs), the
 /// free scanner and its pool (FreeScanner.cs, <see cref="FreePool"/>), slab consolidation (SlabConsolidation.cs);
-/// the counters are <see cref="CompactionStatistics"/>, the indices <see cref="Fragmentation"/>.
+/// the counters are <see cref="CompactionCounters"/>, the indices <see cref="Fragmentation"/>.
 /// </summary>
 /// <remarks>
 /// It works on the layers below it only: the page allocator, the movable slabs, the handle table (read), the
@@ -33,7 +33,7 @@ internal sealed unsafe partial class Compactor
 
     public readonly Lock RunLock = new();
     /// <summary>The live counters (the heap's, shared with the reclaimer); written under RunLock, read racily.</summary>
-    public readonly CompactionStatistics Counters;
+    public readonly CompactionCounters Counters;
     private readonly HeapOptions _options;          // live: the heap's own copy
     private readonly PageAllocator _pages;
     private readonly PageMap _map;
@@ -59,7 +59,7 @@ internal sealed unsafe partial class Compactor
     private bool _limitResume;       // ... and the last slice's budget cut that pass short (it resumes)
 
     public Compactor(HeapOptions options, PageAllocator pages, SlabAllocator movableSlabs, HandleTable handles, Migrator migrator, ThreadCaches caches,
-                     CompactionStatistics counters)
+                     CompactionCounters counters)
     {
         Counters = counters;
         _options = options;

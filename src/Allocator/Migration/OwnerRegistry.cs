@@ -20,10 +20,10 @@ internal sealed unsafe class OwnerRegistry
 {
     private readonly ConcurrentDictionary<ulong, IMovableBlockOwner> _owners = new();
     private readonly Lock _lock = new();
-    private readonly Func<uint, long, BlockHandle> _handleOf;
 
-    /// <param name="handleOf">Builds the handle of entry (index, state) as the heap issues it, for the callbacks.</param>
-    public OwnerRegistry(Func<uint, long, BlockHandle> handleOf) => _handleOf = handleOf;
+    /// <summary>The handle the heap issued for entry <paramref name="index"/> in state <paramref name="state"/> (its
+    /// generation and index): what an owner is called with.</summary>
+    private static BlockHandle HandleOf(uint index, long state) => new(HandleBits.Encode(EntryState.Generation(state), index));
 
     private static ulong Key(uint index, uint generation) => ((ulong)generation << 32) | index;
     private static ulong Key(uint index, long state) => Key(index, EntryState.Generation(state));
@@ -91,7 +91,7 @@ internal sealed unsafe class OwnerRegistry
         if (!_owners.TryGetValue(Key(index, batch.State[i]), out IMovableBlockOwner? owner)) { batch.Result[i] = MigrateResult.Busy; return false; }
         try
         {
-            if (owner.Isolate(_handleOf(index, batch.State[i])))
+            if (owner.Isolate(HandleOf(index, batch.State[i])))
             {
                 batch.Owner[i] = owner;
                 return true;
@@ -116,7 +116,7 @@ internal sealed unsafe class OwnerRegistry
         HandleEntry* outer = FrozenByThisThread.Enter(e);
         try
         {
-            answer = owner.Migrate(_handleOf(index, batch.State[i]), batch.Src[i], batch.Dst[i]);
+            answer = owner.Migrate(HandleOf(index, batch.State[i]), batch.Src[i], batch.Dst[i]);
         }
         catch (Exception)
         {
@@ -138,7 +138,7 @@ internal sealed unsafe class OwnerRegistry
         batch.Owner[i] = null;
         try
         {
-            owner.Putback(_handleOf(batch.Index[i], batch.State[i]));
+            owner.Putback(HandleOf(batch.Index[i], batch.State[i]));
         }
         catch (Exception)
         {

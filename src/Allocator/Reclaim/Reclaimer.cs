@@ -1,3 +1,4 @@
+using Compaction.Allocator.Compaction;
 using System.Diagnostics;
 using Compaction.Allocator.Caches;
 using Compaction.Allocator.Layout;
@@ -7,6 +8,11 @@ using Compaction.Allocator.Slabs;
 using static Compaction.Allocator.CompactionCounter;
 
 namespace Compaction.Allocator.Reclaim;
+
+/// <summary>What the reclaimer needs of the heap's options: how long a free pageblock waits before it is decommitted
+/// (<c>DecommitDelay</c>), and the retained free bytes above which the background thread gives memory back at once
+/// (<c>RetainedBytesLimit</c>; <see cref="long.MaxValue"/> for none).</summary>
+internal sealed record ReclaimSettings(TimeSpan DecommitDelay, long RetainedBytesLimit);
 
 /// <summary>
 /// Gives free memory back to the OS so that resident memory follows live memory (native-layout.md, "Reclaim"):
@@ -24,20 +30,20 @@ internal sealed class Reclaimer
     /// and they are the first to be reused.</summary>
     public const int PurgeMinOrder = 2;
 
-    private readonly HeapOptions _options;
+    private readonly ReclaimSettings _settings;
     private readonly PageAllocator _pages;
     private readonly ArenaMemory _memory;
     private readonly SlabAllocator[] _slabs;
     private readonly ThreadCaches _caches;
-    private readonly CompactionStatistics _counters;
+    private readonly CompactionCounters _counters;
     private readonly long _pageblockBytes;
     private readonly Lock _trimLock = new();
     private readonly Dictionary<int, long> _freeSince = [];   // committed pageblock -> when it was first seen wholly free
     private long _lastDecaySweep;                              // Trim's clock (ticks) at the last decay sweep; under _trimLock
 
-    public Reclaimer(HeapOptions options, PageAllocator pages, SlabAllocator[] slabs, ThreadCaches caches, CompactionStatistics counters)
+    public Reclaimer(ReclaimSettings settings, PageAllocator pages, SlabAllocator[] slabs, ThreadCaches caches, CompactionCounters counters)
     {
-        _options = options;
+        _settings = settings;
         _pages = pages;
         _memory = pages.Memory;
         _slabs = slabs;
@@ -62,7 +68,7 @@ internal sealed class Reclaimer
         try
         {
             if (_caches.CachedRuns() > 0) _caches.Drain();
-            long delay = _options.DecommitDelay.Ticks, bytes = 0, nowTicks = Math.Max(1, now.Ticks);
+            long delay = _settings.DecommitDelay.Ticks, bytes = 0, nowTicks = Math.Max(1, now.Ticks);
             if (OverRetainedLimit())
             {
                 // Above the cap nothing waits for its delay: every wholly free pageblock and every free run goes now.
@@ -105,7 +111,7 @@ internal sealed class Reclaimer
     /// <summary>True when the free memory the heap keeps resident (its resident estimate less live bytes) is above
     /// <see cref="HeapOptions.RetainedBytesLimit"/>. Racy counters: a heuristic.</summary>
     public bool OverRetainedLimit() =>
-        _options.RetainedBytesLimit != long.MaxValue && _pages.ResidentBytesEstimate - _caches.LiveTotals().bytes > _options.RetainedBytesLimit;
+        _settings.RetainedBytesLimit != long.MaxValue && _pages.ResidentBytesEstimate - _caches.LiveTotals().bytes > _settings.RetainedBytesLimit;
 
     /// <summary>
     /// The decay of free runs inside pageblocks still in use (the pageblocks that are wholly free have their own
