@@ -25,11 +25,12 @@ public static class Program
                   compaction scenarios, each beside its baseline: high-order success, throughput vs memcpy,
                   proactive vs on-demand latency, mutator latency under the background compactor, RSS vs live;
                   -> bench/results/compaction.md (--quick: compaction-quick.md, under a minute)
-          footprint [--quick] [--seed N] [--reps N] [--only mesh,redis,burst] [--out FILE]
-                  resident memory over time on three service workloads (Mesh's adversarial case, Redis-style churn,
-                  burst then idle), each allocator in a child process of its own: glibc, mimalloc, jemalloc, tcmalloc,
-                  NativeHeap with explicit Compact() and with background compaction only;
-                  -> bench/results/footprint.md + footprint-WORKLOAD.svg (--quick: footprint-quick.md, ~1 min)
+          footprint [--quick] [--seed N] [--reps N] [--only mesh,redis,burst] [--allocators A,B] [--limit-factor F] [--out FILE]
+                  peak and at-rest resident memory and operations/s on three service workloads (Mesh's adversarial
+                  case, Redis-style churn, burst then idle), each allocator in a child process of its own: glibc,
+                  mimalloc, jemalloc, tcmalloc, byte[] on the .NET GC (workstation, server), NativeHeap with explicit
+                  Compact(), with background compaction only, and with MemoryLimit = F x peak live (default 1.25);
+                  -> bench/results/footprint.md + footprint-WORKLOAD.svg (--quick: footprint-quick.md, ~2 min)
           pool-idle [--quick]
                   buffer pools after a 64 MiB burst of 4 KiB rents is returned, one process each: the arena pool,
                   Kestrel's PinnedBlockMemoryPool, MemoryPool<byte>.Shared; RSS every second -> bench/results/pool-idle.md

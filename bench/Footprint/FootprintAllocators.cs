@@ -1,3 +1,4 @@
+using System.Runtime;
 using System.Runtime.InteropServices;
 using Compaction.Allocator;
 
@@ -16,7 +17,11 @@ internal abstract class FootprintAllocator : IDisposable
     /// <summary>Creates what must not be counted before the baseline is taken, or nothing: called after the baseline.</summary>
     public virtual void Start() { }
 
+    /// <summary>The block's id, or 0 when the allocator refused (an error unless <see cref="MayFail"/>).</summary>
     public abstract long Allocate(int size);
+
+    /// <summary>True for an allocator whose refusals are counted rather than fatal (the limit row).</summary>
+    public virtual bool MayFail => false;
     public abstract void Write(long id, int size, byte pattern);
     /// <summary>True when the block has its size (where the allocator can tell) and every byte of its pattern.</summary>
     public abstract bool Verify(long id, int size, byte pattern);
@@ -30,16 +35,35 @@ internal abstract class FootprintAllocator : IDisposable
 
     public virtual void Dispose() { }
 
-    /// <summary>The allocator named <paramref name="name"/>, or null with the reason it cannot run here.</summary>
-    public static FootprintAllocator? Create(string name, long arenaBytes, out string? why)
+    public const string NativeExplicit = "native-explicit", NativeBackground = "native-background", NativeLimit = "native-limit";
+    public const string GcWorkstation = "gc-workstation", GcServer = "gc-server";
+
+    /// <summary>The allocator named <paramref name="name"/>, or null with the reason it cannot run here.
+    /// <paramref name="capacity"/> bounds the blocks live at once (the managed rows' slot table);
+    /// <paramref name="memoryLimit"/> is the limit row's <c>HeapOptions.MemoryLimit</c>.</summary>
+    public static FootprintAllocator? Create(string name, long arenaBytes, int capacity, long memoryLimit, out string? why)
     {
         why = null;
         switch (name)
         {
-            case "native-background":
+            case NativeBackground:
                 return new NativeAllocator(name, arenaBytes, background: true);
-            case "native-explicit":
+            case NativeExplicit:
                 return new NativeAllocator(name, arenaBytes, background: false);
+            case NativeLimit:
+                if (memoryLimit <= 0)
+                {
+                    why = "no --limit-factor given";
+                    return null;
+                }
+                return new NativeAllocator(name, arenaBytes, background: true, memoryLimit);
+            case GcWorkstation or GcServer:
+                if (GCSettings.IsServerGC != (name == GcServer))
+                {
+                    why = $"this process runs the {(GCSettings.IsServerGC ? "server" : "workstation")} GC (DOTNET_gcServer={Environment.GetEnvironmentVariable("DOTNET_gcServer") ?? "unset"})";
+                    return null;
+                }
+                return new ManagedAllocator(name, capacity);
             case Peers.Glibc:
                 return new GlibcAllocator();
             case Peers.Mimalloc or Peers.Tcmalloc or Peers.Jemalloc:
@@ -58,7 +82,8 @@ internal abstract class FootprintAllocator : IDisposable
     }
 
     /// <summary>The allocators, in report order.</summary>
-    public static readonly string[] Names = [Peers.Glibc, Peers.Mimalloc, Peers.Jemalloc, Peers.Tcmalloc, "native-explicit", "native-background"];
+    public static readonly string[] Names =
+        [Peers.Glibc, Peers.Mimalloc, Peers.Jemalloc, Peers.Tcmalloc, GcWorkstation, GcServer, NativeExplicit, NativeBackground, NativeLimit];
 
     /// <summary>True for the two NativeHeap allocators.</summary>
     public static bool IsNative(string name) => name.StartsWith("native-", StringComparison.Ordinal);
@@ -67,24 +92,36 @@ internal abstract class FootprintAllocator : IDisposable
 /// <summary>
 /// NativeHeap with movable blocks: <c>native-background</c> calls <see cref="NativeHeap.StartBackgroundCompaction"/>
 /// right after creating the heap and nothing else; <c>native-explicit</c> has no background thread, and the child
-/// calls <see cref="NativeHeap.Compact"/> + <see cref="NativeHeap.ReleaseFreeMemory"/> after the workload.
+/// calls <see cref="NativeHeap.Compact"/> + <see cref="NativeHeap.ReleaseFreeMemory"/> after the workload;
+/// <c>native-limit</c> is native-background with <c>HeapOptions.MemoryLimit</c> = <paramref name="memoryLimit"/>
+/// (set through <see cref="FootprintChild.ApplyMemoryLimit"/>), allocating with <see cref="NativeHeap.TryAllocate"/>
+/// so that a refusal is counted, not fatal.
 /// </summary>
-internal sealed class NativeAllocator(string name, long arenaBytes, bool background) : FootprintAllocator
+internal sealed class NativeAllocator(string name, long arenaBytes, bool background, long memoryLimit = 0) : FootprintAllocator
 {
     private NativeHeap? _heap;
 
     public override string Name => name;
     public bool Background => background;
     public long ArenaBytes => arenaBytes;
+    public long MemoryLimit => memoryLimit;
     public NativeHeap Heap => _heap ?? throw new InvalidOperationException("not started");
+
+    public override bool MayFail => memoryLimit > 0;
 
     public override void Start()
     {
-        _heap = new NativeHeap(new HeapOptions { ArenaBytes = arenaBytes });
+        var options = new HeapOptions { ArenaBytes = arenaBytes };
+        if (memoryLimit > 0) FootprintChild.ApplyMemoryLimit(options, memoryLimit);
+        _heap = new NativeHeap(options);
         if (background) _heap.StartBackgroundCompaction();
     }
 
-    public override long Allocate(int size) => (long)Heap.Allocate(size).Value;
+    public override long Allocate(int size)
+    {
+        if (memoryLimit == 0) return (long)Heap.Allocate(size).Value;
+        return Heap.TryAllocate(size, BlockKind.Movable, out BlockHandle h) ? (long)h.Value : 0;
+    }
 
     public override void Write(long id, int size, byte pattern)
     {
@@ -103,6 +140,59 @@ internal sealed class NativeAllocator(string name, long arenaBytes, bool backgro
     public override void Free(long id) => Heap.Free(new BlockHandle((ulong)id));
 
     public override void Dispose() => _heap?.Dispose();
+}
+
+/// <summary>
+/// <c>byte[]</c> values on the .NET GC, as a managed cache holds them: a block is a slot of a table of arrays (id = slot
+/// + 1), freed by dropping the reference. The table and its free-slot stack are made in the constructor, before the
+/// baseline. <c>gc-workstation</c> runs in a child with the default (workstation, concurrent) GC, <c>gc-server</c> in one
+/// started with DOTNET_gcServer=1 (server GC, DATAS by default in .NET 10). Its "trim" is a compacting, aggressive
+/// full collection (which also compacts the large object heap and gives free regions back).
+/// </summary>
+internal sealed class ManagedAllocator : FootprintAllocator
+{
+    private readonly string _name;
+    private readonly byte[]?[] _slots;
+    private readonly int[] _free;
+    private int _freeCount, _next;
+
+    public ManagedAllocator(string name, int capacity)
+    {
+        _name = name;
+        _slots = new byte[]?[capacity];
+        _free = new int[capacity];
+        Array.Fill(_free, -1);   // write every page now
+    }
+
+    public override string Name => _name;
+
+    public override long Allocate(int size)
+    {
+        int slot = _freeCount > 0 ? _free[--_freeCount] : _next < _slots.Length ? _next++ : -1;
+        if (slot < 0) throw new InvalidOperationException($"{_name}: more than {_slots.Length} blocks live");
+        _slots[slot] = new byte[size];
+        return slot + 1;
+    }
+
+    public override void Write(long id, int size, byte pattern) => _slots[id - 1].AsSpan(0, size).Fill(pattern);
+
+    public override bool Verify(long id, int size, byte pattern) =>
+        _slots[id - 1] is byte[] b && b.Length == size && !b.AsSpan().ContainsAnyExcept(pattern);
+
+    public override void Free(long id)
+    {
+        _slots[id - 1] = null;
+        _free[_freeCount++] = (int)(id - 1);
+    }
+
+    public override string? TrimName => "GC.Collect(Aggressive)";
+
+    public override bool Trim()
+    {
+        GCSettings.LargeObjectHeapCompactionMode = GCLargeObjectHeapCompactionMode.CompactOnce;
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        return true;
+    }
 }
 
 /// <summary>glibc through <see cref="NativeMemory.Alloc(nuint)"/> / <see cref="NativeMemory.Free"/>; trim is malloc_trim(0).</summary>

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Reflection;
 using Compaction.Allocator;
 using Compaction.Bench.Scenarios;
 
@@ -21,6 +22,7 @@ internal static class FootprintChild
     {
         string? workloadName = null, allocatorName = null, outPath = null;
         int seed = 1, scale = 1, windowMs = 15_000;
+        double limitFactor = 0;
         for (int i = 0; i + 1 < args.Length; i += 2)
         {
             string v = args[i + 1];
@@ -32,6 +34,7 @@ internal static class FootprintChild
                 case "--seed": seed = int.Parse(v, CultureInfo.InvariantCulture); break;
                 case "--scale": scale = int.Parse(v, CultureInfo.InvariantCulture); break;
                 case "--window-ms": windowMs = int.Parse(v, CultureInfo.InvariantCulture); break;
+                case "--limit-factor": limitFactor = double.Parse(v, CultureInfo.InvariantCulture); break;
                 default:
                     Console.Error.WriteLine($"{Command}: unknown option {args[i]}");
                     return 2;
@@ -39,7 +42,7 @@ internal static class FootprintChild
         }
         if (workloadName == null || allocatorName == null || outPath == null)
         {
-            Console.Error.WriteLine($"usage: {Command} --workload W --allocator A --seed S [--scale N] [--window-ms MS] --out FILE");
+            Console.Error.WriteLine($"usage: {Command} --workload W --allocator A --seed S [--scale N] [--window-ms MS] [--limit-factor F] --out FILE");
             return 2;
         }
 
@@ -50,7 +53,7 @@ internal static class FootprintChild
         int rc;
         try
         {
-            rc = Measure(new FootprintWorkload(workloadName, scale, seed), allocatorName, windowMs, file);
+            rc = Measure(new FootprintWorkload(workloadName, scale, seed), allocatorName, windowMs, limitFactor, file);
         }
         catch (Exception e)
         {
@@ -63,9 +66,18 @@ internal static class FootprintChild
         return rc;
     }
 
-    private static int Measure(FootprintWorkload w, string allocatorName, int windowMs, FootprintFile file)
+    /// <summary>Sets <c>HeapOptions.MemoryLimit</c> (bytes of committed arena memory; 0 = no limit).</summary>
+    public static void ApplyMemoryLimit(HeapOptions o, long bytes) => o.MemoryLimit = bytes;
+
+    private static int Measure(FootprintWorkload w, string allocatorName, int windowMs, double limitFactor, FootprintFile file)
     {
-        using FootprintAllocator? a = FootprintAllocator.Create(allocatorName, w.ArenaBytes, out string? why);
+        long limit = allocatorName == FootprintAllocator.NativeLimit && limitFactor > 0 ? (long)(limitFactor * w.PeakLiveBytes) : 0;
+        if (allocatorName == FootprintAllocator.NativeLimit)
+        {
+            file.Set("limitFactor", limitFactor);
+            file.Set("memoryLimit", limit);
+        }
+        using FootprintAllocator? a = FootprintAllocator.Create(allocatorName, w.ArenaBytes, w.Capacity, limit, out string? why);
         if (a == null)
         {
             file.Set("status", "skipped");
@@ -74,6 +86,9 @@ internal static class FootprintChild
         }
         if (a is NativeAllocator native) file.Set("arenaBytes", native.ArenaBytes);
         file.Set("trimName", a.TrimName ?? "-");
+        file.Set("mayFail", a.MayFail ? 1 : 0);
+        file.Set("gc", System.Runtime.GCSettings.IsServerGC ? "server" : "workstation");
+        file.Set("peakLiveNominal", w.PeakLiveBytes);
 
         // Everything the measured run needs exists (and is written) before the baseline: the block list, the sample
         // array, the sampler thread, and the JIT's code for every step (a run of the same workload 1/256 the size).
@@ -83,21 +98,33 @@ internal static class FootprintChild
 
         long baseline = ProcessMemory.SettledResidentBytes() ?? 0;
         rec.Begin(baseline);
+        // The kernel's peak counter: reset it and check that the reset took (VmHWM falls to the RSS of now).
+        long hwmBefore = PeakRss.Read();
         bool hwm = PeakRss.Reset();
+        long hwmAfter = PeakRss.Read(), rssAtReset = rec.RssNow() + baseline;
+        file.Set("hwmBeforeReset", hwmBefore);
+        file.Set("hwmAfterReset", hwmAfter);
+        file.Set("rssAtReset", rssAtReset);
+        rec.KernelPeak = hwm;
         file.Set("peakCounter", hwm ? "VmHWM" : "samples");
         a.Start();
-        long live = w.Run(a, rec, items);
+        WorkloadResult result = w.Run(a, rec, items);
+        rec.ClosePhase();
+        long live = result.Live;
         double endMs = rec.NowMs;
-        long peakWorkload = hwm ? PeakRss.Read() - baseline : -1;
+        long peakWorkload = rec.PeakSince(0);
         long noCall = rec.RssNow();
-        if (hwm) PeakRss.Reset();
         file.Set("baselineBytes", baseline);
         file.Set("liveBytes", live);
+        file.Set("peakLiveBytes", result.PeakLive);
+        file.Set("failedAllocations", result.Failed);
         file.Set("workloadEndMs", endMs);
         file.Set("rssNoCall", noCall);
         file.Set("rssPeakWorkload", peakWorkload);
+        foreach (PhaseOps o in result.Ops) file.Ops.Add(o);
 
         if (a is NativeAllocator atEnd) file.Set("heapCommittedNoCall", atEnd.Heap.GetStatistics().CommittedBytes);
+        int afterPhase = rec.PhaseCount;
         if (a is NativeAllocator { Background: false } explicitHeap)
         {
             rec.Phase("Compact + ReleaseFreeMemory");
@@ -107,7 +134,8 @@ internal static class FootprintChild
             explicitHeap.Heap.Compact();
             explicitHeap.Heap.ReleaseFreeMemory();
             double callMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
-            long callPeak = hwm ? PeakRss.Read() - rec.Baseline : -1;
+            rec.ClosePhase();
+            long callPeak = rec.PeakSince(rec.PhaseCount - 1);
             long after = rec.RssNow();
             file.Set("rssCallStart", start);
             file.Set("rssAfterCall", after);
@@ -119,9 +147,11 @@ internal static class FootprintChild
         rec.Phase("idle");
         double idleStart = rec.NowMs;
         file.Set("idleStartMs", idleStart);
+        file.Set("windowMs", windowMs);
         while (rec.NowMs < idleStart + windowMs) Thread.Sleep(10);
         long settled = rec.RssNow();
-        long peakAfter = hwm ? PeakRss.Read() - baseline : -1;
+        rec.ClosePhase();
+        long peakAfter = rec.PeakSince(afterPhase);
         file.Set("rssSettled", settled);
         file.Set("windowEndMs", rec.NowMs);
         file.Set("rssPeakAfterWorkload", peakAfter);
@@ -132,6 +162,7 @@ internal static class FootprintChild
             bool ok = a.Trim();
             Thread.Sleep(3 * RssRecorder.IntervalMs);   // so that the plot shows a sample after the call
             file.Set("rssAfterTrim", ok ? rec.RssNow() : -1);
+            rec.ClosePhase();
         }
         rec.Stop();
         file.Set("samplesTruncated", rec.Truncated ? 1 : 0);
@@ -158,7 +189,7 @@ internal static class FootprintChild
             file.Set("pgmigrateSuccess", s.Compaction.PgmigrateSuccess);
         }
 
-        foreach ((string name, double ms) in rec.Phases()) file.Phases.Add((name, ms));
+        foreach ((string name, double ms, long peak) in rec.Phases()) file.Phases.Add((name, ms, peak));
         foreach (RssSample s in rec.Samples) file.Samples.Add(s);
         foreach (Item it in items) a.Free(it.Id);
         file.Set("status", corrupt == 0 ? "ok" : "corrupt");
@@ -171,6 +202,7 @@ internal static class FootprintChild
     private static void WarmUp(FootprintWorkload w, FootprintAllocator a)
     {
         var small = new FootprintWorkload(w.Name, 256, 7);
+        // NativeHeap's warm-up heap has no limit: a 1/256 workload sits far below one pageblock per size class.
         FootprintAllocator target = a is NativeAllocator n ? new NativeAllocator(n.Name, Math.Max(small.ArenaBytes, 64L << 20), n.Background) : a;
         try
         {
@@ -193,14 +225,17 @@ internal static class FootprintChild
 
 /// <summary>
 /// What a child hands its parent, as CSV lines: <c>S,key,value</c> (figures; bytes above the baseline unless the key
-/// says otherwise), <c>P,phase,startMs</c> (phases in order) and <c>R,ms,phase,rssBytes,liveBytes</c> (samples).
+/// says otherwise), <c>P,phase,startMs,peakBytes</c> (phases in order, with the kernel's peak RSS during each above the
+/// baseline, -1 when not taken), <c>O,phase,allocs,frees,failed,ms,peakLiveSoFar</c> (the workload's operations per phase) and
+/// <c>R,ms,phase,rssBytes,liveBytes</c> (samples).
 /// </summary>
 internal sealed class FootprintFile
 {
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
     public Dictionary<string, string> Values { get; } = [];
-    public List<(string Name, double StartMs)> Phases { get; } = [];
+    public List<(string Name, double StartMs, long PeakBytes)> Phases { get; } = [];
+    public List<PhaseOps> Ops { get; } = [];
     public List<RssSample> Samples { get; } = [];
 
     public void Set(string key, string value) => Values[key] = value.Replace(',', ';');
@@ -217,7 +252,8 @@ internal sealed class FootprintFile
     {
         using var w = new StreamWriter(path);
         foreach ((string k, string v) in Values) w.WriteLine($"S,{k},{v}");
-        foreach ((string name, double ms) in Phases) w.WriteLine(string.Create(Inv, $"P,{name},{ms:F1}"));
+        foreach ((string name, double ms, long peak) in Phases) w.WriteLine(string.Create(Inv, $"P,{name},{ms:F1},{peak}"));
+        foreach (PhaseOps o in Ops) w.WriteLine(string.Create(Inv, $"O,{o.Phase},{o.Allocs},{o.Frees},{o.Failed},{o.Ms:R},{o.PeakLiveSoFar}"));
         foreach (RssSample s in Samples) w.WriteLine(string.Create(Inv, $"R,{s.Ms:F1},{s.Phase},{s.Rss},{s.Live}"));
     }
 
@@ -233,7 +269,10 @@ internal sealed class FootprintFile
                     f.Values[p[1]] = p[2];
                     break;
                 case "P" when p.Length >= 3:
-                    f.Phases.Add((p[1], double.Parse(p[2], Inv)));
+                    f.Phases.Add((p[1], double.Parse(p[2], Inv), p.Length >= 4 ? long.Parse(p[3], Inv) : -1));
+                    break;
+                case "O" when p.Length >= 7:
+                    f.Ops.Add(new PhaseOps(p[1], long.Parse(p[2], Inv), long.Parse(p[3], Inv), long.Parse(p[4], Inv), double.Parse(p[5], Inv), long.Parse(p[6], Inv)));
                     break;
                 case "R" when p.Length >= 5:
                     f.Samples.Add(new RssSample

@@ -34,6 +34,22 @@ internal sealed class FootprintWorkload(string name, int scale, int seed)
         _ => throw new ArgumentException($"unknown workload '{name}'"),
     };
 
+    /// <summary>The most bytes the workload has live at once, from its parameters (before the run): mesh's first fill
+    /// (128 MiB; after the second fill live is 64 + 64 MiB), redis's fill (the refill stops at the first block that
+    /// reaches it, so it overshoots by less than one 4 KiB value: counted), burst's fill plus its largest block (the fill
+    /// stops at the first block that reaches the target). The limit row's <c>MemoryLimit</c> is a factor times this.</summary>
+    public long PeakLiveBytes => name switch
+    {
+        Mesh => Math.Max(MeshSmallBytes, MeshSmallBytes / 2 + MeshLargeBytes),
+        Redis => RedisFillBytes() + 4096,
+        Burst => BurstBytes + 256 * 1024,
+        _ => throw new ArgumentException($"unknown workload '{name}'"),
+    };
+
+    /// <summary>The idle window after the last step: redis 30 s (the cache churn's 1 s / 5 s / 30 s figures), the others
+    /// 15 s; 3 s under <c>--quick</c>.</summary>
+    public static int WindowMs(string workload, bool quick) => quick ? 3_000 : workload == Redis ? 30_000 : 15_000;
+
     /// <summary>The bytes that size NativeHeap's arena: the most the workload has live at once (nominal: the fill
     /// targets), except for mesh, where it is both fills together: until something moves, the 1 KiB blocks cannot use
     /// the 512 B blocks' holes, so that is what the heap holds at the peak (2x the 128 MiB live peak leaves a movable
@@ -67,64 +83,106 @@ internal sealed class FootprintWorkload(string name, int scale, int seed)
     }
 
     /// <summary>Runs the workload's steps, announcing each phase to <paramref name="rec"/>; the surviving blocks stay in
-    /// <paramref name="items"/>. Returns the live (requested) bytes at the end.</summary>
-    public long Run(FootprintAllocator a, RssRecorder rec, List<Item> items)
+    /// <paramref name="items"/>. Returns the live (requested) bytes at the end, the most live at once, the failed
+    /// allocations (an allocator that may refuse: the limit row) and each phase's operations and time.</summary>
+    public WorkloadResult Run(FootprintAllocator a, RssRecorder rec, List<Item> items)
     {
         var run = new Steps(a, rec, items);
         var rng = new Random(seed);
         switch (name)
         {
             case Mesh:
-                rec.Phase("fill 512 B");
+                run.Phase("fill 512 B");
                 for (long i = 0; i < MeshSmallBytes / 512; i++) run.Add(512);
-                rec.Phase("free every other 512 B");
+                run.Phase("free every other 512 B");
                 run.FreeEveryOther(0);
                 int start = items.Count;
-                rec.Phase("fill 1 KiB");
+                run.Phase("fill 1 KiB");
                 for (long i = 0; i < MeshLargeBytes / 1024; i++) run.Add(1024);
-                rec.Phase("free every other 1 KiB");
+                run.Phase("free every other 1 KiB");
                 run.FreeEveryOther(start);
                 break;
             case Redis:
-                rec.Phase("fill 64 B-1 KiB");
+                run.Phase("fill 64 B-1 KiB");
                 for (int i = 0; i < RedisValues; i++) run.Add(rng.Next(64, 1025));
                 long target = run.Live;
-                rec.Phase("delete 75%");
+                run.Phase("delete 75%");
                 run.FreeRandom(rng, 3, 4);
-                rec.Phase("refill 1-4 KiB");
+                run.Phase("refill 1-4 KiB");
                 while (run.Live < target) run.Add(rng.Next(1024, 4097));
                 break;
             case Burst:
-                rec.Phase("fill 16 B-256 KiB");
+                run.Phase("fill 16 B-256 KiB");
                 while (run.Live < BurstBytes)
                 {
                     int n = s_burstSizes(rng);
                     _ = rng.Next(1, 256);   // CountFill's pattern draw, so that Capacity counts these very blocks
                     run.Add(n);
                 }
-                rec.Phase("free 90%");
+                run.Phase("free 90%");
                 run.FreeRandom(rng, 9, 10);
                 break;
             default:
                 throw new ArgumentException($"unknown workload '{name}'");
         }
-        return run.Live;
+        run.EndPhase();
+        return new WorkloadResult(run.Live, run.PeakLive, run.Failed, run.Ops);
     }
 
     /// <summary>The workload's primitive steps over one allocator, keeping the live count the sampler reads.</summary>
     private sealed class Steps(FootprintAllocator a, RssRecorder rec, List<Item> items)
     {
-        private int _serial;
-        public long Live { get; private set; }
+        /// <summary>Refusals in a row after which the workload stops: the limit cannot hold.</summary>
+        private const int MaxFailuresInARow = 100_000;
 
+        private int _serial;
+        private int _failedInARow;
+        private string? _phase;
+        private long _phaseStart, _phaseAllocs, _phaseFrees, _phaseFailed;
+        public long Live { get; private set; }
+        public long PeakLive { get; private set; }
+        public long Failed { get; private set; }
+        public List<PhaseOps> Ops { get; } = [];
+
+        /// <summary>Ends the current phase (its counts and time) and starts the next, announced to the recorder.</summary>
+        public void Phase(string phase)
+        {
+            EndPhase();
+            rec.Phase(phase);
+            _phase = phase;
+            _phaseAllocs = _phaseFrees = _phaseFailed = 0;
+            _phaseStart = System.Diagnostics.Stopwatch.GetTimestamp();
+        }
+
+        public void EndPhase()
+        {
+            if (_phase == null) return;
+            double ms = System.Diagnostics.Stopwatch.GetElapsedTime(_phaseStart).TotalMilliseconds;
+            Ops.Add(new PhaseOps(_phase, _phaseAllocs, _phaseFrees, _phaseFailed, ms, PeakLive));
+            _phase = null;
+        }
+
+        /// <summary>Allocates and writes a block. An allocator that may refuse (<see cref="FootprintAllocator.MayFail"/>)
+        /// has the refusal counted and the block left out; any other refusal is an error.</summary>
         public void Add(int size)
         {
             byte pattern = (byte)(1 + _serial++ % 251);
             long id = a.Allocate(size);
-            if (id == 0) throw new OutOfMemoryException($"{a.Name}: allocating {size} B returned null");
+            if (id == 0)
+            {
+                if (!a.MayFail) throw new OutOfMemoryException($"{a.Name}: allocating {size} B returned null");
+                Failed++;
+                _phaseFailed++;
+                if (++_failedInARow >= MaxFailuresInARow)
+                    throw new OutOfMemoryException($"{a.Name}: {Fmt.N(MaxFailuresInARow)} allocations in a row refused ({Fmt.N(Failed)} in all) at {Fmt.Mib(Live)} live");
+                return;
+            }
+            _failedInARow = 0;
+            _phaseAllocs++;
             a.Write(id, size, pattern);
             items.Add(new Item(id, size, pattern));
             Live += size;
+            if (Live > PeakLive) PeakLive = Live;
             rec.Live = Live;
         }
 
@@ -137,6 +195,7 @@ internal sealed class FootprintWorkload(string name, int scale, int seed)
                 if ((i - start) % 2 == 1)
                 {
                     a.Free(items[i].Id);
+                    _phaseFrees++;
                     Live -= items[i].Size;
                     rec.Live = Live;
                 }
@@ -157,6 +216,7 @@ internal sealed class FootprintWorkload(string name, int scale, int seed)
                 int j = rng.Next(i, items.Count);
                 (items[i], items[j]) = (items[j], items[i]);
                 a.Free(items[i].Id);
+                _phaseFrees++;
                 Live -= items[i].Size;
                 rec.Live = Live;
             }
@@ -164,3 +224,13 @@ internal sealed class FootprintWorkload(string name, int scale, int seed)
         }
     }
 }
+
+/// <summary>One phase of a workload: blocks allocated (and written), freed, refused, its wall-clock time, and the most
+/// bytes live from the workload's start to the phase's end.</summary>
+internal readonly record struct PhaseOps(string Phase, long Allocs, long Frees, long Failed, double Ms, long PeakLiveSoFar)
+{
+    public double OpsPerSecond => Ms > 0 ? (Allocs + Frees) * 1000.0 / Ms : double.NaN;
+}
+
+/// <summary>What a workload's run returns: live bytes at the end, the most live at once, refused allocations, phases.</summary>
+internal sealed record WorkloadResult(long Live, long PeakLive, long Failed, List<PhaseOps> Ops);

@@ -43,7 +43,7 @@ internal sealed class StatmReader : IDisposable
 
 /// <summary>
 /// The kernel's peak-RSS counter (VmHWM in /proc/self/status), reset by writing 5 to /proc/self/clear_refs: it sees a
-/// spike however short, where the 20 ms sampler could miss one. Absolute bytes (the runtime included).
+/// spike however short, where the 5 ms sampler could miss one. Absolute bytes (the runtime included).
 /// </summary>
 internal static class PeakRss
 {
@@ -92,19 +92,22 @@ internal struct RssSample
 }
 
 /// <summary>
-/// A dedicated thread that reads RSS every 20 ms into a preallocated, prefaulted array, from <see cref="Begin"/> until
+/// A dedicated thread that reads RSS every 5 ms into a preallocated, prefaulted array, from <see cref="Begin"/> until
 /// <see cref="Stop"/>, tagging each sample with the current phase and the workload's live bytes. The thread and the
-/// array exist before the baseline is taken, so neither shows up in the figures.
+/// array exist before the baseline is taken, so neither shows up in the figures. With <see cref="KernelPeak"/> set, the
+/// end of every phase (the next <see cref="Phase"/> or <see cref="ClosePhase"/>) also reads the kernel's VmHWM and
+/// resets it, so each phase has its own peak, however short the spike.
 /// </summary>
 internal sealed class RssRecorder : IDisposable
 {
-    public const int IntervalMs = 20;
+    public const int IntervalMs = 5;
     private const int MaxPhases = 32;
 
     private readonly RssSample[] _samples;
     private int _count;
     private readonly string[] _phaseNames = new string[MaxPhases];
     private readonly double[] _phaseStarts = new double[MaxPhases];
+    private readonly long[] _phasePeaks = new long[MaxPhases];
     private int _phaseCount;
     private int _phase = -1;
     private long _live;
@@ -154,12 +157,29 @@ internal sealed class RssRecorder : IDisposable
         _go.Set();
     }
 
-    /// <summary>Starts a phase: later samples carry its index; its start time is kept for the report's plot.</summary>
+    /// <summary>True when the kernel's VmHWM can be reset here (<see cref="PeakRss.Reset"/> worked): then every phase
+    /// gets the kernel's peak.</summary>
+    public bool KernelPeak { get; set; }
+
+    /// <summary>Ends the current phase: reads VmHWM as its peak and resets it (once; nothing without
+    /// <see cref="KernelPeak"/>). What happens between this and the next <see cref="Phase"/> counts into the next one.</summary>
+    public void ClosePhase()
+    {
+        int i = _phaseCount - 1;
+        if (!KernelPeak || i < 0 || _phasePeaks[i] >= 0) return;
+        _phasePeaks[i] = PeakRss.Read();
+        PeakRss.Reset();
+    }
+
+    /// <summary>Starts a phase (closing the one before): later samples carry its index; its start time is kept for the
+    /// report's plot.</summary>
     public void Phase(string name)
     {
         if (_phaseCount == MaxPhases) return;
+        ClosePhase();
         _phaseNames[_phaseCount] = name;
         _phaseStarts[_phaseCount] = NowMs;
+        _phasePeaks[_phaseCount] = -1;
         Volatile.Write(ref _phase, _phaseCount);
         _phaseCount++;
     }
@@ -198,11 +218,25 @@ internal sealed class RssRecorder : IDisposable
     /// <summary>The samples taken (valid after <see cref="Stop"/>).</summary>
     public ReadOnlySpan<RssSample> Samples => _samples.AsSpan(0, _count);
 
-    /// <summary>Phase names and start times (ms since the baseline), in order.</summary>
-    public IEnumerable<(string Name, double StartMs)> Phases()
+    /// <summary>Phase names, start times (ms since the baseline) and kernel peaks (VmHWM during the phase, bytes above
+    /// the baseline; -1 when not taken), in order.</summary>
+    public IEnumerable<(string Name, double StartMs, long PeakBytes)> Phases()
     {
-        for (int i = 0; i < _phaseCount; i++) yield return (_phaseNames[i], _phaseStarts[i]);
+        for (int i = 0; i < _phaseCount; i++) yield return (_phaseNames[i], _phaseStarts[i], _phasePeaks[i] < 0 ? -1 : _phasePeaks[i] - _baseline);
     }
+
+    /// <summary>The kernel peak (bytes above the baseline) of the phases from <paramref name="first"/> (index) on, -1
+    /// when none was taken.</summary>
+    public long PeakSince(int first)
+    {
+        long peak = -1;
+        for (int i = Math.Max(0, first); i < _phaseCount; i++)
+            if (_phasePeaks[i] >= 0) peak = Math.Max(peak, _phasePeaks[i] - _baseline);
+        return peak;
+    }
+
+    /// <summary>The number of phases started so far.</summary>
+    public int PhaseCount => _phaseCount;
 
     public void Dispose()
     {
