@@ -12,19 +12,11 @@ public readonly unsafe struct BlockPin : IDisposable
 {
     private readonly BlockPinRecord? _record;
     private readonly long _generation;
-    // What the getters return, copied when the pin was taken: the record is reused by later pins, so a getter that
-    // read the record's fields after checking its generation could return another block's address or length.
-    private readonly byte* _pointer;
-    private readonly long _length;
-    private readonly BlockHandle _handle;
 
-    internal BlockPin(BlockPinRecord record, long generation, BlockHandle handle, byte* pointer, long length)
+    internal BlockPin(BlockPinRecord record, long generation)
     {
         _record = record;
         _generation = generation;
-        _handle = handle;
-        _pointer = pointer;
-        _length = length;
     }
 
     /// <summary>True until the pin is released (false for <c>default</c>).</summary>
@@ -36,8 +28,10 @@ public readonly unsafe struct BlockPin : IDisposable
     {
         get
         {
-            ThrowIfReleased();
-            return _handle;
+            BlockPinRecord r = Held();
+            var handle = new BlockHandle(Volatile.Read(ref r.HandleValue));
+            StillHeld(r);
+            return handle;
         }
     }
 
@@ -47,8 +41,10 @@ public readonly unsafe struct BlockPin : IDisposable
     {
         get
         {
-            ThrowIfReleased();
-            return _length;
+            BlockPinRecord r = Held();
+            long length = Volatile.Read(ref r.Length);
+            StillHeld(r);
+            return length;
         }
     }
 
@@ -58,8 +54,10 @@ public readonly unsafe struct BlockPin : IDisposable
     {
         get
         {
-            ThrowIfReleased();
-            return (nint)_pointer;
+            BlockPinRecord r = Held();
+            nint address = Volatile.Read(ref r.Address);
+            StillHeld(r);
+            return address;
         }
     }
 
@@ -70,9 +68,12 @@ public readonly unsafe struct BlockPin : IDisposable
     {
         get
         {
-            ThrowIfReleased();
-            if (_length > int.MaxValue) ThrowHelper.TooLargeForSpan(_length);
-            return new Span<byte>(_pointer, (int)_length);
+            BlockPinRecord r = Held();
+            nint address = Volatile.Read(ref r.Address);
+            long length = Volatile.Read(ref r.Length);
+            StillHeld(r);
+            if (length > int.MaxValue) ThrowHelper.TooLargeForSpan(length);
+            return new Span<byte>((void*)address, (int)length);
         }
     }
 
@@ -80,12 +81,23 @@ public readonly unsafe struct BlockPin : IDisposable
     /// <exception cref="ObjectDisposedException">The heap was disposed (the pin is released all the same).</exception>
     public void Dispose() => _record?.Release(_generation);
 
-    /// <summary>The getters' check: this value's fields are its own (never rewritten), so only whether the pin is still
-    /// held is read from the shared record.</summary>
-    private void ThrowIfReleased()
+    private BlockPinRecord Held()
     {
         BlockPinRecord? r = _record;
         if (r == null || Volatile.Read(ref r.Generation) != _generation) throw new ObjectDisposedException(nameof(BlockPin));
+        return r;
+    }
+
+    /// <summary>
+    /// The getters read the record's fields like a sequence lock's reader: generation, fields, generation again. A
+    /// released record is refilled by a later pin (its fields rewritten after the release's generation CAS, a full
+    /// fence); the fields are read with acquire, so a field that shows the later pin's value is followed by a
+    /// generation read that shows the release, and the getter throws instead of returning another block's address or
+    /// length. Two loads more than a plain read, on a weakly ordered CPU too.
+    /// </summary>
+    private void StillHeld(BlockPinRecord r)
+    {
+        if (Volatile.Read(ref r.Generation) != _generation) throw new ObjectDisposedException(nameof(BlockPin));
     }
 }
 
@@ -102,6 +114,11 @@ internal sealed unsafe class BlockPinRecord
     public long Generation;
     public NativeHeap? Heap;
     public HandleEntry* Entry;
+    // What the pin's getters return; written before Activate (a full fence), read by the getters as a sequence lock's
+    // reader (BlockPin.StillHeld).
+    public nint Address;
+    public long Length;
+    public ulong HandleValue;
     /// <summary>A long-term pin (<see cref="NativeHeap.PinLongTerm(BlockHandle)"/>): its release also drops the
     /// heap's count of long-term pins.</summary>
     public bool LongTerm;

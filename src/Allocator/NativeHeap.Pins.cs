@@ -106,8 +106,10 @@ public sealed unsafe partial class NativeHeap
         r.Heap = this;
         r.Entry = e;
         r.LongTerm = longTerm;
-        // Pinned: the address and size are stable, and the pin keeps its own copy of them.
-        return new BlockPin(r, r.Activate(), handle, (byte*)e->Address, _map.BlockSize(e->Address, s));
+        r.HandleValue = handle.Value;
+        r.Address = e->Address;                  // pinned: the address and size are stable
+        r.Length = _map.BlockSize(e->Address, s);
+        return new BlockPin(r, r.Activate());
     }
 
     /// <summary>Drops one atomic pin of a <see cref="BlockPin"/>.</summary>
