@@ -93,6 +93,7 @@ public sealed partial class NativeHeap
 
     private void BackgroundStepCore(TimeSpan now)
     {
+        if (_softLimitRatio != 0) UpdateSoftLimit();   // follows live bytes down as well as up
         if (_compactor == null)
         {
             _reclaimer.Trim(now);

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Compaction.Allocator.Os;
 using System.Diagnostics.Tracing;
 using System.Runtime.CompilerServices;
 
@@ -26,7 +27,73 @@ public sealed partial class NativeHeap
     /// <summary>True when a memory limit is set and committed memory is within a pageblock of it (so a failed
     /// allocation failed for want of a commit the limit refused, not because the arena's range is full).</summary>
     private bool LimitInTheWay() =>
-        _memoryLimit != 0 && _memory.CommittedBytes > _memoryLimit - (long)_options.PageSize * _options.PageblockPages;
+        _memoryLimit != 0 && _memory.CommittedBytes > _memoryLimit - PageblockBytes;
+
+    /// <summary>True when committed memory is within a pageblock of the soft limit (the waste ratio's).</summary>
+    private bool SoftLimitInTheWay() => _memory.CommittedBytes > _memory.SoftLimitBytes - PageblockBytes;
+
+    private long PageblockBytes => (long)_options.PageSize * _options.PageblockPages;
+
+    /// <summary>Where an allocation that found no room is in its search for room (<see cref="NextRoomAttempt"/>).</summary>
+    private struct RoomSearch
+    {
+        public bool SoftLimitUpdated;   // the soft limit was set from today's live bytes
+        public int Slices;              // slices of freeing and compacting run
+        public bool PassedSoftLimit;    // this thread's commits may pass the soft limit (cleared by EndRoomSearch)
+    }
+
+    /// <summary>
+    /// Decides whether an allocation that found no room tries again, doing first what may make room
+    /// (native-layout.md, section 9, "The memory limit"): a soft limit set when live bytes were lower is raised to
+    /// today's (and the allocation retries at once); a commit the memory limit or the soft limit refused runs slices
+    /// of freeing and compacting (at most <see cref="MaxLimitSlices"/> for the memory limit, which is never passed,
+    /// <see cref="MaxSoftLimitSlices"/> for the soft one); after those the soft limit gives way for this allocation's
+    /// last try. False when nothing is left to try. Caller is in a call section; pair with <see cref="EndRoomSearch"/>.
+    /// </summary>
+    private bool NextRoomAttempt(ref RoomSearch room)
+    {
+        if (_softLimitRatio != 0 && !room.SoftLimitUpdated)
+        {
+            room.SoftLimitUpdated = true;
+            if (UpdateSoftLimit()) return true;
+        }
+        bool hard = LimitInTheWay(), soft = !hard && _softLimitRatio != 0 && !room.PassedSoftLimit && SoftLimitInTheWay();
+        if (!hard && !soft) return false;   // the arena itself has no room: no limit stands in the way
+        if (room.Slices < (hard ? MaxLimitSlices : MaxSoftLimitSlices) && MakeRoomUnderLimit())
+        {
+            room.Slices++;
+            return true;
+        }
+        if (!soft) return false;
+        room.PassedSoftLimit = true;
+        ArenaMemory.PassSoftLimit = true;
+        return true;
+    }
+
+    /// <summary>Ends an allocation's search for room: its thread's commits respect the soft limit again.</summary>
+    private static void EndRoomSearch(ref RoomSearch room)
+    {
+        if (room.PassedSoftLimit) ArenaMemory.PassSoftLimit = false;
+    }
+
+    /// <summary>Slices an allocation runs to stay under the soft limit before it passes it: at most 2 ms of compaction
+    /// at the default slice time (plus the decommits).</summary>
+    private const int MaxSoftLimitSlices = 4;
+
+    /// <summary>
+    /// Sets the soft limit from the live bytes now: the waste ratio's share above them (<see cref="HeapOptions.WasteHighRatio"/>
+    /// times live, and at least <see cref="HeapOptions.WasteMinBytes"/> above live), in whole pageblocks. True when
+    /// that raised it. Sums the threads' live counters (a racy read: a stale sum costs one refusal or one pageblock).
+    /// </summary>
+    private bool UpdateSoftLimit()
+    {
+        long live = _caches.LiveTotals().bytes, pb = PageblockBytes;
+        long target = Math.Max((long)(live * _softLimitRatio), live + _options.WasteMinBytes);
+        target = (target + pb - 1) / pb * pb;
+        long old = _memory.SoftLimitBytes;
+        _memory.SoftLimitBytes = target;
+        return target > old;
+    }
 
     /// <summary>Why the memory limit could not be kept for an allocation of <paramref name="size"/>: live bytes do
     /// not fit under it, or committed memory is held by pinned and unmovable blocks that compaction cannot move. For a

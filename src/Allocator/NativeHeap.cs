@@ -56,6 +56,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private readonly bool _poisonFreed;                // _options.PoisonFreedMemory: the fast paths' one branch
     private volatile bool _disposed;
     private readonly long _memoryLimit;                // bytes the arena may hold committed; 0 for no limit
+    private readonly double _softLimitRatio;           // the soft limit's multiple of live bytes (WasteHighRatio); 0: none
 
     /// <summary>Creates a heap. Reserves <see cref="HeapOptions.ArenaBytes"/> of address space; commits nothing yet.</summary>
     /// <param name="options">Settings, validated here; null for the defaults.</param>
@@ -89,6 +90,8 @@ public sealed unsafe partial class NativeHeap : IDisposable
                 _memoryLimit = Math.Max(2 * pageblockBytes, limit / pageblockBytes * pageblockBytes);
                 _memory.LimitBytes = _memoryLimit;
             }
+            _softLimitRatio = _options.WasteHighRatio;
+            if (_softLimitRatio != 0) _memory.SoftLimitBytes = Math.Max(2L * pageSize * pbPages, _options.WasteMinBytes);
             _map = new PageMap(_memory.Base, pageSize, pbPages, pageCount, os);
             _pages = new PageAllocator(_map, _memory, _options.MovableZonePercent, _options.PoisonFreedMemory);
             _poison = _pages.Poison;
@@ -337,15 +340,16 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private ulong AllocateSmallAfterMiss(long size, BlockKind kind, ThreadCache? tc)
     {
         ulong handle;
+        RoomSearch room = default;
         _caches.EnterCall(tc);
         try
         {
             handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
-            for (int slice = 0; handle == 0 && _memoryLimit != 0 && slice < MaxLimitSlices && MakeRoomUnderLimit(); slice++)
-                handle = AllocateSmallDirect(size, kind);
+            while (handle == 0 && NextRoomAttempt(ref room)) handle = AllocateSmallDirect(size, kind);
         }
         finally
         {
+            EndRoomSearch(ref room);
             _caches.ExitCall(tc);
         }
         if (handle == 0) NoteAllocationFailed(size, kind);
@@ -419,8 +423,15 @@ public sealed unsafe partial class NativeHeap : IDisposable
         if (start < 0 && ReleaseParkedStorage()) start = _pages.AllocateRun(pages, kind, index);
         if (start < 0 && kind == BlockKind.Movable && _compactor != null && _options.DirectCompaction)
             start = DirectCompact(pages, index);
-        for (int slice = 0; start < 0 && _memoryLimit != 0 && slice < MaxLimitSlices && MakeRoomUnderLimit(); slice++)
-            start = _pages.AllocateRun(pages, kind, index);
+        RoomSearch room = default;
+        try
+        {
+            while (start < 0 && NextRoomAttempt(ref room)) start = _pages.AllocateRun(pages, kind, index);
+        }
+        finally
+        {
+            EndRoomSearch(ref room);
+        }
         if (start < 0)
         {
             _handles.Push(one);

@@ -63,6 +63,12 @@ internal sealed unsafe class ArenaMemory : IDisposable
     private long _decommitFailures;
     private long _limitBytes;                  // committed bytes may not pass it; long.MaxValue: no limit
     private long _limitRefusals;               // commits refused because they would have passed it
+    private long _softLimitBytes = long.MaxValue;   // commits past it are refused unless the thread may pass it
+    private long _softLimitRefusals;
+
+    // Set by the heap on a thread whose allocation already tried to make room under the soft limit: its next commits
+    // may pass it (never the hard limit).
+    [ThreadStatic] private static bool t_passSoftLimit;
 
     // Small-page pageblocks (see UseSmallPages). Flips are rare (a purge in a pageblock still huge, a decommit of a
     // small-page one), so one lock serialises them with the island count; it is the innermost lock (zone lock, then
@@ -147,6 +153,30 @@ internal sealed unsafe class ArenaMemory : IDisposable
 
     /// <summary>Commits refused because they would have taken committed bytes past <see cref="LimitBytes"/>.</summary>
     public long LimitRefusals => Volatile.Read(ref _limitRefusals);
+
+    /// <summary>
+    /// A limit that commits respect unless the committing thread says it may pass it (<see cref="PassSoftLimit"/>):
+    /// the heap keeps it at live bytes times the waste ratio, so that an allocation first reuses room that freeing and
+    /// compaction can make before it takes a fresh pageblock (native-layout.md, section 9, "The memory limit").
+    /// <see cref="long.MaxValue"/> for none. Written racily by the heap (a stale value costs one refusal or one
+    /// pageblock, never correctness).
+    /// </summary>
+    public long SoftLimitBytes
+    {
+        get => Volatile.Read(ref _softLimitBytes);
+        set => Volatile.Write(ref _softLimitBytes, value);
+    }
+
+    /// <summary>Commits refused because they would have passed <see cref="SoftLimitBytes"/>.</summary>
+    public long SoftLimitRefusals => Volatile.Read(ref _softLimitRefusals);
+
+    /// <summary>Whether the calling thread's commits may pass <see cref="SoftLimitBytes"/> (a thread-local flag the heap
+    /// sets for the last retry of an allocation and clears after it).</summary>
+    public static bool PassSoftLimit
+    {
+        get => t_passSoftLimit;
+        set => t_passSoftLimit = value;
+    }
     /// <summary>Decommits and purges the OS refused (the memory stayed committed and resident).</summary>
     public long DecommitFailures => Volatile.Read(ref _decommitFailures);
 
@@ -179,13 +209,18 @@ internal sealed unsafe class ArenaMemory : IDisposable
         long bytes = (long)_pageblockBytes;
         // The bytes are taken before the system call, so that two zones committing at once cannot both pass the
         // limit (a CAS loop that never goes past it); without a limit the comparison never fails.
-        long limit = _limitBytes;
+        long limit = _limitBytes, soft = t_passSoftLimit ? long.MaxValue : Volatile.Read(ref _softLimitBytes);
         while (true)
         {
             long committed = Volatile.Read(ref _committedBytes);
             if (committed > limit - bytes)
             {
                 Interlocked.Increment(ref _limitRefusals);
+                return false;
+            }
+            if (committed > soft - bytes)
+            {
+                Interlocked.Increment(ref _softLimitRefusals);
                 return false;
             }
             if (Interlocked.CompareExchange(ref _committedBytes, committed + bytes, committed) == committed) break;
