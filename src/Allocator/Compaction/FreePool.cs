@@ -9,8 +9,18 @@ internal sealed class FreePool
     private readonly List<(int start, int length)> _ranges = [];
 
     public int Count => _ranges.Count;
+    /// <summary>Pages the pool holds, over all its ranges.</summary>
+    public long TotalPages { get; private set; }
     public IReadOnlyList<(int start, int length)> Ranges => _ranges;
-    public void Clear() => _ranges.Clear();
+    public void Clear() { _ranges.Clear(); TotalPages = 0; }
+
+    /// <summary>True when some range holds <paramref name="pages"/> contiguous pages.</summary>
+    public bool Fits(int pages)
+    {
+        foreach ((_, int length) in _ranges)
+            if (length >= pages) return true;
+        return false;
+    }
 
     /// <summary>Adds pages [start, start + length), merging with adjacent ranges.</summary>
     public void Add(int start, int length)
@@ -28,6 +38,7 @@ internal sealed class FreePool
             _ranges.RemoveAt(i);
         }
         _ranges.Insert(i, (start, end - start));
+        TotalPages += length;
     }
 
     /// <summary>Best fit: takes <paramref name="pages"/> from the start of the shortest range that holds them.
@@ -46,6 +57,7 @@ internal sealed class FreePool
         (int start, int length) = _ranges[best];
         if (length == pages) _ranges.RemoveAt(best);
         else _ranges[best] = (start + pages, length - pages);
+        TotalPages -= pages;
         return start;
     }
 

@@ -13,39 +13,53 @@ internal sealed unsafe partial class Compactor
 
     /// <summary>
     /// compaction_alloc: <paramref name="pages"/> contiguous free pages from the isolated pool, isolating more free
-    /// blocks with the free scanner (pageblock by pageblock, downward, never at or below the migrate scanner) when no
-    /// range of the pool is long enough. The pool keeps isolated pages as coalesced ranges, so a run of 9 pages can
-    /// use 8 + 1 adjacent free pages instead of needing a block of 16. Returns the first page (committed, marked
-    /// FreeTail, owned by the caller) or -1 when the scanners met or (async) a zone lock was contended.
+    /// blocks with the free scanner (<see cref="IsolateTargets"/>) when no range of the pool is long enough. The pool
+    /// keeps isolated pages as coalesced ranges, so a run of 9 pages can use 8 + 1 adjacent free pages instead of
+    /// needing a block of 16. Returns the first page (committed, marked FreeTail, owned by the caller) or -1: no
+    /// target of that size (the unit stays, the pass goes on with the others) or (async) a zone lock was contended.
     /// </summary>
     private int CompactionAlloc(CompactControl cc, int pages, int migratePb, ref int freePb)
     {
-        while (true)
+        if (!IsolateTargets(cc, pages, migratePb, ref freePb)) return -1;
+        int start = _freePool.Take(pages);
+        if (!Acquire(_zone.Lock, cc)) { _freePool.Add(start, pages); return -1; }
+        bool committed = _zone.CommitRangeLocked(start, pages);
+        _zone.Lock.Exit();
+        if (committed) return start;
+        _freePool.Add(start, pages);
+        return -1;
+    }
+
+    /// <summary>
+    /// The free scanner, on demand: isolates free blocks pageblock by pageblock, downward from the top of the used
+    /// range and never at or below the migrate scanner, until the pool holds a range of <paramref name="pages"/>
+    /// pages. True when it does. False when the scanners met, when (async) a zone lock was contended, or when the
+    /// pool already holds <see cref="TargetReserve"/> pages in ranges too short for the unit: the kernel's free
+    /// scanner isolates only as many free pages as the migrate scanner needs (nr_freepages >= nr_migratepages); here
+    /// a unit of n pages needs one range of n, and walking on down for it would take every hole of the zone into the
+    /// pool at the first large slab, meet the migrate scanner at once and end the pass having moved one pageblock's
+    /// small units. The unit that finds no target stays where it is; smaller units go on filling the holes the pool
+    /// holds, and a later pass, finding the larger holes those moves opened, moves it.
+    /// </summary>
+    private bool IsolateTargets(CompactControl cc, int pages, int migratePb, ref int freePb)
+    {
+        while (!_freePool.Fits(pages))
         {
-            int start = _freePool.Take(pages);
-            if (start >= 0)
-            {
-                if (!Acquire(_zone.Lock, cc)) { _freePool.Add(start, pages); return -1; }
-                bool committed = _zone.CommitRangeLocked(start, pages);
-                _zone.Lock.Exit();
-                if (committed) return start;
-                _freePool.Add(start, pages);
-                return -1;
-            }
-            if (freePb <= migratePb) return -1;
+            if (_freePool.TotalPages >= TargetReserve(pages)) return false;
+            if (freePb <= migratePb) return false;
             int pb = freePb--;
             if (!cc.IgnoreSkip && _map.GetSkip(pb)) continue;
             // Destinations come from committed memory only, so a compaction never raises resident memory: a pageblock
             // that is not committed is wholly free, and filling it would commit fresh memory before any source is given
             // back. Racy read (commits and decommits happen under the zone lock): a stale "committed" is corrected by
-            // the commit below, at most one pageblock per isolation.
+            // the commit in CompactionAlloc, at most one pageblock per isolation.
             if (!_pages.Memory.IsCommitted(pb)) continue;
             // Room first, for every free block a pageblock can hold: IsolateFreeBlocksLocked then allocates nothing
             // under the zone lock (a list failing to grow there would leave the lock held by this thread and the
             // blocks isolated before it off every list). The finally is for any other exception.
             _isolated.Clear();
             _isolated.EnsureCapacity(_map.PageblockPages);
-            if (!Acquire(_zone.Lock, cc)) { freePb++; return -1; }
+            if (!Acquire(_zone.Lock, cc)) { freePb++; return false; }
             int isolated;
             try
             {
@@ -65,7 +79,13 @@ internal sealed unsafe partial class Compactor
                 Counters[SkipBitsSet]++;
             }
         }
+        return true;
     }
+
+    /// <summary>Pages of holes too short for a unit of <paramref name="pages"/> the pool may hold before the free
+    /// scanner stops looking further down for that unit: twice the unit, plus a pageblock (what one more isolation
+    /// can add).</summary>
+    private long TargetReserve(int pages) => 2L * pages + _map.PageblockPages;
 
     /// <summary>Moves the blocks the free scanner just isolated (<see cref="_isolated"/>) into the pool. The pool's list
     /// may grow, so a managed allocation may fail part way: the blocks not yet pooled then go back to the buddy

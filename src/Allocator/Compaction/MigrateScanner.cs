@@ -210,7 +210,8 @@ internal sealed unsafe partial class Compactor
             retry.Clear();
             foreach ((int head, MigrateResult r) in results)
             {
-                if (r == MigrateResult.NoMemory) return CompactStatus.NoTargets;
+                // NoMemory: no free range of the unit's size among the targets (see IsolateTargets). The unit stays
+                // and is not retried in this pass; the others go on.
                 if (IsTransient(r)) retry.Add(head);
                 else if (r is MigrateResult.OwnerFailed) Counters[PgmigrateFail] += UnitPages(head);
             }
@@ -218,6 +219,8 @@ internal sealed unsafe partial class Compactor
             (pending, retry) = (retry, pending);
         }
         foreach (int head in pending) Counters[PgmigrateFail] += UnitPages(head);
+        // The free scanner met the migrate scanner and the pool is used up: nothing can move any more this pass.
+        if (freePb <= migratePb && _freePool.TotalPages == 0) return CompactStatus.NoTargets;
         return CompactStatus.Continue;
     }
 
@@ -326,6 +329,9 @@ internal sealed unsafe partial class Compactor
         if (d.Kind != PageKind.SlabHead || d.SlabKind != BlockKind.Movable) return MigrateResult.Gone;
         SlabClass cls = _slabs.Class[d.SlabClass];
         int pages = _slabs.Classes.PagesPerSlab[cls.Index];
+        // A target first, before the class lock and the listing of its blocks: a slab with no free range of its size
+        // is left at once (CompactionAlloc below then takes the range the pool holds).
+        if (!IsolateTargets(cc, pages, migratePb, ref freePb)) return cc.Contended ? MigrateResult.Busy : MigrateResult.NoMemory;
         if (!Acquire(cls.Lock, cc)) return MigrateResult.Busy;
         int dst;
         try
