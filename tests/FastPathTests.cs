@@ -132,7 +132,9 @@ public sealed unsafe class FastPathTests
     [Fact]
     public void CompactionDrainsTheCachesAndTheDepotOfBoundEntriesAndMovesTheLiveBlocks()
     {
-        using NativeHeap heap = TestHeaps.Small(movablePercent: 90, arenaBytes: 64L << 20);
+        // No soft limit: its room search would drain the caches while the runs below are allocated, and this test needs
+        // them full when Compact() starts.
+        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = 64L << 20, PageblockPages = 64, MovableZonePercent = 90, WasteHighRatio = 0 });
         var rng = new Random(7);
         var live = new List<BlockHandle>();
         for (int i = 0; i < 20_000; i++) live.Add(heap.Allocate(rng.Next(16, 600)));

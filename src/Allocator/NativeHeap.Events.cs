@@ -39,7 +39,7 @@ public sealed partial class NativeHeap
     {
         public bool SoftLimitUpdated;   // the soft limit was set from today's live bytes
         public int Slices;              // slices of freeing and compacting run
-        public bool PassedSoftLimit;    // this thread's commits may pass the soft limit (cleared by EndRoomSearch)
+        public bool PassedSoftLimit;    // the last try passes the soft limit (the caller restores SoftLimitApplies)
     }
 
     /// <summary>
@@ -48,7 +48,8 @@ public sealed partial class NativeHeap
     /// today's (and the allocation retries at once); a commit the memory limit or the soft limit refused runs slices
     /// of freeing and compacting (at most <see cref="MaxLimitSlices"/> for the memory limit, which is never passed,
     /// <see cref="MaxSoftLimitSlices"/> for the soft one); after those the soft limit gives way for this allocation's
-    /// last try. False when nothing is left to try. Caller is in a call section; pair with <see cref="EndRoomSearch"/>.
+    /// last try (the caller set <see cref="ArenaMemory.SoftLimitApplies"/> and restores it). False when nothing is left
+    /// to try. Caller is in a call section.
     /// </summary>
     private bool NextRoomAttempt(ref RoomSearch room)
     {
@@ -59,21 +60,18 @@ public sealed partial class NativeHeap
         }
         bool hard = LimitInTheWay(), soft = !hard && _softLimitRatio != 0 && !room.PassedSoftLimit && SoftLimitInTheWay();
         if (!hard && !soft) return false;   // the arena itself has no room: no limit stands in the way
-        if (room.Slices < (hard ? MaxLimitSlices : MaxSoftLimitSlices) && MakeRoomUnderLimit())
+        // The soft limit's slices are compaction on the allocating thread: off with direct compaction (the memory
+        // limit's are not: without them it could not be kept).
+        int maxSlices = hard ? MaxLimitSlices : _options.DirectCompaction ? MaxSoftLimitSlices : 0;
+        if (room.Slices < maxSlices && MakeRoomUnderLimit())
         {
             room.Slices++;
             return true;
         }
         if (!soft) return false;
         room.PassedSoftLimit = true;
-        ArenaMemory.PassSoftLimit = true;
+        ArenaMemory.SoftLimitApplies = false;
         return true;
-    }
-
-    /// <summary>Ends an allocation's search for room: its thread's commits respect the soft limit again.</summary>
-    private static void EndRoomSearch(ref RoomSearch room)
-    {
-        if (room.PassedSoftLimit) ArenaMemory.PassSoftLimit = false;
     }
 
     /// <summary>Slices an allocation runs to stay under the soft limit before it passes it: at most 2 ms of compaction

@@ -307,13 +307,16 @@ public sealed unsafe partial class NativeHeap : IDisposable
             return run;
         }
         ulong handle;
+        bool softLimit = ArenaMemory.SoftLimitApplies;
         _caches.EnterCall(tc);
         try
         {
+            ArenaMemory.SoftLimitApplies = true;   // an allocation for a caller: its commits respect the soft limit
             handle = AllocateSmallDirect(size, kind);
         }
         finally
         {
+            ArenaMemory.SoftLimitApplies = softLimit;
             _caches.ExitCall(tc);
         }
         if (_poisonFreed) RaiseUseAfterFreeEvents();
@@ -341,15 +344,17 @@ public sealed unsafe partial class NativeHeap : IDisposable
     {
         ulong handle;
         RoomSearch room = default;
+        bool softLimit = ArenaMemory.SoftLimitApplies;
         _caches.EnterCall(tc);
         try
         {
+            ArenaMemory.SoftLimitApplies = true;
             handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
             while (handle == 0 && NextRoomAttempt(ref room)) handle = AllocateSmallDirect(size, kind);
         }
         finally
         {
-            EndRoomSearch(ref room);
+            ArenaMemory.SoftLimitApplies = softLimit;
             _caches.ExitCall(tc);
         }
         if (handle == 0) NoteAllocationFailed(size, kind);
@@ -401,13 +406,16 @@ public sealed unsafe partial class NativeHeap : IDisposable
                 }
             }
         }
+        bool softLimit = ArenaMemory.SoftLimitApplies;
         _caches.EnterCall(tc);
         try
         {
+            ArenaMemory.SoftLimitApplies = true;   // an allocation for a caller: its commits respect the soft limit
             return AllocateRunFromZone(size, kind, pages);
         }
         finally
         {
+            ArenaMemory.SoftLimitApplies = softLimit;
             _caches.ExitCall(tc);
         }
     }
@@ -422,16 +430,16 @@ public sealed unsafe partial class NativeHeap : IDisposable
         int start = _pages.AllocateRun(pages, kind, index);
         if (start < 0 && ReleaseParkedStorage()) start = _pages.AllocateRun(pages, kind, index);
         if (start < 0 && kind == BlockKind.Movable && _compactor != null && _options.DirectCompaction)
+        {
+            // Direct compaction answers "is there a free run of this length?" (the kernel's question), not the soft
+            // limit's: its capture commits as an allocation would, past the soft limit, so that a soft refusal never
+            // counts as a failed compaction (which would defer the next ones).
+            ArenaMemory.SoftLimitApplies = false;
             start = DirectCompact(pages, index);
+            ArenaMemory.SoftLimitApplies = true;
+        }
         RoomSearch room = default;
-        try
-        {
-            while (start < 0 && NextRoomAttempt(ref room)) start = _pages.AllocateRun(pages, kind, index);
-        }
-        finally
-        {
-            EndRoomSearch(ref room);
-        }
+        while (start < 0 && NextRoomAttempt(ref room)) start = _pages.AllocateRun(pages, kind, index);
         if (start < 0)
         {
             _handles.Push(one);

@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Compaction.Allocator.Handles;
 using Compaction.Allocator.Layout;
+using Compaction.Allocator.Os;
 using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
 
@@ -329,11 +330,13 @@ internal sealed unsafe class ThreadCaches
     [MethodImpl(MethodImplOptions.NoInlining)]
     private ulong RefillSlots(ThreadCache tc, int bin)
     {
+        bool softLimit = ArenaMemory.SoftLimitApplies;
         try
         {
             ref CacheBin b = ref BinOf(tc, bin);
             Span<ulong> dst = tc.Items.AsSpan(b.Offset, Math.Min(512, Math.Max(1, b.Capacity / 2)));
             int n = _depot.Take(bin, dst);
+            ArenaMemory.SoftLimitApplies = true;   // an allocation's refill: a commit respects the soft limit
             if (n == 0) n = _binder.BindSlots(bin, dst);
             if (n == 0) return 0;
             b.Count = n - 1;
@@ -343,6 +346,10 @@ internal sealed unsafe class ThreadCaches
         {
             Exit(tc);   // nothing was added to the bin; a drainer must not wait for this thread
             throw;
+        }
+        finally
+        {
+            ArenaMemory.SoftLimitApplies = softLimit;
         }
     }
 

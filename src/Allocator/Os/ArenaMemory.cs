@@ -66,9 +66,9 @@ internal sealed unsafe class ArenaMemory : IDisposable
     private long _softLimitBytes = long.MaxValue;   // commits past it are refused unless the thread may pass it
     private long _softLimitRefusals;
 
-    // Set by the heap on a thread whose allocation already tried to make room under the soft limit: its next commits
-    // may pass it (never the hard limit).
-    [ThreadStatic] private static bool t_passSoftLimit;
+    // Set by the allocation paths (never by compaction, long-term pins or the reclaimer) while they allocate for a
+    // caller: only those commits respect the soft limit, and only those can make room and retry.
+    [ThreadStatic] private static bool t_softLimitApplies;
 
     // Small-page pageblocks (see UseSmallPages). Flips are rare (a purge in a pageblock still huge, a decommit of a
     // small-page one), so one lock serialises them with the island count; it is the innermost lock (zone lock, then
@@ -155,9 +155,10 @@ internal sealed unsafe class ArenaMemory : IDisposable
     public long LimitRefusals => Volatile.Read(ref _limitRefusals);
 
     /// <summary>
-    /// A limit that commits respect unless the committing thread says it may pass it (<see cref="PassSoftLimit"/>):
-    /// the heap keeps it at live bytes times the waste ratio, so that an allocation first reuses room that freeing and
-    /// compaction can make before it takes a fresh pageblock (native-layout.md, section 9, "The memory limit").
+    /// A limit that the commits of an allocation respect (<see cref="SoftLimitApplies"/>; a compaction's, a long-term
+    /// pin's and the reclaimer's do not): the heap keeps it at live bytes times the waste ratio, so that an allocation
+    /// first reuses room that freeing and compaction can make before it takes a fresh pageblock (native-layout.md,
+    /// section 9, "The memory limit").
     /// <see cref="long.MaxValue"/> for none. Written racily by the heap (a stale value costs one refusal or one
     /// pageblock, never correctness).
     /// </summary>
@@ -170,12 +171,13 @@ internal sealed unsafe class ArenaMemory : IDisposable
     /// <summary>Commits refused because they would have passed <see cref="SoftLimitBytes"/>.</summary>
     public long SoftLimitRefusals => Volatile.Read(ref _softLimitRefusals);
 
-    /// <summary>Whether the calling thread's commits may pass <see cref="SoftLimitBytes"/> (a thread-local flag the heap
-    /// sets for the last retry of an allocation and clears after it).</summary>
-    public static bool PassSoftLimit
+    /// <summary>Whether the calling thread's commits respect <see cref="SoftLimitBytes"/>: a thread-local flag the
+    /// heap's allocation paths set while they allocate for a caller (and clear for an allocation's last try, after its
+    /// slices). Callers restore the value they found.</summary>
+    public static bool SoftLimitApplies
     {
-        get => t_passSoftLimit;
-        set => t_passSoftLimit = value;
+        get => t_softLimitApplies;
+        set => t_softLimitApplies = value;
     }
     /// <summary>Decommits and purges the OS refused (the memory stayed committed and resident).</summary>
     public long DecommitFailures => Volatile.Read(ref _decommitFailures);
@@ -209,7 +211,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
         long bytes = (long)_pageblockBytes;
         // The bytes are taken before the system call, so that two zones committing at once cannot both pass the
         // limit (a CAS loop that never goes past it); without a limit the comparison never fails.
-        long limit = _limitBytes, soft = t_passSoftLimit ? long.MaxValue : Volatile.Read(ref _softLimitBytes);
+        long limit = _limitBytes, soft = t_softLimitApplies ? Volatile.Read(ref _softLimitBytes) : long.MaxValue;
         while (true)
         {
             long committed = Volatile.Read(ref _committedBytes);
