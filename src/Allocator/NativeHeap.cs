@@ -107,7 +107,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             _bins = _caches.Layout;
             _migrator = new Migrator(_handles, _pages, _slabs[(int)BlockKind.Movable], _slabs[(int)BlockKind.Unmovable], new OwnerRegistry());
             if (_pages.Movable != null)
-                _compactor = new Compactor(_options, _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches, _counters);
+                _compactor = new Compactor(CompactionSettingsOf(_options), _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches, _counters);
             _reclaimer = new Reclaimer(new ReclaimSettings(_options.DecommitDelay, _options.RetainedBytesLimit), _pages, _slabs, _caches, _counters);
         }
         catch
@@ -764,6 +764,11 @@ public sealed unsafe partial class NativeHeap : IDisposable
         _map?.Dispose();
         _handles.Dispose();
     }
+
+    /// <summary>The options the compactor uses, as its own settings record (nothing below the API takes HeapOptions).</summary>
+    private static CompactionSettings CompactionSettingsOf(HeapOptions o) => new(
+        o.Proactiveness, o.CompactionBudgetBytes, o.CompactionBudgetTime, o.CompactionSliceTime, o.WasteHighRatio,
+        o.WasteLowRatio, o.WasteMinBytes, o.RetainedBytesLimit, o.ThreadCachesDuringMigration);
 
     /// <summary>Bytes of free runs the depot keeps for reuse: a quarter of the arena, at most 64 MiB.</summary>
     private static long DepotRunBytes(long arenaBytes) => Math.Min(64L << 20, arenaBytes / 4);

@@ -34,7 +34,7 @@ internal sealed unsafe partial class Compactor
     public readonly Lock RunLock = new();
     /// <summary>The live counters (the heap's, shared with the reclaimer); written under RunLock, read racily.</summary>
     public readonly CompactionCounters Counters;
-    private readonly HeapOptions _options;          // live: the heap's own copy
+    private readonly CompactionSettings _options;   // the heap's options the compactor uses
     private readonly PageAllocator _pages;
     private readonly PageMap _map;
     private readonly Zone _zone;
@@ -58,7 +58,7 @@ internal sealed unsafe partial class Compactor
     private bool _limitZonePhase;    // memory-limit slices: the classes are consolidated, the zone pass is next
     private bool _limitResume;       // ... and the last slice's budget cut that pass short (it resumes)
 
-    public Compactor(HeapOptions options, PageAllocator pages, SlabAllocator movableSlabs, HandleTable handles, Migrator migrator, ThreadCaches caches,
+    public Compactor(CompactionSettings options, PageAllocator pages, SlabAllocator movableSlabs, HandleTable handles, Migrator migrator, ThreadCaches caches,
                      CompactionCounters counters)
     {
         Counters = counters;
@@ -150,7 +150,7 @@ internal sealed unsafe partial class Compactor
         {
             BackgroundStepStarting?.Invoke();
             Counters[CompactDaemonWake]++;
-            HeapOptions o = _options;
+            CompactionSettings o = _options;
             long budgetTicks = o.CompactionBudgetTime == TimeSpan.Zero ? 0 : (long)(o.CompactionBudgetTime.TotalSeconds * Stopwatch.Frequency);
             (int low, int high) = Fragmentation.Watermarks(o.Proactiveness);
             int score = Score();
@@ -203,7 +203,7 @@ internal sealed unsafe partial class Compactor
 
     /// <summary>
     /// The waste-driven half of a wake (Redis's active defrag, Anchorage): with hysteresis on committed / live, a
-    /// slice of at most <see cref="HeapOptions.CompactionSliceTime"/>. A run goes in cycles, each what an explicit
+    /// slice of at most the heap's CompactionSliceTime. A run goes in cycles, each what an explicit
     /// compaction does in one go, cut into slices: consolidate the size classes until none is worth it, then one pass
     /// over the whole zone (resumed slice after slice). A cycle that moved nothing ends the run and backs off for
     /// <see cref="ProactiveDeferWakes"/> wakes (what is left is pinned or unmovable). The heap gives back what each
@@ -212,7 +212,7 @@ internal sealed unsafe partial class Compactor
     private void WasteSliceLocked()
     {
         Debug.Assert(RunLock.IsHeldByCurrentThread, "caller holds RunLock");
-        HeapOptions o = _options;
+        CompactionSettings o = _options;
         if (o.WasteHighRatio == 0) return;
         if (_wasteDefer > 0) { _wasteDefer--; return; }
         (double ratio, long wasted) = Waste();
@@ -395,7 +395,7 @@ internal sealed unsafe partial class Compactor
     {
         private readonly ThreadCaches? _caches;
 
-        public CacheGuard(ThreadCaches caches, HeapOptions options)
+        public CacheGuard(ThreadCaches caches, CompactionSettings options)
         {
             if (!options.ThreadCachesDuringMigration)
             {

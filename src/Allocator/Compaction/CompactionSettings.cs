@@ -1,0 +1,19 @@
+namespace Compaction.Allocator.Compaction;
+
+/// <summary>
+/// What the compactor needs of the heap's options (the same names; the API validated them and builds this once):
+/// the proactive trigger (<see cref="Proactiveness"/>, and a pass's budget in bytes and time), the waste trigger
+/// (<see cref="WasteHighRatio"/> down to <see cref="WasteLowRatio"/>, at least <see cref="WasteMinBytes"/> at stake,
+/// or above <see cref="RetainedBytesLimit"/>) and its slices, and whether the per-thread caches stay on while blocks
+/// move.
+/// </summary>
+internal sealed record CompactionSettings(
+    int Proactiveness,
+    long CompactionBudgetBytes,
+    TimeSpan CompactionBudgetTime,
+    TimeSpan CompactionSliceTime,
+    double WasteHighRatio,
+    double WasteLowRatio,
+    long WasteMinBytes,
+    long RetainedBytesLimit,
+    bool ThreadCachesDuringMigration);
