@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Diagnostics.Tracing;
 using System.Runtime.CompilerServices;
+using Compaction.Allocator.Compaction;
 using Compaction.Allocator.Os;
 
 namespace Compaction.Allocator;
@@ -100,9 +101,9 @@ public sealed partial class NativeHeap
             GC.KeepAlive(this);
             return;
         }
-        long wasteWakes = Volatile.Read(ref _compactor.Counters[CompactionCounter.WasteWakes]);
-        if (!_compactor.BackgroundStep()) return;
-        if (Volatile.Read(ref _compactor.Counters[CompactionCounter.WasteWakes]) != wasteWakes)
+        BackgroundStepOutcome outcome = _compactor.BackgroundStep();
+        if (outcome == BackgroundStepOutcome.Skipped) return;
+        if (outcome == BackgroundStepOutcome.WasteSlice)
         {
             // The slice's release replaces this wake's delayed trim (it decommits every wholly free pageblock now).
             _reclaimer.ReleaseEmptiedPageblocks();

@@ -140,12 +140,13 @@ internal sealed unsafe partial class Compactor
     /// <summary>
     /// The compaction half of one wake of the background compactor (kcompactd): consolidate size classes within the
     /// budget; if the fragmentation score is above the high watermark, compact until it falls to the low one (or the
-    /// budget ends), backing off for 64 wakes when a pass made no progress. Skips the wake (returns false) if another
-    /// compaction runs or this thread is inside one. Takes RunLock with a try-lock.
+    /// budget ends), backing off for 64 wakes when a pass made no progress; then a waste-driven slice when one is due.
+    /// Skips the wake if another compaction runs or this thread is inside one. Takes RunLock with a try-lock.
+    /// Returns what the wake did, for the reclaimer's half of it.
     /// </summary>
-    public bool BackgroundStep()
+    public BackgroundStepOutcome BackgroundStep()
     {
-        if (RunLock.IsHeldByCurrentThread || !RunLock.TryEnter()) return false;
+        if (RunLock.IsHeldByCurrentThread || !RunLock.TryEnter()) return BackgroundStepOutcome.Skipped;
         try
         {
             BackgroundStepStarting?.Invoke();
@@ -179,8 +180,7 @@ internal sealed unsafe partial class Compactor
                 }
             }
             if (!proactive && score <= low) _proactiveResume = false;
-            WasteSliceLocked();
-            return true;
+            return WasteSliceLocked() ? BackgroundStepOutcome.WasteSlice : BackgroundStepOutcome.Ran;
         }
         finally
         {
@@ -209,12 +209,12 @@ internal sealed unsafe partial class Compactor
     /// <see cref="ProactiveDeferWakes"/> wakes (what is left is pinned or unmovable). The heap gives back what each
     /// slice emptied after the step (the layer above this one). Caller holds RunLock.
     /// </summary>
-    private void WasteSliceLocked()
+    private bool WasteSliceLocked()
     {
         Debug.Assert(RunLock.IsHeldByCurrentThread, "caller holds RunLock");
         CompactionSettings o = _options;
-        if (o.WasteHighRatio == 0) return;
-        if (_wasteDefer > 0) { _wasteDefer--; return; }
+        if (o.WasteHighRatio == 0) return false;
+        if (_wasteDefer > 0) { _wasteDefer--; return false; }
         (double ratio, long wasted) = Waste();
         // A run starts above the high ratio (with enough bytes at stake) or above the retained-bytes cap, and ends at
         // the low ratio (or too few bytes) once the cap is kept.
@@ -226,7 +226,7 @@ internal sealed unsafe partial class Compactor
             _wasteCycleMoved = 0;
         }
         if (_wasteActive && !overCap && (ratio <= o.WasteLowRatio || wasted < o.WasteMinBytes / 2)) _wasteActive = false;
-        if (!_wasteActive) return;
+        if (!_wasteActive) return false;
 
         Counters[WasteWakes]++;
         long movedBefore = Counters[BytesMoved];
@@ -265,7 +265,7 @@ internal sealed unsafe partial class Compactor
         long moved = Counters[BytesMoved] - movedBefore;
         Counters[WasteBytesMoved] += moved;
         _wasteCycleMoved += moved;
-        if (!cycleEnded) return;
+        if (!cycleEnded) return true;
         // A cycle that moved nothing ends the run; so does one that, driven by the retained-bytes cap alone, did not
         // lower resident memory (what is left over the cap is rounding and unmovable memory that no move removes,
         // and a heap in constant churn would otherwise keep a run going for ever).
@@ -276,7 +276,9 @@ internal sealed unsafe partial class Compactor
         }
         _wasteZonePhase = false;   // another cycle, if the run goes on
         _wasteCycleMoved = 0;
+        return true;
     }
+
 
     /// <summary>
     /// A slice of compaction for the memory limit, on an allocating thread whose allocation found the limit in the way
