@@ -5,7 +5,7 @@
 #   2. the tarball unpacked into OUT/ (OUT/compaction_heap-VERSION-linux-x64/{lib,include,lib/pkgconfig});
 #   3. layout, cabi_test and cabi_soak compiled with `gcc ... $(pkg-config --cflags --libs compaction_heap)`, with
 #      PKG_CONFIG_PATH pointing at the unpacked tree (the installed layout, nothing from the source tree);
-#   4. layout run (every struct field's offset, for tests/CAbiTests.cs -> OUT/layout.txt) and cabi_test (every entry
+#   4. layout run (every struct field's offset, for tests/Interop/CAbiTests.cs -> OUT/layout.txt) and cabi_test (every entry
 #      point, every error path, the struct-size contract, two threads; exits non-zero on a failed check), then
 #      cabi_destroy_race (cna_heap_destroy racing every other call from three threads).
 # cabi_soak (the soak through the C ABI) is built too; the bench's soak command runs it. With --build-only nothing is

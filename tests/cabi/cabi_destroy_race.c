@@ -3,7 +3,7 @@
  * heap is gone, while the main thread destroys it (retrying while it answers CNA_E_BUSY). A call either completes
  * or answers CNA_E_BAD_HEAP; memory a pin granted is read and written in full and must be mapped (a crash is the
  * failure this program exists to catch). Prints "cabi_destroy_race: N rounds, N calls, N failed" and exits 0 only
- * when nothing failed. Built and run by scripts/cabi.sh (tests/CAbiTests.cs). */
+ * when nothing failed. Built and run by scripts/cabi.sh (tests/Interop/CAbiTests.cs). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /* Exercises every entry point of compaction_heap.h, every error path, and two threads, through the real
- * NativeAOT library. Built and run by tests/CAbiTests.cs (gcc); prints one line per failed check and a closing
+ * NativeAOT library. Built and run by tests/Interop/CAbiTests.cs (gcc); prints one line per failed check and a closing
  * "cabi: N checks, N failed" line; exits 0 only when nothing failed. */
 #include <pthread.h>
 #include <stdio.h>

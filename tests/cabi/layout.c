@@ -1,5 +1,5 @@
 /* Prints the size and every field offset of compaction_heap.h's structs, one "struct.field offset" per line, for
- * tests/CAbiTests.cs to compare with the C# declarations. */
+ * tests/Interop/CAbiTests.cs to compare with the C# declarations. */
 #include <stddef.h>
 #include <stdio.h>
 #include "compaction_heap.h"

@@ -5,7 +5,7 @@ using Compaction.Allocator;
 
 namespace Compaction.Interop.CAbi;
 
-/// <summary>The structs of compaction_heap.h, field for field (tests/CAbiTests.cs checks every offset and size
+/// <summary>The structs of compaction_heap.h, field for field (tests/Interop/CAbiTests.cs checks every offset and size
 /// against the C compiler's).</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct CnaHeapOptions
