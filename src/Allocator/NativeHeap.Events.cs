@@ -1,7 +1,7 @@
 using System.Diagnostics;
-using Compaction.Allocator.Os;
 using System.Diagnostics.Tracing;
 using System.Runtime.CompilerServices;
+using Compaction.Allocator.Os;
 
 namespace Compaction.Allocator;
 
