@@ -18,7 +18,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 start=$(date +%s)
 work="$(mktemp -d "${TMPDIR:-/tmp}/consumer-check.XXXXXX")"
 export DOTNET_NOLOGO=1 DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
-export NUGET_PACKAGES="$work/nuget-packages"
 feed="$work/feed"
 failures=()
 fail() { failures+=("$1"); echo "consumer-check: FAILED: $1"; }
@@ -45,6 +44,10 @@ snippets_run=0; c_run=0
 # ---- 1. pack
 echo "consumer-check: dotnet pack at the root -> $feed (version $version)"
 if ! (cd "$root" && quiet dotnet pack -o "$feed"); then fail "dotnet pack"; finish; fi
+# The consumers restore into a cache of their own, so that no package an earlier build left in the machine's cache can
+# stand in for the ones just packed. (Set only now: the pack above restores the repository's projects into the usual
+# cache, so their obj/ folders never point into this temporary one, which is deleted at the end.)
+export NUGET_PACKAGES="$work/nuget-packages"
 expected="Compaction.Allocator.$version.nupkg Compaction.Allocator.$version.snupkg Compaction.Allocator.Native.$version.nupkg Compaction.Interop.$version.nupkg Compaction.Interop.$version.snupkg Compaction.TraceAnalyzer.$version.nupkg Compaction.TraceAnalyzer.$version.snupkg compaction_heap-$version-linux-x64.tar.gz"
 actual=$(cd "$feed" && ls | sort | tr '\n' ' ' | sed 's/ $//')
 echo "consumer-check: the feed holds: $actual"
