@@ -48,6 +48,10 @@ public sealed class ArenaTransportSendTests
         using NativeHeap heap = TestHeaps.Small();
         using var pool = new ArenaMemoryPool(heap, new ArenaMemoryPoolOptions { LongTermPins = true });
         (Socket client, Socket server) = await Loopback.Pair();
+        // Socket buffers that hold the 40 KB answer whole, so that the count below does not depend on how fast a loaded
+        // machine schedules the reader (a full buffer sends segment by segment, by design).
+        server.SendBufferSize = 1 << 20;
+        client.ReceiveBufferSize = 1 << 20;
         using (client)
         {
             var connection = new ArenaSocketConnection(server, pool);
