@@ -32,7 +32,8 @@ internal sealed unsafe partial class Compactor
     public const int ProactiveDeferWakes = 1 << MaxDeferShift;  // back-off after a pass without progress
 
     public readonly Lock RunLock = new();
-    /// <summary>The live counters (the heap's, shared with the reclaimer); written under RunLock, read racily.</summary>
+    /// <summary>The heap's live counters: the compactor writes its own under RunLock; the reclaimer (under its trim lock)
+    /// and allocations keeping the memory limit add theirs with interlocked adds; all are read racily.</summary>
     public readonly CompactionCounters Counters;
     private readonly CompactionSettings _options;   // the heap's options the compactor uses
     private readonly PageAllocator _pages;
