@@ -249,6 +249,7 @@ internal sealed class ArenaSocketConnection : ConnectionContext
                     if (!first.IsEmpty) break;   // empty segments count no bytes: slicing by what is sent skips them
                 }
                 sent = await _socket.SendAsync(first, SocketFlags.None).ConfigureAwait(false);
+                SegmentSends++;
             }
             buffer = buffer.Slice(sent);
         }
@@ -298,6 +299,10 @@ internal sealed class ArenaSocketConnection : ConnectionContext
 
     /// <summary>Gathered send calls that sent something (for tests: a multi-segment answer takes one).</summary>
     internal int GatheredSends { get; private set; }
+
+    /// <summary>Sends of one segment (a single-segment buffer, or the first remaining segment after a full socket
+    /// buffer): with <see cref="GatheredSends"/>, the send calls an answer took (for tests).</summary>
+    internal int SegmentSends { get; private set; }
 
     /// <summary>Closes the socket once: a graceful shutdown first (a pending receive then ends with 0 bytes; a bare
     /// Dispose with an operation pending is an abortive close, a RST that discards the unsent and unread answer).</summary>
