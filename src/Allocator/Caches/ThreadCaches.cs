@@ -235,22 +235,6 @@ internal sealed unsafe class ThreadCaches
         return false;
     }
 
-    /// <summary>True when the calling thread is inside a call or cache section of this heap (so a Dispose from here
-    /// would wait for itself).</summary>
-    public bool InSectionOnThisThread()
-    {
-        if (t_uncachedSections?.Contains(this) == true) return true;
-        ThreadCache? tc = t_lastCache;
-        if (tc == null || tc.Set != this)
-        {
-            tc = null;
-            if (t_caches is { } caches)
-                foreach (ThreadCache c in caches)
-                    if (c.Set == this) tc = c;
-        }
-        return tc != null && (tc.InCall > 0 || tc.InUse != 0);
-    }
-
     /// <summary>
     /// The first half of Dispose's closing protocol: from now on no cache or call section starts (caches are switched
     /// off, so the fast paths fall to the slow ones, whose sections wait for the decision), and this returns once
