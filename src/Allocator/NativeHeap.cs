@@ -307,18 +307,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             return run;
         }
         ulong handle;
-        bool softLimit = ArenaMemory.SoftLimitApplies;
-        _caches.EnterCall(tc);
-        try
-        {
-            ArenaMemory.SoftLimitApplies = true;   // an allocation for a caller: its commits respect the soft limit
-            handle = AllocateSmallDirect(size, kind);
-        }
-        finally
-        {
-            ArenaMemory.SoftLimitApplies = softLimit;
-            _caches.ExitCall(tc);
-        }
+        using (new AllocationSection(_caches, tc)) handle = AllocateSmallDirect(size, kind);
         if (_poisonFreed) RaiseUseAfterFreeEvents();
         return handle != 0 ? handle : AllocateSmallAfterMiss(size, kind, tc);
     }
@@ -343,19 +332,11 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private ulong AllocateSmallAfterMiss(long size, BlockKind kind, ThreadCache? tc)
     {
         ulong handle;
-        RoomSearch room = default;
-        bool softLimit = ArenaMemory.SoftLimitApplies;
-        _caches.EnterCall(tc);
-        try
+        using (new AllocationSection(_caches, tc))
         {
-            ArenaMemory.SoftLimitApplies = true;
+            RoomSearch room = default;
             handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
             while (handle == 0 && NextRoomAttempt(ref room)) handle = AllocateSmallDirect(size, kind);
-        }
-        finally
-        {
-            ArenaMemory.SoftLimitApplies = softLimit;
-            _caches.ExitCall(tc);
         }
         if (handle == 0) NoteAllocationFailed(size, kind);
         if (_poisonFreed) RaiseUseAfterFreeEvents();
@@ -406,18 +387,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
                 }
             }
         }
-        bool softLimit = ArenaMemory.SoftLimitApplies;
-        _caches.EnterCall(tc);
-        try
-        {
-            ArenaMemory.SoftLimitApplies = true;   // an allocation for a caller: its commits respect the soft limit
-            return AllocateRunFromZone(size, kind, pages);
-        }
-        finally
-        {
-            ArenaMemory.SoftLimitApplies = softLimit;
-            _caches.ExitCall(tc);
-        }
+        using (new AllocationSection(_caches, tc)) return AllocateRunFromZone(size, kind, pages);
     }
 
     /// <summary>A run from the zone's buddy allocator (after giving back parked storage, then after direct compaction,
@@ -696,6 +666,32 @@ public sealed unsafe partial class NativeHeap : IDisposable
         }
 
         public void Dispose() => _caches.ExitCall(_tc);
+    }
+
+    /// <summary>The call section of an allocation made for a caller (the slow allocation paths): for its length the
+    /// thread's commits respect the soft limit (<see cref="ArenaMemory.SoftLimitApplies"/>, restored at the end; a
+    /// compaction, a long-term pin's move and the reclaimer never set it).</summary>
+    private readonly ref struct AllocationSection
+    {
+        private readonly ThreadCaches _caches;
+        private readonly ThreadCache? _tc;
+        private readonly bool _softLimitBefore;
+
+        /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+        public AllocationSection(ThreadCaches caches, ThreadCache? tc)
+        {
+            _caches = caches;
+            _tc = tc;
+            caches.EnterCall(tc);   // first: when it throws there is nothing to restore
+            _softLimitBefore = ArenaMemory.SoftLimitApplies;
+            ArenaMemory.SoftLimitApplies = true;
+        }
+
+        public void Dispose()
+        {
+            ArenaMemory.SoftLimitApplies = _softLimitBefore;
+            _caches.ExitCall(_tc);
+        }
     }
 
     /// <summary>

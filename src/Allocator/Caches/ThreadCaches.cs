@@ -273,6 +273,8 @@ internal sealed unsafe class ThreadCaches
         return true;
     }
 
+    /// <summary>Racy reads of the abort flag and the waiter count (volatile): a waiter that registers just after this
+    /// read is seen at the next turn of the wait loop, so the give-up comes one spin later, never not at all.</summary>
     private bool ShouldGiveUp(long start) =>
         Volatile.Read(ref _closeAbort) != 0
         || (Volatile.Read(ref _closeWaiters) != 0 && Stopwatch.GetTimestamp() - start > CloseWaitLimitTicks);

@@ -210,7 +210,8 @@ internal sealed unsafe class ArenaMemory : IDisposable
         if (state == PageblockMemory.Committed) return true;
         long bytes = (long)_pageblockBytes;
         // The bytes are taken before the system call, so that two zones committing at once cannot both pass the
-        // limit (a CAS loop that never goes past it); without a limit the comparison never fails.
+        // limit (a CAS loop that never goes past it); without a limit the comparison never fails. The hard limit is
+        // read plainly: it is written once, in the heap's constructor, before any thread can reach a commit.
         long limit = _limitBytes, soft = t_softLimitApplies ? Volatile.Read(ref _softLimitBytes) : long.MaxValue;
         while (true)
         {
