@@ -238,7 +238,7 @@ internal sealed class ArenaSocketConnection : ConnectionContext
             if (_gather && !buffer.IsSingleSegment)
             {
                 sent = TrySendGathered(buffer);
-                if (sent > 0) GatheredSends++;
+                if (sent > 0) Interlocked.Increment(ref _gatheredSends);
             }
             if (sent == 0)
             {
@@ -249,7 +249,7 @@ internal sealed class ArenaSocketConnection : ConnectionContext
                     if (!first.IsEmpty) break;   // empty segments count no bytes: slicing by what is sent skips them
                 }
                 sent = await _socket.SendAsync(first, SocketFlags.None).ConfigureAwait(false);
-                SegmentSends++;
+                Interlocked.Increment(ref _segmentSends);
             }
             buffer = buffer.Slice(sent);
         }
@@ -297,12 +297,15 @@ internal sealed class ArenaSocketConnection : ConnectionContext
         }
     }
 
-    /// <summary>Gathered send calls that sent something (for tests: a multi-segment answer takes one).</summary>
-    internal int GatheredSends { get; private set; }
+    /// <summary>Gathered send calls that sent something (for tests: a multi-segment answer takes one). Counted after
+    /// the call, so a peer can have the bytes before the count shows them: read it after the send loop moved on.</summary>
+    internal int GatheredSends => Volatile.Read(ref _gatheredSends);
 
     /// <summary>Sends of one segment (a single-segment buffer, or the first remaining segment after a full socket
     /// buffer): with <see cref="GatheredSends"/>, the send calls an answer took (for tests).</summary>
-    internal int SegmentSends { get; private set; }
+    internal int SegmentSends => Volatile.Read(ref _segmentSends);
+
+    private int _gatheredSends, _segmentSends;
 
     /// <summary>Closes the socket once: a graceful shutdown first (a pending receive then ends with 0 bytes; a bare
     /// Dispose with an operation pending is an abortive close, a RST that discards the unsent and unread answer).</summary>
