@@ -69,9 +69,12 @@ public sealed class HeapOptions
     /// committed bytes exceed live bytes by more than this ratio (and by at least <see cref="WasteMinBytes"/>), it
     /// compacts in slices of <see cref="CompactionSliceTime"/> at most <see cref="CompactionCpuShare"/> of a core,
     /// returning what it empties to the OS as it goes, until the ratio falls to <see cref="WasteLowRatio"/>.
-    /// 0 turns it off (the kernel-style proactive trigger, <see cref="Proactiveness"/>, is separate). Default 1.4.
+    /// The same ratio is the heap's soft limit: an allocation that would commit past this ratio times live bytes
+    /// first compacts in slices on its own thread (when <see cref="DirectCompaction"/> is on) and passes the soft
+    /// limit only when they stop making room, so a churn's peak stays near it (native-layout.md, section 9).
+    /// 0 turns both off (the kernel-style proactive trigger, <see cref="Proactiveness"/>, is separate). Default 1.2.
     /// </summary>
-    public double WasteHighRatio { get; set; } = 1.4;
+    public double WasteHighRatio { get; set; } = 1.2;
 
     /// <summary>Where a waste-driven run stops: committed / live at or below this. At least 1, at most
     /// <see cref="WasteHighRatio"/>. Default 1.1.</summary>

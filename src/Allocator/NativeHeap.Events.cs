@@ -46,10 +46,10 @@ public sealed partial class NativeHeap
     /// Decides whether an allocation that found no room tries again, doing first what may make room
     /// (native-layout.md, section 9, "The memory limit"): a soft limit set when live bytes were lower is raised to
     /// today's (and the allocation retries at once); a commit the memory limit or the soft limit refused runs slices
-    /// of freeing and compacting (at most <see cref="MaxLimitSlices"/> for the memory limit, which is never passed,
-    /// <see cref="MaxSoftLimitSlices"/> for the soft one); after those the soft limit gives way for this allocation's
-    /// last try (the caller set <see cref="ArenaMemory.SoftLimitApplies"/> and restores it). False when nothing is left
-    /// to try. Caller is in a call section.
+    /// of freeing and compacting, at most <see cref="MaxLimitSlices"/>, and only while each makes progress (a slice
+    /// that moved, released and left nothing ends the search). The memory limit is never passed; the soft limit gives
+    /// way for this allocation's last try when the slices end (the caller set <see cref="ArenaMemory.SoftLimitApplies"/>
+    /// and restores it). False when nothing is left to try. Caller is in a call section.
     /// </summary>
     private bool NextRoomAttempt(ref RoomSearch room)
     {
@@ -62,7 +62,7 @@ public sealed partial class NativeHeap
         if (!hard && !soft) return false;   // the arena itself has no room: no limit stands in the way
         // The soft limit's slices are compaction on the allocating thread: off with direct compaction (the memory
         // limit's are not: without them it could not be kept).
-        int maxSlices = hard ? MaxLimitSlices : _options.DirectCompaction ? MaxSoftLimitSlices : 0;
+        int maxSlices = hard || _options.DirectCompaction ? MaxLimitSlices : 0;
         if (room.Slices < maxSlices && MakeRoomUnderLimit())
         {
             room.Slices++;
@@ -73,10 +73,6 @@ public sealed partial class NativeHeap
         ArenaMemory.SoftLimitApplies = false;
         return true;
     }
-
-    /// <summary>Slices an allocation runs to stay under the soft limit before it passes it: at most 2 ms of compaction
-    /// at the default slice time (plus the decommits).</summary>
-    private const int MaxSoftLimitSlices = 4;
 
     /// <summary>
     /// Sets the soft limit from the live bytes now: the waste ratio's share above them (<see cref="HeapOptions.WasteHighRatio"/>
@@ -117,10 +113,12 @@ public sealed partial class NativeHeap
         ThrowHelper.OutOfMemory(size, kind);
     }
 
-    /// <summary>Slices an allocation may run to stay under the memory limit before it fails (it stops earlier at a
-    /// slice that moved, released and left nothing): each is bounded by <see cref="HeapOptions.CompactionSliceTime"/>
-    /// of compaction plus the decommits it makes possible, so an allocation spends at most 32 slices (16 ms at the
-    /// default slice time, plus the decommits) keeping the limit.</summary>
+    /// <summary>Slices an allocation may run to stay under the memory limit before it fails, or under the soft limit
+    /// before it passes it (it stops earlier at a slice that moved, released and left nothing): each is bounded by
+    /// <see cref="HeapOptions.CompactionSliceTime"/> of compaction plus the decommits it makes possible, so an
+    /// allocation spends at most 32 slices (16 ms at the default slice time, plus the decommits) keeping a limit.
+    /// The soft limit had a cap of 4 once: the refill of a churn then passed it about 40 times per 100 MiB refilled
+    /// (a pageblock each), while the slices were still making progress.</summary>
     private const int MaxLimitSlices = 32;
 
     /// <summary>
