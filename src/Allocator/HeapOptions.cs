@@ -123,14 +123,14 @@ public sealed class HeapOptions
     public bool PoisonFreedMemory { get; set; }
 
     /// <summary>
-    /// The most bytes of arena memory the heap may hold committed at once, and so resident (committed memory bounds
-    /// resident memory): 0 for no limit (the default). Like the .NET GC's <c>GCHeapHardLimit</c>: an allocation that
+    /// The most bytes of native memory the heap may hold at once, and so resident: committed arena memory (which
+    /// bounds the arena's resident memory) plus its metadata (page descriptors, pageblock bitmap, handle table: about
+    /// 1-4% of the memory in use, most of it 16 bytes per live block). 0 for no limit (the default). Like the .NET GC's <c>GCHeapHardLimit</c>: an allocation that
     /// would commit past it first gives free memory back (wholly free pageblocks are decommitted at once), then
     /// compacts in slices of <see cref="CompactionSliceTime"/> on the allocating thread (slabs consolidated, runs
     /// moved, pinned blocks skipped) until it fits, and fails (<see cref="OutOfMemoryException"/> with the reason,
     /// <see cref="NativeHeap.TryAllocate"/> false) only when live bytes do not fit under the limit or pinned and
-    /// unmovable blocks hold the committed memory. The heap's metadata (page descriptors, handle table: about 1% of
-    /// the memory in use) is not counted. A whole number of pageblocks is usable: the limit is rounded down to one.
+    /// unmovable blocks hold the committed memory. The arena commits whole pageblocks: the limit is rounded down to one.
     /// At least two pageblocks.
     /// </summary>
     public long MemoryLimit { get; set; }

@@ -24,10 +24,11 @@ public sealed partial class NativeHeap
         if (Tracing(NativeHeapEventSource.Keywords.MemoryLimit, EventLevel.Warning)) Events.LimitFailed(_id, size, _memoryLimit, LimitFailureReason(size));
     }
 
-    /// <summary>True when a memory limit is set and committed memory is within a pageblock of it (so a failed
-    /// allocation failed for want of a commit the limit refused, not because the arena's range is full).</summary>
+    /// <summary>True when a memory limit is set and committed memory with the charged metadata is within a pageblock
+    /// (and its descriptors) of it, so a failed allocation failed for want of a commit the limit refused, not because
+    /// the arena's range is full.</summary>
     private bool LimitInTheWay() =>
-        _memoryLimit != 0 && _memory.CommittedBytes > _memoryLimit - PageblockBytes;
+        _memoryLimit != 0 && _memory.ChargedBytes > _memoryLimit - PageblockBytes - _memory.DescriptorBytesPerPageblock;
 
     /// <summary>True when committed memory is within a pageblock of the soft limit (the waste ratio's).</summary>
     private bool SoftLimitInTheWay() => _memory.CommittedBytes > _memory.SoftLimitBytes - PageblockBytes;
@@ -95,11 +96,12 @@ public sealed partial class NativeHeap
     private string LimitFailureReason(long size)
     {
         (long live, _) = _caches.LiveTotals();
-        if (live + size > _memoryLimit)
-            return $"the live bytes ({live:N0}) and this block ({size:N0}) do not fit under the memory limit ({_memoryLimit:N0} bytes)";
+        long metadata = _memory.ChargedBytes - _memory.CommittedBytes;
+        if (live + size + metadata > _memoryLimit)
+            return $"the live bytes ({live:N0}), this block ({size:N0}) and the heap's metadata ({metadata:N0}) do not fit under the memory limit ({_memoryLimit:N0} bytes)";
         (int slot, int atomic) = CountPinsByKind();
         return $"the memory limit ({_memoryLimit:N0} bytes) is held by memory compaction could not free: {_memory.CommittedBytes:N0} bytes " +
-               $"committed for {live:N0} live; {slot + atomic} pin(s) ({Volatile.Read(ref _longTermPins)} long-term) and every unmovable " +
+               $"committed for {live:N0} live, and {metadata:N0} of metadata; {slot + atomic} pin(s) ({Volatile.Read(ref _longTermPins)} long-term) and every unmovable " +
                "block keep their pages in place";
     }
 

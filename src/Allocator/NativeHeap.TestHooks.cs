@@ -24,6 +24,7 @@ public sealed unsafe partial class NativeHeap
 
     /// <summary>Bytes the arena holds committed now (a racy read of one counter; cheaper than a statistics snapshot).</summary>
     internal long CommittedBytesNow => _memory.CommittedBytes;
+    internal long ChargedBytesNow => _memory.ChargedBytes;
 
     /// <summary>The whole-heap validator; the heap must be quiescent. Empty when consistent.</summary>
     /// <exception cref="InvalidOperationException">The background compactor runs: its steps change what the validator

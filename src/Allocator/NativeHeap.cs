@@ -89,10 +89,13 @@ public sealed unsafe partial class NativeHeap : IDisposable
                 long pageblockBytes = (long)pageSize * pbPages;
                 _memoryLimit = Math.Max(2 * pageblockBytes, limit / pageblockBytes * pageblockBytes);
                 _memory.LimitBytes = _memoryLimit;
+                _memory.DescriptorBytesPerPageblock = (long)pbPages * sizeof(PageDescriptor);
+                _handles.ChargeTo = _memory;   // before the first Pop takes a chunk
             }
             _softLimitRatio = _options.WasteHighRatio;
             if (_softLimitRatio != 0) _memory.SoftLimitBytes = Math.Max(2L * pageSize * pbPages, _options.WasteMinBytes);
             _map = new PageMap(_memory.Base, pageSize, pbPages, pageCount, os);
+            if (_memoryLimit != 0) _memory.ChargeMetadata(_map.PageblockBitmapBytes);
             _pages = new PageAllocator(_map, _memory, _options.MovableZonePercent, _options.PoisonFreedMemory);
             _poison = _pages.Poison;
             _poisonFreed = _poison.Enabled;
@@ -395,7 +398,15 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private ulong AllocateRunFromZone(long size, BlockKind kind, int pages)
     {
         Span<uint> one = stackalloc uint[1];
-        if (_handles.Pop(one) == 0) return 0;
+        if (_handles.Pop(one) == 0)
+        {
+            // No free entry and no new chunk: under a memory limit the chunk's charge may have been refused, and
+            // making room (decommits, compaction) gives it a second chance; otherwise the table is exhausted.
+            RoomSearch entry = default;
+            bool popped = false;
+            while (!popped && NextRoomAttempt(ref entry)) popped = _handles.Pop(one) != 0;
+            if (!popped) return 0;
+        }
         uint index = one[0];
         int start = _pages.AllocateRun(pages, kind, index);
         if (start < 0 && ReleaseParkedStorage()) start = _pages.AllocateRun(pages, kind, index);

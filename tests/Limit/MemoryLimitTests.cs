@@ -27,9 +27,9 @@ public sealed class MemoryLimitTests(ITestOutputHelper output)
         long bytes = 0, ops = 0, peakCommitted = 0;
         void Check()
         {
-            long committed = heap.CommittedBytesNow;
+            long committed = heap.ChargedBytesNow;   // committed arena bytes plus the metadata charged to the limit
             peakCommitted = Math.Max(peakCommitted, committed);
-            Assert.True(committed <= limit, $"committed {committed} passed the limit {limit} after {ops} operations (seed {seed})");
+            Assert.True(committed <= limit, $"committed with metadata {committed} passed the limit {limit} after {ops} operations (seed {seed})");
             ops++;
         }
         while (bytes < live)
@@ -95,7 +95,7 @@ public sealed class MemoryLimitTests(ITestOutputHelper output)
         using NativeHeap heap = Heap(limit);
         var blocks = new List<BlockHandle>();
         while (heap.TryAllocate(1000, BlockKind.Movable, out BlockHandle h)) blocks.Add(h);
-        Assert.True(heap.CommittedBytesNow <= limit);
+        Assert.True(heap.ChargedBytesNow <= limit);
         Assert.Throws<OutOfMemoryException>(() => heap.Allocate(1000));
         OutOfMemoryException e = Assert.Throws<OutOfMemoryException>(() => heap.Allocate(limit / 2));   // live + this > limit
         Assert.Contains("do not fit under the memory limit", e.Message);
@@ -107,6 +107,30 @@ public sealed class MemoryLimitTests(ITestOutputHelper output)
         BlockHandle again = heap.Allocate(1000);
         heap.Free(again);
         for (int i = 1; i < blocks.Count; i += 2) heap.Free(blocks[i]);
+        TestHeaps.AssertValid(heap);
+    }
+
+    /// <summary>The limit counts the heap's metadata beside committed arena memory: tiny blocks, 16 bytes of handle
+    /// entry each, fill the limit sooner than their arena bytes alone would, and what is charged is at least the handle
+    /// table's chunks and the descriptors of the committed pageblocks.</summary>
+    [Fact]
+    public void TheLimitCountsTheMetadataOfTinyBlocks()
+    {
+        long limit = 16 * PageblockBytes;   // 4 MiB
+        using NativeHeap heap = Heap(limit);
+        var blocks = new List<BlockHandle>();
+        while (heap.TryAllocate(16, BlockKind.Movable, out BlockHandle h)) blocks.Add(h);
+        long charged = heap.ChargedBytesNow, committed = heap.CommittedBytesNow;
+        output.WriteLine($"{blocks.Count:N0} blocks of 16 B; committed {committed:N0}, charged {charged:N0} of {limit:N0}");
+        Assert.True(charged <= limit, $"charged {charged} above the limit {limit}");
+        long handleBytes = blocks.Count * 16L, descriptorBytes = committed / 4096 * 32;
+        Assert.True(charged - committed >= handleBytes + descriptorBytes,
+            $"metadata charged {charged - committed} < handle entries {handleBytes} + descriptors {descriptorBytes}");
+        // Without the metadata the arena alone would have held more: the limit left room only for what it counts.
+        Assert.True(committed <= limit - handleBytes, $"committed {committed} with {handleBytes} of handles under {limit}");
+        OutOfMemoryException e = Assert.Throws<OutOfMemoryException>(() => heap.Allocate(16));
+        Assert.Contains("metadata", e.Message);
+        blocks.ForEach(heap.Free);
         TestHeaps.AssertValid(heap);
     }
 
@@ -139,7 +163,7 @@ public sealed class MemoryLimitTests(ITestOutputHelper output)
         OutOfMemoryException e = Assert.Throws<OutOfMemoryException>(() => heap.Allocate(40 * PageblockBytes / 8));
         output.WriteLine(e.Message);
         Assert.Contains("pin(s)", e.Message);
-        Assert.True(heap.CommittedBytesNow <= limit);
+        Assert.True(heap.ChargedBytesNow <= limit);
         foreach (BlockPin p in pins) Assert.Equal(addresses[p.Handle], p.Address);
         foreach (BlockHandle h in pinned) Assert.Equal(addresses[h], heap.CurrentAddress(h));
         foreach (BlockPin p in pins) p.Dispose();
@@ -182,7 +206,7 @@ public sealed class MemoryLimitTests(ITestOutputHelper output)
                             mine[k] = mine[^1];
                             mine.RemoveAt(mine.Count - 1);
                         }
-                        if (heap.CommittedBytesNow > limit) lock (errors) errors.Add($"committed {heap.CommittedBytesNow} above {limit}");
+                        if (heap.ChargedBytesNow > limit) lock (errors) errors.Add($"committed with metadata {heap.ChargedBytesNow} above {limit}");
                     }
                     foreach (BlockHandle h in mine) heap.Free(h);
                 }

@@ -34,6 +34,10 @@ internal sealed unsafe partial class HandleTable : IDisposable
     private bool _disposed;
     private readonly IOsMemory _os;       // commits the new chunks this heap asks for
 
+    /// <summary>The heap's arena when it has a memory limit: each chunk is charged to it as metadata before it is
+    /// taken, and not taken when the limit refuses. Set once, before the first chunk is taken; null: nothing is charged.</summary>
+    public ArenaMemory? ChargeTo { get; set; }
+
     /// <summary>Takes a fresh owner id; no chunk yet (the first <see cref="Pop"/> takes one). New chunks are
     /// committed through <paramref name="os"/>, the heap's OS layer.</summary>
     public HandleTable(IOsMemory os)
@@ -159,9 +163,13 @@ internal sealed unsafe partial class HandleTable : IDisposable
             Array.Copy(_chunks, bigger, _chunkCount);
             Volatile.Write(ref _chunks, bigger);
         }
+        // Under a memory limit the chunk is charged first, and a refusal fails the allocation that needed it (its
+        // caller then makes room under the limit, or reports the limit's reason).
+        if (ChargeTo != null && !ChargeTo.TryChargeMetadata(HandleStore.ChunkBytes)) return false;
         int chunk = HandleStore.TakeChunk(Owner, _os, NewChunksOnly);
         if (chunk < 0)
         {
+            ChargeTo?.ChargeMetadata(-HandleStore.ChunkBytes);
             Volatile.Write(ref _growthFailures, _growthFailures + 1);   // written under the lock, read without it
             return false;
         }

@@ -56,6 +56,8 @@ internal sealed unsafe class ArenaMemory : IDisposable
     private readonly PageblockMemory[] _state; // per pageblock; written under the zone lock of that pageblock
     private nint _rawBase;
     private long _committedBytes;
+    private long _chargedBytes;                // committed bytes plus the metadata charged to the limit: what the limit bounds
+    private long _descriptorBytesPerPageblock; // metadata a pageblock's first commit makes resident (its page descriptors)
     private long _decommittedBytes;
     private long _purgedBytes;
     private long _commits;
@@ -151,7 +153,47 @@ internal sealed unsafe class ArenaMemory : IDisposable
         }
     }
 
-    /// <summary>Commits refused because they would have taken committed bytes past <see cref="LimitBytes"/>.</summary>
+    /// <summary>What <see cref="LimitBytes"/> bounds: committed arena bytes plus the native metadata the heap has made
+    /// resident (<see cref="ChargeMetadata"/>: handle-table chunks, the pageblock bitmap, and the page descriptors of
+    /// every pageblock committed once, which stay written when it is decommitted).</summary>
+    public long ChargedBytes => Volatile.Read(ref _chargedBytes);
+
+    /// <summary>Counts <paramref name="bytes"/> of native metadata made resident at construction (the pageblock
+    /// bitmap) against <see cref="LimitBytes"/>, unchecked: the first commit meets it. Lock-free.</summary>
+    public void ChargeMetadata(long bytes) => Interlocked.Add(ref _chargedBytes, bytes);
+
+    /// <summary>Counts <paramref name="bytes"/> of metadata about to be made resident (a handle-table chunk) against
+    /// <see cref="LimitBytes"/>, as <see cref="Commit"/> counts a pageblock: false (counted in
+    /// <see cref="LimitRefusals"/>) when it would pass the limit, and nothing is charged. Give the bytes back with
+    /// <see cref="ChargeMetadata"/> of the negative when the metadata is not made after all. Lock-free.</summary>
+    public bool TryChargeMetadata(long bytes)
+    {
+        long limit = _limitBytes;   // written once, before any thread can reach here (see Commit)
+        while (true)
+        {
+            long charged = Volatile.Read(ref _chargedBytes);
+            if (charged > limit - bytes)
+            {
+                Interlocked.Increment(ref _limitRefusals);
+                return false;
+            }
+            if (Interlocked.CompareExchange(ref _chargedBytes, charged + bytes, charged) == charged) return true;
+        }
+    }
+
+    /// <summary>Metadata that the first commit of each pageblock makes resident and charges (its page descriptors). Set
+    /// once, before any commit.</summary>
+    public long DescriptorBytesPerPageblock
+    {
+        get => _descriptorBytesPerPageblock;
+        set
+        {
+            Debug.Assert(value >= 0 && CommittedBytes == 0, "set once, before the first commit");
+            _descriptorBytesPerPageblock = value;
+        }
+    }
+
+    /// <summary>Commits refused because they would have taken <see cref="ChargedBytes"/> past <see cref="LimitBytes"/>.</summary>
     public long LimitRefusals => Volatile.Read(ref _limitRefusals);
 
     /// <summary>
@@ -202,37 +244,44 @@ internal sealed unsafe class ArenaMemory : IDisposable
 
     /// <summary>Makes pageblock <paramref name="pageblock"/> usable: readable, writable and counted as committed.
     /// Caller holds the zone lock.</summary>
-    /// <returns>false when the OS refuses, or when the commit would take committed bytes past
-    /// <see cref="LimitBytes"/> (the caller turns either into an allocation failure).</returns>
+    /// <returns>false when the OS refuses, or when the commit would take <see cref="ChargedBytes"/> past
+    /// <see cref="LimitBytes"/>, or committed bytes past <see cref="SoftLimitBytes"/> on a thread that respects it (the
+    /// caller turns each into an allocation failure or a retry).</returns>
     public bool Commit(int pageblock)
     {
         PageblockMemory state = _state[pageblock];
         if (state == PageblockMemory.Committed) return true;
         long bytes = (long)_pageblockBytes;
+        // A pageblock's first commit also makes its page descriptors resident, for good: charged with it.
+        long charge = bytes + (state == PageblockMemory.Reserved ? _descriptorBytesPerPageblock : 0);
         // The bytes are taken before the system call, so that two zones committing at once cannot both pass the
-        // limit (a CAS loop that never goes past it); without a limit the comparison never fails. The hard limit is
-        // read plainly: it is written once, in the heap's constructor, before any thread can reach a commit.
+        // limit (a CAS loop on the charged bytes that never goes past it); without a limit the comparison never
+        // fails. The hard limit is read plainly: it is written once, in the heap's constructor, before any thread can
+        // reach a commit. The soft limit compares arena bytes only (it is a multiple of live bytes) and is checked
+        // once, before the loop: two commits racing past it both go ahead, a pageblock each, which a soft limit allows.
         long limit = _limitBytes, soft = t_softLimitApplies ? Volatile.Read(ref _softLimitBytes) : long.MaxValue;
+        if (Volatile.Read(ref _committedBytes) > soft - bytes)
+        {
+            Interlocked.Increment(ref _softLimitRefusals);
+            return false;
+        }
         while (true)
         {
-            long committed = Volatile.Read(ref _committedBytes);
-            if (committed > limit - bytes)
+            long charged = Volatile.Read(ref _chargedBytes);
+            if (charged > limit - charge)
             {
                 Interlocked.Increment(ref _limitRefusals);
                 return false;
             }
-            if (committed > soft - bytes)
-            {
-                Interlocked.Increment(ref _softLimitRefusals);
-                return false;
-            }
-            if (Interlocked.CompareExchange(ref _committedBytes, committed + bytes, committed) == committed) break;
+            if (Interlocked.CompareExchange(ref _chargedBytes, charged + charge, charged) == charged) break;
         }
+        Interlocked.Add(ref _committedBytes, bytes);
         // A decommitted pageblock is still mapped read-write: only the first commit changes the protection.
         if (_linux && state == PageblockMemory.Reserved
             && _os.Protect(AddressOf(pageblock), _pageblockBytes, readWrite: true) != 0)
         {
             Interlocked.Add(ref _committedBytes, -bytes);
+            Interlocked.Add(ref _chargedBytes, -charge);
             Interlocked.Increment(ref _commitFailures);
             return false;
         }
@@ -303,6 +352,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
         if (!DropPages(AddressOf(pageblock), _pageblockBytes)) return false;
         _state[pageblock] = PageblockMemory.Decommitted;
         Interlocked.Add(ref _committedBytes, -(long)_pageblockBytes);
+        Interlocked.Add(ref _chargedBytes, -(long)_pageblockBytes);   // its descriptors stay resident, and charged
         Interlocked.Add(ref _decommittedBytes, (long)_pageblockBytes);
         if (_smallPages[pageblock]) UseHugePages(pageblock);
         return true;

@@ -53,7 +53,7 @@ typedef struct cna_heap_options {
     int64_t arena_bytes;          /* address space reserved (nothing is committed up front); default 1 GiB */
     int32_t use_huge_pages;       /* 0 default (on), 1 on, 2 off */
     int32_t background;           /* 1: start the background compactor at creation */
-    int64_t memory_limit;         /* bytes the arena may hold committed (so resident); 0 none. An allocation that would
+    int64_t memory_limit;         /* bytes the heap may hold committed, its metadata included (so resident); 0 none. An allocation that would
                                      pass it frees and compacts memory first, and fails with CNA_E_NO_MEMORY only when
                                      live bytes, pins or unmovable blocks leave no room (HeapOptions.MemoryLimit) */
 } cna_heap_options;
