@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Compaction.Allocator.Handles;
 using Compaction.Allocator.Layout;
 using Compaction.Allocator.Migration;
+using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
 
 namespace Compaction.Allocator.Compaction;
@@ -15,7 +16,6 @@ internal sealed unsafe class SlabMover
 {
     private readonly CompactionContext _cx;
     private readonly SlabAllocator _slabs;
-    private readonly List<(uint index, nint slot)> _handedOut = [];
 
     /// <summary>The live blocks <see cref="ListLiveBlocksLocked"/> found: entry, state word, slot.</summary>
     public readonly List<(uint index, long state, nint slot)> Live = [];
@@ -27,30 +27,44 @@ internal sealed unsafe class SlabMover
     }
 
     /// <summary>
-    /// Lists the live movable blocks of a slab into <see cref="Live"/>: handed-out slots whose reverse-map entry is
-    /// allocated, movable, not frozen and still at that slot. Caller holds the class lock (so the slot lists are
-    /// stable); the entry reads are racy and confirmed later by the freeze. Returns the slab's RefCount: more than the
-    /// blocks listed means some slots sit in thread caches or are being published (a cache-held failure).
+    /// Lists the live movable blocks of a slab into <see cref="Live"/>, in slot order: slots below Bump whose
+    /// reverse-map word names an entry of this heap that is allocated, movable, not frozen and still at that slot.
+    /// Caller holds the class lock (Bump and RefCount are stable); the entry reads are racy and confirmed later by the
+    /// freeze. Returns the slab's RefCount: more than the blocks listed means some slots sit in thread caches or are
+    /// being published (a cache-held failure).
     /// </summary>
+    /// <remarks>
+    /// The reverse map is read for every slot below Bump, free ones included, instead of first walking the free-slot
+    /// list: that walk is a chain of dependent loads through the slots' memory (one cache miss after another, the
+    /// largest cost of listing a sparse slab), while these entry loads are independent of each other. A free slot's
+    /// word is stale and names an entry that is elsewhere now: a freed entry's address is its free-list link, a moved
+    /// one's its new place, and a rebound one's another slot (this one is free, so nobody was given it), so the
+    /// address check rejects it, as it rejects a word not yet written by a binding in flight.
+    /// </remarks>
     public int ListLiveBlocksLocked(SlabClass cls, int head)
     {
         Debug.Assert(cls.Lock.IsHeldByCurrentThread, "caller holds the class lock");
         Live.Clear();
-        _handedOut.Clear();
-        int refs = _slabs.ListHandedOutSlotsLocked(cls, head, _handedOut);
         HandleTable handles = _cx.Handles;
-        foreach ((uint index, nint slot) in _handedOut)
+        int c = cls.Index, size = _slabs.Classes.Size[c];
+        ref PageDescriptor d = ref _cx.Map.Page(head);
+        nint slab = _cx.Map.AddressOf(head);
+        int* rmap = (int*)(slab + _slabs.Classes.ReverseMapOffset[c]);
+        Live.EnsureCapacity(d.RefCount);
+        for (int i = 0, bump = d.Bump; i < bump; i++)
         {
-            if (!handles.Owns(index)) continue;   // not an entry of this heap: a reverse-map word not yet written
+            uint index = (uint)rmap[i];
+            if (!handles.Owns(index)) continue;   // not an entry of this heap: a word never written, or garbage
             HandleEntry* e = handles.Get(index);
             long state = Volatile.Read(ref e->State);
+            nint slot = slab + i * size;
             // A frozen entry belongs to another migration (its address may be about to change): not listed, so the
             // slab's RefCount exceeds the list and the caller retries later.
             if ((state & (EntryState.Allocated | EntryState.Run | EntryState.Frozen | EntryState.Movable)) != (EntryState.Allocated | EntryState.Movable)
                 || e->Address != slot) continue;
             Live.Add((index, state, slot));
         }
-        return refs;
+        return d.RefCount;
     }
 
     /// <summary>After a slab batch: the source slot of every moved block among items [<paramref name="first"/>,
