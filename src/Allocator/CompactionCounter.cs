@@ -32,6 +32,8 @@ internal enum CompactionCounter
     MigrateGone,
     MigrateOwnerRetry,
     MigrateOwnerFailed,
+    /// <summary>Process-wide barriers (membarrier) the compactor's migrations issued.</summary>
+    Barriers,
     WasteWakes,
     WasteBytesMoved,
     BackgroundCpuNanoseconds,

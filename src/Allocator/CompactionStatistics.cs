@@ -75,6 +75,11 @@ public sealed class CompactionStatistics
     public long MigrateOwnerRetry => Get(CompactionCounter.MigrateOwnerRetry);
     /// <summary>Owner callbacks that threw (the block stayed intact).</summary>
     public long MigrateOwnerFailed => Get(CompactionCounter.MigrateOwnerFailed);
+    /// <summary>Process-wide barriers (the membarrier system call, an interrupt of every running thread of the process)
+    /// the compactor's migrations issued: one per unit of work (a pageblock of the zone pass, a batch of consolidation
+    /// sources), plus one per block with a movable owner (native-layout.md, section 5, "Migration protocol"). Not a
+    /// kernel counter.</summary>
+    public long Barriers => Get(CompactionCounter.Barriers);
 
     /// <summary>Background wakes that compacted because committed memory exceeded live memory by the waste
     /// threshold (<see cref="HeapOptions.WasteHighRatio"/>; Redis's active defrag, not a kernel counter).</summary>

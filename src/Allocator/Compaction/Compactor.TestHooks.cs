@@ -12,10 +12,10 @@ internal sealed unsafe partial class Compactor
 
     /// <summary>Called between two pageblocks of a zone pass (RunLock held, the caches disabled, the free pool holding
     /// isolated pages, nothing frozen): a test throws from it to stand for an exception in the middle of a pass.</summary>
-    internal Action? BetweenPageblocks;
+    internal Action? BetweenPageblocks { get => _cx.BetweenPageblocks; set => _cx.BetweenPageblocks = value; }
 
     /// <summary>Called as a run's destination is about to be taken (CompactionAlloc; no lock held, nothing frozen, the
-    /// cluster's earlier runs holding theirs): a test throws from it to stand for an exception of the free scanner
+    /// pageblock's earlier runs holding theirs): a test throws from it to stand for an exception of the free scanner
     /// there (its pool's list failing to grow, say).</summary>
-    internal Action? RunDestinationWanted;
+    internal Action? RunDestinationWanted { get => _cx.RunDestinationWanted; set => _cx.RunDestinationWanted = value; }
 }

@@ -9,10 +9,13 @@ using static Compaction.Allocator.CompactionCounter;
 namespace Compaction.Allocator.Compaction;
 
 /// <summary>
-/// The compactor of the movable zone (native-layout.md, "Compaction"). One concern per file: the triggers and their
-/// control (this file), deferral (<see cref="CompactionDeferral"/>), the migrate scanner (MigrateScanner.cs), the
-/// free scanner and its pool (FreeScanner.cs, <see cref="FreePool"/>), slab consolidation (SlabConsolidation.cs);
-/// the counters are <see cref="CompactionCounters"/>, the indices <see cref="Fragmentation"/>.
+/// The compactor of the movable zone (native-layout.md, "Compaction"): the triggers and their control (this class),
+/// over one class per concern, each with its own state: deferral (<see cref="CompactionDeferral"/>), the migrate
+/// scanner (<see cref="MigrateScanner"/>), the free scanner and its pool (<see cref="FreeScanner"/>,
+/// <see cref="FreePool"/>), the slab side of a move (<see cref="SlabMover"/>), slab consolidation
+/// (<see cref="SlabConsolidation"/>), the waste-driven run (<see cref="WasteRun"/>) and the memory limit's slices
+/// (<see cref="LimitSlices"/>); what they share is <see cref="CompactionContext"/>. The counters are
+/// <see cref="CompactionCounters"/>, the indices <see cref="Fragmentation"/>.
 /// </summary>
 /// <remarks>
 /// It works on the layers below it only: the page allocator, the movable slabs, the handle table (read), the
@@ -31,51 +34,36 @@ internal sealed unsafe partial class Compactor
     public const int SyncPasses = 10;
     public const int ProactiveDeferWakes = 1 << MaxDeferShift;  // back-off after a pass without progress
 
-    public readonly Lock RunLock = new();
+    /// <summary>One compaction at a time (see the remarks).</summary>
+    public Lock RunLock => _cx.RunLock;
     /// <summary>The heap's live counters: the compactor writes its own under RunLock; the reclaimer (under its trim lock)
     /// and allocations keeping the memory limit add theirs with interlocked adds; all are read racily.</summary>
-    public readonly CompactionCounters Counters;
-    private readonly CompactionSettings _options;   // the heap's options the compactor uses
-    private readonly PageAllocator _pages;
-    private readonly PageMap _map;
-    private readonly Zone _zone;
-    private readonly SlabAllocator _slabs;
-    private readonly HandleTable _handles;
-    private readonly Migrator _migrator;
+    public CompactionCounters Counters => _cx.Counters;
+    private readonly CompactionContext _cx;
     private readonly ThreadCaches _caches;
     private readonly CompactionDeferral _deferral;
-    private readonly MigrationBatch _batch = new();
-    private readonly int _firstPb;
-    private readonly int[] _cachedMigratePb = new int[2];   // [async, sync]: where the next run resumes
-    private readonly int[] _cachedFreePb = new int[2];      // ... FromTheTop: at the top of the used range
+    private readonly FreeScanner _freeScanner;
+    private readonly SlabMover _slabMover;
+    private readonly MigrateScanner _migrateScanner;
+    private readonly SlabConsolidation _consolidation;
+    private readonly WasteRun _waste;
+    private readonly LimitSlices _limit;
     private int _proactiveDefer;
     private bool _proactiveResume;   // the last proactive pass ended on its budget above the low watermark
-    private bool _wasteActive;       // a waste-driven run: started above WasteHighRatio, not yet at WasteLowRatio
-    private long _wasteCycleResident; // the resident estimate when the current cycle started
-    private bool _wasteZonePhase;    // ... and its cycle has consolidated the classes: now the zone pass
-    private bool _wasteResume;       // ... which the last slice's budget cut short (it resumes)
-    private long _wasteCycleMoved;   // bytes moved in the current cycle
-    private int _wasteDefer;         // wakes to skip after a slice that could move nothing
-    private bool _limitZonePhase;    // memory-limit slices: the classes are consolidated, the zone pass is next
-    private bool _limitResume;       // ... and the last slice's budget cut that pass short (it resumes)
 
     public Compactor(CompactionSettings options, PageAllocator pages, SlabAllocator movableSlabs, HandleTable handles, Migrator migrator, ThreadCaches caches,
                      CompactionCounters counters)
     {
-        Counters = counters;
-        _options = options;
-        _pages = pages;
-        _map = pages.Map;
-        _zone = pages.Movable ?? throw new ArgumentException("the heap has no movable zone", nameof(pages));
-        _slabs = movableSlabs;
-        _handles = handles;
-        _migrator = migrator;
+        _cx = new CompactionContext(options, pages, movableSlabs, handles, migrator, counters);
         _caches = caches;
-        _firstPb = _zone.Start >> _map.PageblockOrder;
-        ResetCachedPositions();
-        _deferral = new CompactionDeferral(_map.MaxOrder);
+        _deferral = new CompactionDeferral(pages.Map.MaxOrder);
+        _freeScanner = new FreeScanner(_cx);
+        _slabMover = new SlabMover(_cx);
+        _migrateScanner = new MigrateScanner(_cx, _freeScanner, _slabMover);
+        _consolidation = new SlabConsolidation(_cx, _slabMover);
+        _waste = new WasteRun(_cx, caches, _consolidation, _migrateScanner);
+        _limit = new LimitSlices(_cx, caches, _consolidation, _migrateScanner);
     }
-
 
     // ------------------------------------------------------------------ triggers
 
@@ -86,7 +74,7 @@ internal sealed unsafe partial class Compactor
         if (RunLock.IsHeldByCurrentThread) return;   // called from an owner callback of a running compaction
         lock (RunLock)
         {
-            using var caches = new CacheGuard(_caches, _options);
+            using var caches = new CacheGuard(_caches, _cx.Options);
             ConsolidateSlabs(new CompactControl { Mode = CompactMode.SyncFull });
             CompactZone(new CompactControl { Mode = CompactMode.SyncFull, WholeZone = true });
         }
@@ -99,7 +87,7 @@ internal sealed unsafe partial class Compactor
     /// </summary>
     public int DirectCompact(int pages, uint index)
     {
-        int order = Math.Min(Zone.OrderFor(pages), _map.MaxOrder + 1);
+        int order = Math.Min(Zone.OrderFor(pages), _cx.Map.MaxOrder + 1);
         // RunLock is recursive: an owner callback that allocates must not start a compaction inside the running one
         // (it would reuse the batch and the free pool the outer run is iterating).
         if (RunLock.IsHeldByCurrentThread) return -1;
@@ -112,7 +100,7 @@ internal sealed unsafe partial class Compactor
             }
             Counters[CompactStall]++;
             if (_deferral.Restarting(order)) ResetSkipBits();
-            using var caches = new CacheGuard(_caches, _options);
+            using var caches = new CacheGuard(_caches, _cx.Options);
             int captured = -1;
             foreach (CompactMode mode in (ReadOnlySpan<CompactMode>)[CompactMode.Async, CompactMode.SyncLight])
             {
@@ -152,7 +140,7 @@ internal sealed unsafe partial class Compactor
         {
             BackgroundStepStarting?.Invoke();
             Counters[CompactDaemonWake]++;
-            CompactionSettings o = _options;
+            CompactionSettings o = _cx.Options;
             long budgetTicks = o.CompactionBudgetTime == TimeSpan.Zero ? 0 : (long)(o.CompactionBudgetTime.TotalSeconds * Stopwatch.Frequency);
             (int low, int high) = Fragmentation.Watermarks(o.Proactiveness);
             int score = Score();
@@ -160,9 +148,9 @@ internal sealed unsafe partial class Compactor
             if (_proactiveDefer > 0) _proactiveDefer--;
             // An idle wake costs no drain: caches are disabled only when some class is worth consolidating or a
             // proactive pass is due (otherwise every wake would drain the caches, leaving part-used slabs to move).
-            if (proactive || AnyClassWorthConsolidating())
+            if (proactive || _consolidation.AnyClassWorthConsolidating())
             {
-                using var caches = new CacheGuard(_caches, _options);
+                using var caches = new CacheGuard(_caches, _cx.Options);
                 ConsolidateSlabs(new CompactControl { Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks, StartTicks = Stopwatch.GetTimestamp(), BytesMovedAtStart = Counters[BytesMoved] });
                 if (proactive)
                 {
@@ -181,7 +169,7 @@ internal sealed unsafe partial class Compactor
                 }
             }
             if (!proactive && score <= low) _proactiveResume = false;
-            return WasteSliceLocked() ? BackgroundStepOutcome.WasteSlice : BackgroundStepOutcome.Ran;
+            return _waste.SliceLocked() ? BackgroundStepOutcome.WasteSlice : BackgroundStepOutcome.Ran;
         }
         finally
         {
@@ -189,224 +177,44 @@ internal sealed unsafe partial class Compactor
         }
     }
 
+    /// <summary>The proactive score (see <see cref="CompactionContext.Score"/>).</summary>
+    public int Score() => _cx.Score();
+
     /// <summary>True while a waste-driven run is under way: the background thread then wakes after a slice's CPU
     /// share instead of its interval. Racy read (a bool; a stale value only shifts one wake).</summary>
-    public bool WasteRunActive => Volatile.Read(ref _wasteActive);
+    public bool WasteRunActive => _waste.Active;
 
-    /// <summary>Resident bytes (the arena's estimate: committed less purged free runs) over live bytes now, and the
-    /// bytes between them (racy: counters read without locks; a heuristic's input).</summary>
-    public (double ratio, long wasted) Waste()
+    /// <summary>Resident bytes over live bytes now, and the bytes between them (see <see cref="WasteRun.Waste"/>).</summary>
+    public (double ratio, long wasted) Waste() => _waste.Waste();
+
+    /// <summary>A slice of compaction for the memory limit (see <see cref="LimitSlices.Slice"/>). Takes RunLock.</summary>
+    public (long moved, bool budgetSpent) LimitSlice(long budgetTicks) => _limit.Slice(budgetTicks);
+
+    /// <summary>compact_zone (see <see cref="MigrateScanner.CompactZone"/>). Caller holds RunLock.</summary>
+    public CompactStatus CompactZone(CompactControl cc) => _migrateScanner.CompactZone(cc);
+
+    /// <summary>zs_compact for every movable class (see <see cref="SlabConsolidation.ConsolidateSlabs"/>). Caller holds
+    /// RunLock.</summary>
+    public void ConsolidateSlabs(CompactControl cc) => _consolidation.ConsolidateSlabs(cc);
+
+    /// <summary>__reset_isolation_suitable (see <see cref="MigrateScanner.ResetSkipBits"/>).</summary>
+    public void ResetSkipBits() => _migrateScanner.ResetSkipBits();
+}
+
+/// <summary>Disables and drains the per-thread caches for the length of a run (slots they hold make slab
+/// migration fail), unless the heap's options keep them on.</summary>
+internal readonly struct CacheGuard : IDisposable
+{
+    private readonly ThreadCaches? _caches;
+
+    public CacheGuard(ThreadCaches caches, CompactionSettings options)
     {
-        long resident = _pages.ResidentBytesEstimate;
-        long live = Math.Max(1, _caches.LiveTotals().bytes);
-        return ((double)resident / live, resident - live);
-    }
-
-    /// <summary>
-    /// The waste-driven half of a wake (Redis's active defrag, Anchorage): with hysteresis on committed / live, a
-    /// slice of at most the heap's CompactionSliceTime. A run goes in cycles, each what an explicit
-    /// compaction does in one go, cut into slices: consolidate the size classes until none is worth it, then one pass
-    /// over the whole zone (resumed slice after slice). A cycle that moved nothing ends the run and backs off for
-    /// <see cref="ProactiveDeferWakes"/> wakes (what is left is pinned or unmovable). The heap gives back what each
-    /// slice emptied after the step (the layer above this one). Caller holds RunLock.
-    /// </summary>
-    private bool WasteSliceLocked()
-    {
-        Debug.Assert(RunLock.IsHeldByCurrentThread, "caller holds RunLock");
-        CompactionSettings o = _options;
-        if (o.WasteHighRatio == 0) return false;
-        if (_wasteDefer > 0) { _wasteDefer--; return false; }
-        (double ratio, long wasted) = Waste();
-        // A run starts above the high ratio (with enough bytes at stake) or above the retained-bytes cap, and ends at
-        // the low ratio (or too few bytes) once the cap is kept.
-        bool overCap = wasted > o.RetainedBytesLimit;
-        if (!_wasteActive && ((ratio > o.WasteHighRatio && wasted >= o.WasteMinBytes) || overCap))
+        if (!options.ThreadCachesDuringMigration)
         {
-            _wasteActive = true;
-            _wasteZonePhase = false;
-            _wasteCycleMoved = 0;
-        }
-        if (_wasteActive && !overCap && (ratio <= o.WasteLowRatio || wasted < o.WasteMinBytes / 2)) _wasteActive = false;
-        if (!_wasteActive) return false;
-
-        Counters[WasteWakes]++;
-        long movedBefore = Counters[BytesMoved];
-        long start = Stopwatch.GetTimestamp();
-        long slice = Math.Max(1, (long)(o.CompactionSliceTime.TotalSeconds * Stopwatch.Frequency));
-        bool cycleEnded = false;
-        // The caches stay on during a slice: disabling them for every slice (every few milliseconds) would send the
-        // mutators to the slow path a tenth of the time. A cycle drains them when it starts (each slice until the
-        // cycle's first move, so normally once), so what they held
-        // goes back and can move; slots they take afterwards only make a few slab moves fail (cache-held), which a
-        // later cycle retries.
-        if (!_wasteZonePhase && _wasteCycleMoved == 0)
-        {
-            _caches.Drain();
-            _wasteCycleResident = _pages.ResidentBytesEstimate;
-        }
-        if (!_wasteZonePhase)
-        {
-            // Not a daemon pass here: every class with a slab to spare is consolidated, as an explicit compaction
-            // does (the daemon's own pass leaves classes below its worth-it heuristic alone).
-            var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = slice, StartTicks = start, BytesMovedAtStart = movedBefore };
-            ConsolidateSlabs(cc);
-            if (!BudgetSpent(cc)) { _wasteZonePhase = true; _wasteResume = false; }   // every class consolidated
-        }
-        long left = slice - (Stopwatch.GetTimestamp() - start);
-        if (_wasteZonePhase && left > 0)
-        {
-            CompactStatus status = CompactZone(new CompactControl
-            {
-                // Counted as waste wakes, not in the kernel's kcompactd counters (compact_daemon_*).
-                Mode = CompactMode.SyncLight, WholeZone = !_wasteResume, IgnoreSkipHint = true, BudgetTicks = left,
-            });
-            _wasteResume = status == CompactStatus.BudgetExhausted;
-            cycleEnded = !_wasteResume;
-        }
-        long moved = Counters[BytesMoved] - movedBefore;
-        Counters[WasteBytesMoved] += moved;
-        _wasteCycleMoved += moved;
-        if (!cycleEnded) return true;
-        // A cycle that moved nothing ends the run; so does one that, driven by the retained-bytes cap alone, did not
-        // lower resident memory (what is left over the cap is rounding and unmovable memory that no move removes,
-        // and a heap in constant churn would otherwise keep a run going for ever).
-        if (_wasteCycleMoved == 0 || (overCap && _pages.ResidentBytesEstimate >= _wasteCycleResident))
-        {
-            _wasteActive = false;
-            _wasteDefer = ProactiveDeferWakes;
-        }
-        _wasteZonePhase = false;   // another cycle, if the run goes on
-        _wasteCycleMoved = 0;
-        return true;
-    }
-
-
-    /// <summary>
-    /// A slice of compaction for the memory limit, on an allocating thread whose allocation found the limit in the way
-    /// (native-layout.md, section 9, "The memory limit"): every movable size class with a slab to spare is
-    /// consolidated, then the whole movable zone compacted, within <paramref name="budgetTicks"/> (the heap's
-    /// <c>CompactionSliceTime</c>), so that slab pages and pageblocks come free inside committed memory (reused by the
-    /// allocation) and whole pageblocks empty (decommitted by the caller). Destinations are taken from committed memory
-    /// only, so the slice itself commits nothing. Pinned blocks are skipped as always. Takes RunLock, waiting for a
-    /// running compaction (a background slice is bounded by the same slice time); returns 0 at once when the calling
-    /// thread already holds it (an owner callback's allocation). Returns the bytes moved.
-    /// </summary>
-    public (long moved, bool budgetSpent) LimitSlice(long budgetTicks)
-    {
-        if (RunLock.IsHeldByCurrentThread) return (0, false);
-        lock (RunLock)
-        {
-            using var caches = new CacheGuard(_caches, _options);   // slots the caches hold would make slab moves fail
-            long movedBefore = Counters[BytesMoved];
-            long start = Stopwatch.GetTimestamp();
-            bool spent;
-            if (!_limitZonePhase)
-            {
-                var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = budgetTicks, StartTicks = start, BytesMovedAtStart = movedBefore };
-                ConsolidateSlabs(cc);
-                spent = BudgetSpent(cc);
-                // Every class consolidated: the next slices compact the zone, so that the slab pages freed here
-                // coalesce into the larger blocks new slabs and runs need (and whole pageblocks empty).
-                if (!spent) _limitZonePhase = true;
-            }
-            long left = budgetTicks - (Stopwatch.GetTimestamp() - start);
-            spent = left <= 0;
-            if (_limitZonePhase && left > 0)
-            {
-                // Resumed where the last slice stopped (the scanners' cached positions), so that successive slices
-                // walk the zone instead of rescanning its bottom; a pass that ends starts the next cycle.
-                CompactStatus status = CompactZone(new CompactControl
-                {
-                    Mode = CompactMode.SyncLight, WholeZone = !_limitResume, IgnoreSkipHint = true, BudgetTicks = left,
-                });
-                _limitResume = status == CompactStatus.BudgetExhausted;
-                spent = _limitResume;
-                if (!_limitResume) _limitZonePhase = false;
-            }
-            long moved = Counters[BytesMoved] - movedBefore;
-            Counters[LimitBytesMoved] += moved;
-            return (moved, spent);
+            caches.Disable();
+            _caches = caches;
         }
     }
 
-    /// <summary>The proactive score: extfrag at pageblock order of the movable zone, in percent. Lock-free: the free
-    /// counts are racy reads of 64-bit counters (see <see cref="Zone.FreeBlocks"/>); a stale view only shifts a
-    /// heuristic by a block.</summary>
-    public int Score()
-    {
-        Span<long> free = stackalloc long[_map.MaxOrder + 1];
-        for (int o = 0; o <= _map.MaxOrder; o++) free[o] = _zone.FreeBlocks(o, MigrateType.Movable) + _zone.FreeBlocks(o, MigrateType.Unmovable);
-        return Fragmentation.ExtfragForOrder(free, _map.PageblockOrder);
-    }
-
-    // ------------------------------------------------------------------ helpers of every part
-
-    /// <summary>A cached free-scanner position meaning "start at the top of the used range".</summary>
-    private const int FromTheTop = int.MaxValue;
-
-    /// <summary>
-    /// The last pageblock below the zone's frontier: the top of the range the scanners walk. Above the frontier the
-    /// zone was never handed out (free, uncommitted, descriptors untouched), so there is nothing to move and no
-    /// target worth moving to. Lock-free read of <see cref="Zone.Frontier"/>: it is written under the zone lock and
-    /// only rises, so a stale value only leaves out pageblocks handed out since (a later run scans them).
-    /// </summary>
-    private int UsedTopPb => (_zone.Frontier >> _map.PageblockOrder) - 1;
-
-    /// <summary>Runs the migration primitive on a batch and counts its outcomes and bytes. Caller holds RunLock and
-    /// no other lock.</summary>
-    private int Migrate(MigrationBatch batch)
-    {
-        Debug.Assert(RunLock.IsHeldByCurrentThread, "caller holds RunLock");
-        int moved = _migrator.MigrateBatch(batch);
-        Counters[BytesMoved] += batch.BytesMoved;
-        for (int i = 0; i < batch.Count; i++) CountOutcome(batch.Result[i]);
-        return moved;
-    }
-
-    /// <summary>Counts one block migration outcome (every attempt, including the ones later retried).</summary>
-    private void CountOutcome(MigrateResult result)
-    {
-        switch (result)
-        {
-            case MigrateResult.Busy: Counters[MigrateBusy]++; break;
-            case MigrateResult.Pinned: Counters[MigratePinnedAfterFreeze]++; break;
-            case MigrateResult.Gone: Counters[MigrateGone]++; break;
-            case MigrateResult.OwnerRetry: Counters[MigrateOwnerRetry]++; break;
-            case MigrateResult.OwnerFailed: Counters[MigrateOwnerFailed]++; break;
-        }
-    }
-
-    /// <summary>Takes a lock for the compactor: a try-lock in asynchronous mode (a miss marks the run contended), a
-    /// blocking one otherwise. Every acquisition is counted (lock_acquisitions).</summary>
-    private bool Acquire(Lock l, CompactControl cc)
-    {
-        if (cc.Mode == CompactMode.Async)
-        {
-            if (!l.TryEnter()) { cc.Contended = true; return false; }
-        }
-        else
-        {
-            l.Enter();
-        }
-        Counters[LockAcquisitions]++;
-        return true;
-    }
-
-    /// <summary>Disables and drains the per-thread caches for the length of a run (slots they hold make slab
-    /// migration fail), unless the heap's options keep them on.</summary>
-    private readonly struct CacheGuard : IDisposable
-    {
-        private readonly ThreadCaches? _caches;
-
-        public CacheGuard(ThreadCaches caches, CompactionSettings options)
-        {
-            if (!options.ThreadCachesDuringMigration)
-            {
-                caches.Disable();
-                _caches = caches;
-            }
-        }
-
-        public void Dispose() => _caches?.Enable();
-    }
+    public void Dispose() => _caches?.Enable();
 }

@@ -1,3 +1,4 @@
+using Compaction.Allocator.Pages;
 using static Compaction.Allocator.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
@@ -6,10 +7,27 @@ namespace Compaction.Allocator.Compaction;
 // Asynchronous runs take the zone lock with a try-lock wherever they acquire work (isolating free pages, committing,
 // writing a destination's descriptors); a miss ends the run as contended and takes no blocking lock afterwards. Only
 // giving pages back (a migrated source, the pool at the end of a run) blocks, because it cannot be left undone.
-internal sealed unsafe partial class Compactor
+internal sealed unsafe class FreeScanner
 {
+    private readonly CompactionContext _cx;
+    private readonly PageMap _map;
+    private readonly Zone _zone;
     private readonly FreePool _freePool = new();                      // cc->freepages, protected by RunLock
     private readonly List<(int start, int order)> _isolated = [];     // one pageblock's isolated free blocks
+
+    public FreeScanner(CompactionContext cx)
+    {
+        _cx = cx;
+        _map = cx.Map;
+        _zone = cx.Zone;
+    }
+
+    /// <summary>Pages the pool holds.</summary>
+    public long PoolPages => _freePool.TotalPages;
+
+    /// <summary>Gives unused destination pages back to the pool without a lock (see <see cref="ReturnToPool"/>: the
+    /// caller wrote nothing on them).</summary>
+    public void PutBack(int start, int pages) => _freePool.Add(start, pages);
 
     /// <summary>
     /// compaction_alloc: <paramref name="pages"/> contiguous free pages from the isolated pool, isolating more free
@@ -18,11 +36,11 @@ internal sealed unsafe partial class Compactor
     /// needing a block of 16. Returns the first page (committed, marked FreeTail, owned by the caller) or -1: no
     /// target of that size (the unit stays, the pass goes on with the others) or (async) a zone lock was contended.
     /// </summary>
-    private int CompactionAlloc(CompactControl cc, int pages, int migratePb, ref int freePb)
+    public int CompactionAlloc(CompactControl cc, int pages, int migratePb, ref int freePb)
     {
         if (!IsolateTargets(cc, pages, migratePb, ref freePb)) return -1;
         int start = _freePool.Take(pages);
-        if (!Acquire(_zone.Lock, cc)) { _freePool.Add(start, pages); return -1; }
+        if (!_cx.Acquire(_zone.Lock, cc)) { _freePool.Add(start, pages); return -1; }
         bool committed = _zone.CommitRangeLocked(start, pages);
         _zone.Lock.Exit();
         if (committed) return start;
@@ -41,7 +59,7 @@ internal sealed unsafe partial class Compactor
     /// small units. The unit that finds no target stays where it is; smaller units go on filling the holes the pool
     /// holds, and a later pass, finding the larger holes those moves opened, moves it.
     /// </summary>
-    private bool IsolateTargets(CompactControl cc, int pages, int migratePb, ref int freePb)
+    public bool IsolateTargets(CompactControl cc, int pages, int migratePb, ref int freePb)
     {
         while (!_freePool.Fits(pages))
         {
@@ -53,13 +71,13 @@ internal sealed unsafe partial class Compactor
             // that is not committed is wholly free, and filling it would commit fresh memory before any source is given
             // back. Racy read (commits and decommits happen under the zone lock): a stale "committed" is corrected by
             // the commit in CompactionAlloc, at most one pageblock per isolation.
-            if (!_pages.Memory.IsCommitted(pb)) continue;
+            if (!_cx.Pages.Memory.IsCommitted(pb)) continue;
             // Room first, for every free block a pageblock can hold: IsolateFreeBlocksLocked then allocates nothing
             // under the zone lock (a list failing to grow there would leave the lock held by this thread and the
             // blocks isolated before it off every list). The finally is for any other exception.
             _isolated.Clear();
             _isolated.EnsureCapacity(_map.PageblockPages);
-            if (!Acquire(_zone.Lock, cc)) { freePb++; return false; }
+            if (!_cx.Acquire(_zone.Lock, cc)) { freePb++; return false; }
             int isolated;
             try
             {
@@ -70,13 +88,13 @@ internal sealed unsafe partial class Compactor
                 _zone.Lock.Exit();
             }
             PoolIsolated();
-            Counters[CompactFreeScanned] += _map.PageblockPages;
-            if (cc.Daemon) Counters[CompactDaemonFreeScanned] += _map.PageblockPages;
-            Counters[CompactIsolated] += isolated;
+            _cx.Counters[CompactFreeScanned] += _map.PageblockPages;
+            if (cc.Daemon) _cx.Counters[CompactDaemonFreeScanned] += _map.PageblockPages;
+            _cx.Counters[CompactIsolated] += isolated;
             if (isolated == 0 && !_map.GetSkip(pb))
             {
                 _map.SetSkip(pb, true);
-                Counters[SkipBitsSet]++;
+                _cx.Counters[SkipBitsSet]++;
             }
         }
         return true;
@@ -110,11 +128,11 @@ internal sealed unsafe partial class Compactor
     /// grow, below): pool pages are on no
     /// free list and belong to the compactor; the only other readers are the lock-free migrate scanner and buddy
     /// merging, which needs a FreeHead and sees none here whichever value it reads.</summary>
-    private void ReturnToPool(int start, int pages)
+    public void ReturnToPool(int start, int pages)
     {
         // A failed migration may have copied its block here: with poisoning on, the pages hold the pattern again
         // before they rejoin free memory (the pool's pages are the compactor's, so no lock is needed).
-        if (_pages.Poison.Enabled) _pages.Poison.Fill(_map.AddressOf(start), (long)pages << _map.PageShift);
+        if (_cx.Pages.Poison.Enabled) _cx.Pages.Poison.Fill(_map.AddressOf(start), (long)pages << _map.PageShift);
         for (int p = start; p < start + pages; p++) _map.Page(p).InitFree();
         try
         {
@@ -129,25 +147,25 @@ internal sealed unsafe partial class Compactor
     }
 
     /// <summary>release_freepages: the pool goes back to the buddy allocator at the end of a run.</summary>
-    private void ReturnFreePool()
+    public void ReturnFreePool()
     {
         if (_freePool.Count == 0) return;
         lock (_zone.Lock)
         {
-            Counters[LockAcquisitions]++;
+            _cx.Counters[LockAcquisitions]++;
             foreach ((int start, int length) in _freePool.Ranges) _zone.FreeRangeLocked(start, length);
         }
         _freePool.Clear();
     }
 
     /// <summary>Frees a migrated source run to the buddy allocator. Takes the zone lock (blocking, in every mode).</summary>
-    private void FreePages(int start, int pages)
+    public void FreePages(int start, int pages)
     {
         // The block lives at its destination now; its old pages become free memory, poisoned when that is on.
-        if (_pages.Poison.Enabled) _pages.Poison.Fill(_map.AddressOf(start), (long)pages << _map.PageShift);
+        if (_cx.Pages.Poison.Enabled) _cx.Pages.Poison.Fill(_map.AddressOf(start), (long)pages << _map.PageShift);
         lock (_zone.Lock)
         {
-            Counters[LockAcquisitions]++;
+            _cx.Counters[LockAcquisitions]++;
             _zone.FreeRangeLocked(start, pages);
         }
     }

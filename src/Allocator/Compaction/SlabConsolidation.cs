@@ -6,9 +6,19 @@ using static Compaction.Allocator.CompactionCounter;
 namespace Compaction.Allocator.Compaction;
 
 // Slab consolidation (zs_compact): the least-full slab of a class moves into the fullest ones.
-internal sealed unsafe partial class Compactor
+internal sealed class SlabConsolidation
 {
+    private readonly CompactionContext _cx;
+    private readonly SlabAllocator _slabs;
+    private readonly SlabMover _mover;
     private readonly HashSet<int> _tried = [];   // slabs of the class already tried as sources in this run
+
+    public SlabConsolidation(CompactionContext cx, SlabMover mover)
+    {
+        _cx = cx;
+        _slabs = cx.Slabs;
+        _mover = mover;
+    }
 
     /// <summary>
     /// For every movable size class: while zs_can_compact is above zero, move the blocks of the least-full slab
@@ -16,51 +26,13 @@ internal sealed unsafe partial class Compactor
     /// </summary>
     public void ConsolidateSlabs(CompactControl cc)
     {
-        Debug.Assert(RunLock.IsHeldByCurrentThread, "caller holds RunLock");
+        Debug.Assert(_cx.RunLock.IsHeldByCurrentThread, "caller holds RunLock");
         cc.StartTicks = cc.StartTicks == 0 ? Stopwatch.GetTimestamp() : cc.StartTicks;
         foreach (SlabClass cls in _slabs.Class)
         {
             _tried.Clear();
-            while (!BudgetSpent(cc) && !cc.Contended && ConsolidateOne(cc, cls)) { }
+            while (!_cx.BudgetSpent(cc) && !cc.Contended && ConsolidateOne(cc, cls)) { }
         }
-    }
-
-    /// <summary>
-    /// Migrates <see cref="_batch"/> (blocks of slab <paramref name="src"/> of <paramref name="cls"/>, taken off the
-    /// lists by the caller) and settles both slabs under the class lock: slots freed, the source put back (released
-    /// when emptied), the destination slab <paramref name="dst"/> too when there is one (-1: none). Settled in a
-    /// finally: a migration that throws has unfrozen what it did not move, and the batch's results say which moved.
-    /// Caller holds RunLock and no class lock. Returns the blocks moved and whether the source was released.
-    /// </summary>
-    private (int moved, bool srcFreed) MigrateSlabBatch(SlabClass cls, int src, int dst)
-    {
-        int moved = 0;
-        bool srcFreed;
-        try
-        {
-            moved = Migrate(_batch);
-        }
-        finally
-        {
-            lock (cls.Lock)
-            {
-                Counters[LockAcquisitions]++;
-                ReleaseBatchSlotsLocked(cls);
-                srcFreed = _slabs.PutbackLocked(cls, src, releaseIfEmpty: true);
-                if (srcFreed) Counters[LockAcquisitions]++;
-                if (dst >= 0) _slabs.PutbackLocked(cls, dst, releaseIfEmpty: true);
-            }
-        }
-        return (moved, srcFreed);
-    }
-
-    /// <summary>After a slab batch: the source slot of every moved block and the destination slot of every block
-    /// that stayed are free again. Caller holds the class lock.</summary>
-    private void ReleaseBatchSlotsLocked(SlabClass cls)
-    {
-        Debug.Assert(cls.Lock.IsHeldByCurrentThread, "caller holds the class lock");
-        for (int i = 0; i < _batch.Count; i++)
-            _slabs.FreeSlotLocked(cls, _batch.Result[i] == MigrateResult.Success ? _batch.Src[i] : _batch.Dst[i]);
     }
 
     /// <summary>
@@ -76,7 +48,7 @@ internal sealed unsafe partial class Compactor
 
     /// <summary>True when some movable class is worth consolidating. Lock-free: racy reads of the class counters
     /// (64-bit, never torn); a stale pair only makes one wake drain the caches for nothing, or wait for the next.</summary>
-    private bool AnyClassWorthConsolidating()
+    public bool AnyClassWorthConsolidating()
     {
         foreach (SlabClass cls in _slabs.Class)
             if (WorthConsolidating(Volatile.Read(ref cls.Slabs), Volatile.Read(ref cls.UsedSlots), _slabs.Classes.SlotsPerSlab[cls.Index]))
@@ -84,48 +56,103 @@ internal sealed unsafe partial class Compactor
         return false;
     }
 
-    /// <summary>One step of zs_compact for a class. Returns false when the class is done.</summary>
+    /// <summary>Source slabs of one batch (one barrier), and the items of each in the batch.</summary>
+    private readonly List<(int src, int first, int end, int listed)> _sources = [];
+    /// <summary>Destination slabs of the current batch that were not in <see cref="_tried"/>: excluded as sources
+    /// until the batch is settled (the slots taken in them count in their RefCount before their blocks arrive, so
+    /// listing one would look cache-held).</summary>
+    private readonly List<int> _filling = [];
+
+    /// <summary>
+    /// One step of zs_compact for a class, as one unit of work: least-full slabs are isolated as sources and their
+    /// blocks given slots in the fullest slabs (never a new slab) until the batch holds <see cref="UnitMover.MaxBlocks"/>
+    /// blocks or a pageblock's worth of source pages, or the class has nothing more to give; then the batch migrates
+    /// under one barrier and every source is settled (freed when emptied). Returns false when the class is done.
+    /// </summary>
     private bool ConsolidateOne(CompactControl cc, SlabClass cls)
     {
         int pages = _slabs.Classes.PagesPerSlab[cls.Index];
-        int src;
-        if (!Acquire(cls.Lock, cc)) return false;
+        MigrationBatch batch = _cx.Batch;
+        batch.Clear();
+        _sources.Clear();
+        _filling.Clear();
+        bool more = true;
+        if (!_cx.Acquire(cls.Lock, cc)) return false;
         try
         {
-            if (_slabs.CanCompactLocked(cls) <= 0) return false;
-            if (cc.Daemon && !WorthConsolidating(cls.Slabs, cls.UsedSlots, _slabs.Classes.SlotsPerSlab[cls.Index])) return false;
-            src = _slabs.FindLeastFullLocked(cls, _tried);
-            if (src < 0) return false;
-            _tried.Add(src);
-            int refs = ListLiveBlocksLocked(cls, src);
-            if (refs != _entries.Count)
-            {
-                Counters[CacheHeldFailures]++;
-                return true;
-            }
-            // Room first: once the source is isolated and a destination slot taken, an Add that failed to grow the
-            // batch would leave both for good (MigrateSlabBatch, which settles them, would never run).
-            _batch.Clear();
-            _batch.EnsureRoom(_entries.Count);
-            _slabs.IsolateLocked(cls, src);
-            // Destination slots from the fullest slabs; never carve a new slab for this.
             Span<nint> one = stackalloc nint[1];
-            for (int i = 0; i < _entries.Count; i++)
+            while (batch.Count < UnitMover.MaxBlocks && _sources.Count * pages < _cx.Map.PageblockPages)
             {
-                int dst = _slabs.FindSlabLocked(cls, excludeHead: src);
-                if (dst < 0 || _slabs.TakeSlotsLocked(cls, dst, one, 1) != 1) break;
-                _batch.Add(_entries[i], _states[i], _slots[i], one[0]);
+                if (_slabs.CanCompactLocked(cls) <= 0) { more = false; break; }
+                if (cc.Daemon && !WorthConsolidating(cls.Slabs, cls.UsedSlots, _slabs.Classes.SlotsPerSlab[cls.Index])) { more = false; break; }
+                int src = _slabs.FindLeastFullLocked(cls, _tried);
+                if (src < 0) { more = false; break; }
+                _tried.Add(src);
+                int refs = _mover.ListLiveBlocksLocked(cls, src);
+                List<(uint index, long state, nint slot)> live = _mover.Live;
+                if (refs != live.Count)
+                {
+                    _cx.Counters[CacheHeldFailures]++;
+                    continue;
+                }
+                // Room first: once the source is isolated and a destination slot taken, an Add that failed to grow the
+                // batch would leave both for good (the settling below, which frees them, would never see them).
+                batch.EnsureRoom(live.Count);
+                _sources.EnsureCapacity(_sources.Count + 1);
+                _filling.EnsureCapacity(_filling.Count + live.Count);
+                _tried.EnsureCapacity(_tried.Count + live.Count);
+                _slabs.IsolateLocked(cls, src);
+                int first = batch.Count;
+                // Destination slots from the fullest slabs; never carve a new slab for this.
+                for (int i = 0; i < live.Count; i++)
+                {
+                    int dst = _slabs.FindSlabLocked(cls, excludeHead: src);
+                    if (dst < 0 || _slabs.TakeSlotsLocked(cls, dst, one, 1) != 1) break;
+                    batch.Add(live[i].index, live[i].state, live[i].slot, one[0]);
+                    if (_tried.Add(dst)) _filling.Add(dst);
+                }
+                _sources.Add((src, first, batch.Count, live.Count));
+                if (batch.Count - first < live.Count) break;   // no slot left in the class for now: settle, then look again
             }
         }
         finally
         {
             cls.Lock.Exit();
         }
+        foreach (int dst in _filling) _tried.Remove(dst);   // sources again once their new blocks have arrived
+        if (_sources.Count == 0) return more;
 
-        (int moved, bool srcFreed) = MigrateSlabBatch(cls, src, dst: -1);
-        if (srcFreed) Counters[PagesCompacted] += pages;
-        // Blocks that failed stay in the source slab, which is now marked tried; a later run retries them.
-        Counters[PgmigrateSuccess] += moved == _batch.Count && _batch.Count == _entries.Count ? pages : 0;
+        int moved = 0;
+        try
+        {
+            moved = _cx.Migrate();
+        }
+        finally
+        {
+            // Settled even when the migration threw: it unfroze what it did not move, and the results say which moved.
+            lock (cls.Lock)
+            {
+                _cx.Counters[LockAcquisitions]++;
+                _mover.ReleaseBatchSlotsLocked(cls, 0, batch.Count);
+                foreach ((int src, int first, int end, int listed) in _sources)
+                {
+                    if (_slabs.PutbackLocked(cls, src, releaseIfEmpty: true))
+                    {
+                        _cx.Counters[LockAcquisitions]++;
+                        _cx.Counters[PagesCompacted] += pages;
+                    }
+                    // Blocks that failed stay in the source slab, which is now marked tried; a later run retries them.
+                    if (end - first == listed && AllMoved(batch, first, end)) _cx.Counters[PgmigrateSuccess] += pages;
+                }
+            }
+        }
+        return more;
+    }
+
+    private static bool AllMoved(MigrationBatch batch, int first, int end)
+    {
+        for (int i = first; i < end; i++)
+            if (batch[i].Result != MigrateResult.Success) return false;
         return true;
     }
 }

@@ -59,10 +59,11 @@ internal sealed unsafe partial class Migrator
         int frozen = 0;
         bool owned = false;
         batch.BytesMoved = 0;
+        batch.Barriers = 0;
         for (int i = 0; i < batch.Count; i++)
         {
-            batch.Owner[i] = null;
-            if ((batch.State[i] & EntryState.HasOwner) != 0) { owned = true; batch.Result[i] = MigrateResult.Busy; continue; }
+            batch[i].Owner = null;
+            if ((batch[i].State & EntryState.HasOwner) != 0) { owned = true; batch[i].Result = MigrateResult.Busy; continue; }
             if (TryFreeze(batch, i)) frozen++;
         }
         int moved = frozen > 0 ? FinishFrozen(batch, 0, batch.Count) : 0;
@@ -70,7 +71,7 @@ internal sealed unsafe partial class Migrator
         {
             for (int i = 0; i < batch.Count; i++)
             {
-                if ((batch.State[i] & EntryState.HasOwner) == 0) continue;
+                if ((batch[i].State & EntryState.HasOwner) == 0) continue;
                 if (!Owners.Isolate(batch, i) || !TryFreeze(batch, i)) continue;
                 moved += FinishFrozen(batch, i, i + 1);
             }
@@ -82,8 +83,8 @@ internal sealed unsafe partial class Migrator
     /// Result is Success while the block is frozen by us.</summary>
     private bool TryFreeze(MigrationBatch batch, int i)
     {
-        HandleEntry* e = _handles.Get(batch.Index[i]);
-        long s = batch.State[i];
+        HandleEntry* e = _handles.Get(batch[i].Index);
+        long s = batch[i].State;
         // A state word read while another migration held the block frozen must not be "frozen again": the CAS below
         // would succeed as a no-op and two migrations would own the block. Likewise an atomic pin: the freeze CAS
         // must expect a pin count of zero.
@@ -93,20 +94,20 @@ internal sealed unsafe partial class Migrator
         // ABA guard: another migration may have moved the block and restored the very same state word since the
         // caller read it. Only a frozen entry's address changes, so from here it is stable. An owned block must
         // also still have the owner that isolated it (a re-own or unregister meanwhile makes this attempt void).
-        if (e->Address != batch.Src[i]) { Unfreeze(batch, i, MigrateResult.Gone); return false; }
+        if (e->Address != batch[i].Src) { Unfreeze(batch, i, MigrateResult.Gone); return false; }
         // A run's page count was read without the freeze (from its head descriptor) to size the destination: now that
         // the run cannot be freed or moved, its descriptor is stable, and a destination of another length is void.
-        if ((s & EntryState.Run) != 0 && RunPagesAt(batch.Src[i]) != RunPagesAt(batch.Dst[i]))
+        if ((s & EntryState.Run) != 0 && RunPagesAt(batch[i].Src) != RunPagesAt(batch[i].Dst))
         {
             Unfreeze(batch, i, MigrateResult.Gone);
             return false;
         }
-        if (batch.Owner[i] != null && !Owners.IsStillOwner(batch.Index[i], s, batch.Owner[i]!))
+        if (batch[i].Owner != null && !Owners.IsStillOwner(batch[i].Index, s, batch[i].Owner!))
         {
             Unfreeze(batch, i, MigrateResult.Busy);
             return false;
         }
-        batch.Result[i] = MigrateResult.Success;
+        batch[i].Result = MigrateResult.Success;
         return true;
     }
 
@@ -119,29 +120,33 @@ internal sealed unsafe partial class Migrator
         try
         {
             // Dekker with the pinners: every pin slot stored before this point is visible after it, and every pin
-            // that loads the state word after it sees Frozen.
+            // that loads the state word after it sees Frozen. One barrier for every block frozen so far.
+            batch.Barriers++;
             Interlocked.MemoryBarrierProcessWide();
             BeforePinSnapshot?.Invoke();
             PinRegistry.Snapshot(batch.PinnedEntries);
             for (; i < end; i++)
             {
-                if (batch.Result[i] != MigrateResult.Success) continue;
-                HandleEntry* e = _handles.Get(batch.Index[i]);
+                ref MigrationItem it = ref batch[i];
+                if (it.Result != MigrateResult.Success) continue;
+                HandleEntry* e = _handles.Get(it.Index);
                 if (batch.PinnedEntries.Contains((long)e))
                 {
                     Unfreeze(batch, i, MigrateResult.Pinned);
                     continue;
                 }
-                long size = _pages.Map.BlockSize(batch.Src[i], batch.State[i]);   // frozen: the run's descriptor is stable
-                Buffer.MemoryCopy((void*)batch.Src[i], (void*)batch.Dst[i], size, size);
-                if (batch.Owner[i] != null && !Owners.Migrate(batch, i, e, this)) continue;
-                if ((batch.State[i] & EntryState.Run) == 0)
-                    *_slabs.ReverseMapWord(batch.Dst[i], _slabs.Classes.ClassOf(size)) = (int)batch.Index[i];
-                e->Address = batch.Dst[i];
+                long size = _pages.Map.BlockSize(it.Src, it.State);   // frozen: the run's descriptor is stable
+                Buffer.MemoryCopy((void*)it.Src, (void*)it.Dst, size, size);
+                if (it.Owner != null && !Owners.Migrate(batch, i, e, this)) continue;
+                if ((it.State & EntryState.Run) == 0)
+                    *_slabs.ReverseMapWord(it.Dst, _slabs.Classes.ClassOf(size)) = (int)it.Index;
+                e->Address = it.Dst;
                 // Unfrozen with the state the freeze expected; a long-term pin's move also makes the block unmovable,
-                // and an unmovable block has no movable owner (the registration goes right after).
-                Volatile.Write(ref e->State, batch.Demote ? batch.State[i] & ~(EntryState.Movable | EntryState.HasOwner) : batch.State[i]);
-                if (batch.Demote && (batch.State[i] & EntryState.HasOwner) != 0) Owners.Forget(batch.Index[i], batch.State[i]);
+                // and an unmovable block has no movable owner (the registration goes right after). The release store
+                // orders the copy, the reverse map and the new address before it: a thread that sees the block
+                // unfrozen (every reader loads the state word with acquire) sees its bytes at the new address.
+                Volatile.Write(ref e->State, batch.Demote ? it.State & ~(EntryState.Movable | EntryState.HasOwner) : it.State);
+                if (batch.Demote && (it.State & EntryState.HasOwner) != 0) Owners.Forget(it.Index, it.State);
                 moved++;
                 batch.BytesMoved += size;
             }
@@ -150,7 +155,7 @@ internal sealed unsafe partial class Migrator
         {
             // Nothing may stay frozen: every block not yet reached keeps its old place.
             for (; i < end; i++)
-                if (batch.Result[i] == MigrateResult.Success) Unfreeze(batch, i, MigrateResult.Busy);
+                if (batch[i].Result == MigrateResult.Success) Unfreeze(batch, i, MigrateResult.Busy);
             throw;
         }
         finally
@@ -164,15 +169,15 @@ internal sealed unsafe partial class Migrator
     /// <summary>A block we did not freeze: record why, and put it back to the owner that isolated it (if any).</summary>
     private void FailUnfrozen(MigrationBatch batch, int i, MigrateResult why)
     {
-        batch.Result[i] = why;
+        batch[i].Result = why;
         Owners.Putback(batch, i);
     }
 
     /// <summary>Ends our freeze of block <paramref name="i"/> in place (release store of the state read in step 1).</summary>
     internal void Unfreeze(MigrationBatch batch, int i, MigrateResult why)
     {
-        Volatile.Write(ref _handles.Get(batch.Index[i])->State, batch.State[i]);
-        batch.Result[i] = why;
+        Volatile.Write(ref _handles.Get(batch[i].Index)->State, batch[i].State);
+        batch[i].Result = why;
         Owners.Putback(batch, i);
     }
 
@@ -200,7 +205,7 @@ internal sealed unsafe partial class Migrator
             batch.Clear();
             batch.Add(index, s, src, dst);
             MigrateBatch(batch);
-            result = batch.Result[0];
+            result = batch[0].Result;
         }
         finally
         {
@@ -255,12 +260,12 @@ internal sealed unsafe partial class Migrator
             {
                 int i = slotOf[k];
                 if (i < 0) continue;
-                MigrateResult r = migrated ? batch.Result[i] : MigrateResult.Busy;
+                MigrateResult r = migrated ? batch[i].Result : MigrateResult.Busy;
                 results[k] = r;
                 // The size the destination was allocated for; a moved run's source has the same length (TryFreeze).
-                bool run = (batch.State[i] & EntryState.Run) != 0;
-                if (r == MigrateResult.Success) ReleaseStorage(batch.Src[i], sizes[k], run, BlockKind.Movable);
-                else ReleaseStorage(batch.Dst[i], sizes[k], run, BlockKind.Unmovable);
+                bool run = (batch[i].State & EntryState.Run) != 0;
+                if (r == MigrateResult.Success) ReleaseStorage(batch[i].Src, sizes[k], run, BlockKind.Movable);
+                else ReleaseStorage(batch[i].Dst, sizes[k], run, BlockKind.Unmovable);
             }
             batch.InUse = false;
         }

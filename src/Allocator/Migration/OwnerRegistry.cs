@@ -87,20 +87,20 @@ internal sealed unsafe class OwnerRegistry
     /// when the owner refused (OwnerRetry) or threw (OwnerFailed), or when no owner is registered any more (Busy).</summary>
     public bool Isolate(MigrationBatch batch, int i)
     {
-        uint index = batch.Index[i];
-        if (!_owners.TryGetValue(Key(index, batch.State[i]), out IMovableBlockOwner? owner)) { batch.Result[i] = MigrateResult.Busy; return false; }
+        uint index = batch[i].Index;
+        if (!_owners.TryGetValue(Key(index, batch[i].State), out IMovableBlockOwner? owner)) { batch[i].Result = MigrateResult.Busy; return false; }
         try
         {
-            if (owner.Isolate(HandleOf(index, batch.State[i])))
+            if (owner.Isolate(HandleOf(index, batch[i].State)))
             {
-                batch.Owner[i] = owner;
+                batch[i].Owner = owner;
                 return true;
             }
-            batch.Result[i] = MigrateResult.OwnerRetry;   // "not now", as a migrate callback's TryAgain
+            batch[i].Result = MigrateResult.OwnerRetry;   // "not now", as a migrate callback's TryAgain
         }
         catch (Exception)
         {
-            batch.Result[i] = MigrateResult.OwnerFailed;
+            batch[i].Result = MigrateResult.OwnerFailed;
         }
         return false;
     }
@@ -110,13 +110,13 @@ internal sealed unsafe class OwnerRegistry
     /// <paramref name="migrator"/> (and put back); returns false.</summary>
     public bool Migrate(MigrationBatch batch, int i, HandleEntry* e, Migrator migrator)
     {
-        uint index = batch.Index[i];
-        IMovableBlockOwner owner = batch.Owner[i]!;
+        uint index = batch[i].Index;
+        IMovableBlockOwner owner = batch[i].Owner!;
         OwnerMigrateResult answer;
         HandleEntry* outer = FrozenByThisThread.Enter(e);
         try
         {
-            answer = owner.Migrate(HandleOf(index, batch.State[i]), batch.Src[i], batch.Dst[i]);
+            answer = owner.Migrate(HandleOf(index, batch[i].State), batch[i].Src, batch[i].Dst);
         }
         catch (Exception)
         {
@@ -133,12 +133,12 @@ internal sealed unsafe class OwnerRegistry
     /// <summary>Tells the owner that isolated block <paramref name="i"/> (if any) that it was not moved.</summary>
     public void Putback(MigrationBatch batch, int i)
     {
-        IMovableBlockOwner? owner = batch.Owner[i];
+        IMovableBlockOwner? owner = batch[i].Owner;
         if (owner == null) return;
-        batch.Owner[i] = null;
+        batch[i].Owner = null;
         try
         {
-            owner.Putback(HandleOf(batch.Index[i], batch.State[i]));
+            owner.Putback(HandleOf(batch[i].Index, batch[i].State));
         }
         catch (Exception)
         {

@@ -229,30 +229,6 @@ internal sealed unsafe class SlabAllocator
         cls.SlabsCarved++;
     }
 
-    /// <summary>
-    /// Lists the slots of a slab that are handed out: below Bump and not on the free-slot list, each with the handle
-    /// index its reverse-map word names (0 when not yet written). Caller holds the class lock (so the free-slot list
-    /// and Bump are stable); the reverse-map words are hints the caller confirms against the handle entries. Returns
-    /// the slab's RefCount: slots listed whose entry is not a live block of that slot are held by a thread cache or
-    /// being published.
-    /// </summary>
-    public int ListHandedOutSlotsLocked(SlabClass cls, int head, List<(uint index, nint slot)> slots)
-    {
-        AssertLocked(cls);
-        int c = cls.Index, size = Classes.Size[c];
-        ref PageDescriptor d = ref _map.Page(head);
-        nint slab = _map.AddressOf(head);
-        Span<ulong> free = stackalloc ulong[(d.Bump + 63) / 64 + 1];
-        for (int f = d.SlabFreeSlot; f >= 0; f = *(int*)(slab + f * size)) free[f >> 6] |= 1UL << f;
-        int* rmap = (int*)(slab + Classes.ReverseMapOffset[c]);
-        for (int slot = 0; slot < d.Bump; slot++)
-        {
-            if ((free[slot >> 6] & (1UL << slot)) != 0) continue;
-            slots.Add(((uint)rmap[slot], slab + slot * size));
-        }
-        return d.RefCount;
-    }
-
     /// <summary>Frees an empty slab's pages to the buddy allocator (poisoned whole when poisoning is on: the free-slot
     /// links, reverse map and uncarved slots included); caller holds the class lock (takes the zone lock).</summary>
     public void ReleaseSlabLocked(SlabClass cls, int head)

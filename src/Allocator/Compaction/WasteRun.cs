@@ -1,0 +1,123 @@
+using System.Diagnostics;
+using Compaction.Allocator.Caches;
+using static Compaction.Allocator.CompactionCounter;
+
+namespace Compaction.Allocator.Compaction;
+
+/// <summary>
+/// The waste-driven run (Redis's active defrag, Anchorage; native-layout.md, section 9, "Waste-driven runs"): its
+/// hysteresis on resident / live bytes, its cycles (consolidate the classes, then one pass over the zone) cut into
+/// slices, and its back-off. Its state is protected by RunLock, except <see cref="Active"/>, read racily.
+/// </summary>
+internal sealed class WasteRun
+{
+    private readonly CompactionContext _cx;
+    private readonly ThreadCaches _caches;
+    private readonly SlabConsolidation _consolidation;
+    private readonly MigrateScanner _scanner;
+    private bool _active;          // a waste-driven run: started above WasteHighRatio, not yet at WasteLowRatio
+    private long _cycleResident;   // the resident estimate when the current cycle started
+    private bool _zonePhase;       // ... and its cycle has consolidated the classes: now the zone pass
+    private bool _resume;          // ... which the last slice's budget cut short (it resumes)
+    private long _cycleMoved;      // bytes moved in the current cycle
+    private int _defer;            // wakes to skip after a slice that could move nothing
+
+    public WasteRun(CompactionContext cx, ThreadCaches caches, SlabConsolidation consolidation, MigrateScanner scanner)
+    {
+        _cx = cx;
+        _caches = caches;
+        _consolidation = consolidation;
+        _scanner = scanner;
+    }
+
+    /// <summary>True while a waste-driven run is under way: the background thread then wakes after a slice's CPU
+    /// share instead of its interval. Racy read (a bool; a stale value only shifts one wake).</summary>
+    public bool Active => Volatile.Read(ref _active);
+
+    /// <summary>Resident bytes (the arena's estimate: committed less purged free runs) over live bytes now, and the
+    /// bytes between them (racy: counters read without locks; a heuristic's input).</summary>
+    public (double ratio, long wasted) Waste()
+    {
+        long resident = _cx.Pages.ResidentBytesEstimate;
+        long live = Math.Max(1, _caches.LiveTotals().bytes);
+        return ((double)resident / live, resident - live);
+    }
+
+    /// <summary>
+    /// The waste-driven half of a wake (Redis's active defrag, Anchorage): with hysteresis on committed / live, a
+    /// slice of at most the heap's CompactionSliceTime. A run goes in cycles, each what an explicit
+    /// compaction does in one go, cut into slices: consolidate the size classes until none is worth it, then one pass
+    /// over the whole zone (resumed slice after slice). A cycle that moved nothing ends the run and backs off for
+    /// <see cref="Compactor.ProactiveDeferWakes"/> wakes (what is left is pinned or unmovable). The heap gives back what each
+    /// slice emptied after the step (the layer above this one). Caller holds RunLock.
+    /// </summary>
+    public bool SliceLocked()
+    {
+        Debug.Assert(_cx.RunLock.IsHeldByCurrentThread, "caller holds RunLock");
+        CompactionSettings o = _cx.Options;
+        if (o.WasteHighRatio == 0) return false;
+        if (_defer > 0) { _defer--; return false; }
+        (double ratio, long wasted) = Waste();
+        // A run starts above the high ratio (with enough bytes at stake) or above the retained-bytes cap, and ends at
+        // the low ratio (or too few bytes) once the cap is kept.
+        bool overCap = wasted > o.RetainedBytesLimit;
+        if (!_active && ((ratio > o.WasteHighRatio && wasted >= o.WasteMinBytes) || overCap))
+        {
+            _active = true;
+            _zonePhase = false;
+            _cycleMoved = 0;
+        }
+        if (_active && !overCap && (ratio <= o.WasteLowRatio || wasted < o.WasteMinBytes / 2)) _active = false;
+        if (!_active) return false;
+
+        _cx.Counters[WasteWakes]++;
+        long movedBefore = _cx.Counters[BytesMoved];
+        long start = Stopwatch.GetTimestamp();
+        long slice = Math.Max(1, (long)(o.CompactionSliceTime.TotalSeconds * Stopwatch.Frequency));
+        bool cycleEnded = false;
+        // The caches stay on during a slice: disabling them for every slice (every few milliseconds) would send the
+        // mutators to the slow path a tenth of the time. A cycle drains them when it starts (each slice until the
+        // cycle's first move, so normally once), so what they held
+        // goes back and can move; slots they take afterwards only make a few slab moves fail (cache-held), which a
+        // later cycle retries.
+        if (!_zonePhase && _cycleMoved == 0)
+        {
+            _caches.Drain();
+            _cycleResident = _cx.Pages.ResidentBytesEstimate;
+        }
+        if (!_zonePhase)
+        {
+            // Not a daemon pass here: every class with a slab to spare is consolidated, as an explicit compaction
+            // does (the daemon's own pass leaves classes below its worth-it heuristic alone).
+            var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = slice, StartTicks = start, BytesMovedAtStart = movedBefore };
+            _consolidation.ConsolidateSlabs(cc);
+            if (!_cx.BudgetSpent(cc)) { _zonePhase = true; _resume = false; }   // every class consolidated
+        }
+        long left = slice - (Stopwatch.GetTimestamp() - start);
+        if (_zonePhase && left > 0)
+        {
+            CompactStatus status = _scanner.CompactZone(new CompactControl
+            {
+                // Counted as waste wakes, not in the kernel's kcompactd counters (compact_daemon_*).
+                Mode = CompactMode.SyncLight, WholeZone = !_resume, IgnoreSkipHint = true, BudgetTicks = left,
+            });
+            _resume = status == CompactStatus.BudgetExhausted;
+            cycleEnded = !_resume;
+        }
+        long moved = _cx.Counters[BytesMoved] - movedBefore;
+        _cx.Counters[WasteBytesMoved] += moved;
+        _cycleMoved += moved;
+        if (!cycleEnded) return true;
+        // A cycle that moved nothing ends the run; so does one that, driven by the retained-bytes cap alone, did not
+        // lower resident memory (what is left over the cap is rounding and unmovable memory that no move removes,
+        // and a heap in constant churn would otherwise keep a run going for ever).
+        if (_cycleMoved == 0 || (overCap && _cx.Pages.ResidentBytesEstimate >= _cycleResident))
+        {
+            _active = false;
+            _defer = Compactor.ProactiveDeferWakes;
+        }
+        _zonePhase = false;   // another cycle, if the run goes on
+        _cycleMoved = 0;
+        return true;
+    }
+}
