@@ -33,12 +33,19 @@ internal sealed class LimitSlices
     /// allocation) and whole pageblocks empty (decommitted by the caller). Destinations are taken from committed memory
     /// only, so the slice itself commits nothing. Pinned blocks are skipped as always. Takes RunLock, waiting for a
     /// running compaction (a background slice is bounded by the same slice time); returns 0 at once when the calling
-    /// thread already holds it (an owner callback's allocation). Returns the bytes moved.
+    /// thread already holds it (an owner callback's allocation). Returns the bytes moved, and whether the slice left
+    /// work (its budget ran out, or it waited for another compaction first: see below).
     /// </summary>
     public (long moved, bool budgetSpent) Slice(long budgetTicks)
     {
         if (_cx.RunLock.IsHeldByCurrentThread) return (0, false);
-        lock (_cx.RunLock)
+        // A slice that had to wait for another compaction (another allocation's slice, a background slice) finds the
+        // room that one made taken already, or the work done: it may move nothing, yet the heap changed under it. It
+        // reports itself unfinished then, so the allocation retries (still at most the caller's slice bound) instead
+        // of failing on a stale view; under several allocating threads at the limit that is the common case.
+        bool waited = !_cx.RunLock.TryEnter();
+        if (waited) _cx.RunLock.Enter();
+        try
         {
             using var caches = new CacheGuard(_caches, _cx.Options);   // slots the caches hold would make slab moves fail
             long movedBefore = _cx.Counters[BytesMoved];
@@ -69,7 +76,11 @@ internal sealed class LimitSlices
             }
             long moved = _cx.Counters[BytesMoved] - movedBefore;
             _cx.Counters[LimitBytesMoved] += moved;
-            return (moved, spent);
+            return (moved, spent || waited);
+        }
+        finally
+        {
+            _cx.RunLock.Exit();
         }
     }
 }
