@@ -9,6 +9,15 @@
 # each with the `smoke` command and the issue-22 program (`repro`: 192 MiB of 64 B-2 KiB blocks in a 1 GiB heap).
 # Installs wine64 and qemu-user with apt when they are missing and it may (root, or sudo without a password); a
 # platform whose emulator cannot be installed is skipped with a message saying why.
+# With --tests, also the tests of tests/ that cover the platform paths, compiled into a console runner
+# (platforms/TestRunner: xunit's runners need a test host that does not run under the emulators here), published
+# self-contained and run under each emulator (MODEL_OPS=20000, 120 s per test at most). Left out there: the two
+# million-call handle batteries (ForgedHandleTests: no platform code, 13 s natively, minutes emulated), the
+# 140,000-pageblock mapping test and the 8 TiB arena (they measure the host's address space and vm.max_map_count,
+# not the platform). Under wine64 only the classes that do not call Linux directly run (each test class named below),
+# and not the single-threaded model test: its refusing OS layer (FaultyOsMemory) models Linux's mappings, whose
+# refusals the Windows layer does not make the same way.
+# Each runner counts as one run here; its own closing line ("tests: N passed, ...") is printed.
 # Prints one line per run and closes with "platforms: N passed, N failed, N skipped" (runs, not checks).
 # Options: --no-install (never call apt), --only win-x64|linux-arm64|linux-x64 (one platform), --wine-wx (also run,
 # for information only, the program's wine-wx-probe under wine64 with the runtime's W^X on: no allocator in it, it
@@ -20,12 +29,14 @@ mkdir -p "$out"
 install=1
 only=""
 wine_wx=0
+tests=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --no-install) install=0 ;;
         --wine-wx) wine_wx=1 ;;
+        --tests) tests=1 ;;
         --only) only="$2"; shift ;;
-        *) echo "usage: scripts/platforms.sh [--no-install] [--wine-wx] [--only win-x64|linux-arm64|linux-x64]"; exit 2 ;;
+        *) echo "usage: scripts/platforms.sh [--no-install] [--wine-wx] [--tests] [--only win-x64|linux-arm64|linux-x64]"; exit 2 ;;
     esac
     shift
 done
@@ -75,7 +86,42 @@ publish() {
     rm -rf "$out/$rid"
     dotnet publish platforms/Smoke -c Release -r "$rid" --self-contained -o "$out/$rid" > "$out/publish-$rid.log" 2>&1 \
         || { echo "platforms: publish for $rid failed (log $out/publish-$rid.log)"; tail -5 "$out/publish-$rid.log"; return 1; }
+    if [ "$tests" -eq 1 ]; then
+        echo "platforms: publishing platforms/TestRunner for $rid (self-contained)"
+        rm -rf "$out/tests-$rid"
+        dotnet publish platforms/TestRunner -c Release -r "$rid" --self-contained -o "$out/tests-$rid" > "$out/publish-tests-$rid.log" 2>&1 \
+            || { echo "platforms: test runner publish for $rid failed (log $out/publish-tests-$rid.log)"; return 1; }
+    fi
 }
+
+# run_tests NAME COMMAND...: one run of the test runner; PASS when it exits 0.
+run_tests() {
+    local name="$1"; shift
+    local t0=$(date +%s)
+    MODEL_OPS=20000 TEST_TIMEOUT_SECONDS=120 "$@" > "$out/$name.log" 2>&1
+    local rc=$?
+    local secs=$(( $(date +%s) - t0 ))
+    local line
+    line=$(grep -E '^tests: [0-9]+ passed' "$out/$name.log" | tail -1)
+    if [ $rc -eq 0 ] && [ -n "$line" ]; then
+        passed=$((passed + 1)); echo "platforms: PASS $name (${secs} s) $line"
+    else
+        failed=$((failed + 1)); echo "platforms: FAIL $name (exit $rc, ${secs} s; log $out/$name.log) ${line:-no closing line}"
+        grep -A3 '^  Failed' "$out/$name.log" | head -30 | sed 's/^/    /'
+    fi
+}
+
+emulated_exclusions=(-ForgedHandleTests -DecommitFailureTests -TheLargestArenaTheOptionsAccept)
+# Under qemu-user, three tests measure the emulator, not the heap: qemu ignores madvise(MADV_HUGEPAGE) (the mapping
+# never shows "hg"), its own page tables for the 1 TiB reservations of ReservationCostTests are resident (6 GiB,
+# and minutes), and a background thread's 5 s
+# deadline is missed at emulated speed.
+qemu_exclusions=(-PurgedPageblocksLeaveHugePagesAndGetThemBack -ReservationCostTests
+                 -AnExceptionInTheBackgroundThreadEndsItIsReportedAndTheThreadRestarts)
+# Under wine64: the classes that reach the OS only through the heap (HandleTableTests, HandleGenerationTests,
+# BuddyZoneTests, ReclaimDecayTests, the fault-injection classes and the /proc readers call Linux directly).
+wine_classes=(WindowsBackEndTests HeapBasicsTests CompactionTests FastPathTests ThreadCacheTests BlockPinCopyTests
+              LongTermPinTests PinScopeMisuseTests WasteCompactionTests StressTests MigrationFailureTests ModelBasedTests)
 
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 
@@ -100,6 +146,10 @@ if want win-x64; then
         [ -d "$WINEPREFIX" ] || timeout 300 wineboot -i > "$out/wineboot.log" 2>&1
         run win-x64-smoke env DOTNET_EnableWriteXorExecute=0 timeout 600 wine "$out/win-x64/platform-smoke.exe" smoke
         run win-x64-repro env DOTNET_EnableWriteXorExecute=0 timeout 600 wine "$out/win-x64/platform-smoke.exe" repro
+        if [ "$tests" -eq 1 ]; then
+            run_tests win-x64-tests env DOTNET_EnableWriteXorExecute=0 timeout 900 wine "$out/tests-win-x64/Allocator.Tests.exe" \
+                "${wine_classes[@]}" "${emulated_exclusions[@]}" -EverySequenceOfOperationsAgreesWithTheModel
+        fi
         if [ "$wine_wx" -eq 1 ]; then
             timeout 300 wine "$out/win-x64/platform-smoke.exe" wine-wx-probe > "$out/win-x64-wx-probe.log" 2>&1
             if grep -q '^platform smoke: PASS' "$out/win-x64-wx-probe.log"; then
@@ -128,6 +178,11 @@ if want linux-arm64; then
               timeout 900 qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/linux-arm64/platform-smoke")
         run linux-arm64-smoke "${qemu[@]}" smoke
         run linux-arm64-repro "${qemu[@]}" repro
+        if [ "$tests" -eq 1 ]; then
+            run_tests linux-arm64-tests env QEMU_LD_PREFIX=/usr/aarch64-linux-gnu DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 \
+                DOTNET_EnableWriteXorExecute=0 timeout 1500 qemu-aarch64 -L /usr/aarch64-linux-gnu \
+                "$out/tests-linux-arm64/Allocator.Tests" "${emulated_exclusions[@]}" "${qemu_exclusions[@]}"
+        fi
     else
         failed=$((failed + 1))
     fi
