@@ -194,7 +194,7 @@ internal sealed unsafe class ModelRun : IDisposable
         DecommitDelay = TimeSpan.FromSeconds(1), Proactiveness = background ? 100 : 50,
         CompactionInterval = TimeSpan.FromMilliseconds(1), WasteHighRatio = 1.05, WasteLowRatio = 1.0, WasteMinBytes = 1 << 20,
         CompactionCpuShare = 0.5,
-    }, os ?? (IOsMemory)LinuxOsMemory.Instance);
+    }, os ?? OsMemory.Default);
 
     /// <summary>Sizes at the edges of the heap's size classes, of a slab, a page and a pageblock.</summary>
     private static long[] Boundaries(NativeHeap heap)

@@ -15,7 +15,7 @@ internal static class TestHeaps
             PageblockPages = pageblockPages,
             MovableZonePercent = movablePercent,
             PerThreadCaches = caches,
-        }, os ?? LinuxOsMemory.Instance);
+        }, os ?? OsMemory.Default);
 
     /// <summary>Commits <paramref name="pageblocks"/> pageblocks above what the heap uses and leaves them free (pages
     /// allocated, written and freed, never decommitted before the delay): compaction takes its destinations from

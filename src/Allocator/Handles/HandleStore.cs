@@ -41,9 +41,9 @@ internal static unsafe class HandleStore
     public const int EntryBytes = 16;
     public const long ChunkBytes = (long)ChunkEntries * EntryBytes;
 
-    /// <summary>Entries the process may ever make (all heaps together); index 0 is never issued. 2^30 on Linux (the
+    /// <summary>Entries the process may ever make (all heaps together); index 0 is never issued. 2^30 on Linux and Windows (the
     /// range is only reserved); 2^22 elsewhere, where the range is allocated up front.</summary>
-    public static readonly uint MaxEntries = OperatingSystem.IsLinux() ? 1u << 30 : 1u << 22;
+    public static readonly uint MaxEntries = OsMemory.IsNative ? 1u << 30 : 1u << 22;
     public static readonly int MaxChunks = (int)(MaxEntries >> ChunkShift);
 
     /// <summary>Entry 0 of the flat table. Written once by the type initializer; never moves.</summary>
@@ -51,7 +51,7 @@ internal static unsafe class HandleStore
 
     // The directory, one owner word per chunk (MaxChunks * 8 bytes, 2 MiB of address space), mapped zeroed once and
     // never charged up front (MetadataMemory): the OS backs a page of it only when a word on it is first written.
-    private static readonly long* s_owners = (long*)MetadataMemory.AllocateZeroed((nuint)MaxChunks * sizeof(long), LinuxOsMemory.Instance);
+    private static readonly long* s_owners = (long*)MetadataMemory.AllocateZeroed((nuint)MaxChunks * sizeof(long), OsMemory.Default);
 
     private static readonly Lock s_lock = new();
     private static readonly Stack<int> s_freeChunks = new();   // chunks no heap owns, most recently given back on top
@@ -73,7 +73,7 @@ internal static unsafe class HandleStore
         Debug.Assert(sizeof(HandleEntry) == EntryBytes);
         // The real OS layer: the table is reserved once for the whole process, by the type initializer, before any
         // heap (and any heap's own layer) exists.
-        void* p = MetadataMemory.Reserve((nuint)MaxEntries * EntryBytes, LinuxOsMemory.Instance);
+        void* p = MetadataMemory.Reserve((nuint)MaxEntries * EntryBytes, OsMemory.Default);
         if (p == null) throw new OutOfMemoryException($"the handle table could not reserve {(long)MaxEntries * EntryBytes} bytes of address space");
         return (HandleEntry*)p;
     }

@@ -11,8 +11,9 @@ internal enum PageblockMemory : byte
     Reserved,
     /// <summary>Committed: readable and writable, counted in the committed bytes, resident once touched.</summary>
     Committed,
-    /// <summary>Decommitted: its pages were given back (not resident, they read back as zero) but the range stays
-    /// readable and writable, so committing it again is bookkeeping only.</summary>
+    /// <summary>Decommitted: its pages were given back (not resident, they read back as zero). On Linux the range
+    /// stays readable and writable, so committing it again is bookkeeping only; on Windows (MEM_DECOMMIT) it is
+    /// inaccessible until committed again with a call.</summary>
     Decommitted,
 }
 
@@ -20,15 +21,20 @@ internal enum PageblockMemory : byte
 /// A reserved range of virtual memory that is committed and decommitted one pageblock at a time.
 /// </summary>
 /// <remarks>
-/// Two back ends (native-layout.md, "The arena"):
+/// Three back ends (native-layout.md, "The arena" and "The Windows back end"), chosen at run time:
 /// <list type="bullet">
 /// <item><b>Linux</b>: the range is reserved with <c>mmap(PROT_NONE, MAP_NORESERVE)</c>, so reserving far more than RAM
 /// costs nothing (with huge pages on, the whole range is advised <c>MADV_HUGEPAGE</c> once, so that committed
 /// pageblocks differ from reserved ones by their protection alone). The first commit of a pageblock is
 /// <c>mprotect(READ|WRITE)</c>, the only protection change a pageblock ever gets; a decommit is
 /// <c>madvise(MADV_DONTNEED)</c> alone, and a later commit of a decommitted pageblock needs no system call.</item>
-/// <item><b>Portable</b>: one <see cref="NativeMemory.AlignedAlloc"/> of the whole range; commit and decommit only do
-/// the bookkeeping (the C runtime decides residency).</item>
+/// <item><b>Windows</b> (<see cref="OperatingSystem.IsWindows"/>, <see cref="WindowsOsMemory"/>): the range is reserved
+/// with <c>VirtualAlloc(MEM_RESERVE)</c>; every commit of a pageblock is <c>VirtualAlloc(MEM_COMMIT)</c>, a decommit
+/// <c>VirtualFree(MEM_DECOMMIT)</c> (the pages leave the working set and the commit charge, and the pageblock is
+/// inaccessible until its next commit), a purge <c>DiscardVirtualMemory</c> (the commit stays); no large pages.</item>
+/// <item><b>Portable</b> (other systems, or <see cref="HeapOptions.ForcePortableMemory"/>): one
+/// <see cref="NativeMemory.AlignedAlloc"/> of the whole range; commit and decommit only do the bookkeeping (the C
+/// runtime decides residency).</item>
 /// </list>
 /// What "decommitted" means: the pageblock's resident memory went back to the OS at once (its pages read back as
 /// zero), and it is no longer counted as committed; but the range stays mapped read-write, and under
@@ -38,7 +44,7 @@ internal enum PageblockMemory : byte
 /// runtime aborts. With protection changed only from none to read-write, and neighbouring commits merging into one
 /// mapping, the arena holds at most one mapping per run of pageblocks ever committed, plus one per run never
 /// committed; decommits never add one.
-/// On Linux every system call goes through the <see cref="IOsMemory"/> the heap was built with (the real one, or a
+/// On Linux and Windows every system call goes through the <see cref="IOsMemory"/> the heap was built with (the real one, or a
 /// test's that refuses chosen calls).
 /// A refused commit fails the allocation that needed it (<see cref="CommitFailures"/>); a refused decommit or purge
 /// leaves the memory committed, resident and accounted as before (<see cref="DecommitFailures"/>). Neither throws.
@@ -49,7 +55,8 @@ internal enum PageblockMemory : byte
 internal sealed unsafe class ArenaMemory : IDisposable
 {
     private readonly IOsMemory _os;                // every system call goes through it (native-layout.md, section 1)
-    private readonly bool _linux;
+    private readonly bool _native;             // a native back end (Linux or Windows): calls go through _os
+    private readonly bool _windows;            // the Windows back end: a decommit revokes access, a recommit is a call
     private readonly bool _clearFirstCommit;   // portable back end only: zero a pageblock at its first commit
     private readonly nuint _reservedBytes;
     private readonly nuint _pageblockBytes;
@@ -102,8 +109,9 @@ internal sealed unsafe class ArenaMemory : IDisposable
         _pageblockBytes = pageblockBytes;
         _state = new PageblockMemory[(int)(reservedBytes / pageblockBytes)];
         _smallPages = new bool[_state.Length];
-        _linux = OperatingSystem.IsLinux() && !forcePortable;
-        if (_linux)
+        _native = OsMemory.IsNative && !forcePortable;
+        _windows = _native && os.BackEnd == OsBackEnd.Windows;
+        if (_native)
         {
             // Over-reserve by one pageblock so the base can be aligned to a pageblock (2 MiB by default), which lets
             // the kernel back each committed pageblock with one transparent huge page.
@@ -112,12 +120,12 @@ internal sealed unsafe class ArenaMemory : IDisposable
             if (p == 0)
                 throw new OutOfMemoryException($"The heap could not reserve its arena: mmap refused {length} bytes of address space ({OsError.Describe(errno)}).");
             _rawBase = p;
-            _hugePages = hugePages;
+            _hugePages = hugePages && !_windows;   // large pages are off on Windows (WindowsOsMemory)
             Base = (nint)(((nuint)p + pageblockBytes - 1) & ~(pageblockBytes - 1));
             // Advice only, for the whole range at once (advising each commit would set the flag on a part of the
             // mapping, and a part that differs in flags cannot merge with its neighbours). A kernel without THP
             // refuses it (EINVAL); the heap then works with small pages, so the result is deliberately ignored.
-            if (hugePages) _ = os.Advise(p, length, OsAdvice.HugePage);
+            if (_hugePages) _ = os.Advise(p, length, OsAdvice.HugePage);
         }
         else
         {
@@ -132,7 +140,11 @@ internal sealed unsafe class ArenaMemory : IDisposable
     /// <summary>First byte of the arena; aligned to a pageblock.</summary>
     public nint Base { get; }
 
-    public bool IsLinux => _linux;
+    /// <summary>True on the Linux back end (mmap), false on the Windows and portable ones.</summary>
+    public bool IsLinux => _native && !_windows;
+
+    /// <summary>True on the Windows back end (VirtualAlloc).</summary>
+    public bool IsWindows => _windows;
     public long ReservedBytes => (long)_reservedBytes;
     public long CommittedBytes => Volatile.Read(ref _committedBytes);
     public long DecommittedBytes => Volatile.Read(ref _decommittedBytes);
@@ -240,7 +252,8 @@ internal sealed unsafe class ArenaMemory : IDisposable
     /// left there (a decommitted pageblock stays mapped read-write and reads as zero). A pageblock never committed is
     /// <c>PROT_NONE</c> on Linux, and on the portable back end holds whatever the C allocation held (its first commit
     /// zeroes it): either way not the heap's to check. For the validator, on a quiescent heap.</summary>
-    public bool IsReadable(int pageblock) => _state[pageblock] != PageblockMemory.Reserved;
+    public bool IsReadable(int pageblock) =>
+        _state[pageblock] == PageblockMemory.Committed || (_state[pageblock] == PageblockMemory.Decommitted && !_windows);
 
     /// <summary>Makes pageblock <paramref name="pageblock"/> usable: readable, writable and counted as committed.
     /// Caller holds the zone lock.</summary>
@@ -276,8 +289,9 @@ internal sealed unsafe class ArenaMemory : IDisposable
             if (Interlocked.CompareExchange(ref _chargedBytes, charged + charge, charged) == charged) break;
         }
         Interlocked.Add(ref _committedBytes, bytes);
-        // A decommitted pageblock is still mapped read-write: only the first commit changes the protection.
-        if (_linux && state == PageblockMemory.Reserved
+        // On Linux a decommitted pageblock is still mapped read-write: only the first commit changes the protection.
+        // On Windows a decommitted pageblock is inaccessible (MEM_DECOMMIT): every commit is VirtualAlloc(MEM_COMMIT).
+        if (_native && (state == PageblockMemory.Reserved || _windows)
             && _os.Protect(AddressOf(pageblock), _pageblockBytes, readWrite: true) != 0)
         {
             Interlocked.Add(ref _committedBytes, -bytes);
@@ -285,7 +299,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
             Interlocked.Increment(ref _commitFailures);
             return false;
         }
-        if (!_linux && _clearFirstCommit && state == PageblockMemory.Reserved) NativeMemory.Clear((void*)AddressOf(pageblock), _pageblockBytes);
+        if (!_native && _clearFirstCommit && state == PageblockMemory.Reserved) NativeMemory.Clear((void*)AddressOf(pageblock), _pageblockBytes);
         _state[pageblock] = PageblockMemory.Committed;
         Interlocked.Increment(ref _commits);
         return true;
@@ -313,7 +327,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
 
     private void Advise(int pb, bool small)
     {
-        if (!_linux || !_hugePages) return;
+        if (!_native || !_hugePages) return;
         lock (_adviceLock)
         {
             if (_smallPages[pb] == small) return;
@@ -349,7 +363,17 @@ internal sealed unsafe class ArenaMemory : IDisposable
     public bool Decommit(int pageblock)
     {
         if (_state[pageblock] != PageblockMemory.Committed) return false;
-        if (!DropPages(AddressOf(pageblock), _pageblockBytes)) return false;
+        // Windows: VirtualFree(MEM_DECOMMIT) gives the pages and their commit charge back; the range is inaccessible
+        // until Commit. Linux: MADV_DONTNEED (DropPages), the range stays read-write.
+        if (_windows)
+        {
+            if (_os.Protect(AddressOf(pageblock), _pageblockBytes, readWrite: false) != 0)
+            {
+                Interlocked.Increment(ref _decommitFailures);
+                return false;
+            }
+        }
+        else if (!DropPages(AddressOf(pageblock), _pageblockBytes)) return false;
         _state[pageblock] = PageblockMemory.Decommitted;
         Interlocked.Add(ref _committedBytes, -(long)_pageblockBytes);
         Interlocked.Add(ref _chargedBytes, -(long)_pageblockBytes);   // its descriptors stay resident, and charged
@@ -367,16 +391,27 @@ internal sealed unsafe class ArenaMemory : IDisposable
     /// refused (counted in <see cref="DecommitFailures"/>; the pages stay resident).</returns>
     public bool Purge(nint address, nuint bytes)
     {
-        if (!DropPages(address, bytes) || !_linux) return false;
+        if (!_native) return false;
+        // The OS drops whole pages of its own size, read at run time: an ARM64 kernel may use 16 KiB or 64 KiB pages
+        // under the heap's 4 KiB ones. Only the OS pages wholly inside the run are dropped (none: nothing to do, and
+        // the run stays unpurged); the run still counts as purged, its edges resident (at most two OS pages).
+        nint start = (address + (nint)s_osPageMask) & ~(nint)s_osPageMask;
+        nint end = (address + (nint)bytes) & ~(nint)s_osPageMask;
+        if (end <= start) return false;
+        if (!DropPages(start, (nuint)(end - start))) return false;
         Interlocked.Add(ref _purgedBytes, (long)bytes);
         return true;
     }
 
-    /// <summary>MADV_DONTNEED on the Linux back end, bookkeeping only on the portable one. False (and counted) when
-    /// the OS refused.</summary>
+    /// <summary>The OS page size less one (<see cref="Environment.SystemPageSize"/>: 4 KiB on x64 and Windows, 4, 16 or
+    /// 64 KiB on ARM64 Linux).</summary>
+    private static readonly nuint s_osPageMask = (nuint)Environment.SystemPageSize - 1;
+
+    /// <summary>MADV_DONTNEED on the Linux back end, DiscardVirtualMemory on the Windows one (the commit stays),
+    /// bookkeeping only on the portable one. False (and counted) when the OS refused.</summary>
     private bool DropPages(nint address, nuint bytes)
     {
-        if (_linux && _os.Advise(address, bytes, OsAdvice.DontNeed) != 0)
+        if (_native && _os.Advise(address, bytes, OsAdvice.DontNeed) != 0)
         {
             Interlocked.Increment(ref _decommitFailures);
             return false;
@@ -396,9 +431,9 @@ internal sealed unsafe class ArenaMemory : IDisposable
             Interlocked.Add(ref s_islands, -_islands);
             _islands = 0;
         }
-        if (_linux)
+        if (_native)
         {
-            // Unmapping the whole mapping cannot split one, so it fails only on arguments that are wrong (EINVAL).
+            // Unmapping (releasing) the whole mapping cannot split one, so it fails only on arguments that are wrong (EINVAL).
             int errno = _os.Unmap(p, _reservedBytes + _pageblockBytes);
             Debug.Assert(errno == 0, $"munmap of the arena failed ({OsError.Describe(errno)})");
         }

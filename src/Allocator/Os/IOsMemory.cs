@@ -2,6 +2,18 @@ using System.Runtime.InteropServices;
 
 namespace Compaction.Allocator.Os;
 
+/// <summary>Which OS's semantics an <see cref="IOsMemory"/> has (what <see cref="ArenaMemory"/> calls to decommit and
+/// whether a decommitted range stays accessible).</summary>
+internal enum OsBackEnd
+{
+    /// <summary>mmap/mprotect/madvise: a decommit is MADV_DONTNEED, the range stays read-write and reads back as zero;
+    /// committing it again needs no call.</summary>
+    Linux,
+    /// <summary>VirtualAlloc/VirtualFree: a decommit is VirtualFree(MEM_DECOMMIT), the range becomes inaccessible and
+    /// committing it again is VirtualAlloc(MEM_COMMIT) (zeroed pages).</summary>
+    Windows,
+}
+
 /// <summary>The advice <see cref="IOsMemory.Advise"/> passes to madvise.</summary>
 internal enum OsAdvice
 {
@@ -35,6 +47,22 @@ internal interface IOsMemory
 
     /// <summary>munmap: 0 or the errno.</summary>
     int Unmap(nint address, nuint bytes);
+
+    /// <summary>The semantics of this layer's calls (a test's layer that wraps the real one reports the real one's).</summary>
+    OsBackEnd BackEnd => OsBackEnd.Linux;
+}
+
+/// <summary>Chooses the OS layer at run time (native-layout.md, section 1, "The OS layer and fault injection").</summary>
+internal static class OsMemory
+{
+    /// <summary>The real layer of this OS: <see cref="WindowsOsMemory"/> where <see cref="OperatingSystem.IsWindows"/>,
+    /// else <see cref="LinuxOsMemory"/> (used only where <see cref="IsNative"/>: elsewhere the portable back end
+    /// makes no call).</summary>
+    public static readonly IOsMemory Default = OperatingSystem.IsWindows() ? WindowsOsMemory.Instance : LinuxOsMemory.Instance;
+
+    /// <summary>True where a native back end exists (Linux: mmap; Windows: VirtualAlloc); elsewhere (macOS, FreeBSD)
+    /// the arena and metadata come from <see cref="NativeMemory"/> and nothing is given back through the OS.</summary>
+    public static readonly bool IsNative = OperatingSystem.IsLinux() || OperatingSystem.IsWindows();
 }
 
 /// <summary>The real calls: <see cref="LinuxMemory"/>'s P/Invokes, their errno read right after each.</summary>
@@ -75,9 +103,11 @@ internal sealed class LinuxOsMemory : IOsMemory
     private static int Result(int rc) => rc == 0 ? 0 : Math.Max(1, Marshal.GetLastPInvokeError());
 }
 
-/// <summary>Words for an errno in exception and assertion messages.</summary>
+/// <summary>Words for an errno (a Win32 error code under Windows) in exception and assertion messages.</summary>
 internal static class OsError
 {
-    /// <summary>"errno 12, Cannot allocate memory": the number and the C library's words for it.</summary>
-    public static string Describe(int errno) => $"errno {errno}, {Marshal.GetPInvokeErrorMessage(errno)}";
+    /// <summary>"errno 12, Cannot allocate memory" (Linux) or "error 8, Not enough memory resources are available to
+    /// process this command." (Windows): the number and the OS's words for it.</summary>
+    public static string Describe(int errno) =>
+        $"{(OperatingSystem.IsWindows() ? "error" : "errno")} {errno}, {Marshal.GetPInvokeErrorMessage(errno)}";
 }

@@ -5,8 +5,9 @@ namespace Compaction.Allocator.Os;
 /// <summary>
 /// Zeroed native memory for metadata sized by the reservation (the page-descriptor array): on Linux an anonymous
 /// read-write mapping with MAP_NORESERVE, so that neither the heuristic overcommit check nor residency charges the
-/// untouched part (the zones write descriptors only below their frontiers); elsewhere a zeroed native allocation.
-/// On Linux every call goes through the <see cref="IOsMemory"/> passed in (the heap's, or for the process-wide handle
+/// untouched part (the zones write descriptors only below their frontiers); on Windows VirtualAlloc(MEM_RESERVE |
+/// MEM_COMMIT), charged to the commit limit but resident only where written (<see cref="WindowsOsMemory"/>); elsewhere
+/// a zeroed native allocation. On Linux and Windows every call goes through the <see cref="IOsMemory"/> passed in (the heap's, or for the process-wide handle
 /// table's reservation the real one).
 /// </summary>
 internal static unsafe class MetadataMemory
@@ -14,11 +15,11 @@ internal static unsafe class MetadataMemory
     /// <summary>Zeroed memory of <paramref name="bytes"/>; throws <see cref="OutOfMemoryException"/> when the OS refuses.</summary>
     public static void* AllocateZeroed(nuint bytes, IOsMemory os)
     {
-        if (OperatingSystem.IsLinux())
+        if (OsMemory.IsNative)
         {
             nint p = os.Map(bytes, readWrite: true, out int errno);
             if (p == 0)
-                throw new OutOfMemoryException($"mmap refused {bytes} bytes of metadata ({OsError.Describe(errno)}).");
+                throw new OutOfMemoryException($"the OS refused {bytes} bytes of metadata ({OsError.Describe(errno)}).");
             return (void*)p;
         }
         return NativeMemory.AllocZeroed(bytes);
@@ -32,7 +33,7 @@ internal static unsafe class MetadataMemory
     /// </summary>
     public static void* Reserve(nuint bytes, IOsMemory os)
     {
-        if (OperatingSystem.IsLinux()) return (void*)os.Map(bytes, readWrite: false, out _);
+        if (OsMemory.IsNative) return (void*)os.Map(bytes, readWrite: false, out _);
         return NativeMemory.AllocZeroed(bytes);
     }
 
@@ -40,13 +41,13 @@ internal static unsafe class MetadataMemory
     /// readable and writable (zeroed: never touched before). False when the OS refuses (commit limit, or the split
     /// would pass vm.max_map_count).</summary>
     public static bool Commit(void* p, nuint bytes, IOsMemory os) =>
-        !OperatingSystem.IsLinux() || os.Protect((nint)p, bytes, readWrite: true) == 0;
+        !OsMemory.IsNative || os.Protect((nint)p, bytes, readWrite: true) == 0;
 
     /// <summary>Frees memory from <see cref="AllocateZeroed"/> of the same <paramref name="bytes"/>.</summary>
     public static void Free(void* p, nuint bytes, IOsMemory os)
     {
         if (p == null) return;
-        if (OperatingSystem.IsLinux()) os.Unmap((nint)p, bytes);
+        if (OsMemory.IsNative) os.Unmap((nint)p, bytes);
         else NativeMemory.Free(p);
     }
 }

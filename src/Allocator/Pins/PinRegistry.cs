@@ -34,7 +34,7 @@ internal static unsafe class PinRegistry
 
     /// <summary>The OS layer new record chunks are mapped through (the real one; fault-injection tests swap in one
     /// that refuses, so a refused record is tested like any other refused metadata).</summary>
-    internal static IOsMemory Os { get; set; } = LinuxOsMemory.Instance;
+    internal static IOsMemory Os { get; set; } = OsMemory.Default;
 
     [ThreadStatic] private static ThreadPins? t_pins;
 

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# The platform smoke (platforms/Smoke): allocate, free, pin, compact and release with every byte checked, the release
+# lowering committed bytes and the process's resident memory (the working set under Windows), and the background
+# compactor's waste trigger on its own. Runs it
+#   - on linux-x64 natively (the framework-dependent build),
+#   - on win-x64 under wine64 (a self-contained publish; Debian's wine64),
+#   - on linux-arm64 under qemu-aarch64 (a self-contained publish; Debian's qemu-user, libc6-arm64-cross,
+#     libstdc++6-arm64-cross),
+# each with the `smoke` command and the issue-22 program (`repro`: 192 MiB of 64 B-2 KiB blocks in a 1 GiB heap).
+# Installs wine64 and qemu-user with apt when they are missing and it may (root, or sudo without a password); a
+# platform whose emulator cannot be installed is skipped with a message saying why.
+# With --tests, also the tests of tests/ that cover the platform paths, compiled into a console runner
+# (platforms/TestRunner: xunit's runners need a test host that does not run under the emulators here), published
+# self-contained and run under each emulator (MODEL_OPS=20000, 120 s per test at most). Left out there: the two
+# million-call handle batteries (ForgedHandleTests: no platform code, 13 s natively, minutes emulated), the
+# 140,000-pageblock mapping test and the 8 TiB arena (they measure the host's address space and vm.max_map_count,
+# not the platform). Under wine64 only the classes that do not call Linux directly run (each test class named below),
+# and not the single-threaded model test: its refusing OS layer (FaultyOsMemory) models Linux's mappings, whose
+# refusals the Windows layer does not make the same way.
+# Each runner counts as one run here; its own closing line ("tests: N passed, ...") is printed.
+# Prints one line per run and closes with "platforms: N passed, N failed, N skipped" (runs, not checks).
+# Options: --no-install (never call apt), --only win-x64|linux-arm64|linux-x64 (one platform), --wine-wx (also run,
+# for information only, the program's wine-wx-probe under wine64 with the runtime's W^X on: no allocator in it, it
+# shows whether this Wine still crashes the runtime; README, "Supported platforms").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=out/platforms
+mkdir -p "$out"
+install=1
+only=""
+wine_wx=0
+tests=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-install) install=0 ;;
+        --wine-wx) wine_wx=1 ;;
+        --tests) tests=1 ;;
+        --only) only="$2"; shift ;;
+        *) echo "usage: scripts/platforms.sh [--no-install] [--wine-wx] [--tests] [--only win-x64|linux-arm64|linux-x64]"; exit 2 ;;
+    esac
+    shift
+done
+passed=0; failed=0; skipped=0
+start=$(date +%s)
+
+apt_install() {
+    [ "$install" -eq 1 ] || return 1
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo -n true 2>/dev/null || return 1
+        sudo="sudo -n"
+    fi
+    echo "platforms: installing $* (apt-get)"
+    if [ ! -f "$out/.apt-updated" ]; then $sudo apt-get update -qq >/dev/null 2>&1 && touch "$out/.apt-updated"; fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" > "$out/apt.log" 2>&1
+}
+
+# run NAME COMMAND...: one run of the smoke program, its output in $out/NAME.log, one line of result.
+run() {
+    local name="$1"; shift
+    local t0=$(date +%s)
+    "$@" > "$out/$name.log" 2>&1
+    local rc=$?
+    local secs=$(( $(date +%s) - t0 ))
+    local figures
+    figures=$(grep -E '^  figures:' "$out/$name.log" | sed 's/^  figures: //' | tr '\n' ';')
+    if [ $rc -eq 0 ] && grep -q '^platform smoke: PASS' "$out/$name.log"; then
+        passed=$((passed + 1))
+        echo "platforms: PASS $name (${secs} s) $figures"
+    else
+        failed=$((failed + 1))
+        echo "platforms: FAIL $name (exit $rc, ${secs} s; log $out/$name.log):"
+        grep -E 'FAIL|Fatal|rror|exception' "$out/$name.log" | head -20 | sed 's/^/    /'
+        tail -5 "$out/$name.log" | sed 's/^/    /'
+    fi
+}
+
+skip() {
+    skipped=$((skipped + 1))
+    echo "platforms: SKIP $1"
+}
+
+publish() {
+    local rid="$1"
+    echo "platforms: publishing platforms/Smoke for $rid (self-contained)"
+    rm -rf "$out/$rid"
+    dotnet publish platforms/Smoke -c Release -r "$rid" --self-contained -o "$out/$rid" > "$out/publish-$rid.log" 2>&1 \
+        || { echo "platforms: publish for $rid failed (log $out/publish-$rid.log)"; tail -5 "$out/publish-$rid.log"; return 1; }
+    if [ "$tests" -eq 1 ]; then
+        echo "platforms: publishing platforms/TestRunner for $rid (self-contained)"
+        rm -rf "$out/tests-$rid"
+        dotnet publish platforms/TestRunner -c Release -r "$rid" --self-contained -o "$out/tests-$rid" > "$out/publish-tests-$rid.log" 2>&1 \
+            || { echo "platforms: test runner publish for $rid failed (log $out/publish-tests-$rid.log)"; return 1; }
+    fi
+}
+
+# run_tests NAME COMMAND...: one run of the test runner; PASS when it exits 0.
+run_tests() {
+    local name="$1"; shift
+    local t0=$(date +%s)
+    MODEL_OPS=20000 TEST_TIMEOUT_SECONDS=120 "$@" > "$out/$name.log" 2>&1
+    local rc=$?
+    local secs=$(( $(date +%s) - t0 ))
+    local line
+    line=$(grep -E '^tests: [0-9]+ passed' "$out/$name.log" | tail -1)
+    if [ $rc -eq 0 ] && [ -n "$line" ]; then
+        passed=$((passed + 1)); echo "platforms: PASS $name (${secs} s) $line"
+    else
+        failed=$((failed + 1)); echo "platforms: FAIL $name (exit $rc, ${secs} s; log $out/$name.log) ${line:-no closing line}"
+        grep -A3 '^  Failed' "$out/$name.log" | head -30 | sed 's/^/    /'
+    fi
+}
+
+emulated_exclusions=(-ForgedHandleTests -DecommitFailureTests -TheLargestArenaTheOptionsAccept)
+# Under qemu-user, three tests measure the emulator, not the heap: qemu ignores madvise(MADV_HUGEPAGE) (the mapping
+# never shows "hg"), its own page tables for the 1 TiB reservations of ReservationCostTests are resident (6 GiB,
+# and minutes), and a background thread's 5 s
+# deadline is missed at emulated speed.
+qemu_exclusions=(-PurgedPageblocksLeaveHugePagesAndGetThemBack -ReservationCostTests
+                 -AnExceptionInTheBackgroundThreadEndsItIsReportedAndTheThreadRestarts)
+# Under wine64: the classes that reach the OS only through the heap (HandleTableTests, HandleGenerationTests,
+# BuddyZoneTests, ReclaimDecayTests, the fault-injection classes and the /proc readers call Linux directly).
+wine_classes=(WindowsBackEndTests HeapBasicsTests CompactionTests FastPathTests ThreadCacheTests BlockPinCopyTests
+              LongTermPinTests PinScopeMisuseTests WasteCompactionTests StressTests MigrationFailureTests ModelBasedTests)
+
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+
+if want linux-x64; then
+    if dotnet build platforms/Smoke -c Release > "$out/build-linux-x64.log" 2>&1; then
+        dll=platforms/Smoke/bin/Release/net10.0/platform-smoke.dll
+        run linux-x64-smoke dotnet "$dll" smoke
+        run linux-x64-repro dotnet "$dll" repro
+    else
+        failed=$((failed + 1)); echo "platforms: FAIL linux-x64 build (log $out/build-linux-x64.log)"
+    fi
+fi
+
+# win-x64 under wine64. DOTNET_EnableWriteXorExecute=0: Wine 8.0 does not emulate the runtime's W^X double mapping of
+# executable memory faithfully, and with it on, the runtime itself crashes (README, "Supported platforms").
+if want win-x64; then
+    command -v wine >/dev/null || apt_install wine64 || true
+    if ! command -v wine >/dev/null; then
+        skip "win-x64: wine is not installed and could not be (apt-get install wine64 needs root or sudo)"
+    elif publish win-x64; then
+        export WINEPREFIX="$PWD/$out/wineprefix" WINEDEBUG=-all
+        [ -d "$WINEPREFIX" ] || timeout 300 wineboot -i > "$out/wineboot.log" 2>&1
+        run win-x64-smoke env DOTNET_EnableWriteXorExecute=0 timeout 600 wine "$out/win-x64/platform-smoke.exe" smoke
+        run win-x64-repro env DOTNET_EnableWriteXorExecute=0 timeout 600 wine "$out/win-x64/platform-smoke.exe" repro
+        if [ "$tests" -eq 1 ]; then
+            run_tests win-x64-tests env DOTNET_EnableWriteXorExecute=0 timeout 900 wine "$out/tests-win-x64/Allocator.Tests.exe" \
+                "${wine_classes[@]}" "${emulated_exclusions[@]}" -EverySequenceOfOperationsAgreesWithTheModel
+        fi
+        if [ "$wine_wx" -eq 1 ]; then
+            timeout 300 wine "$out/win-x64/platform-smoke.exe" wine-wx-probe > "$out/win-x64-wx-probe.log" 2>&1
+            if grep -q '^platform smoke: PASS' "$out/win-x64-wx-probe.log"; then
+                echo "platforms: info: with W^X on, this Wine runs the EventSource probe (the workaround may no longer be needed)"
+            else
+                echo "platforms: info: with W^X on, this Wine crashes the runtime on a program without the allocator:" \
+                     "$(grep -m1 'Internal CLR error' "$out/win-x64-wx-probe.log" || echo 'see the log')"
+            fi
+        fi
+        wineserver -k 2>/dev/null || true
+    else
+        failed=$((failed + 1))
+    fi
+fi
+
+# linux-arm64 under qemu-user.
+if want linux-arm64; then
+    if ! command -v qemu-aarch64 >/dev/null || [ ! -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] \
+        || [ ! -e /usr/aarch64-linux-gnu/lib/libstdc++.so.6 ]; then
+        apt_install qemu-user libc6-arm64-cross libstdc++6-arm64-cross || true
+    fi
+    if ! command -v qemu-aarch64 >/dev/null || [ ! -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ]; then
+        skip "linux-arm64: qemu-aarch64 or the arm64 C library is not installed and could not be (apt-get install qemu-user libc6-arm64-cross libstdc++6-arm64-cross needs root or sudo)"
+    elif publish linux-arm64; then
+        qemu=(env QEMU_LD_PREFIX=/usr/aarch64-linux-gnu DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 DOTNET_EnableWriteXorExecute=0
+              timeout 900 qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/linux-arm64/platform-smoke")
+        run linux-arm64-smoke "${qemu[@]}" smoke
+        run linux-arm64-repro "${qemu[@]}" repro
+        if [ "$tests" -eq 1 ]; then
+            run_tests linux-arm64-tests env QEMU_LD_PREFIX=/usr/aarch64-linux-gnu DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 \
+                DOTNET_EnableWriteXorExecute=0 timeout 1500 qemu-aarch64 -L /usr/aarch64-linux-gnu \
+                "$out/tests-linux-arm64/Allocator.Tests" "${emulated_exclusions[@]}" "${qemu_exclusions[@]}"
+        fi
+    else
+        failed=$((failed + 1))
+    fi
+fi
+
+echo "platforms: done in $(( $(date +%s) - start )) s"
+echo "platforms: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
