@@ -36,6 +36,11 @@ internal enum CompactionCounter
     Barriers,
     WasteWakes,
     WasteBytesMoved,
+    /// <summary>Cycles of a waste-driven run that gave back little for what they moved, each of which halved the
+    /// run's CPU share (down to an eighth).</summary>
+    WasteBackoffs,
+    /// <summary>Times the waste had grown enough since a back-off to give the run its full CPU share again.</summary>
+    WasteShareRestores,
     BackgroundCpuNanoseconds,
     LimitSlices,
     LimitBytesMoved,

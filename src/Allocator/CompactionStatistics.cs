@@ -87,6 +87,16 @@ public sealed class CompactionStatistics
 
     /// <summary>Bytes moved by those wakes.</summary>
     public long WasteBytesMoved => Get(CompactionCounter.WasteBytesMoved);
+
+    /// <summary>Cycles of a waste-driven run that gave back less than a quarter of what they moved (moves that
+    /// reshuffle memory without emptying pageblocks: pinned or unmovable blocks in the way, or a churn refilling what
+    /// the run empties); each halved the run's share of <see cref="HeapOptions.CompactionCpuShare"/>, down to an eighth
+    /// (Redis's active defrag lowers its CPU step by step the same way when it frees little).</summary>
+    public long WasteBackoffs => Get(CompactionCounter.WasteBackoffs);
+
+    /// <summary>Times the waste grew by <see cref="HeapOptions.WasteMinBytes"/> since a back-off, which gave the
+    /// waste-driven run its full CPU share again.</summary>
+    public long WasteShareRestores => Get(CompactionCounter.WasteShareRestores);
     /// <summary>Processor time the background thread used in its wakes, in nanoseconds (its own thread's CPU clock;
     /// 0 where the OS has none). Work the mutators do because of it (faulting purged pages back, waiting at the
     /// migration barrier) is not in it.</summary>

@@ -101,8 +101,11 @@ public sealed partial class NativeHeap
             GC.KeepAlive(this);
             return;
         }
-        BackgroundStepOutcome outcome = _compactor.BackgroundStep();
+        BackgroundStepResult step = _compactor.BackgroundStep();
+        BackgroundStepOutcome outcome = step.Outcome;
         if (outcome == BackgroundStepOutcome.Skipped) return;
+        if (step.ShareChange != 0 && Tracing(NativeHeapEventSource.Keywords.Background))
+            Events.WasteShareChanged(_id, step.ShareChange > 0, 100 * _options.CompactionCpuShare / step.ShareDivisor);
         if (outcome == BackgroundStepOutcome.WasteSlice)
         {
             // The slice's release replaces this wake's delayed trim (it decommits every wholly free pageblock now).
@@ -118,11 +121,12 @@ public sealed partial class NativeHeap
 
     /// <summary>How long the background thread sleeps before its next wake: the interval, or during a waste-driven
     /// run what keeps the thread at its CPU share: a wake that took t (the slice and the release after it) at share c
-    /// sleeps t * (1 / c - 1), at least 1 ms.</summary>
+    /// sleeps t * (1 / c - 1), at least 1 ms; c is CompactionCpuShare divided by the run's back-off (1 to 8).</summary>
     private TimeSpan NextWakeDelay(TimeSpan took)
     {
         if (_compactor == null || !_compactor.WasteRunActive) return _options.CompactionInterval;
-        return TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, (long)(took.Ticks * (1 / _options.CompactionCpuShare - 1))));
+        double share = _options.CompactionCpuShare / _compactor.WasteShareDivisor;   // lowered after cycles that gave back little
+        return TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, (long)(took.Ticks * (1 / share - 1))));
     }
 
     /// <summary>Starts the background compactor thread (like kcompactd): it wakes every

@@ -48,7 +48,7 @@ public sealed class NativeHeapEventSource : EventSource
 
     internal const int CompactionStartId = 1, CompactionStopId = 2, MigrationFailedId = 3, BackgroundWakeId = 4, ReleasedId = 5,
                        AllocationFailedId = 6, LongTermPinMigrationId = 7, BackgroundFailedId = 8, UseAfterFreeDetectedId = 9,
-                       LimitSliceId = 10, LimitFailedId = 11;
+                       LimitSliceId = 10, LimitFailedId = 11, WasteShareChangedId = 12;
 
     /// <summary>A compaction pass begins: <paramref name="trigger"/> is explicit (Compact()) or direct (an allocation
     /// that failed); <paramref name="mode"/> the kernel's migrate mode: sync_full for an explicit pass (every class
@@ -114,6 +114,12 @@ public sealed class NativeHeapEventSource : EventSource
     /// unmovable blocks holding the committed memory).</summary>
     [Event(LimitFailedId, Level = EventLevel.Warning, Keywords = Keywords.MemoryLimit)]
     public void LimitFailed(long heapId, long size, long limit, string reason) => WriteEvent(LimitFailedId, heapId, size, limit, reason);
+
+    /// <summary>The waste-driven run's CPU share changed: lowered (<paramref name="lowered"/> true) after a cycle that
+    /// gave back less than a quarter of what it moved, or restored when the waste grew again; it is now
+    /// <paramref name="sharePercent"/> percent of a core.</summary>
+    [Event(WasteShareChangedId, Level = EventLevel.Informational, Keywords = Keywords.Background)]
+    public void WasteShareChanged(long heapId, bool lowered, double sharePercent) => WriteEvent(WasteShareChangedId, heapId, lowered, sharePercent);
 
     /// <summary>The compaction events of one pass, from its counters' difference.</summary>
     [NonEvent]

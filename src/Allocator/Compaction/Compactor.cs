@@ -131,11 +131,11 @@ internal sealed unsafe partial class Compactor
     /// budget; if the fragmentation score is above the high watermark, compact until it falls to the low one (or the
     /// budget ends), backing off for 64 wakes when a pass made no progress; then a waste-driven slice when one is due.
     /// Skips the wake if another compaction runs or this thread is inside one. Takes RunLock with a try-lock.
-    /// Returns what the wake did, for the reclaimer's half of it.
+    /// Returns what the wake did, for the reclaimer's half of it, and any change of the waste-driven run's CPU share.
     /// </summary>
-    public BackgroundStepOutcome BackgroundStep()
+    public BackgroundStepResult BackgroundStep()
     {
-        if (RunLock.IsHeldByCurrentThread || !RunLock.TryEnter()) return BackgroundStepOutcome.Skipped;
+        if (RunLock.IsHeldByCurrentThread || !RunLock.TryEnter()) return new(BackgroundStepOutcome.Skipped);
         try
         {
             BackgroundStepStarting?.Invoke();
@@ -169,7 +169,9 @@ internal sealed unsafe partial class Compactor
                 }
             }
             if (!proactive && score <= low) _proactiveResume = false;
-            return _waste.SliceLocked() ? BackgroundStepOutcome.WasteSlice : BackgroundStepOutcome.Ran;
+            bool sliced = _waste.SliceLocked();
+            (int change, int divisor) = _waste.TakeShareChange();
+            return new(sliced ? BackgroundStepOutcome.WasteSlice : BackgroundStepOutcome.Ran, change, divisor);
         }
         finally
         {
@@ -183,6 +185,9 @@ internal sealed unsafe partial class Compactor
     /// <summary>True while a waste-driven run is under way: the background thread then wakes after a slice's CPU
     /// share instead of its interval. Racy read (a bool; a stale value only shifts one wake).</summary>
     public bool WasteRunActive => _waste.Active;
+
+    /// <summary>What the waste-driven run's CPU share is divided by (see <see cref="WasteRun.ShareDivisor"/>). Racy read.</summary>
+    public int WasteShareDivisor => _waste.ShareDivisor;
 
     /// <summary>Resident bytes over live bytes now, and the bytes between them (see <see cref="WasteRun.Waste"/>).</summary>
     public (double ratio, long wasted) Waste() => _waste.Waste();

@@ -21,6 +21,12 @@ internal sealed class WasteRun
     private bool _resume;          // ... which the last slice's budget cut short (it resumes)
     private long _cycleMoved;      // bytes moved in the current cycle
     private int _defer;            // wakes to skip after a slice that could move nothing
+    private int _backoff;          // the run's CPU share is CompactionCpuShare >> _backoff (0..MaxBackoff)
+    private long _wastedAtBackoff; // bytes wasted when the share was last lowered
+    private int _shareChange;      // +1 / -1: the last cycle lowered / restored the share (the caller's event), else 0
+
+    /// <summary>The lowest share a run backs off to: an eighth of <c>CompactionCpuShare</c>.</summary>
+    public const int MaxBackoff = 3;
 
     public WasteRun(CompactionContext cx, ThreadCaches caches, SlabConsolidation consolidation, MigrateScanner scanner)
     {
@@ -33,6 +39,21 @@ internal sealed class WasteRun
     /// <summary>True while a waste-driven run is under way: the background thread then wakes after a slice's CPU
     /// share instead of its interval. Racy read (a bool; a stale value only shifts one wake).</summary>
     public bool Active => Volatile.Read(ref _active);
+
+    /// <summary>What the run's CPU share is divided by: 1, or 2, 4, 8 after cycles that gave back little (see
+    /// <see cref="SliceLocked"/>). The background thread spaces its slices by it. Racy read (an int; a stale value
+    /// only spaces one wake differently).</summary>
+    public int ShareDivisor => 1 << Volatile.Read(ref _backoff);
+
+    /// <summary>Whether the last slice's cycle lowered (+1) or restored (-1) the run's share, and the divisor then;
+    /// cleared by reading. For the layer above's event. Caller holds RunLock.</summary>
+    public (int change, int divisor) TakeShareChange()
+    {
+        Debug.Assert(_cx.RunLock.IsHeldByCurrentThread, "caller holds RunLock");
+        int change = _shareChange;
+        _shareChange = 0;
+        return (change, ShareDivisor);
+    }
 
     /// <summary>Resident bytes (the arena's estimate: committed less purged free runs) over live bytes now, and the
     /// bytes between them (racy: counters read without locks; a heuristic's input).</summary>
@@ -48,8 +69,10 @@ internal sealed class WasteRun
     /// slice of at most the heap's CompactionSliceTime. A run goes in cycles, each what an explicit
     /// compaction does in one go, cut into slices: consolidate the size classes until none is worth it, then one pass
     /// over the whole zone (resumed slice after slice). A cycle that moved nothing ends the run and backs off for
-    /// <see cref="Compactor.ProactiveDeferWakes"/> wakes (what is left is pinned or unmovable). The heap gives back what each
-    /// slice emptied after the step (the layer above this one). Caller holds RunLock.
+    /// <see cref="Compactor.ProactiveDeferWakes"/> wakes (what is left is pinned or unmovable); one that moved much and
+    /// gave back little halves the run's CPU share (<see cref="ShareDivisor"/>, down to an eighth), and waste that
+    /// grows again restores it. The heap gives back what each slice emptied after the step (the layer above this
+    /// one). Caller holds RunLock.
     /// </summary>
     public bool SliceLocked()
     {
@@ -69,6 +92,13 @@ internal sealed class WasteRun
         }
         if (_active && !overCap && (ratio <= o.WasteLowRatio || wasted < o.WasteMinBytes / 2)) _active = false;
         if (!_active) return false;
+        // Waste that grew by WasteMinBytes since the share was lowered is new work worth the full share again.
+        if (_backoff > 0 && wasted >= _wastedAtBackoff + Math.Max(o.WasteMinBytes, 1))
+        {
+            Volatile.Write(ref _backoff, 0);
+            _shareChange = -1;
+            _cx.Counters[WasteShareRestores]++;
+        }
 
         _cx.Counters[WasteWakes]++;
         long movedBefore = _cx.Counters[BytesMoved];
@@ -108,6 +138,17 @@ internal sealed class WasteRun
         _cx.Counters[WasteBytesMoved] += moved;
         _cycleMoved += moved;
         if (!cycleEnded) return true;
+        // Progress and back-off: a cycle that moved much and gave back little (resident bytes fell by less than a
+        // quarter of what it moved, the slices' releases counted) lowers the run's share one step; the scanners still
+        // advance (each cycle is one whole pass), only more slowly.
+        long freed = _cycleResident - _cx.Pages.ResidentBytesEstimate;
+        if (_cycleMoved > 0 && freed < _cycleMoved / 4 && _backoff < MaxBackoff)
+        {
+            Volatile.Write(ref _backoff, _backoff + 1);
+            _wastedAtBackoff = Waste().wasted;
+            _shareChange = 1;
+            _cx.Counters[WasteBackoffs]++;
+        }
         // A cycle that moved nothing ends the run; so does one that, driven by the retained-bytes cap alone, did not
         // lower resident memory (what is left over the cap is rounding and unmovable memory that no move removes,
         // and a heap in constant churn would otherwise keep a run going for ever).
