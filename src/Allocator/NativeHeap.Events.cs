@@ -60,7 +60,15 @@ public sealed partial class NativeHeap
             if (UpdateSoftLimit()) return true;
         }
         bool hard = LimitInTheWay(), soft = !hard && _softLimitRatio != 0 && !room.PassedSoftLimit && SoftLimitInTheWay();
-        if (!hard && !soft) return false;   // the arena itself has no room: no limit stands in the way
+        if (!hard && !soft)
+        {
+            // No limit stands in the way now. Under a memory limit the refusal may still have been the limit's, a
+            // moment ago: another thread has since given memory back (its slice's decommits). Retry, bounded like
+            // the slices; without a limit the arena itself has no room.
+            if (_memoryLimit == 0 || room.Slices >= MaxLimitSlices) return false;
+            room.Slices++;
+            return true;
+        }
         // The soft limit's slices are compaction on the allocating thread: off with direct compaction (the memory
         // limit's are not: without them it could not be kept).
         int maxSlices = hard || _options.DirectCompaction ? MaxLimitSlices : 0;
