@@ -1,10 +1,11 @@
 using System.Diagnostics;
 using Compaction.Allocator.Caches;
+using Compaction.Allocator.Diagnostics;
 using Compaction.Allocator.Handles;
 using Compaction.Allocator.Migration;
 using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
 
@@ -153,7 +154,7 @@ internal sealed unsafe partial class Compactor
             BackgroundStepStarting?.Invoke();
             Counters[CompactDaemonWake]++;
             CompactionSettings o = _options;
-            long budgetTicks = o.CompactionBudgetTime == TimeSpan.Zero ? 0 : (long)(o.CompactionBudgetTime.TotalSeconds * Stopwatch.Frequency);
+            long budgetTicks = o.CompactionBudgetTime == TimeSpan.Zero ? 0 : (long)(o.CompactionBudgetTime.TotalSeconds * _options.Clock.TimestampFrequency);
             (int low, int high) = Fragmentation.Watermarks(o.Proactiveness);
             int score = Score();
             bool proactive = o.Proactiveness > 0 && _proactiveDefer == 0 && (score > high || (_proactiveResume && score > low));
@@ -163,7 +164,7 @@ internal sealed unsafe partial class Compactor
             if (proactive || AnyClassWorthConsolidating())
             {
                 using var caches = new CacheGuard(_caches, _options);
-                ConsolidateSlabs(new CompactControl { Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks, StartTicks = Stopwatch.GetTimestamp(), BytesMovedAtStart = Counters[BytesMoved] });
+                ConsolidateSlabs(new CompactControl { Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks, StartTicks = _options.Clock.GetTimestamp(), BytesMovedAtStart = Counters[BytesMoved] });
                 if (proactive)
                 {
                     // A pass starts above the high watermark; one that its budget cut short resumes at the next wake
@@ -231,8 +232,8 @@ internal sealed unsafe partial class Compactor
 
         Counters[WasteWakes]++;
         long movedBefore = Counters[BytesMoved];
-        long start = Stopwatch.GetTimestamp();
-        long slice = Math.Max(1, (long)(o.CompactionSliceTime.TotalSeconds * Stopwatch.Frequency));
+        long start = _options.Clock.GetTimestamp();
+        long slice = Math.Max(1, (long)(o.CompactionSliceTime.TotalSeconds * _options.Clock.TimestampFrequency));
         bool cycleEnded = false;
         // The caches stay on during a slice: disabling them for every slice (every few milliseconds) would send the
         // mutators to the slow path a tenth of the time. A cycle drains them when it starts (each slice until the
@@ -252,7 +253,7 @@ internal sealed unsafe partial class Compactor
             ConsolidateSlabs(cc);
             if (!BudgetSpent(cc)) { _wasteZonePhase = true; _wasteResume = false; }   // every class consolidated
         }
-        long left = slice - (Stopwatch.GetTimestamp() - start);
+        long left = slice - (_options.Clock.GetTimestamp() - start);
         if (_wasteZonePhase && left > 0)
         {
             CompactStatus status = CompactZone(new CompactControl
@@ -298,7 +299,7 @@ internal sealed unsafe partial class Compactor
         {
             using var caches = new CacheGuard(_caches, _options);   // slots the caches hold would make slab moves fail
             long movedBefore = Counters[BytesMoved];
-            long start = Stopwatch.GetTimestamp();
+            long start = _options.Clock.GetTimestamp();
             bool spent;
             if (!_limitZonePhase)
             {
@@ -309,7 +310,7 @@ internal sealed unsafe partial class Compactor
                 // coalesce into the larger blocks new slabs and runs need (and whole pageblocks empty).
                 if (!spent) _limitZonePhase = true;
             }
-            long left = budgetTicks - (Stopwatch.GetTimestamp() - start);
+            long left = budgetTicks - (_options.Clock.GetTimestamp() - start);
             spent = left <= 0;
             if (_limitZonePhase && left > 0)
             {

@@ -1,4 +1,4 @@
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
 

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using Compaction.Allocator.Layout;
 using Compaction.Allocator.Migration;
 using Compaction.Allocator.Slabs;
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
 
@@ -47,7 +47,7 @@ internal sealed unsafe partial class Compactor
         // One read of the frontier per run (see UsedTopPb): both scanners stay below it.
         int freePb = Math.Min(cc.WholeZone ? FromTheTop : _cachedFreePb[m], UsedTopPb);
         if (cc.Mode == CompactMode.SyncFull) ResetSkipBits();
-        cc.StartTicks = Stopwatch.GetTimestamp();
+        cc.StartTicks = _options.Clock.GetTimestamp();
         cc.BytesMovedAtStart = Counters[BytesMoved];
         CompactStatus status = CompactStatus.Continue;
         try
@@ -94,7 +94,7 @@ internal sealed unsafe partial class Compactor
 
     private bool BudgetSpent(CompactControl cc) =>
         (cc.BudgetBytes > 0 && Counters[BytesMoved] - cc.BytesMovedAtStart >= cc.BudgetBytes)
-        || (cc.BudgetTicks > 0 && Stopwatch.GetTimestamp() - cc.StartTicks >= cc.BudgetTicks);
+        || (cc.BudgetTicks > 0 && _options.Clock.GetTimestamp() - cc.StartTicks >= cc.BudgetTicks);
 
     /// <summary>compaction_capture: when a run of the wanted size is free, take it for the requester before anyone
     /// else can. Checked at pageblock boundaries.</summary>
