@@ -6,10 +6,11 @@ using Compaction.Allocator.Pins;
 
 namespace Compaction.Allocator;
 
-// Handles, pins and owners at the public boundary: handle validation (native-layout.md, "Handle table and handles"),
-// the slot pin (PinScope, a few plain loads and stores), the atomic pin (BlockPin), long-term pins (the loop lives in
-// Engine/LongTermPinner.cs; native-layout.md, "Long-term pins") and owner registration (the registry and its
-// callbacks live in the migration layer). Why the pins are safe: native-layout.md, "Pins".
+// Handles, pins and owners at the public boundary: handle validation and the queries on a handle (native-layout.md,
+// "Handle table and handles"), the slot pin (PinScope, a few plain loads and stores), the atomic pin (BlockPin),
+// long-term pins (the loop lives in Engine/LongTermPinner.cs; native-layout.md, "Long-term pins") and owner
+// registration (the registry and its callbacks live in the migration layer). Why the pins are safe:
+// native-layout.md, "Pins".
 public sealed unsafe partial class NativeHeap
 {
     /// <summary>True when <paramref name="handle"/> names a live block of this heap (never throws, except when disposed).</summary>
@@ -259,5 +260,47 @@ public sealed unsafe partial class NativeHeap
         HandleEntry* e = Locate(handle);
         using CallSection _ = new(_caches);
         _migrator.Owners.Set(handle, HandleBits.Index(handle.Value), e, owner);
+    }
+
+    // ------------------------------------------------------------------ queries on a handle
+
+    /// <summary>The size requested for the block.</summary>
+    /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    public long GetSize(BlockHandle handle)
+    {
+        HandleEntry* e = Locate(handle);
+        long s = Volatile.Read(ref e->State);
+        HandleChecks.CheckLive(handle, s);
+        if ((s & EntryState.Run) == 0) return EntryState.SlabSize(s);
+        // A run's page count is in its head descriptor, which is only stable while the run cannot move: read it
+        // under a slot pin (or directly when this thread's owner callback holds the run frozen).
+        if ((s & EntryState.Frozen) != 0 && FrozenByThisThread.Holds(e)) return _map.RunSize(e->Address, s);
+        using PinScope pin = PinCore(handle, e, PinRegistry.Current);
+        return pin.Length;
+    }
+
+    /// <summary>The kind the block was allocated as.</summary>
+    /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    public BlockKind GetKind(BlockHandle handle)
+    {
+        HandleEntry* e = Locate(handle);
+        long s = Volatile.Read(ref e->State);
+        HandleChecks.CheckLive(handle, s);
+        return (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
+    }
+
+    /// <summary>The address of an unmovable block; it never changes until the block is freed.</summary>
+    /// <exception cref="InvalidOperationException">The block is movable: pin it instead.</exception>
+    /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    public nint GetStablePointer(BlockHandle handle)
+    {
+        HandleEntry* e = Locate(handle);
+        long s = Volatile.Read(ref e->State);
+        HandleChecks.CheckLive(handle, s);
+        if ((s & EntryState.Movable) != 0) ThrowHelper.NotUnmovable(handle);
+        return e->Address;
     }
 }

@@ -329,48 +329,6 @@ public sealed unsafe partial class NativeHeap : IDisposable
         _paths.FreeSlow(handle, e, tc, pins);
     }
 
-    // ------------------------------------------------------------------ queries
-
-    /// <summary>The size requested for the block.</summary>
-    /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
-    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
-    public long GetSize(BlockHandle handle)
-    {
-        HandleEntry* e = Locate(handle);
-        long s = Volatile.Read(ref e->State);
-        HandleChecks.CheckLive(handle, s);
-        if ((s & EntryState.Run) == 0) return EntryState.SlabSize(s);
-        // A run's page count is in its head descriptor, which is only stable while the run cannot move: read it
-        // under a slot pin (or directly when this thread's owner callback holds the run frozen).
-        if ((s & EntryState.Frozen) != 0 && FrozenByThisThread.Holds(e)) return _map.RunSize(e->Address, s);
-        using PinScope pin = PinCore(handle, e, PinRegistry.Current);
-        return pin.Length;
-    }
-
-    /// <summary>The kind the block was allocated as.</summary>
-    /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
-    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
-    public BlockKind GetKind(BlockHandle handle)
-    {
-        HandleEntry* e = Locate(handle);
-        long s = Volatile.Read(ref e->State);
-        HandleChecks.CheckLive(handle, s);
-        return (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
-    }
-
-    /// <summary>The address of an unmovable block; it never changes until the block is freed.</summary>
-    /// <exception cref="InvalidOperationException">The block is movable: pin it instead.</exception>
-    /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
-    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
-    public nint GetStablePointer(BlockHandle handle)
-    {
-        HandleEntry* e = Locate(handle);
-        long s = Volatile.Read(ref e->State);
-        HandleChecks.CheckLive(handle, s);
-        if ((s & EntryState.Movable) != 0) ThrowHelper.NotUnmovable(handle);
-        return e->Address;
-    }
-
     // ------------------------------------------------------------------ dispose
 
     /// <summary>
