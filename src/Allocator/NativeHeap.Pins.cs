@@ -155,6 +155,7 @@ public sealed unsafe partial class NativeHeap
 
     /// <summary>The <see cref="BlockPin"/> of an atomic pin just taken on <paramref name="e"/> (state word
     /// <paramref name="s"/>): a pooled record filled and activated; no managed allocation once the pool has grown.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private BlockPin NewBlockPin(BlockHandle handle, HandleEntry* e, long s, bool longTerm)
     {
         BlockPinRecord r = BlockPinRecord.Rent();
@@ -232,16 +233,35 @@ public sealed unsafe partial class NativeHeap
         for (int k = 0; k < n; k++) Locate(handles[k]);
         Span<long> states = n <= 128 ? stackalloc long[n] : new long[n];
         using (new CallSection(_caches)) _longTerm.PinAll(handles, states);   // the moves into unmovable memory touch the arena
-        // Every block holds its long-term atomic pin now: each gets the record that releases it.
-        for (int k = 0; k < n; k++)
-            pins[k] = NewBlockPin(handles[k], HandleStore.Get(HandleBits.Index(handles[k].Value)), states[k], longTerm: true);
+        // Every block holds its long-term atomic pin now: each gets the record that releases it. All or nothing here
+        // too: should a record not be had (the pool could not grow), every pin of the call is dropped.
+        int wrapped = 0;
+        try
+        {
+            for (; wrapped < n; wrapped++)
+                pins[wrapped] = NewBlockPin(handles[wrapped], HandleStore.Get(HandleBits.Index(handles[wrapped].Value)), states[wrapped], longTerm: true);
+        }
+        catch
+        {
+            for (int k = 0; k < n; k++)
+            {
+                if (k < wrapped) pins[k].Dispose();
+                else _longTerm.Unpin(HandleStore.Get(HandleBits.Index(handles[k].Value)));
+                pins[k] = default;
+            }
+            throw;
+        }
     }
 
     /// <summary>Drops a long-term pin's atomic pin and its count (a <see cref="BlockPin"/>'s release).</summary>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     internal void ReleaseLongTermPin(HandleEntry* e)
     {
-        if (_disposed) ThrowHelper.Disposed();
+        if (_disposed)
+        {
+            Interlocked.Decrement(ref _longTermCounts.Held);   // the record's generation CAS made this the pin's one release
+            ThrowHelper.Disposed();
+        }
         _longTerm.Unpin(e);
     }
 

@@ -396,11 +396,12 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// collection holds the inspector, not the heap, so one may be in progress.</summary>
     ~NativeHeap()
     {
-        if (_disposed || _inspector == null || CountPins() != 0) return;
-        // Unreachable: no background step runs (a step holds the heap), and its threads find the heap gone.
-        _daemon.HeapGone();
-        _inspector.Close();
-        _caches.Close();
+        if (_disposed || CountPins() != 0) return;
+        // Unreachable: no background step runs (a step holds the heap), and its threads find the heap gone. The parts
+        // are null when the constructor threw before building them (its handle table is released all the same).
+        _daemon?.HeapGone();
+        _inspector?.Close();
+        _caches?.Close();
         ReleaseNative();
     }
 

@@ -140,13 +140,21 @@ internal sealed unsafe class HeapInspector(InspectedParts parts)
 
     /// <summary>The pins held, for the metrics: taken with the snapshot (<see cref="MetricsSnapshot"/>). Caller holds
     /// HeapMetrics' lock.</summary>
-    public (int slot, int atomic) MetricsPins => _metricsPins;
+    public (int slot, int atomic) MetricsPins
+    {
+        get
+        {
+            Debug.Assert(HeapMetrics.LockHeldByCurrentThread, "caller holds HeapMetrics' lock");
+            return _metricsPins;
+        }
+    }
 
     /// <summary>A statistics snapshot for one metrics collection: reused while younger than <paramref name="maxAge"/>
     /// on the heap's clock. Caller holds HeapMetrics' lock; takes the statistics lock.</summary>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public HeapStatistics MetricsSnapshot(TimeSpan maxAge)
     {
+        Debug.Assert(HeapMetrics.LockHeldByCurrentThread, "caller holds HeapMetrics' lock");
         long now = _p.Clock.GetTimestamp();
         if (_metricsSnapshot == null || _p.Clock.GetElapsedTime(_metricsSnapshotAt, now) > maxAge)
         {

@@ -34,6 +34,9 @@ public static class HeapMetrics
     public const string EventTag = "nativeheap.event";
 
     private static readonly Lock s_lock = new();
+
+    /// <summary>True when the calling thread holds the metrics lock (for the asserts of what runs under it).</summary>
+    internal static bool LockHeldByCurrentThread => s_lock.IsHeldByCurrentThread;
     private static readonly List<WeakReference<HeapInspector>> s_heaps = [];   // one per heap, weakly: the heap holds it
     private static readonly Meter s_meter = new(MeterName, "1.0");
 
