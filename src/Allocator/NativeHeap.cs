@@ -27,8 +27,9 @@ namespace Compaction.Allocator;
 /// allocate and free take no lock.</para>
 /// <para>Reaching a block's bytes: an unmovable block has a stable address (<see cref="GetStablePointer"/>); a movable
 /// block is reached by pinning it (<see cref="Pin"/>, a scope), and a pinned block is never moved.</para>
-/// <para>Thread safety: every member may be called from any thread at the same time, except <see cref="Dispose"/>,
-/// which must not race with other calls on the same heap (as with any disposable resource).</para>
+/// <para>Thread safety: every member may be called from any thread at the same time, <see cref="Dispose"/> included:
+/// a call racing a Dispose either completes before the memory goes away or throws
+/// <see cref="ObjectDisposedException"/>, and the Dispose refuses while a pin is held (see its remarks).</para>
 /// <para>This class is the top layer, a thin façade: it builds the layers below it (pages, slabs, handles, caches,
 /// the migrator, the compactor, the reclaimer, and the engine's classes: the slow allocation paths and the memory
 /// limit, the background daemon, long-term pins, the statistics' walks) and hands each what it needs; none of them
