@@ -283,24 +283,32 @@ internal sealed class CompactionDaemon
 }
 
 /// <summary>
-/// The background thread's sleep: a timer of the heap's <see cref="TimeProvider"/> signals an event when the delay
-/// has passed on that clock, and a stop signals the same event. One per thread; its timer is re-armed for every sleep.
+/// The background thread's sleep on the heap's <see cref="TimeProvider"/>. With the system clock it is the event's own
+/// timed wait, as the thread slept before the provider existed (no timer callback through the thread pool, whose delays
+/// under load changed how often the thread woke); with any other provider a timer of that provider signals the event
+/// when the delay has passed on its clock, so a test's manual provider decides when the thread wakes. A stop sets the
+/// same event. One per thread.
 /// </summary>
 internal sealed class DaemonWakeup : IDisposable
 {
     private readonly ManualResetEventSlim _signal = new();   // never disposed: a late timer callback may still set it
-    private readonly ITimer _timer;
+    private readonly ITimer? _timer;                          // null for the system clock
     private volatile bool _stopped;
 
-    public DaemonWakeup(TimeProvider clock) =>
-        _timer = clock.CreateTimer(static s => ((ManualResetEventSlim)s!).Set(), _signal, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+    public DaemonWakeup(TimeProvider clock)
+    {
+        if (clock != TimeProvider.System)
+            _timer = clock.CreateTimer(static s => ((ManualResetEventSlim)s!).Set(), _signal, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+    }
 
     /// <summary>Sleeps <paramref name="delay"/> on the clock; false when the thread is to stop instead. Called by the
-    /// thread only. A stop that comes before the reset is seen by the check after it; one that comes after it sets the
-    /// event the wait is on, so no stop is lost. A timer callback sets the event only to end the wait it was armed for
-    /// (a one-shot timer re-armed only after its wait ended).</summary>
+    /// thread only. System clock: only a stop sets the event, which stays set. Other clocks: a stop that comes before
+    /// the reset is seen by the check after it, and one that comes after it sets the event the wait is on, so no stop
+    /// is lost; a timer callback sets the event only to end the wait it was armed for (a one-shot timer re-armed only
+    /// after its wait ended).</summary>
     public bool Sleep(TimeSpan delay)
     {
+        if (_timer == null) return !_signal.Wait(delay);
         _signal.Reset();
         if (_stopped) return false;
         _timer.Change(delay, Timeout.InfiniteTimeSpan);
@@ -316,5 +324,5 @@ internal sealed class DaemonWakeup : IDisposable
     }
 
     /// <summary>Disposes the timer (the thread's last act).</summary>
-    public void Dispose() => _timer.Dispose();
+    public void Dispose() => _timer?.Dispose();
 }
