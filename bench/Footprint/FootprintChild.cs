@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Reflection;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 using Compaction.Bench.Scenarios;
 
 namespace Compaction.Bench.Footprint;

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Globalization;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 
 namespace Compaction.Bench.Scenarios;
 

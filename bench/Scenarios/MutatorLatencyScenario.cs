@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 
 namespace Compaction.Bench.Scenarios;
 

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 
 namespace Compaction.Bench.Scenarios;
 

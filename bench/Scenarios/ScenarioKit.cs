@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 
 namespace Compaction.Bench.Scenarios;
 

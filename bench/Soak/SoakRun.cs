@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 using Compaction.Interop;
 
 namespace Compaction.Bench.Soak;

@@ -1,3 +1,5 @@
+using Compaction.Allocator.Diagnostics;
+
 namespace Compaction.Allocator;
 
 /// <summary>
@@ -143,6 +145,19 @@ public sealed class HeapOptions
     /// </summary>
     public int MemoryLimitPercent { get; set; }
 
+    /// <summary>
+    /// The heap's one wall clock: every wait and every duration the heap measures is read from it — the background
+    /// thread's wakes (<see cref="CompactionInterval"/>, and the sleeps that keep a waste-driven run at
+    /// <see cref="CompactionCpuShare"/>, waited on the provider's timers), the free-since times behind
+    /// <see cref="DecommitDelay"/>, the budgets and slices of compaction (<see cref="CompactionBudgetTime"/>,
+    /// <see cref="CompactionSliceTime"/>) and the memory limit's slices. Default <see cref="System.TimeProvider.System"/>.
+    /// Tests and simulations pass their own (a manual provider whose time they advance), so that the background thread
+    /// wakes, and free memory ages, exactly when they say. Not read from it: the background thread's processor time
+    /// (a CPU clock, not a wall clock), the long-term pins' patience and the 200 ms bound of a Dispose's wait for calls
+    /// in flight (deadlock guards, which must not wait on a clock a test may never advance).
+    /// </summary>
+    public TimeProvider TimeProvider { get; set; } = TimeProvider.System;
+
     /// <summary>The limit these options set, in bytes: <see cref="MemoryLimit"/>, or <see cref="MemoryLimitPercent"/>
     /// of the memory available to the process; 0 for none.</summary>
     internal long EffectiveMemoryLimit() =>
@@ -194,6 +209,8 @@ public sealed class HeapOptions
             throw new ArgumentException($"MemoryLimitPercent must be from 0 (none) to 100; it was {MemoryLimitPercent}.", nameof(MemoryLimitPercent));
         if (MemoryLimit != 0 && MemoryLimitPercent != 0)
             throw new ArgumentException("MemoryLimit and MemoryLimitPercent cannot both be set.", nameof(MemoryLimitPercent));
+        if (TimeProvider is null)
+            throw new ArgumentException("TimeProvider must not be null.", nameof(TimeProvider));
         if (RetainedBytesLimit < 0)
             throw new ArgumentException($"RetainedBytesLimit must not be negative; it was {RetainedBytesLimit}.", nameof(RetainedBytesLimit));
     }

@@ -1,27 +1,22 @@
-using System.Diagnostics;
 using System.Diagnostics.Tracing;
-using System.Runtime.CompilerServices;
-using Compaction.Allocator.Compaction;
-using Compaction.Allocator.Os;
+using Compaction.Allocator.Diagnostics;
+using Compaction.Allocator.Engine;
 
 namespace Compaction.Allocator;
 
-// The compaction and reclaim triggers of the public API: explicit compaction, the background thread (kcompactd)
-// and its hand-driven step, and the explicit release of free memory.
+// The compaction, reclaim and diagnostics entry points of the public API: explicit compaction, the background
+// thread's controls (the thread itself is Engine/CompactionDaemon.cs) and its hand-driven step, the explicit release
+// of free memory, and the statistics and maps (their walks are Diagnostics/HeapInspector.cs).
 public sealed partial class NativeHeap
 {
-    private Thread? _daemon;                       // the running background thread, or null
-    private ManualResetEventSlim? _daemonStop;     // its stop signal
-    // Every background thread started and not yet known to have ended, with its stop signal: a thread an owner
-    // callback stopped (on that thread itself) is not joined by the stop, so Dispose joins it.
-    private readonly List<(Thread thread, ManualResetEventSlim stop)> _daemons = [];
-    private bool _daemonsClosed;                   // Dispose is stopping them: no thread may start
-    private readonly Lock _daemonLock = new();     // guards the fields above; never held while a thread works or is joined
-    private long _backgroundFailures;              // exceptions that ended a background thread
-    private string? _lastBackgroundFailure;        // the last one, "type: message"
+    private static NativeHeapEventSource Events => NativeHeapEventSource.Log;
+
+    /// <summary>True when a listener wants events of <paramref name="keywords"/> at <paramref name="level"/>: one
+    /// load and a compare when nobody listens.</summary>
+    private static bool Tracing(EventKeywords keywords, EventLevel level = EventLevel.Informational) => Events.IsEnabled(level, keywords);
 
     /// <summary>A snapshot of the heap's compaction and reclaim counters.</summary>
-    private CompactionStatistics CountersNow() => new(_counters.Read());
+    private CompactionStatistics CountersNow() => _inspector.Counters();
 
     /// <summary>
     /// Compacts the whole movable zone now (like writing to /proc/sys/vm/compact_memory): size classes are
@@ -38,186 +33,46 @@ public sealed partial class NativeHeap
     {
         if (_disposed) ThrowHelper.Disposed();
         if (_compactor == null) return new CompactionStatistics();
-        using Section _ = new(_caches);
+        using CallSection _ = new(_caches);
         CompactionStatistics before = CountersNow();
-        long t0 = Stopwatch.GetTimestamp();
+        long t0 = _clock.GetTimestamp();
         bool traced = Tracing(NativeHeapEventSource.Keywords.Compaction);
         if (traced) Events.CompactionStart(_id, "explicit", "sync_full");
         _compactor.CompactAll();
         GC.KeepAlive(this);   // the run worked on native memory the finalizer would free
         CompactionStatistics run = CountersNow() - before;
-        if (traced) Events.Pass(_id, "explicit", "sync_full", run, t0);
+        if (traced) Events.Pass(_id, "explicit", "sync_full", run, _clock.GetElapsedTime(t0));
         return run;
     }
 
     /// <summary>
     /// Runs one wake of the background compactor by hand, with the time passed in: slab consolidation, a proactive
     /// pass if the fragmentation score is above the high watermark, and the decommit of pageblocks free for longer
-    /// than <see cref="HeapOptions.DecommitDelay"/> (measured against <paramref name="now"/>). Skipped while another
-    /// compaction runs.
+    /// than <see cref="HeapOptions.DecommitDelay"/> (measured against <paramref name="now"/>, the heap's time: the
+    /// background thread passes the time on <see cref="HeapOptions.TimeProvider"/> since the heap was created). Skipped
+    /// while another compaction runs.
     /// </summary>
     /// <returns>The counters of this step.</returns>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public CompactionStatistics RunCompactionStep(TimeSpan now)
     {
         if (_disposed) ThrowHelper.Disposed();
-        using Section _ = new(_caches);
+        using CallSection _ = new(_caches);
         CompactionStatistics before = CountersNow();
-        BackgroundStep(now);
+        _daemon.Step(now);
+        GC.KeepAlive(this);   // the step worked on native memory the finalizer would free
         return CountersNow() - before;
     }
 
-    /// <summary>One wake: the compactor's step, then the delayed trim (only when the compactor ran: a wake skipped
-    /// because another compaction runs, or from inside one, skips both). After a waste-driven slice, what it emptied
-    /// goes back to the OS at once instead of the trim: wholly free pageblocks (and kept empty slabs) after every
-    /// slice, and free runs inside used pageblocks purged when the run has ended.</summary>
-    private void BackgroundStep(TimeSpan now)
-    {
-        if (!Events.IsEnabled())
-        {
-            BackgroundStepCore(now);
-            return;
-        }
-        // Traced: the wake's counters before and after, and what the OS got back.
-        CompactionStatistics before = CountersNow();
-        long purged = _memory.PurgedBytes, decommitted = _memory.DecommittedBytes, t0 = Stopwatch.GetTimestamp();
-        BackgroundStepCore(now);
-        CompactionStatistics d = CountersNow() - before;
-        string trigger = d.WasteWakes > 0 ? "waste" : d.CompactDaemonMigrateScanned > 0 ? "proactive" : d.PagesCompacted > 0 ? "consolidation" : "idle";
-        if (Tracing(NativeHeapEventSource.Keywords.Background, EventLevel.Verbose))
-            Events.BackgroundWake(_id, trigger, d.BytesMoved, Stopwatch.GetElapsedTime(t0).TotalMilliseconds,
-                                  (double)_pages.ResidentBytesEstimate / Math.Max(1, _caches.LiveTotals().bytes));
-        if (Tracing(NativeHeapEventSource.Keywords.Compaction)) Events.Failures(_id, d);
-        long gaveBack = _memory.DecommittedBytes - decommitted, purgedNow = _memory.PurgedBytes - purged;
-        if ((gaveBack | purgedNow) != 0 && Tracing(NativeHeapEventSource.Keywords.Reclaim)) Events.Released(_id, "background", gaveBack, purgedNow);
-    }
-
-    private void BackgroundStepCore(TimeSpan now)
-    {
-        if (_softLimitRatio != 0) UpdateSoftLimit();   // follows live bytes down as well as up
-        if (_compactor == null)
-        {
-            _reclaimer.Trim(now);
-            GC.KeepAlive(this);
-            return;
-        }
-        BackgroundStepResult step = _compactor.BackgroundStep();
-        BackgroundStepOutcome outcome = step.Outcome;
-        if (outcome == BackgroundStepOutcome.Skipped) return;
-        if (step.ShareChange != 0 && Tracing(NativeHeapEventSource.Keywords.Background))
-            Events.WasteShareChanged(_id, step.ShareChange > 0, 100 * _options.CompactionCpuShare / step.ShareDivisor);
-        if (outcome == BackgroundStepOutcome.WasteSlice)
-        {
-            // The slice's release replaces this wake's delayed trim (it decommits every wholly free pageblock now).
-            _reclaimer.ReleaseEmptiedPageblocks();
-            if (!_compactor.WasteRunActive) _reclaimer.PurgeFreeRuns();
-        }
-        else
-        {
-            _reclaimer.Trim(now);
-        }
-        GC.KeepAlive(this);   // the step works on native memory the finalizer would free
-    }
-
-    /// <summary>How long the background thread sleeps before its next wake: the interval, or during a waste-driven
-    /// run what keeps the thread at its CPU share: a wake that took t (the slice and the release after it) at share c
-    /// sleeps t * (1 / c - 1), at least 1 ms; c is CompactionCpuShare divided by the run's back-off (1 to 8).</summary>
-    private TimeSpan NextWakeDelay(TimeSpan took)
-    {
-        if (_compactor == null || !_compactor.WasteRunActive) return _options.CompactionInterval;
-        double share = _options.CompactionCpuShare / _compactor.WasteShareDivisor;   // lowered after cycles that gave back little
-        return TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, (long)(took.Ticks * (1 / share - 1))));
-    }
-
     /// <summary>Starts the background compactor thread (like kcompactd): it wakes every
-    /// <see cref="HeapOptions.CompactionInterval"/> and runs <see cref="RunCompactionStep"/>. Does nothing if it runs.
-    /// The thread holds the heap only weakly between wakes, so a heap dropped without <see cref="Dispose"/> is still
-    /// finalized (and the thread ends).</summary>
+    /// <see cref="HeapOptions.CompactionInterval"/> on <see cref="HeapOptions.TimeProvider"/>'s timers and runs
+    /// <see cref="RunCompactionStep"/> with that clock's time. Does nothing if it runs. The thread holds the heap only
+    /// weakly between wakes, so a heap dropped without <see cref="Dispose"/> is still finalized (and the thread ends).</summary>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
     public void StartBackgroundCompaction()
     {
         if (_disposed) ThrowHelper.Disposed();
-        lock (_daemonLock)
-        {
-            if (_daemonsClosed) ThrowHelper.Disposed();
-            if (_daemon != null) return;
-            _daemons.RemoveAll(d => !d.thread.IsAlive);
-            var stop = new ManualResetEventSlim();
-            var weak = new WeakReference<NativeHeap>(this);
-            TimeSpan first = _options.CompactionInterval;
-            long origin = Stopwatch.GetTimestamp();
-            var thread = new Thread(() =>
-            {
-                TimeSpan delay = first;
-                while (!stop.Wait(delay) && WakeOnce(weak, origin, out delay)) { }
-            })
-            { IsBackground = true, Name = "NativeHeap compactor" };
-            _daemonStop = stop;
-            _daemon = thread;
-            _daemons.Add((thread, stop));
-            thread.Start();
-        }
-    }
-
-    /// <summary>One wake of the background thread. Not inlined, so that the strong reference it takes lives only in
-    /// this frame and the heap is unreachable (finalizable) between wakes; <see cref="GC.KeepAlive"/> holds it to the
-    /// end of the step, since optimised code would otherwise let the heap die (and its finalizer free the arena) while
-    /// the step still works on it. False when the heap is gone, or when the step threw: the exception is caught here
-    /// (an exception escaping a thread would end the process), recorded and reported, and the thread ends.</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static bool WakeOnce(WeakReference<NativeHeap> weak, long origin, out TimeSpan next)
-    {
-        next = default;
-        if (!weak.TryGetTarget(out NativeHeap? heap) || heap._disposed) return false;
-        try
-        {
-            long start = Stopwatch.GetTimestamp(), cpu = ThreadCpuClock.Nanoseconds();
-            heap.BackgroundStep(Stopwatch.GetElapsedTime(origin));
-            next = heap.NextWakeDelay(Stopwatch.GetElapsedTime(start));
-            if (cpu >= 0)
-                Interlocked.Add(ref heap._counters[CompactionCounter.BackgroundCpuNanoseconds], Math.Max(0, ThreadCpuClock.Nanoseconds() - cpu));
-        }
-        catch (Exception ex)
-        {
-            heap.BackgroundThreadFailed(ex);
-            return false;
-        }
-        finally
-        {
-            GC.KeepAlive(heap);
-        }
-        return true;
-    }
-
-    /// <summary>The background thread's step threw <paramref name="ex"/>. The heap is consistent: every lock of the
-    /// step was released, every frozen entry unfrozen and every isolated page given back by the finally blocks on the
-    /// way out (native-layout.md, section 9, "An exception inside a pass"). Counts and records it, raises
-    /// BackgroundFailed, and marks the thread stopped (unless a stop or a restart already replaced it) so that
-    /// <see cref="BackgroundCompactionRunning"/> is false and <see cref="StartBackgroundCompaction"/> starts a new one.
-    /// Called on the failing thread, which ends right after.</summary>
-    private void BackgroundThreadFailed(Exception ex)
-    {
-        // The count and the thread's state first: they allocate nothing, so they hold even when what failed was a
-        // managed allocation and the words below fail too.
-        Interlocked.Increment(ref _backgroundFailures);
-        lock (_daemonLock)
-        {
-            if (_daemon == Thread.CurrentThread)
-            {
-                _daemon = null;
-                _daemonStop = null;
-            }
-        }
-        try
-        {
-            Volatile.Write(ref _lastBackgroundFailure, $"{ex.GetType().FullName}: {ex.Message}");
-            if (Tracing(NativeHeapEventSource.Keywords.Background, EventLevel.Error))
-                Events.BackgroundFailed(_id, ex.GetType().FullName ?? ex.GetType().Name, ex.Message);
-        }
-        catch (Exception)
-        {
-            // An exception escaping the background thread would end the process; the failure is counted already.
-        }
+        _daemon.Start();
     }
 
     /// <summary>Stops the background compactor and waits for its current step to end. Does nothing if it is not
@@ -227,50 +82,11 @@ public sealed partial class NativeHeap
     public void StopBackgroundCompaction()
     {
         if (_disposed) ThrowHelper.Disposed();
-        Thread? thread;
-        lock (_daemonLock)
-        {
-            if (_daemon == null) return;
-            thread = _daemon;
-            _daemonStop!.Set();
-            _daemon = null;
-            _daemonStop = null;
-        }
-        // Joined outside the lock: a step's owner callback may start or stop the thread meanwhile.
-        if (thread != Thread.CurrentThread) thread.Join();
-    }
-
-    /// <summary>For Dispose: signals every background thread ever started to stop, and joins each (none is the
-    /// calling thread: Dispose refuses from inside a compaction, and the thread runs nothing else). Afterwards no
-    /// thread can start until <see cref="ReopenDaemons"/>. Returns whether one was running.</summary>
-    private bool CloseDaemons()
-    {
-        List<Thread> threads;
-        bool running;
-        lock (_daemonLock)
-        {
-            _daemonsClosed = true;
-            running = _daemon != null;
-            _daemon = null;
-            _daemonStop = null;
-            foreach ((Thread _, ManualResetEventSlim stop) in _daemons) stop.Set();
-            threads = _daemons.ConvertAll(d => d.thread);
-            _daemons.Clear();
-        }
-        foreach (Thread t in threads)
-            if (t != Thread.CurrentThread) t.Join();
-        return running;
-    }
-
-    /// <summary>Undoes <see cref="CloseDaemons"/> for a Dispose that was refused, restarting the thread if one ran.</summary>
-    private void ReopenDaemons(bool wasRunning)
-    {
-        lock (_daemonLock) _daemonsClosed = false;
-        if (wasRunning) StartBackgroundCompaction();
+        _daemon.Stop();
     }
 
     /// <summary>True while the background compactor thread runs (false once the heap is disposed; never throws).</summary>
-    public bool BackgroundCompactionRunning => Volatile.Read(ref _daemon) != null;
+    public bool BackgroundCompactionRunning => _daemon.Running;
 
     /// <summary>Returns free memory to the OS so that resident memory falls: drains the per-thread caches, frees the
     /// empty slabs kept for reuse, decommits every wholly free pageblock (madvise DONTNEED on Linux), then purges
@@ -284,7 +100,7 @@ public sealed partial class NativeHeap
     public long ReleaseFreeMemory()
     {
         if (_disposed) ThrowHelper.Disposed();
-        using Section _ = new(_caches);
+        using CallSection _ = new(_caches);
         long purged = _memory.PurgedBytes, decommitted = _memory.DecommittedBytes;
         long bytes = _reclaimer.ReleaseFreeMemory();
         GC.KeepAlive(this);   // the release worked on native memory the finalizer would free
@@ -292,4 +108,31 @@ public sealed partial class NativeHeap
             Events.Released(_id, "explicit", _memory.DecommittedBytes - decommitted, _memory.PurgedBytes - purged);
         return bytes;
     }
+
+    /// <summary>A snapshot of memory use, free lists per order and migrate type, and slab occupancy.</summary>
+    /// <remarks>Cost: a walk of every zone's free lists and every size class under their locks, and a managed
+    /// snapshot object: microseconds to a millisecond or so with a large arena; not for a hot path (the metrics take
+    /// one per collection). Taken under the statistics lock, which Dispose takes before it frees anything, so a
+    /// snapshot racing a Dispose (a metrics listener's collection may well) never reads freed metadata.</remarks>
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    public HeapStatistics GetStatistics() => _inspector.Statistics();
+
+    /// <summary>
+    /// A map of the arena for <see cref="ArenaMap.Svg"/>: each pageblock below the zones' frontiers with its migrate
+    /// type, commit state, occupancy and pinned pages. Each pageblock is read under its zone's lock; the walk does not
+    /// stop the heap, so the map shows it as it was during the walk.
+    /// </summary>
+    /// <remarks>Cost: proportional to the arena in use (every page descriptor below the frontiers is read).</remarks>
+    /// <param name="title">The caption of the picture.</param>
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    public ArenaMap GetArenaMap(string title = "arena") => _inspector.WalkArena(title);
+
+    /// <summary>
+    /// Page by page, <paramref name="count"/> pageblocks from <paramref name="firstPageblock"/> on (below the zones'
+    /// frontiers), for <see cref="ArenaMap.PageSvg"/>: what each page holds, its occupancy and its pins. Read under
+    /// each zone's lock, a pageblock at a time, like <see cref="GetArenaMap"/>.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The range is outside the arena.</exception>
+    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
+    public IReadOnlyList<PageView> GetPageMap(int firstPageblock, int count) => _inspector.WalkPages(firstPageblock, count);
 }

@@ -2,6 +2,8 @@ using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Compaction.Allocator.Caches;
 using Compaction.Allocator.Compaction;
+using Compaction.Allocator.Diagnostics;
+using Compaction.Allocator.Engine;
 using Compaction.Allocator.Handles;
 using Compaction.Allocator.Layout;
 using Compaction.Allocator.Migration;
@@ -25,10 +27,14 @@ namespace Compaction.Allocator;
 /// allocate and free take no lock.</para>
 /// <para>Reaching a block's bytes: an unmovable block has a stable address (<see cref="GetStablePointer"/>); a movable
 /// block is reached by pinning it (<see cref="Pin"/>, a scope), and a pinned block is never moved.</para>
-/// <para>Thread safety: every member may be called from any thread at the same time, except <see cref="Dispose"/>,
-/// which must not race with other calls on the same heap (as with any disposable resource).</para>
-/// <para>This class is the top layer: it builds the layers below it (pages, slabs, handles, caches, the migrator,
-/// the compactor, the reclaimer) and hands each what it needs; none of them sees the heap.</para>
+/// <para>Thread safety: every member may be called from any thread at the same time, <see cref="Dispose"/> included:
+/// a call racing a Dispose either completes before the memory goes away or throws
+/// <see cref="ObjectDisposedException"/>, and the Dispose refuses while a pin is held (see its remarks).</para>
+/// <para>This class is the top layer, a thin façade: it builds the layers below it (pages, slabs, handles, caches,
+/// the migrator, the compactor, the reclaimer, and the engine's classes: the slow allocation paths and the memory
+/// limit, the background daemon, long-term pins, the statistics' walks) and hands each what it needs; none of them
+/// sees the heap. What stays here is the public surface, the inlined fast paths (allocate, free, pin) and Dispose's
+/// decision (native-layout.md, section 0).</para>
 /// </remarks>
 public sealed unsafe partial class NativeHeap : IDisposable
 {
@@ -45,24 +51,28 @@ public sealed unsafe partial class NativeHeap : IDisposable
     private readonly Compactor? _compactor;        // null when the heap has no movable zone
     private readonly Reclaimer _reclaimer;
     // The compaction and reclaim counters, one set whatever zones the heap has: the compactor (when there is a movable
-    // zone) and the reclaimer write them, the statistics read them.
+    // zone), the reclaimer and the memory limit's slices write them, the statistics read them.
     private readonly CompactionCounters _counters = new();
+    private readonly LongTermPinCounts _longTermCounts = new();
+    private readonly BackgroundFailures _backgroundFailures = new();
+    private readonly AllocationPaths _paths;           // every allocation and free the fast paths do not finish
+    private readonly MemoryLimitKeeper _limit;
+    private readonly LongTermPinner _longTerm;
+    private readonly CompactionDaemon _daemon;
+    private readonly HeapInspector _inspector;
+    private readonly TimeProvider _clock;              // _options.TimeProvider: the heap's one wall clock
     private readonly long _maxBlockSize;
     private readonly long _smallLimit;                 // _classes.Threshold: the largest slab block
     private readonly int _classCount;                  // _classes.Count: bins of one kind
     private readonly byte[] _classOf;                  // _classes' size-to-class table, one load nearer the fast paths
-    private readonly CacheBins _bins;                  // _caches.Layout
-    private readonly FreePoison _poison;               // _pages.Poison
     private readonly bool _poisonFreed;                // _options.PoisonFreedMemory: the fast paths' one branch
     private volatile bool _disposed;
-    private readonly long _memoryLimit;                // bytes the arena may hold committed; 0 for no limit
-    private readonly double _softLimitRatio;           // the soft limit's multiple of live bytes (WasteHighRatio); 0: none
 
     /// <summary>Creates a heap. Reserves <see cref="HeapOptions.ArenaBytes"/> of address space; commits nothing yet.</summary>
     /// <param name="options">Settings, validated here; null for the defaults.</param>
     /// <exception cref="ArgumentException">An option is out of range; <see cref="ArgumentException.ParamName"/> names it.</exception>
     /// <exception cref="OutOfMemoryException">The address space could not be reserved.</exception>
-    public NativeHeap(HeapOptions? options = null) : this(options, OsMemory.Default) { }
+    public NativeHeap(HeapOptions? options = null) : this(options, LinuxOsMemory.Instance) { }
 
     /// <summary>Creates a heap whose system calls (reservation, commits, decommits, purges, advice, the handle
     /// table's new chunks) go through <paramref name="os"/>: tests hand it a layer that refuses chosen calls
@@ -74,44 +84,56 @@ public sealed unsafe partial class NativeHeap : IDisposable
         _options = (options ?? new HeapOptions()).Clone();
         _options.Validate();
         _id = _handles.Owner;
+        _clock = _options.TimeProvider;
         try
         {
-            int pageSize = _options.PageSize, pbPages = _options.PageblockPages;
-            long maxOrderBytes = 2L * pageSize * pbPages;
-            long arenaBytes = (_options.ArenaBytes + maxOrderBytes - 1) / maxOrderBytes * maxOrderBytes;
+            HeapOptions o = _options;
+            int pageSize = o.PageSize, pbPages = o.PageblockPages;
+            long pageblockBytes = (long)pageSize * pbPages, maxOrderBytes = 2 * pageblockBytes;
+            long arenaBytes = (o.ArenaBytes + maxOrderBytes - 1) / maxOrderBytes * maxOrderBytes;
             int pageCount = checked((int)(arenaBytes / pageSize));
-            _memory = new ArenaMemory((nuint)arenaBytes, (nuint)((long)pageSize * pbPages), _options.UseHugePages, _options.ForcePortableMemory, os,
-                                      clearFirstCommit: _options.PoisonFreedMemory);
-            long limit = _options.EffectiveMemoryLimit();
+            _memory = new ArenaMemory((nuint)arenaBytes, (nuint)pageblockBytes, o.UseHugePages, o.ForcePortableMemory, os,
+                                      clearFirstCommit: o.PoisonFreedMemory);
+            long limit = o.EffectiveMemoryLimit(), memoryLimit = 0;
             if (limit != 0)
             {
                 // Whole pageblocks (what a commit takes), at least two: one per zone.
-                long pageblockBytes = (long)pageSize * pbPages;
-                _memoryLimit = Math.Max(2 * pageblockBytes, limit / pageblockBytes * pageblockBytes);
-                _memory.LimitBytes = _memoryLimit;
+                memoryLimit = Math.Max(2 * pageblockBytes, limit / pageblockBytes * pageblockBytes);
+                _memory.LimitBytes = memoryLimit;
+                // The limit counts the metadata too: each pageblock's descriptors at its first commit, the handle
+                // table's chunks (charged before the first Pop takes one), the bitmap (below).
                 _memory.DescriptorBytesPerPageblock = (long)pbPages * sizeof(PageDescriptor);
-                _handles.ChargeTo = _memory;   // before the first Pop takes a chunk
+                _handles.ChargeTo = _memory;
             }
-            _softLimitRatio = _options.WasteHighRatio;
-            if (_softLimitRatio != 0) _memory.SoftLimitBytes = Math.Max(2L * pageSize * pbPages, _options.WasteMinBytes);
+            if (o.WasteHighRatio != 0) _memory.SoftLimitBytes = Math.Max(maxOrderBytes, o.WasteMinBytes);
             _map = new PageMap(_memory.Base, pageSize, pbPages, pageCount, os);
-            if (_memoryLimit != 0) _memory.ChargeMetadata(_map.PageblockBitmapBytes);
-            _pages = new PageAllocator(_map, _memory, _options.MovableZonePercent, _options.PoisonFreedMemory);
-            _poison = _pages.Poison;
-            _poisonFreed = _poison.Enabled;
+            if (memoryLimit != 0) _memory.ChargeMetadata(_map.PageblockBitmapBytes);
+            _pages = new PageAllocator(_map, _memory, o.MovableZonePercent, o.PoisonFreedMemory);
+            _poisonFreed = _pages.Poison.Enabled;
             _maxBlockSize = (long)_pages.LargestZonePages * pageSize;
 
-            _classes = new SizeClasses(_options.SlabThreshold, pageSize);
+            _classes = new SizeClasses(o.SlabThreshold, pageSize);
             _slabs = [new SlabAllocator(_pages, BlockKind.Movable, _classes), new SlabAllocator(_pages, BlockKind.Unmovable, _classes)];
             _smallLimit = _classes.Threshold;
             _classCount = _classes.Count;
             _classOf = _classes.ClassTable;
-            _caches = new ThreadCaches(_slabs, _pages, _handles, _classes, _options.PerThreadCaches, DepotRunBytes(arenaBytes));
-            _bins = _caches.Layout;
+            _caches = new ThreadCaches(_slabs, _pages, _handles, _classes, o.PerThreadCaches, DepotRunBytes(arenaBytes));
             _migrator = new Migrator(_handles, _pages, _slabs[(int)BlockKind.Movable], _slabs[(int)BlockKind.Unmovable], new OwnerRegistry());
             if (_pages.Movable != null)
-                _compactor = new Compactor(CompactionSettingsOf(_options), _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches, _counters);
-            _reclaimer = new Reclaimer(new ReclaimSettings(_options.DecommitDelay, _options.RetainedBytesLimit), _pages, _slabs, _caches, _counters);
+                _compactor = new Compactor(CompactionSettingsOf(o), _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches, _counters);
+            _reclaimer = new Reclaimer(new ReclaimSettings(o.DecommitDelay, o.RetainedBytesLimit), _pages, _slabs, _caches, _counters);
+
+            _limit = new MemoryLimitKeeper(
+                new LimitSettings(memoryLimit, o.WasteHighRatio, o.WasteMinBytes, pageblockBytes, o.CompactionSliceTime, o.DirectCompaction, _clock),
+                _id, _memory, _caches, _handles, _reclaimer, _compactor, _counters, _longTermCounts);
+            _paths = new AllocationPaths(new AllocationParts(_id, _map, _pages, _classes, _handles, _caches, _migrator, _compactor,
+                                                             _reclaimer, _counters, _limit, _maxBlockSize, o.DirectCompaction, _clock));
+            _longTerm = new LongTermPinner(_id, _map, _migrator, _paths, _longTermCounts, LongTermPinPatience);
+            _daemon = new CompactionDaemon(new DaemonSettings(o.CompactionInterval, o.CompactionCpuShare, _clock),
+                                           new DaemonParts(_id, _memory, _pages, _caches, _compactor, _reclaimer, _limit, _counters, _backgroundFailures),
+                                           anchor: this);
+            _inspector = new HeapInspector(new InspectedParts(_id, _memory, _map, _pages, _classes, _slabs, _handles, _caches, _migrator,
+                                                              _compactor, _counters, _longTermCounts, _backgroundFailures, memoryLimit, _clock));
         }
         catch
         {
@@ -119,9 +141,17 @@ public sealed unsafe partial class NativeHeap : IDisposable
             GC.SuppressFinalize(this);
             throw;
         }
-        HeapMetrics.Register(this);
+        HeapMetrics.Register(_inspector);
         if (_options.BackgroundCompaction) StartBackgroundCompaction();
     }
+
+    /// <summary>The options the compactor uses, as its own settings record (nothing below the API takes HeapOptions).</summary>
+    private static CompactionSettings CompactionSettingsOf(HeapOptions o) => new(
+        o.Proactiveness, o.CompactionBudgetBytes, o.CompactionBudgetTime, o.CompactionSliceTime, o.WasteHighRatio,
+        o.WasteLowRatio, o.WasteMinBytes, o.RetainedBytesLimit, o.ThreadCachesDuringMigration, o.TimeProvider);
+
+    /// <summary>Bytes of free runs the depot keeps for reuse: a quarter of the arena, at most 64 MiB.</summary>
+    private static long DepotRunBytes(long arenaBytes) => Math.Min(64L << 20, arenaBytes / 4);
 
     /// <summary>The options this heap was created with (a copy; changing it has no effect).</summary>
     /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
@@ -145,6 +175,13 @@ public sealed unsafe partial class NativeHeap : IDisposable
         }
     }
 
+    /// <summary>This heap's id: unique in the process and never reused (the owner word of its handle-table chunks); the
+    /// <see cref="HeapMetrics.HeapTag"/> of its measurements.</summary>
+    public long Id => _id;
+
+    /// <summary>True once <see cref="Dispose"/> has succeeded.</summary>
+    public bool IsDisposed => _disposed;
+
     /// <summary>
     /// A <see cref="HeapContext"/> for the calling thread: allocate, free and pin through it skip the thread-local
     /// lookup of the heap's own methods. Cheap (the thread's cache is made on its first use of the heap); obtain one
@@ -163,6 +200,19 @@ public sealed unsafe partial class NativeHeap : IDisposable
     {
         if (_disposed) ThrowHelper.Disposed();
     }
+
+    // The layers this heap built, for the test hooks (NativeHeapTestHooks.cs), the benchmarks and the tools: internal
+    // views, read by nothing in the product.
+    internal PageMap Map => _map;
+    internal PageAllocator Pages => _pages;
+    internal SizeClasses Classes => _classes;
+    internal SlabAllocator[] Slabs => _slabs;
+    internal HandleTable Handles => _handles;
+    internal ArenaMemory Memory => _memory;
+    internal Compactor? Compactor => _compactor;
+    internal ThreadCaches Caches => _caches;
+    internal Migrator Migrator => _migrator;
+    internal Reclaimer Reclaimer => _reclaimer;
 
     // ------------------------------------------------------------------ allocate
 
@@ -214,60 +264,12 @@ public sealed unsafe partial class NativeHeap : IDisposable
             tc.LiveBytes += handle != 0 ? size : 0;
             tc.LiveBlocks += handle != 0 ? 1 : 0;
             // Published inside the cache section: a Dispose waits for it, so the entry's chunk is still this heap's.
-            if (handle != 0 && !_poisonFreed) PublishBound(handle, size, kind, run: false);
+            if (handle != 0 && !_poisonFreed) AllocationPaths.PublishBound(handle, size, kind, run: false);
             ThreadCaches.Exit(tc);
-            if (handle == 0) return AllocateSmallAfterMiss(size, kind, tc);
-            return _poisonFreed ? PublishCheckedSlot(handle, size, kind, tc) : handle;
+            if (handle == 0) return _paths.AllocateSmallAfterMiss(size, kind, tc);
+            return _poisonFreed ? _paths.PublishCheckedSlot(handle, size, kind, tc) : handle;
         }
-        return AllocateSlow(size, kind, tc);
-    }
-
-    /// <summary>Poisoning on: checks a popped slot's pattern (raising events for what it found, so outside the cache
-    /// section) and publishes it, inside a call section.</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private ulong PublishCheckedSlot(ulong handle, long size, BlockKind kind, ThreadCache tc)
-    {
-        _caches.EnterCall(tc);
-        try
-        {
-            CheckCachedSlot(handle, size);
-            return PublishBound(handle, size, kind, run: false);
-        }
-        finally
-        {
-            _caches.ExitCall(tc);
-        }
-    }
-
-    /// <summary>Poisoning on: the slot of a bound free entry a cache handed out holds the pattern throughout (it was
-    /// filled when its block was freed, or when it was bound); a changed byte is a write through a stale pointer,
-    /// counted and reported, and the slot is handed out all the same (its contents are unspecified anyway). The entry
-    /// is free and ours, so its Address is stable.</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private void CheckCachedSlot(ulong handle, long size)
-    {
-        _poison.Check(HandleStore.Get(HandleBits.Index(handle))->Address, _classes.Size[ClassOf(size)]);
-        RaiseUseAfterFreeEvents();   // this one, and any a refill found under its class lock
-    }
-
-    /// <summary>Poisoning on: a run being handed out, from a cache (poisoned whole when its block was freed) or from
-    /// free pages (each page the pattern or zero: purged, decommitted and never-used pages read as zero).</summary>
-    private void CheckRun(nint address, int pages, bool cached)
-    {
-        long bytes = (long)pages << _map.PageShift;
-        if (cached) _poison.Check(address, bytes);
-        else _poison.CheckPoisonOrZero(address, bytes);
-    }
-
-    /// <summary>Poisoning on: the storage of a block just freed (the entry is ours, so Address is stable) is filled
-    /// with the pattern, whole slot or whole pages, before it goes to a cache or back to its slab or zone.</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private void PoisonFreed(nint address, long state)
-    {
-        long bytes = (state & EntryState.Run) != 0
-            ? (long)_map.Page(_map.PageOf(address)).RunPages << _map.PageShift
-            : _classes.Size[_classes.ClassOf(EntryState.SlabSize(state))];
-        _poison.Fill(address, bytes);
+        return _paths.AllocateSlow(size, kind, tc);
     }
 
     /// <summary>The size class of a slab block (<see cref="SizeClasses.ClassOf(long)"/> without the indirection).</summary>
@@ -276,160 +278,6 @@ public sealed unsafe partial class NativeHeap : IDisposable
     {
         Debug.Assert(size >= 1 && size <= _smallLimit);
         return SizeClasses.ClassOf(_classOf, size);
-    }
-
-    /// <summary>Makes a bound free entry live under <paramref name="handle"/> (its current generation and index, as a
-    /// cache keeps it): its Address already names its storage, so one release store of the state word (generation,
-    /// size bits, flags) publishes the block; the entry is not read.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static ulong PublishBound(ulong handle, long size, BlockKind kind, bool run)
-    {
-        HandleEntry* e = HandleStore.Base + HandleBits.Index(handle);
-        // Free and ours: no other thread writes the state word of a free entry, so the cached generation is current.
-        Debug.Assert((e->State & (EntryState.Allocated | EntryState.Retired)) == 0, "only free, unretired entries are handed out");
-        Debug.Assert(EntryState.Generation(e->State) == HandleBits.Generation(handle), "a cached handle carries the entry's generation");
-        long flags = EntryState.Allocated | (kind == BlockKind.Movable ? EntryState.Movable : 0) | (run ? EntryState.Run : 0);
-        Volatile.Write(ref e->State, ((long)handle & EntryState.GenerationMask) | EntryState.WithSize(size) | flags);
-        return handle;
-    }
-
-    /// <summary>The handle a free entry of this heap will be issued with next.</summary>
-    private static ulong NextHandle(uint index) => HandleBits.Encode(EntryState.Generation(HandleStore.Get(index)->State), index);
-
-    /// <summary>Allocation without the small fast path: a small block while caches are off (or absent), and every run.</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private ulong AllocateSlow(long size, BlockKind kind, ThreadCache? tc)
-    {
-        if ((ulong)(size - 1) >= (ulong)_maxBlockSize) ThrowHelper.BadSize(size);
-        if ((uint)kind > (uint)BlockKind.Unmovable) ThrowHelper.BadKind(kind);
-        if (size > _smallLimit)
-        {
-            ulong run = AllocateRun(size, kind, tc);
-            if (run == 0) NoteAllocationFailed(size, kind);
-            if (_poisonFreed) RaiseUseAfterFreeEvents();
-            return run;
-        }
-        ulong handle;
-        using (new AllocationSection(_caches, tc)) handle = AllocateSmallDirect(size, kind);
-        if (_poisonFreed) RaiseUseAfterFreeEvents();
-        return handle != 0 ? handle : AllocateSmallAfterMiss(size, kind, tc);
-    }
-
-    /// <summary>A small block without a cache: one fresh entry bound to one fresh slot, published. 0 when out of room.</summary>
-    private ulong AllocateSmallDirect(long size, BlockKind kind)
-    {
-        ulong handle = _caches.BindSlotDirect((int)kind * _classCount + ClassOf(size));
-        if (handle == 0) return 0;
-        _caches.AddLiveDirect(size, 1);
-        return PublishBound(handle, size, kind, run: false);
-    }
-
-    /// <summary>
-    /// A small allocation that found no slot (the arena is full as far as its class can tell): free runs and other
-    /// classes' slots parked in thread caches and the depot, and the empty slab each class keeps, hold pages no block
-    /// uses. Drain and release them, then bind one slot directly; 0 when that freed nothing or still found no room.
-    /// Called outside any cache section (a drain waits for every owner, this thread included, to be out of its own);
-    /// runs in a call section.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private ulong AllocateSmallAfterMiss(long size, BlockKind kind, ThreadCache? tc)
-    {
-        ulong handle;
-        using (new AllocationSection(_caches, tc))
-        {
-            RoomSearch room = default;
-            handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
-            while (handle == 0 && NextRoomAttempt(ref room)) handle = AllocateSmallDirect(size, kind);
-        }
-        if (handle == 0) NoteAllocationFailed(size, kind);
-        if (_poisonFreed) RaiseUseAfterFreeEvents();
-        return handle;
-    }
-
-    /// <summary>Before an allocation fails (or compacts): storage parked in thread caches and the depot, and the empty
-    /// slabs each class keeps, hold pages that no block uses (the kernel drains its per-CPU lists on the same path).
-    /// Drains and frees them; true when that freed anything, so a retry can succeed (a refused commit is not retried).
-    /// Takes the cache lock, then class and zone locks; the caller is in no cache section.</summary>
-    private bool ReleaseParkedStorage()
-    {
-        bool cached = _caches.CachedSlots() + _caches.CachedRuns() > 0;
-        if (cached) _caches.Drain();
-        return _reclaimer.ReleaseEmptySlabs() > 0 || cached;
-    }
-
-    private ulong AllocateRun(long size, BlockKind kind, ThreadCache? tc)
-    {
-        int pages = _map.PagesFor(size);
-        if (pages <= _bins.MaxRunPages && tc != null && _caches.Enter(tc))
-        {
-            // A bound free run of exactly this length from the thread's bin or the depot: no zone lock.
-            ulong cached = _caches.PopRun(tc, _bins.RunBin(kind, pages));
-            if (cached != 0)
-            {
-                tc.LiveBytes += size;
-                tc.LiveBlocks++;
-                if (!_poisonFreed)
-                {
-                    PublishBound(cached, size, kind, run: true);   // inside the cache section, which Dispose waits for
-                    ThreadCaches.Exit(tc);
-                    return cached;
-                }
-            }
-            ThreadCaches.Exit(tc);
-            if (cached != 0)
-            {
-                _caches.EnterCall(tc);
-                try
-                {
-                    CheckRun(HandleStore.Get(HandleBits.Index(cached))->Address, pages, cached: true);
-                    return PublishBound(cached, size, kind, run: true);
-                }
-                finally
-                {
-                    _caches.ExitCall(tc);
-                }
-            }
-        }
-        using (new AllocationSection(_caches, tc)) return AllocateRunFromZone(size, kind, pages);
-    }
-
-    /// <summary>A run from the zone's buddy allocator (after giving back parked storage, then after direct compaction,
-    /// when it finds no room); 0 when there is none. Caller is in a call section.</summary>
-    private ulong AllocateRunFromZone(long size, BlockKind kind, int pages)
-    {
-        Span<uint> one = stackalloc uint[1];
-        if (_handles.Pop(one) == 0)
-        {
-            // No free entry and no new chunk: under a memory limit the chunk's charge may have been refused, and
-            // making room (decommits, compaction) gives it a second chance; otherwise the table is exhausted.
-            RoomSearch entry = default;
-            bool popped = false;
-            while (!popped && NextRoomAttempt(ref entry)) popped = _handles.Pop(one) != 0;
-            if (!popped) return 0;
-        }
-        uint index = one[0];
-        int start = _pages.AllocateRun(pages, kind, index);
-        if (start < 0 && ReleaseParkedStorage()) start = _pages.AllocateRun(pages, kind, index);
-        if (start < 0 && kind == BlockKind.Movable && _compactor != null && _options.DirectCompaction)
-        {
-            // Direct compaction answers "is there a free run of this length?" (the kernel's question), not the soft
-            // limit's: its capture commits as an allocation would, past the soft limit, so that a soft refusal never
-            // counts as a failed compaction (which would defer the next ones).
-            ArenaMemory.SoftLimitApplies = false;
-            start = DirectCompact(pages, index);
-            ArenaMemory.SoftLimitApplies = true;
-        }
-        RoomSearch room = default;
-        while (start < 0 && NextRoomAttempt(ref room)) start = _pages.AllocateRun(pages, kind, index);
-        if (start < 0)
-        {
-            _handles.Push(one);
-            return 0;
-        }
-        if (_poisonFreed) CheckRun(_map.AddressOf(start), pages, cached: false);
-        _caches.AddLiveDirect(size, 1);
-        HandleStore.Get(index)->Address = _map.AddressOf(start);
-        return PublishBound(NextHandle(index), size, kind, run: true);
     }
 
     // ------------------------------------------------------------------ free
@@ -472,7 +320,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
                 && Interlocked.CompareExchange(ref e->State, freed, s) == s)
             {
                 // The entry is ours now: no migration can freeze it (its CAS expects Allocated) and no pin can succeed.
-                if (_poisonFreed) PoisonFreed(e->Address, s);
+                if (_poisonFreed) _paths.PoisonFreed(e->Address, s);
                 long size = EntryState.SlabSize(s);
                 int bin = ((s & EntryState.Movable) != 0 ? 0 : _classCount) + ClassOf(size);
                 // Cached as the handle the entry will be issued with next: the new generation and the index.
@@ -484,121 +332,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             }
             ThreadCaches.Exit(tc);
         }
-        FreeSlow(handle, e, tc, pins);
-    }
-
-    /// <summary>Every other free: a bad or pinned handle (throws), a frozen block (waits for the copy), a retiring
-    /// entry, a run, an owned block, or no cache (or caches switched off). Runs in a call section.</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private void FreeSlow(BlockHandle handle, HandleEntry* e, ThreadCache? tc, ThreadPins pins)
-    {
-        _caches.EnterCall(tc);
-        try
-        {
-            FreeInSection(handle, e, tc, pins);
-        }
-        finally
-        {
-            _caches.ExitCall(tc);
-        }
-    }
-
-    private void FreeInSection(BlockHandle handle, HandleEntry* e, ThreadCache? tc, ThreadPins pins)
-    {
-        long s, freed;
-        SpinWait spin = default;
-        while (true)
-        {
-            s = Volatile.Read(ref e->State);
-            HandleChecks.CheckLive(handle, s);
-            if ((s & EntryState.PinMask) != 0 || PinRegistry.IsPinnedBy(pins, e)) ThrowHelper.Pinned(handle);
-            if ((s & EntryState.Frozen) != 0) { FrozenByThisThread.ThrowIfFrozenHere(e); spin.SpinOnce(); continue; } // a migration owns it for a copy's time
-            // Generation + 1, or retirement when the generation would wrap (EntryState.Freed): a retired entry goes
-            // back to no list, so it is never handed out again and its last handle stays stale for ever.
-            freed = EntryState.Freed(s);
-            if (Interlocked.CompareExchange(ref e->State, freed, s) == s) break;
-        }
-        // The entry is ours now. Its Address still names its storage, which stays bound to it unless it retired.
-        if (_poisonFreed) PoisonFreed(e->Address, s);
-        uint index = HandleBits.Index(handle.Value);
-        bool retired = EntryState.IsRetired(freed);
-        BlockKind kind = (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
-        if (retired) _handles.NoteRetired();
-        if ((s & EntryState.HasOwner) != 0) _migrator.Owners.Forget(index, s);
-        long size;
-        int bin;
-        if ((s & EntryState.Run) != 0)
-        {
-            int pages = _map.Page(_map.PageOf(e->Address)).RunPages;   // ours: the run cannot move or be freed now
-            size = _map.RunSize(e->Address, s);
-            if (pages > _bins.MaxRunPages)
-            {
-                _pages.FreePoisonedPages(_map.PageOf(e->Address), pages);   // poisoned above when that is on
-                if (!retired) _handles.Push([index]);
-                _caches.AddLiveDirect(-size, -1);
-                return;
-            }
-            bin = _bins.RunBin(kind, pages);
-        }
-        else
-        {
-            size = EntryState.SlabSize(s);
-            bin = _bins.SlabBin(kind, _classes.ClassOf(size));
-        }
-        if (!retired && tc != null && _caches.Enter(tc))
-        {
-            ulong next = HandleBits.Encode(EntryState.Generation(freed), index);   // not retired: generation + 1
-            if ((s & EntryState.Run) != 0) _caches.PushRun(tc, bin, next);
-            else _caches.PushSlot(tc, bin, next);
-            tc.LiveBytes -= size;
-            tc.LiveBlocks--;
-            ThreadCaches.Exit(tc);
-            return;
-        }
-        _caches.UnbindDirect(bin, index, retired);
-        _caches.AddLiveDirect(-size, -1);
-    }
-
-    // ------------------------------------------------------------------ queries
-
-    /// <summary>The size requested for the block.</summary>
-    /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
-    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
-    public long GetSize(BlockHandle handle)
-    {
-        HandleEntry* e = Locate(handle);
-        long s = Volatile.Read(ref e->State);
-        HandleChecks.CheckLive(handle, s);
-        if ((s & EntryState.Run) == 0) return EntryState.SlabSize(s);
-        // A run's page count is in its head descriptor, which is only stable while the run cannot move: read it
-        // under a slot pin (or directly when this thread's owner callback holds the run frozen).
-        if ((s & EntryState.Frozen) != 0 && FrozenByThisThread.Holds(e)) return _map.RunSize(e->Address, s);
-        using PinScope pin = PinCore(handle, e, PinRegistry.Current);
-        return pin.Length;
-    }
-
-    /// <summary>The kind the block was allocated as.</summary>
-    /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
-    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
-    public BlockKind GetKind(BlockHandle handle)
-    {
-        HandleEntry* e = Locate(handle);
-        long s = Volatile.Read(ref e->State);
-        HandleChecks.CheckLive(handle, s);
-        return (s & EntryState.Movable) != 0 ? BlockKind.Movable : BlockKind.Unmovable;
-    }
-
-    /// <summary>The address of an unmovable block; it never changes until the block is freed.</summary>
-    /// <exception cref="InvalidOperationException">The block is movable: pin it instead.</exception>
-    /// <exception cref="InvalidBlockHandleException">The handle is null, foreign, forged or stale.</exception>
-    /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
-    public nint GetStablePointer(BlockHandle handle)
-    {
-        HandleEntry* e = Locate(handle);
-        long s = Volatile.Read(ref e->State);
-        HandleChecks.CheckLive(handle, s);
-        if ((s & EntryState.Movable) != 0) ThrowHelper.NotUnmovable(handle);
-        return e->Address;
+        _paths.FreeSlow(handle, e, tc, pins);
     }
 
     // ------------------------------------------------------------------ dispose
@@ -631,7 +365,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             try
             {
                 // The background threads stop first (a step's owner callback may still take a pin).
-                daemonWasRunning = CloseDaemons();
+                daemonWasRunning = _daemon.Close();
                 // No call is in flight from here on, and none starts until the decision (Close or Reopen). A call that
                 // cannot wait (it is inside another section) or sections that do not drain while calls wait make
                 // BeginClose give up, and Dispose refuses: it never waits for a thread that waits for it.
@@ -639,18 +373,20 @@ public sealed unsafe partial class NativeHeap : IDisposable
                 if (!_caches.BeginClose())
                     throw new InvalidOperationException("Calls on this heap are in flight that cannot finish while it is being disposed (one waits for another); dispose it when they have returned.");
                 frozen = true;
-                long pins = FreezeForDispose();
+                long pins = PinCensus.FreezeForDispose(_handles);
                 if (pins != 0)
                     throw new InvalidOperationException($"{pins} pin(s) are still held on blocks of this heap; release them before disposing it.");
-                lock (_statsLock) _disposed = true;   // a statistics snapshot in progress ends before the metadata goes
+                _inspector.Close();   // a statistics snapshot in progress ends before the metadata goes
+                _disposed = true;
+                _daemon.HeapGone();
                 _caches.Close();
             }
             catch
             {
                 // Refused, or interrupted (a thread interrupt in a wait): the heap goes on as it was.
-                if (frozen) ThawAfterRefusedDispose();
+                if (frozen) PinCensus.ThawAfterRefusedDispose(_handles);
                 if (closing) _caches.Reopen();
-                ReopenDaemons(daemonWasRunning);
+                _daemon.Reopen(daemonWasRunning);
                 throw;
             }
             ReleaseNative();
@@ -660,104 +396,17 @@ public sealed unsafe partial class NativeHeap : IDisposable
 
     private readonly Lock _disposeLock = new();
 
-    /// <summary>A call section for an entry point that touches the arena outside the allocation and free paths
-    /// (<see cref="ThreadCaches.EnterCall"/>): <c>using Section _ = new(_caches);</c>. A Dispose waits for it.</summary>
-    private readonly ref struct Section
-    {
-        private readonly ThreadCaches _caches;
-        private readonly ThreadCache? _tc;
-
-        /// <exception cref="ObjectDisposedException">The heap was disposed (or is being disposed, from inside another
-        /// call).</exception>
-        public Section(ThreadCaches caches)
-        {
-            _caches = caches;
-            _tc = caches.Current();
-            caches.EnterCall(_tc);
-        }
-
-        public void Dispose() => _caches.ExitCall(_tc);
-    }
-
-    /// <summary>The call section of an allocation made for a caller (the slow allocation paths): for its length the
-    /// thread's commits respect the soft limit (<see cref="ArenaMemory.SoftLimitApplies"/>, restored at the end; a
-    /// compaction, a long-term pin's move and the reclaimer never set it).</summary>
-    private readonly ref struct AllocationSection
-    {
-        private readonly ThreadCaches _caches;
-        private readonly ThreadCache? _tc;
-        private readonly bool _softLimitBefore;
-
-        /// <exception cref="ObjectDisposedException">The heap was disposed.</exception>
-        public AllocationSection(ThreadCaches caches, ThreadCache? tc)
-        {
-            _caches = caches;
-            _tc = tc;
-            caches.EnterCall(tc);   // first: when it throws there is nothing to restore
-            _softLimitBefore = ArenaMemory.SoftLimitApplies;
-            ArenaMemory.SoftLimitApplies = true;
-        }
-
-        public void Dispose()
-        {
-            ArenaMemory.SoftLimitApplies = _softLimitBefore;
-            _caches.ExitCall(_tc);
-        }
-    }
-
-    /// <summary>
-    /// Dispose's pin count, with new pins held off: every live entry is frozen (as a migration freezes the entries it
-    /// moves: an atomic pin waits while its entry is frozen, a slot pin that sees the freeze retries), then a
-    /// process-wide barrier, then the slot pins are counted — Dekker's argument of the pin protocol, so a pin either is
-    /// counted here or sees the freeze (native-layout.md, "Pins"). Returns the pins found (atomic ones from the state
-    /// words, slot pins from the registry). Caller: Dispose, after <see cref="ThreadCaches.BeginClose"/>, so no call
-    /// section (no migration, no free) touches a state word meanwhile; only atomic pin releases do, and they keep the
-    /// frozen bit.
-    /// </summary>
-    private long FreezeForDispose()
-    {
-        long atomic = 0;
-        foreach (uint i in _handles.Indices())
-        {
-            HandleEntry* e = _handles.Get(i);
-            while (true)
-            {
-                long s = Volatile.Read(ref e->State);
-                if ((s & EntryState.Allocated) == 0) break;
-                Debug.Assert((s & EntryState.Frozen) == 0, "no migration runs once the heap is closing");
-                if (Interlocked.CompareExchange(ref e->State, s | EntryState.Frozen, s) != s) continue;
-                atomic += s & EntryState.PinMask;
-                break;
-            }
-        }
-        Interlocked.MemoryBarrierProcessWide();
-        return atomic + PinRegistry.CountPins(_handles.Owns);
-    }
-
-    /// <summary>Undoes <see cref="FreezeForDispose"/> for a refused Dispose: clears the frozen bit of every live entry
-    /// (a CAS loop, since an atomic pin's release may change the word meanwhile); the pins that waited go on.</summary>
-    private void ThawAfterRefusedDispose()
-    {
-        foreach (uint i in _handles.Indices())
-        {
-            HandleEntry* e = _handles.Get(i);
-            while (true)
-            {
-                long s = Volatile.Read(ref e->State);
-                if ((s & EntryState.Frozen) == 0) break;
-                if (Interlocked.CompareExchange(ref e->State, s & ~EntryState.Frozen, s) == s) break;
-            }
-        }
-    }
-
     /// <summary>Releases the native memory of a heap nobody disposed, unless a pin still exposes it. The background
     /// thread holds the heap only weakly (and strongly only during a step), so an abandoned heap is finalized; its
-    /// thread sees the heap gone at its next wake and ends.</summary>
+    /// thread sees the heap gone at its next wake and ends. The statistics' walks are closed first: a metrics
+    /// collection holds the inspector, not the heap, so one may be in progress.</summary>
     ~NativeHeap()
     {
         if (_disposed || CountPins() != 0) return;
-        // Unreachable: no background step runs (a step holds the heap), and its threads find the heap gone.
-        _daemonStop?.Set();
+        // Unreachable: no background step runs (a step holds the heap), and its threads find the heap gone. The parts
+        // are null when the constructor threw before building them (its handle table is released all the same).
+        _daemon?.HeapGone();
+        _inspector?.Close();
         _caches?.Close();
         ReleaseNative();
     }
@@ -772,31 +421,14 @@ public sealed unsafe partial class NativeHeap : IDisposable
         _handles.Dispose();
     }
 
-    /// <summary>The options the compactor uses, as its own settings record (nothing below the API takes HeapOptions).</summary>
-    private static CompactionSettings CompactionSettingsOf(HeapOptions o) => new(
-        o.Proactiveness, o.CompactionBudgetBytes, o.CompactionBudgetTime, o.CompactionSliceTime, o.WasteHighRatio,
-        o.WasteLowRatio, o.WasteMinBytes, o.RetainedBytesLimit, o.ThreadCachesDuringMigration);
-
-    /// <summary>Bytes of free runs the depot keeps for reuse: a quarter of the arena, at most 64 MiB.</summary>
-    private static long DepotRunBytes(long arenaBytes) => Math.Min(64L << 20, arenaBytes / 4);
-
     private int CountPins()
     {
-        (int slot, int atomic) = CountPinsByKind();
+        (int slot, int atomic) = PinCensus.CountByKind(_handles);
         return slot + atomic;
     }
 
-    /// <summary>Slot pins (PinScope) on this heap's entries, and atomic pins (BlockPin, long-term pins, the Interop
-    /// adapters). A walk of every entry: for Dispose and the metrics, not for a hot path.</summary>
-    internal (int slot, int atomic) CountPinsByKind()
-    {
-        int slot = PinRegistry.CountPins(_handles.Owns);   // slot pins on entries of this heap's chunks only
-        int atomic = 0;
-        foreach (uint i in _handles.Indices())
-        {
-            long s = Volatile.Read(ref _handles.Get(i)->State);
-            if ((s & EntryState.Allocated) != 0) atomic += (int)(s & EntryState.PinMask);
-        }
-        return (slot, atomic);
-    }
+    /// <summary>The <see cref="OutOfMemoryException"/> of a failed allocation, with the memory limit's reason when the
+    /// limit stood in the way (for <see cref="Allocate"/> and <see cref="HeapContext.Allocate"/>).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal void ThrowOutOfMemory(long size, BlockKind kind) => _limit.ThrowOutOfMemory(size, kind);
 }

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 
 namespace Compaction.Tests;
 

@@ -1,4 +1,5 @@
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 
 namespace Compaction.Tests;
 

@@ -1,5 +1,6 @@
 using System.Diagnostics.Metrics;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 using OpenTelemetry;
 using OpenTelemetry.Metrics;
 

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 
 namespace Compaction.Tests;
 

@@ -1,5 +1,6 @@
 using System.Diagnostics.Tracing;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 
 namespace Compaction.Tests;
 

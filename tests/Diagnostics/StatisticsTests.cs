@@ -1,4 +1,5 @@
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 using Xunit.Abstractions;
 
 namespace Compaction.Tests;

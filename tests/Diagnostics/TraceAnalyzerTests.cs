@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Diagnostics.Tracing;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 using Compaction.Bench.Analysis;
 using Compaction.TraceAnalyzer;
 using Microsoft.Diagnostics.NETCore.Client;

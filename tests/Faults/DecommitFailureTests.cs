@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 using Xunit.Abstractions;
 
 namespace Compaction.Tests;

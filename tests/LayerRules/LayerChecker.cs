@@ -74,8 +74,15 @@ public static class LayerChecker
         return t;
     }
 
-    public static LayerReport Analyze(IEnumerable<Type> types, LayerMap map)
+    /// <param name="types">The types to check (those outside the map's family are ignored).</param>
+    /// <param name="map">The layers.</param>
+    /// <param name="sharedVocabulary">Types of a layer (not the root) that every layer may name all the same: words the
+    /// whole core speaks (the counters' names, the kernel's fragmentation formulas) kept beside the public diagnostics
+    /// they belong to. Each sits at the vocabulary's level, so a reference from one of them to any layer is a
+    /// violation: they must be leaves.</param>
+    public static LayerReport Analyze(IEnumerable<Type> types, LayerMap map, IEnumerable<Type>? sharedVocabulary = null)
     {
+        var shared = (sharedVocabulary ?? []).Select(Outermost).ToHashSet();
         Type[] scanned = types.Where(t => map.InFamily(Outermost(t).Namespace)).Distinct().ToArray();
         var references = new List<Reference>();
         foreach (Type t in scanned)
@@ -94,6 +101,7 @@ public static class LayerChecker
         Layer? EffectiveLayer(Type t)
         {
             string ns = Outermost(t).Namespace!;
+            if (shared.Contains(Outermost(t))) return LayerMap.Vocabulary;
             if (ns == map.Root) return vocabulary.Contains(Outermost(t)) ? LayerMap.Vocabulary : map.Api;
             return map.LayerOf(ns);
         }

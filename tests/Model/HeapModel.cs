@@ -1,5 +1,6 @@
 using System.Buffers;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 using Compaction.Interop;
 
 namespace Compaction.Tests.Model;

@@ -3,6 +3,7 @@ using System.Diagnostics.Tracing;
 using System.Globalization;
 using System.Text;
 using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
 using Microsoft.Diagnostics.NETCore.Client;
 using Microsoft.Diagnostics.Tracing;
 using Compaction.Bench;

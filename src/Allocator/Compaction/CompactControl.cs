@@ -40,7 +40,7 @@ internal sealed class CompactControl
     public uint CaptureIndex;         // ... and the handle entry it will carry
     public int CapturedStart = -1;
     public long BudgetBytes;          // 0: unlimited
-    public long BudgetTicks;          // Stopwatch ticks; 0: unlimited
+    public long BudgetTicks;          // ticks of the settings' Clock (its timestamps); 0: unlimited
     public long StartTicks;
     public int LowWatermark;
     public long BytesMovedAtStart;

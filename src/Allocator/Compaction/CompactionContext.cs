@@ -1,9 +1,10 @@
 using System.Diagnostics;
+using Compaction.Allocator.Diagnostics;
 using Compaction.Allocator.Handles;
 using Compaction.Allocator.Migration;
 using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
 
@@ -75,7 +76,7 @@ internal sealed class CompactionContext
     /// <summary>True when the run has moved its budget of bytes or spent its budget of time.</summary>
     public bool BudgetSpent(CompactControl cc) =>
         (cc.BudgetBytes > 0 && Counters[BytesMoved] - cc.BytesMovedAtStart >= cc.BudgetBytes)
-        || (cc.BudgetTicks > 0 && Stopwatch.GetTimestamp() - cc.StartTicks >= cc.BudgetTicks);
+        || (cc.BudgetTicks > 0 && Options.Clock.GetTimestamp() - cc.StartTicks >= cc.BudgetTicks);
 
     /// <summary>Runs the migration primitive on <see cref="Batch"/> and counts its outcomes, bytes and barriers.
     /// Caller holds RunLock and no other lock.</summary>

@@ -1,3 +1,5 @@
+using Compaction.Allocator.Diagnostics;
+
 namespace Compaction.Allocator.Compaction;
 
 /// <summary>

@@ -5,7 +5,8 @@ namespace Compaction.Allocator.Compaction;
 /// the proactive trigger (<see cref="Proactiveness"/>, and a pass's budget in bytes and time), the waste trigger
 /// (<see cref="WasteHighRatio"/> down to <see cref="WasteLowRatio"/>, at least <see cref="WasteMinBytes"/> at stake,
 /// or above <see cref="RetainedBytesLimit"/>) and its slices, and whether the per-thread caches stay on while blocks
-/// move.
+/// move. <see cref="Clock"/> is the heap's one wall clock (<c>HeapOptions.TimeProvider</c>): every budget and slice is
+/// measured in its timestamps, so a test's provider drives them.
 /// </summary>
 internal sealed record CompactionSettings(
     int Proactiveness,
@@ -16,4 +17,5 @@ internal sealed record CompactionSettings(
     double WasteLowRatio,
     long WasteMinBytes,
     long RetainedBytesLimit,
-    bool ThreadCachesDuringMigration);
+    bool ThreadCachesDuringMigration,
+    TimeProvider Clock);

@@ -1,10 +1,11 @@
 using System.Diagnostics;
 using Compaction.Allocator.Caches;
+using Compaction.Allocator.Diagnostics;
 using Compaction.Allocator.Handles;
 using Compaction.Allocator.Migration;
 using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
 
@@ -141,7 +142,7 @@ internal sealed unsafe partial class Compactor
             BackgroundStepStarting?.Invoke();
             Counters[CompactDaemonWake]++;
             CompactionSettings o = _cx.Options;
-            long budgetTicks = o.CompactionBudgetTime == TimeSpan.Zero ? 0 : (long)(o.CompactionBudgetTime.TotalSeconds * Stopwatch.Frequency);
+            long budgetTicks = o.CompactionBudgetTime == TimeSpan.Zero ? 0 : (long)(o.CompactionBudgetTime.TotalSeconds * _cx.Options.Clock.TimestampFrequency);
             (int low, int high) = Fragmentation.Watermarks(o.Proactiveness);
             int score = Score();
             bool proactive = o.Proactiveness > 0 && _proactiveDefer == 0 && (score > high || (_proactiveResume && score > low));
@@ -151,7 +152,7 @@ internal sealed unsafe partial class Compactor
             if (proactive || _consolidation.AnyClassWorthConsolidating())
             {
                 using var caches = new CacheGuard(_caches, _cx.Options);
-                ConsolidateSlabs(new CompactControl { Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks, StartTicks = Stopwatch.GetTimestamp(), BytesMovedAtStart = Counters[BytesMoved] });
+                ConsolidateSlabs(new CompactControl { Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks, StartTicks = _cx.Options.Clock.GetTimestamp(), BytesMovedAtStart = Counters[BytesMoved] });
                 if (proactive)
                 {
                     // A pass starts above the high watermark; one that its budget cut short resumes at the next wake

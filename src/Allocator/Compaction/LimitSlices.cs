@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using Compaction.Allocator.Caches;
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
 
@@ -49,7 +49,7 @@ internal sealed class LimitSlices
         {
             using var caches = new CacheGuard(_caches, _cx.Options);   // slots the caches hold would make slab moves fail
             long movedBefore = _cx.Counters[BytesMoved];
-            long start = Stopwatch.GetTimestamp();
+            long start = _cx.Options.Clock.GetTimestamp();
             bool spent;
             if (!_zonePhase)
             {
@@ -60,7 +60,7 @@ internal sealed class LimitSlices
                 // coalesce into the larger blocks new slabs and runs need (and whole pageblocks empty).
                 if (!spent) _zonePhase = true;
             }
-            long left = budgetTicks - (Stopwatch.GetTimestamp() - start);
+            long left = budgetTicks - (_cx.Options.Clock.GetTimestamp() - start);
             spent = left <= 0;
             if (_zonePhase && left > 0)
             {

@@ -3,7 +3,7 @@ using Compaction.Allocator.Layout;
 using Compaction.Allocator.Migration;
 using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
 
@@ -69,7 +69,7 @@ internal sealed unsafe class MigrateScanner
         // One read of the frontier per run (see UsedTopPb): both scanners stay below it.
         int freePb = Math.Min(cc.WholeZone ? FromTheTop : _cachedFreePb[m], UsedTopPb);
         if (cc.Mode == CompactMode.SyncFull) ResetSkipBits();
-        cc.StartTicks = Stopwatch.GetTimestamp();
+        cc.StartTicks = _cx.Options.Clock.GetTimestamp();
         cc.BytesMovedAtStart = _cx.Counters[BytesMoved];
         CompactStatus status = CompactStatus.Continue;
         try

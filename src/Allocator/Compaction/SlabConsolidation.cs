@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using Compaction.Allocator.Migration;
 using Compaction.Allocator.Slabs;
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
 
@@ -27,7 +27,7 @@ internal sealed class SlabConsolidation
     public void ConsolidateSlabs(CompactControl cc)
     {
         Debug.Assert(_cx.RunLock.IsHeldByCurrentThread, "caller holds RunLock");
-        cc.StartTicks = cc.StartTicks == 0 ? Stopwatch.GetTimestamp() : cc.StartTicks;
+        cc.StartTicks = cc.StartTicks == 0 ? _cx.Options.Clock.GetTimestamp() : cc.StartTicks;
         foreach (SlabClass cls in _slabs.Class)
         {
             _tried.Clear();

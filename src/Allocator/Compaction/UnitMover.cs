@@ -3,7 +3,7 @@ using Compaction.Allocator.Layout;
 using Compaction.Allocator.Migration;
 using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
 

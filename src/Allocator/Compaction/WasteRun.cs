@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using Compaction.Allocator.Caches;
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
 
@@ -102,8 +102,8 @@ internal sealed class WasteRun
 
         _cx.Counters[WasteWakes]++;
         long movedBefore = _cx.Counters[BytesMoved];
-        long start = Stopwatch.GetTimestamp();
-        long slice = Math.Max(1, (long)(o.CompactionSliceTime.TotalSeconds * Stopwatch.Frequency));
+        long start = _cx.Options.Clock.GetTimestamp();
+        long slice = Math.Max(1, (long)(o.CompactionSliceTime.TotalSeconds * _cx.Options.Clock.TimestampFrequency));
         bool cycleEnded = false;
         // The caches stay on during a slice: disabling them for every slice (every few milliseconds) would send the
         // mutators to the slow path a tenth of the time. A cycle drains them when it starts (each slice until the
@@ -123,7 +123,7 @@ internal sealed class WasteRun
             _consolidation.ConsolidateSlabs(cc);
             if (!_cx.BudgetSpent(cc)) { _zonePhase = true; _resume = false; }   // every class consolidated
         }
-        long left = slice - (Stopwatch.GetTimestamp() - start);
+        long left = slice - (_cx.Options.Clock.GetTimestamp() - start);
         if (_zonePhase && left > 0)
         {
             CompactStatus status = _scanner.CompactZone(new CompactControl

@@ -22,6 +22,37 @@ internal static class HandleChecks
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static long Expected(BlockHandle handle) => (long)(handle.Value & unchecked((ulong)EntryState.GenerationMask)) | EntryState.Allocated;
 
+    /// <summary>
+    /// The entry of the handle's index when its chunk belongs to the heap <paramref name="owner"/> (its id), else null
+    /// (index 0 included): the heap's entry check before any generation check.
+    /// Cost: one compare for the range, one load of the chunk's owner word, one add for the entry's address.
+    /// Lock-free: the owner word is read with acquire, and a chunk is committed and initialised before any owner is
+    /// published (<see cref="HandleStore"/>); a chunk of a heap stays that heap's until its Dispose gives it back. A
+    /// Dispose racing this read is harmless: the store is never unmapped, and an entry Dispose freed is stale for
+    /// every handle that heap issued.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe HandleEntry* TryLocate(BlockHandle handle, long owner)
+    {
+        uint index = HandleBits.Index(handle.Value);
+        if (index - 1 >= HandleStore.MaxEntries - 1) return null;   // index 0 or beyond the table: one compare
+        if (Volatile.Read(ref HandleStore.OwnerWord(index)) != owner) return null;
+        return HandleStore.Base + index;
+    }
+
+    /// <summary>Throws the <see cref="InvalidBlockHandleException"/> of a handle <see cref="TryLocate"/> refused:
+    /// null, forged (index 0 or past the table's made entries) or foreign (a chunk another heap owns, or that a
+    /// disposed heap gave back).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    public static void ThrowNotLocated(BlockHandle handle)
+    {
+        ulong v = handle.Value;
+        uint index = HandleBits.Index(v);
+        if (v == 0) ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Null);
+        if (index == 0 || index >= HandleStore.Count) ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Forged);
+        ThrowHelper.InvalidHandle(handle, InvalidHandleReason.Foreign);
+    }
+
     /// <summary>Throws <see cref="InvalidBlockHandleException"/> (Stale) unless <paramref name="state"/> is the live
     /// block <paramref name="handle"/> names.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

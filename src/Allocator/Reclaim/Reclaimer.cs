@@ -5,7 +5,7 @@ using Compaction.Allocator.Layout;
 using Compaction.Allocator.Os;
 using Compaction.Allocator.Pages;
 using Compaction.Allocator.Slabs;
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Reclaim;
 

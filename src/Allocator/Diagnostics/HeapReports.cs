@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Diagnostics;
 
 /// <summary>
 /// The kernel's text reports of free memory, for an arena, in the kernel's formats (mm/vmstat.c): /proc/buddyinfo,

@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Net;
 using System.Text;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Diagnostics;
 
 /// <summary>One pageblock of an <see cref="ArenaMap"/>.</summary>
 /// <param name="Index">The pageblock's index in the arena.</param>

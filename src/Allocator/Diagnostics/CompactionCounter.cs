@@ -1,4 +1,4 @@
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Diagnostics;
 
 /// <summary>
 /// The compaction counters, declared once: each is an index into <see cref="CompactionStatistics"/>' values, and the

@@ -1,6 +1,6 @@
-using static Compaction.Allocator.CompactionCounter;
+using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Diagnostics;
 
 /// <summary>Compaction counters (cumulative since the heap was created, or the difference over one run), named
 /// after the kernel's /proc/vmstat fields.</summary>

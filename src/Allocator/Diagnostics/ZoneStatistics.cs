@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Diagnostics;
 
 /// <summary>One zone in a <see cref="HeapStatistics"/> snapshot.</summary>
 public sealed class ZoneStatistics
@@ -41,11 +41,11 @@ public sealed class ZoneStatistics
 
     /// <summary>The kernel's fragmentation index for a request of <paramref name="order"/> (thousandths; -1000 when
     /// a suitable block is free).</summary>
-    public int FragmentationIndex(int order) => Allocator.Fragmentation.FragmentationIndex(FreeBlocksPerOrder(), order);
+    public int FragmentationIndex(int order) => Diagnostics.Fragmentation.FragmentationIndex(FreeBlocksPerOrder(), order);
     /// <summary>The kernel's unusable free space index for <paramref name="order"/> (thousandths).</summary>
-    public int UnusableFreeIndex(int order) => Allocator.Fragmentation.UnusableFreeIndex(FreeBlocksPerOrder(), order);
+    public int UnusableFreeIndex(int order) => Diagnostics.Fragmentation.UnusableFreeIndex(FreeBlocksPerOrder(), order);
     /// <summary>The kernel's extfrag score for <paramref name="order"/> (percent).</summary>
-    public int ExtfragScore(int order) => Allocator.Fragmentation.ExtfragForOrder(FreeBlocksPerOrder(), order);
+    public int ExtfragScore(int order) => Diagnostics.Fragmentation.ExtfragForOrder(FreeBlocksPerOrder(), order);
 
     /// <summary>One line per index, one column per order, like /sys/kernel/debug/extfrag/*.</summary>
     public string FragmentationTable()

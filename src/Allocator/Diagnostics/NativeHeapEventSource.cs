@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Diagnostics.Tracing;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Diagnostics;
 
 /// <summary>
 /// The heap's events (EventSource <c>Compaction-NativeHeap</c>): compaction passes with their trigger, counters and
@@ -123,9 +123,9 @@ public sealed class NativeHeapEventSource : EventSource
 
     /// <summary>The compaction events of one pass, from its counters' difference.</summary>
     [NonEvent]
-    internal void Pass(long heapId, string trigger, string mode, CompactionStatistics d, long startTimestamp)
+    internal void Pass(long heapId, string trigger, string mode, CompactionStatistics d, TimeSpan took)
     {
-        double ms = Stopwatch.GetElapsedTime(startTimestamp).TotalMilliseconds;
+        double ms = took.TotalMilliseconds;
         string result = d.PgmigrateSuccess > 0 ? "moved" : d.CompactMigrateScanned + d.CompactDaemonMigrateScanned > 0 ? "nothing_moved" : "skipped";
         CompactionStop(heapId, trigger, mode, result, d.CompactMigrateScanned + d.CompactDaemonMigrateScanned, d.PgmigrateSuccess, d.BytesMoved, ms);
         Failures(heapId, d);

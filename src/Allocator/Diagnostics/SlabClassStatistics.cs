@@ -1,4 +1,4 @@
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Diagnostics;
 
 /// <summary>One size class of one block kind in a <see cref="HeapStatistics"/> snapshot.</summary>
 public sealed record SlabClassStatistics(BlockKind Kind, int SlotSize, int PagesPerSlab, int SlotsPerSlab, long Slabs, long UsedSlots)

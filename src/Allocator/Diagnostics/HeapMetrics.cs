@@ -1,6 +1,6 @@
 using System.Diagnostics.Metrics;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Diagnostics;
 
 /// <summary>
 /// Every heap's figures as <see cref="System.Diagnostics.Metrics"/> instruments of one meter,
@@ -34,7 +34,10 @@ public static class HeapMetrics
     public const string EventTag = "nativeheap.event";
 
     private static readonly Lock s_lock = new();
-    private static readonly List<WeakReference<NativeHeap>> s_heaps = [];
+
+    /// <summary>True when the calling thread holds the metrics lock (for the asserts of what runs under it).</summary>
+    internal static bool LockHeldByCurrentThread => s_lock.IsHeldByCurrentThread;
+    private static readonly List<WeakReference<HeapInspector>> s_heaps = [];   // one per heap, weakly: the heap holds it
     private static readonly Meter s_meter = new(MeterName, "1.0");
 
     /// <summary>The counters that are quantities, not events: published as instruments of their own, with their unit
@@ -88,13 +91,14 @@ public static class HeapMetrics
     private static void Gauge(string name, string unit, string description, Func<HeapStatistics, long> value) =>
         s_meter.CreateObservableGauge(name, () => Observe(value), unit, description);
 
-    /// <summary>Called by a new heap.</summary>
-    internal static void Register(NativeHeap heap)
+    /// <summary>Called by a new heap with its inspector (held weakly: a heap dropped without Dispose drops out when it
+    /// is collected, since nothing but the heap holds its inspector). Takes the metrics lock.</summary>
+    internal static void Register(HeapInspector heap)
     {
         lock (s_lock)
         {
-            s_heaps.RemoveAll(w => !w.TryGetTarget(out NativeHeap? h) || h.IsDisposed);
-            s_heaps.Add(new WeakReference<NativeHeap>(heap));
+            s_heaps.RemoveAll(w => !w.TryGetTarget(out HeapInspector? h) || h.IsClosed);
+            s_heaps.Add(new WeakReference<HeapInspector>(heap));
         }
     }
 
@@ -105,13 +109,12 @@ public static class HeapMetrics
         var result = new List<(long, HeapStatistics, (int, int))>();
         lock (s_lock)
         {
-            long now = Environment.TickCount64;
-            foreach (WeakReference<NativeHeap> w in s_heaps)
+            foreach (WeakReference<HeapInspector> w in s_heaps)
             {
-                if (!w.TryGetTarget(out NativeHeap? heap) || heap.IsDisposed) continue;
+                if (!w.TryGetTarget(out HeapInspector? heap) || heap.IsClosed) continue;
                 try
                 {
-                    HeapStatistics stats = heap.MetricsSnapshot(now, SnapshotAge);
+                    HeapStatistics stats = heap.MetricsSnapshot(TimeSpan.FromMilliseconds(SnapshotAge));
                     result.Add((heap.Id, stats, heap.MetricsPins));
                 }
                 catch (ObjectDisposedException)
@@ -123,7 +126,8 @@ public static class HeapMetrics
         return result;
     }
 
-    /// <summary>How long one statistics snapshot serves the instruments of a collection, in milliseconds.</summary>
+    /// <summary>How long one statistics snapshot serves the instruments of a collection, in milliseconds of each
+    /// heap's clock.</summary>
     internal const long SnapshotAge = 200;
 
     private static IEnumerable<Measurement<T>> Observe<T>(Func<HeapStatistics, T> value) where T : struct

@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Diagnostics;
 
 /// <summary>A snapshot of a heap's memory and free lists (<see cref="NativeHeap.GetStatistics"/>).</summary>
 /// <remarks>Each zone and each size class is read under its own lock, so each is self-consistent; the snapshot as a

@@ -1,4 +1,4 @@
-namespace Compaction.Allocator;
+namespace Compaction.Allocator.Diagnostics;
 
 /// <summary>
 /// The kernel's external-fragmentation measures (mm/vmstat.c, mm/compaction.c), computed from a zone's free
