@@ -120,9 +120,9 @@ public static class SoakRun
         }
         else
         {
-            sb.AppendLine($"The C ABI part was **skipped**: {cSkipped}.");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"The C ABI part was **skipped**: {cSkipped}.");
         }
-        if (tally.FirstFailure != null) sb.AppendLine().AppendLine($"First failure: {tally.FirstFailure}");
+        if (tally.FirstFailure != null) sb.AppendLine().AppendLine(CultureInfo.InvariantCulture, $"First failure: {tally.FirstFailure}");
         sb.AppendLine().AppendLine("![RSS over time](soak.svg)");
         var plot = new SvgPlot("Soak: resident memory over time", "time (s)", "MiB");
         plot.AddSeries("RSS growth", samples.Select(x => (x.s, x.rss / 1048576.0)).ToList());
