@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Reflection;
 using Compaction.Allocator;
 using Xunit.Abstractions;
@@ -229,7 +230,7 @@ public sealed class MisuseTests(ITestOutputHelper output)
     [InlineData(true)]
     public void TenThousandRandomValuesAreRejectedAsHandlesAndLiveBlocksAreUntouched(bool nearMisses)
     {
-        int seed = Environment.GetEnvironmentVariable("MISUSE_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        int seed = Environment.GetEnvironmentVariable("MISUSE_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed} (rerun with MISUSE_SEED={seed}); near misses: {nearMisses}");
         var rng = new Random(seed);
         using NativeHeap heap = TestHeaps.Small();

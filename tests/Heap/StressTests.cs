@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using Compaction.Allocator;
 using Xunit.Abstractions;
 
@@ -20,7 +21,7 @@ public class StressTests(ITestOutputHelper output)
     [InlineData(true)]
     public void MigrationsConcurrentWithMutatorsLoseNoByteAndNeverMoveAPinnedBlock(bool poison)
     {
-        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed}, poison {poison}");
         using var heap = new NativeHeap(new HeapOptions   // TestHeaps.Small's settings; direct compaction on, too
         {
@@ -82,7 +83,7 @@ public class StressTests(ITestOutputHelper output)
     [InlineData(true)]
     public void BackgroundCompactionConcurrentWithMutatorsLosesNoByteAndNeverMovesAPinnedBlock(bool poison)
     {
-        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed}, poison {poison}");
         using var heap = new NativeHeap(new HeapOptions
         {
@@ -132,7 +133,7 @@ public class StressTests(ITestOutputHelper output)
     [Fact]
     public void ABlockPinnedWhileRelocationsRunKeepsItsAddressAndEveryWrite()
     {
-        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed}");
         using NativeHeap heap = TestHeaps.Small();
         var rng = new Random(seed);

@@ -1,3 +1,4 @@
+using System.Globalization;
 using Compaction.Allocator;
 using Xunit.Abstractions;
 
@@ -18,7 +19,7 @@ public sealed class MovableOwnerRegistrationTests(ITestOutputHelper output)
     [Fact]
     public void ABlockWhoseOwnerIsSetAndClearedAtOnceOnTwoThreadsStaysMovable()
     {
-        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed} (rerun with STRESS_SEED={seed})");
         using var heap = new NativeHeap(new HeapOptions
         {

@@ -29,7 +29,7 @@ internal sealed class FaultyOsMemory : IOsMemory
     /// the Map call at <see cref="Region"/>.</summary>
     private record struct Vma(nint Region, nint Start, nint End, bool ReadWrite, OsAdvice? Advice);
 
-    private readonly IOsMemory _real = LinuxOsMemory.Instance;
+    private readonly LinuxOsMemory _real = LinuxOsMemory.Instance;
     private readonly Lock _lock = new();
     private readonly List<Rule> _rules = [];
     private readonly List<Vma> _vmas = [];              // the model's mappings, sorted by Start
