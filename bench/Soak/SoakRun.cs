@@ -57,8 +57,9 @@ public static class SoakRun
         using var longPool = new ArenaMemoryPool(heap, new ArenaMemoryPoolOptions { LongTermPins = true });
         var tally = new Tally();
         using var stop = new CancellationTokenSource();
-        var workers = Enumerable.Range(0, threads).Select(t => new Thread(() => Work(heap, shortPool, longPool, t, tally, stop.Token))
-                                                      { IsBackground = true, Name = $"soak {t}" }).ToList();
+        var workers = Enumerable.Range(0, threads)
+            .Select(t => new Thread(() => Work(heap, shortPool, longPool, t, tally, stop.Token)) { IsBackground = true, Name = $"soak {t}" })
+            .ToList();
         var compactor = new Thread(() =>
         {
             while (!stop.IsCancellationRequested)
@@ -66,7 +67,8 @@ public static class SoakRun
                 try { heap.Compact(); } catch (Exception e) { tally.Fail($"Compact: {e}"); }
                 stop.Token.WaitHandle.WaitOne(700);
             }
-        }) { IsBackground = true };
+        })
+        { IsBackground = true };
         var samples = new List<(double s, long rss, long live)>();
         var cSamples = new List<(double s, long rss)>();
         long rss0 = Scenarios.ProcessMemory.ResidentBytes() ?? 0;

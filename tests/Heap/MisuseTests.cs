@@ -40,13 +40,13 @@ public sealed class MisuseTests(ITestOutputHelper output)
     private static void AssertStillServes(NativeHeap heap)
     {
         foreach (BlockKind kind in new[] { BlockKind.Movable, BlockKind.Unmovable })
-        foreach (long size in new long[] { 24, 50_000 })
-        {
-            BlockHandle h = heap.Allocate(size, kind);
-            TestHeaps.Fill(heap, h);
-            Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
-            heap.Free(h);
-        }
+            foreach (long size in new long[] { 24, 50_000 })
+            {
+                BlockHandle h = heap.Allocate(size, kind);
+                TestHeaps.Fill(heap, h);
+                Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+                heap.Free(h);
+            }
         TestHeaps.AssertValid(heap);
     }
 

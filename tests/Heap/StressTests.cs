@@ -155,17 +155,17 @@ public class StressTests(ITestOutputHelper output)
         long iterations = 0;
         try
         {
-        while (sw.ElapsedMilliseconds < 1500 || moved < 50)
-        {
-            int i = rng.Next(blocks.Length);
-            using PinScope pin = heap.Pin(blocks[i]);
-            Assert.Equal(counters[i], pin.Span[0]);
-            counters[i]++;
-            pin.Span[0] = counters[i];
-            Assert.Equal(pin.Address, heap.CurrentAddress(blocks[i]));
-            iterations++;
-            if (sw.ElapsedMilliseconds > 20_000) break;
-        }
+            while (sw.ElapsedMilliseconds < 1500 || moved < 50)
+            {
+                int i = rng.Next(blocks.Length);
+                using PinScope pin = heap.Pin(blocks[i]);
+                Assert.Equal(counters[i], pin.Span[0]);
+                counters[i]++;
+                pin.Span[0] = counters[i];
+                Assert.Equal(pin.Address, heap.CurrentAddress(blocks[i]));
+                iterations++;
+                if (sw.ElapsedMilliseconds > 20_000) break;
+            }
         }
         finally
         {

@@ -42,7 +42,8 @@ public sealed class MovableOwnerRegistrationTests(ITestOutputHelper output)
                 heap.SetMovableOwner(h, null);
                 Volatile.Write(ref done, round);
             }
-        }) { IsBackground = true };
+        })
+        { IsBackground = true };
         clearer.Start();
         int withOwner = 0, withoutOwner = 0, stuck = -1;
         MigrateResult stuckResult = MigrateResult.Success;
