@@ -23,10 +23,10 @@ public sealed unsafe class NativePeer
     public string Name { get; }
     public string Library { get; }
     public nint Module { get; }
-    public readonly delegate* unmanaged<nuint, void*> Malloc;
-    public readonly delegate* unmanaged<void*, void> Free;
-    public readonly delegate* unmanaged[SuppressGCTransition]<nuint, void*> MallocNoTransition;
-    public readonly delegate* unmanaged[SuppressGCTransition]<void*, void> FreeNoTransition;
+    public delegate* unmanaged<nuint, void*> Malloc { get; }
+    public delegate* unmanaged<void*, void> Free { get; }
+    public delegate* unmanaged[SuppressGCTransition]<nuint, void*> MallocNoTransition { get; }
+    public delegate* unmanaged[SuppressGCTransition]<void*, void> FreeNoTransition { get; }
 
     /// <summary>One malloc and free through the pointers: proves the library works, not just that it loaded.</summary>
     internal bool SelfTest()

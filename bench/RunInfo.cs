@@ -1,3 +1,5 @@
+using System.Globalization;
+
 namespace Compaction.Bench;
 
 /// <summary>What a results file says about the run: the machine's load, the core's revision, THP mode, memory facts
@@ -28,12 +30,12 @@ internal static class RunInfo
         {
             if (!File.Exists("/proc/stat")) return null;
             // cpu user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait.
-            long[] cpu = [.. File.ReadLines("/proc/stat").First().Split(' ', StringSplitOptions.RemoveEmptyEntries).Skip(1).Take(8).Select(long.Parse)];
+            long[] cpu = [.. File.ReadLines("/proc/stat").First().Split(' ', StringSplitOptions.RemoveEmptyEntries).Skip(1).Take(8).Select(s => long.Parse(s, CultureInfo.InvariantCulture))];
             long busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7];
             // Fields after the command name (which may hold spaces, hence the last ')'): utime is the 12th, then stime, cutime, cstime.
             string stat = File.ReadAllText("/proc/self/stat");
             string[] f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-            long own = long.Parse(f[11]) + long.Parse(f[12]) + long.Parse(f[13]) + long.Parse(f[14]);
+            long own = long.Parse(f[11], CultureInfo.InvariantCulture) + long.Parse(f[12], CultureInfo.InvariantCulture) + long.Parse(f[13], CultureInfo.InvariantCulture) + long.Parse(f[14], CultureInfo.InvariantCulture);
             return new CpuSample(busy, own, System.Diagnostics.Stopwatch.GetTimestamp());
         }
         catch (Exception e) when (e is IOException or FormatException or IndexOutOfRangeException or ArgumentOutOfRangeException)
@@ -90,13 +92,13 @@ internal static class RunInfo
                                         string? loadBefore, string? loadAfter)
     {
         var inv = System.Globalization.CultureInfo.InvariantCulture;
-        sb.AppendLine($"Generated {DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", inv)} UTC by `{command}` in {elapsed.TotalSeconds:F0} s, " +
+        sb.AppendLine(CultureInfo.InvariantCulture, $"Generated {DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", inv)} UTC by `{command}` in {elapsed.TotalSeconds:F0} s, " +
                       $"core at {CoreRevision()}.");
-        sb.AppendLine($"Seed {seed}; repeat exactly with `{repeat}`.");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"Seed {seed}; repeat exactly with `{repeat}`.");
         sb.AppendLine();
         sb.AppendLine("```");
         sb.AppendLine(Machine());
-        if (loadBefore != null) sb.AppendLine($"Load average (1/5/15 min) before the run: {loadBefore}; after: {loadAfter}");
+        if (loadBefore != null) sb.AppendLine(CultureInfo.InvariantCulture, $"Load average (1/5/15 min) before the run: {loadBefore}; after: {loadAfter}");
         sb.AppendLine("```");
         sb.AppendLine();
     }

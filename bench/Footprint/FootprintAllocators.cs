@@ -139,7 +139,11 @@ internal sealed class NativeAllocator(string name, long arenaBytes, bool backgro
 
     public override void Free(long id) => Heap.Free(new BlockHandle((ulong)id));
 
-    public override void Dispose() => _heap?.Dispose();
+    public override void Dispose()
+    {
+        _heap?.Dispose();
+        base.Dispose();
+    }
 }
 
 /// <summary>

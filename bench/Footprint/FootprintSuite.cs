@@ -340,11 +340,11 @@ public static class FootprintSuite
 
         if (allocators.Contains(Lim))
         {
-            sb.AppendLine($"### The limit row: `HeapOptions.MemoryLimit` = {factor} x the workload's peak live bytes");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"### The limit row: `HeapOptions.MemoryLimit` = {factor} x the workload's peak live bytes");
             sb.AppendLine();
             if (skipped.TryGetValue(Lim, out string? limWhy))
             {
-                sb.AppendLine($"**skipped**: {limWhy}. No figure is reported for it.");
+                sb.AppendLine(CultureInfo.InvariantCulture, $"**skipped**: {limWhy}. No figure is reported for it.");
             }
             else
             {
@@ -372,13 +372,13 @@ public static class FootprintSuite
             sb.AppendLine();
         }
 
-        foreach (string f in failures) sb.AppendLine().AppendLine($"**FAILED**: {f}");
-        foreach ((string a, string why) in skipped.Where(kv => kv.Key != Lim)) sb.AppendLine().AppendLine($"**{a} skipped**: {why}");
+        foreach (string f in failures) sb.AppendLine().AppendLine(CultureInfo.InvariantCulture, $"**FAILED**: {f}");
+        foreach ((string a, string why) in skipped.Where(kv => kv.Key != Lim)) sb.AppendLine().AppendLine(CultureInfo.InvariantCulture, $"**{a} skipped**: {why}");
 
         foreach (string w in workloads)
         {
             sb.AppendLine();
-            sb.AppendLine($"## {w}");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"## {w}");
             sb.AppendLine();
             var wl = new FootprintWorkload(w, scale, seed);
             int windowS = FootprintWorkload.WindowMs(w, quick) / 1000;
@@ -421,8 +421,8 @@ public static class FootprintSuite
             string[] phases = runs.Where(kv => kv.Key.W == w).SelectMany(kv => kv.Value).SelectMany(f => f.Ops.Select(o => o.Phase)).Distinct().ToArray();
             if (phases.Length > 0)
             {
-                var pk = new MarkdownTable([.. new[] { "<Peak RSS MiB (VmHWM) / peak live so far, by phase" }.Concat(phases.Select(p => p)).Append("After the last step")]);
-                var ops = new MarkdownTable([.. new[] { "<k operations/s (allocations written + frees)" }.Concat(phases).Append("Whole workload").Append("<vs native-background")]);
+                var pk = new MarkdownTable(["<Peak RSS MiB (VmHWM) / peak live so far, by phase", .. phases, "After the last step"]);
+                var ops = new MarkdownTable(["<k operations/s (allocations written + frees)", .. phases, "Whole workload", "<vs native-background"]);
                 double bgOps = runs.TryGetValue((w, Bg), out List<FootprintFile>? bgr) ? Median(bgr, g => g.OpsPerSec) : double.NaN;
                 foreach (string a in allocators)
                 {
@@ -459,7 +459,7 @@ public static class FootprintSuite
             }
             sb.Append(h);
             sb.AppendLine();
-            sb.AppendLine($"![RSS/live over time, {w}]({svgPrefix}{w}.svg)");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"![RSS/live over time, {w}]({svgPrefix}{w}.svg)");
             sb.AppendLine();
             sb.AppendLine($"[{svgPrefix}{w}.svg]({svgPrefix}{w}.svg): RSS/live over time, first repetition of each allocator; dashed lines are " +
                           "native-explicit's phase boundaries (each allocator runs the same phases at its own pace).");

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.InteropServices;
 using BenchmarkDotNet.Attributes;
 using Compaction.Allocator;
@@ -12,6 +13,9 @@ namespace Compaction.Bench.Micro;
 /// invoke, so after BenchmarkDotNet's warmup no allocator should be taking page faults (unless it gives memory back to
 /// the OS between batches, which is then part of what it costs).
 /// </summary>
+[SuppressMessage("Design", "CA1001:Types that own disposable fields should be disposable",
+    Justification = "BenchmarkDotNet owns the lifetime: the fields are made in [GlobalSetup] and disposed in " +
+                    "[GlobalCleanup]; it never calls Dispose on a benchmark instance (dotnet/BenchmarkDotNet#1409).")]
 public abstract unsafe partial class AllocFreeBenchmarks
 {
     /// <summary>Blocks live per batch.</summary>

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using BenchmarkDotNet.Attributes;
 using Compaction.Allocator;
 
@@ -8,6 +9,9 @@ namespace Compaction.Bench.Micro;
 /// first byte (or its size). One operation is one block reached. The baseline reads through a raw pointer kept in an
 /// array, which is what a caller of malloc does.
 /// </summary>
+[SuppressMessage("Design", "CA1001:Types that own disposable fields should be disposable",
+    Justification = "BenchmarkDotNet owns the lifetime: the fields are made in [GlobalSetup] and disposed in " +
+                    "[GlobalCleanup]; it never calls Dispose on a benchmark instance (dotnet/BenchmarkDotNet#1409).")]
 public unsafe class HandleResolve
 {
     public const int Blocks = 1000;

@@ -159,7 +159,7 @@ public static class MicroSuite
         var inv = CultureInfo.InvariantCulture;
         sb.AppendLine(smoke ? "# Micro benchmarks (SMOKE run: one invoke each, numbers are meaningless)" : "# Micro benchmarks");
         sb.AppendLine();
-        sb.AppendLine($"Generated {DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", inv)} UTC by `{command}`, core at {RunInfo.CoreRevision()}.");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"Generated {DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", inv)} UTC by `{command}`, core at {RunInfo.CoreRevision()}.");
         sb.AppendLine(smoke
             ? "Job: BenchmarkDotNet Dry (1 invoke, no warmup), InProcessEmitToolchain (the TieredPGO=0 rows run in this process too: PGO is not switched off)."
             : $"Job: {launches} launch(es), 3 warmup + 15 measured iterations of ~100 ms each, one child process per benchmark and launch (GLIBC_TUNABLES set for jemalloc).");
@@ -172,9 +172,9 @@ public static class MicroSuite
         sb.AppendLine();
         sb.AppendLine("```");
         foreach (string line in summaries.FirstOrDefault()?.HostEnvironmentInfo.ToFormattedString() ?? []) sb.AppendLine(line);
-        if (loadBefore != null) sb.AppendLine($"Load average (1/5/15 min) before the run: {loadBefore}; after: {loadAfter}");
+        if (loadBefore != null) sb.AppendLine(CultureInfo.InvariantCulture, $"Load average (1/5/15 min) before the run: {loadBefore}; after: {loadAfter}");
         // Anything else running on these 2 cores distorts the threaded rows first.
-        if (othersCpu != null) sb.AppendLine($"CPU used by other processes during the run: {othersCpu}");
+        if (othersCpu != null) sb.AppendLine(CultureInfo.InvariantCulture, $"CPU used by other processes during the run: {othersCpu}");
         sb.AppendLine("```");
 
         IReadOnlyDictionary<string, string> skipped = Peers.Skipped;
@@ -182,7 +182,7 @@ public static class MicroSuite
         {
             sb.AppendLine();
             sb.AppendLine("Skipped peers:");
-            foreach ((string name, string why) in skipped) sb.AppendLine($"- {name}: {why}");
+            foreach ((string name, string why) in skipped) sb.AppendLine(CultureInfo.InvariantCulture, $"- {name}: {why}");
         }
 
         // Reports grouped by class, in the order of Classes: a class may come back in two summaries (its second job).
@@ -201,7 +201,7 @@ public static class MicroSuite
     private static void RenderClass(StringBuilder sb, Type type, BenchmarkReport[] reports, IFormatProvider inv)
     {
         sb.AppendLine();
-        sb.AppendLine($"## {type.Name}");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"## {type.Name}");
         sb.AppendLine();
         if (s_concerns.TryGetValue(type, out string? concern)) sb.AppendLine(concern + ".").AppendLine();
 
@@ -223,10 +223,10 @@ public static class MicroSuite
         foreach (BenchmarkReport r in reports)
         {
             double? median = r.ResultStatistics?.Median;
-            sb.Append($"| {RowName(r)} | {(median is double m ? m.ToString(m < 100 ? "F2" : "F1", inv) : "failed")} ");
-            sb.Append($"| {Ratio(median, MedianOf(o => o.BenchmarkCase.Descriptor.Baseline, r), inv)} |");
+            sb.Append(CultureInfo.InvariantCulture, $"| {RowName(r)} | {(median is double m ? m.ToString(m < 100 ? "F2" : "F1", inv) : "failed")} ");
+            sb.Append(CultureInfo.InvariantCulture, $"| {Ratio(median, MedianOf(o => o.BenchmarkCase.Descriptor.Baseline, r), inv)} |");
             if (peerColumns)
-                sb.Append($" {Ratio(median, MedianOf(o => MethodName(o) == "Mimalloc", r), inv)} " +
+                sb.Append(CultureInfo.InvariantCulture, $" {Ratio(median, MedianOf(o => MethodName(o) == "Mimalloc", r), inv)} " +
                           $"| {Ratio(median, MedianOf(o => MethodName(o) == "Tcmalloc", r), inv)} |");
             if (scaling)
             {
@@ -235,7 +235,7 @@ public static class MicroSuite
                 sb.Append(Threads(r) is int t && t > 1 ? $" {Ratio(oneThread, median, inv)} |" : " - |");
             }
             long? bytes = r.GcStats.GetBytesAllocatedPerOperation(r.BenchmarkCase);
-            sb.AppendLine($" {(bytes is long b ? b.ToString(inv) : "?")} |");
+            sb.AppendLine(CultureInfo.InvariantCulture, $" {(bytes is long b ? b.ToString(inv) : "?")} |");
         }
     }
 

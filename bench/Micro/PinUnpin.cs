@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.InteropServices;
 using BenchmarkDotNet.Attributes;
 using Compaction.Allocator;
@@ -9,6 +10,9 @@ namespace Compaction.Bench.Micro;
 /// One operation is one pin+read+unpin. The baseline is <c>fixed</c> on an array of the pinned object heap, which is
 /// free (the array never moves): it shows the loop and the read.
 /// </summary>
+[SuppressMessage("Design", "CA1001:Types that own disposable fields should be disposable",
+    Justification = "BenchmarkDotNet owns the lifetime: the fields are made in [GlobalSetup] and disposed in " +
+                    "[GlobalCleanup]; it never calls Dispose on a benchmark instance (dotnet/BenchmarkDotNet#1409).")]
 public unsafe class PinUnpin
 {
     public const int Blocks = 1000;

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using BenchmarkDotNet.Attributes;
 using Compaction.Allocator;
@@ -24,6 +25,9 @@ namespace Compaction.Bench.Micro;
 /// <para>Timings are wall-clock time of the whole team: with 2 threads on 2 cores shared with anything else, a
 /// busy machine shows up here first (the summary prints the load average).</para>
 /// </remarks>
+[SuppressMessage("Design", "CA1001:Types that own disposable fields should be disposable",
+    Justification = "BenchmarkDotNet owns the lifetime: the fields are made in [GlobalSetup] and disposed in " +
+                    "[GlobalCleanup]; it never calls Dispose on a benchmark instance (dotnet/BenchmarkDotNet#1409).")]
 public abstract class ThreadedBenchmarks
 {
     /// <summary>Allocate+free pairs (or steps) per invoke, over all threads.</summary>

@@ -155,21 +155,21 @@ public static class CompactionSuite
                 summary.Add(row.Scenario, row.Metric, row.Baseline, row.WithCompaction, row.Result, row.Goal,
                             row.Met switch { true => "yes", false => "**no**", null => "-" });
         sb.Append(summary);
-        foreach (string f in failures) sb.AppendLine().AppendLine($"**FAILED**: {f}");
+        foreach (string f in failures) sb.AppendLine().AppendLine(CultureInfo.InvariantCulture, $"**FAILED**: {f}");
 
         foreach (ScenarioReport r in reports)
         {
             sb.AppendLine();
-            sb.AppendLine($"## {r.Title}");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"## {r.Title}");
             sb.AppendLine();
-            sb.AppendLine($"`--only {r.Name}`, {r.Elapsed.TotalSeconds:F1} s. {r.Setup}");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"`--only {r.Name}`, {r.Elapsed.TotalSeconds:F1} s. {r.Setup}");
             foreach (MarkdownTable t in r.Tables)
             {
                 sb.AppendLine();
                 sb.Append(t);
             }
             if (r.Notes.Count > 0) sb.AppendLine();
-            foreach (string n in r.Notes) sb.AppendLine($"- {n}");
+            foreach (string n in r.Notes) sb.AppendLine(CultureInfo.InvariantCulture, $"- {n}");
         }
         return sb.ToString();
     }

@@ -155,7 +155,8 @@ public static unsafe class MutatorLatencyScenario
                     if (now - prev > threshold && gaps.Count < gaps.Capacity) gaps.Add(Stats.Us(now - prev));
                     prev = now;
                 }
-            }) { IsBackground = true, Name = "barrier probe" };
+            })
+            { IsBackground = true, Name = "barrier probe" };
             victim.Start();
             Thread.Sleep(20);
             long end = Stopwatch.GetTimestamp() + (long)(seconds * Stopwatch.Frequency), period = Stopwatch.Frequency / 5000;

@@ -98,7 +98,7 @@ public static unsafe class HeapWorkload
     {
         var list = new List<T>(capacity);
         System.Runtime.InteropServices.CollectionsMarshal.SetCount(list, capacity);
-        System.Runtime.InteropServices.CollectionsMarshal.AsSpan(list).Fill(default);
+        System.Runtime.InteropServices.CollectionsMarshal.AsSpan(list).Clear();
         list.Clear();
         return list;
     }

@@ -58,8 +58,9 @@ public static class SoakRun
         using var longPool = new ArenaMemoryPool(heap, new ArenaMemoryPoolOptions { LongTermPins = true });
         var tally = new Tally();
         using var stop = new CancellationTokenSource();
-        var workers = Enumerable.Range(0, threads).Select(t => new Thread(() => Work(heap, shortPool, longPool, t, tally, stop.Token))
-                                                      { IsBackground = true, Name = $"soak {t}" }).ToList();
+        var workers = Enumerable.Range(0, threads)
+            .Select(t => new Thread(() => Work(heap, shortPool, longPool, t, tally, stop.Token)) { IsBackground = true, Name = $"soak {t}" })
+            .ToList();
         var compactor = new Thread(() =>
         {
             while (!stop.IsCancellationRequested)
@@ -67,7 +68,8 @@ public static class SoakRun
                 try { heap.Compact(); } catch (Exception e) { tally.Fail($"Compact: {e}"); }
                 stop.Token.WaitHandle.WaitOne(700);
             }
-        }) { IsBackground = true };
+        })
+        { IsBackground = true };
         var samples = new List<(double s, long rss, long live)>();
         var cSamples = new List<(double s, long rss)>();
         long rss0 = Scenarios.ProcessMemory.ResidentBytes() ?? 0;
@@ -121,9 +123,9 @@ public static class SoakRun
         }
         else
         {
-            sb.AppendLine($"The C ABI part was **skipped**: {cSkipped}.");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"The C ABI part was **skipped**: {cSkipped}.");
         }
-        if (tally.FirstFailure != null) sb.AppendLine().AppendLine($"First failure: {tally.FirstFailure}");
+        if (tally.FirstFailure != null) sb.AppendLine().AppendLine(CultureInfo.InvariantCulture, $"First failure: {tally.FirstFailure}");
         sb.AppendLine().AppendLine("![RSS over time](soak.svg)");
         var plot = new SvgPlot("Soak: resident memory over time", "time (s)", "MiB");
         plot.AddSeries("RSS growth", samples.Select(x => (x.s, x.rss / 1048576.0)).ToList());

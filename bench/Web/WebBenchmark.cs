@@ -109,7 +109,7 @@ public static partial class WebBenchmark
         sb.AppendLine();
         for (int l = 0; l < s_loads.Length; l++)
         {
-            sb.AppendLine($"## {s_loads[l].Name}");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"## {s_loads[l].Name}");
             sb.AppendLine();
             var table = new MarkdownTable("<Mode", "req/s", "x Kestrel", "p50 ms", "p99 ms", "p99 x Kestrel", "Failed requests", "Requests", "RSS under load MiB");
             List<LoadRun> baseRuns = runs[("kestrel", l)];
@@ -128,7 +128,7 @@ public static partial class WebBenchmark
                 $"{m} " + string.Join(", ", runs[(m, l)].Select(r => $"{r.Rps.ToString("F0", Inv)} / {r.P99Ms.ToString("F2", Inv)}")))));
             sb.AppendLine();
         }
-        sb.AppendLine($"## Resident memory {idle} s after the load");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"## Resident memory {idle} s after the load");
         sb.AppendLine();
         var idleTable = new MarkdownTable("<Mode", "RSS MiB (median)", "x Kestrel", "Every round MiB");
         double baseIdle = Median(idleRss["kestrel"].Select(v => (double)v));

@@ -4,7 +4,7 @@ namespace Compaction.Allocator;
 public sealed class InvalidBlockHandleException : ArgumentException
 {
     internal InvalidBlockHandleException(BlockHandle handle, InvalidHandleReason reason)
-        : base(Describe(handle, reason), "handle")
+        : base(Describe(handle, reason), nameof(handle))
     {
         Handle = handle;
         Reason = reason;

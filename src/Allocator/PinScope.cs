@@ -36,6 +36,8 @@ public readonly unsafe ref struct PinScope
     }
 
     /// <summary>The block's first byte; valid until <see cref="Dispose"/>.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Naming", "CA1720:Identifier contains type name",
+        Justification = "A pin's raw address is what native I/O callers ask for; the name is public API since the first release.")]
     public byte* Pointer => _pointer;
 
     /// <summary>The block's first byte as an address; valid until <see cref="Dispose"/>.</summary>

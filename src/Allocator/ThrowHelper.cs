@@ -12,7 +12,7 @@ internal static class ThrowHelper
     public static void Disposed() => throw new ObjectDisposedException(nameof(NativeHeap));
 
     [DoesNotReturn]
-    public static void BadSize(long size) => throw new ArgumentOutOfRangeException("size", size,
+    public static void BadSize(long size) => throw new ArgumentOutOfRangeException(nameof(size), size,
         "A block's size must be at least 1 byte and at most the largest contiguous run the arena can hold.");
 
     [DoesNotReturn]

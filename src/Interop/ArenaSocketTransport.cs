@@ -335,6 +335,7 @@ internal sealed class ArenaSocketConnection : ConnectionContext
         await _output.Writer.CompleteAsync().ConfigureAwait(false);
         await Task.WhenAll(_receiving, _sending).ConfigureAwait(false);   // the loops catch everything
         _closed.Dispose();
+        await base.DisposeAsync().ConfigureAwait(false);
     }
 
     private sealed class DuplexPipe(PipeReader input, PipeWriter output) : IDuplexPipe

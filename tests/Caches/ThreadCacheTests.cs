@@ -20,7 +20,8 @@ public sealed class ThreadCacheTests
                     work();
                     done.Set();
                 }
-            }) { IsBackground = true };
+            })
+            { IsBackground = true };
             _thread.Start();
         }
 

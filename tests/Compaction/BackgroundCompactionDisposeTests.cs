@@ -8,7 +8,7 @@ namespace Compaction.Tests;
 [Collection(ProcessWideResources.Name)]
 public sealed class BackgroundCompactionDisposeTests
 {
-    private sealed class StoppingOwner(int testThread) : IMovableBlockOwner
+    private sealed class StoppingOwner(int testThread) : IMovableBlockOwner, IDisposable
     {
         public readonly ManualResetEventSlim InCallback = new();
         public NativeHeap? Heap;
@@ -31,12 +31,14 @@ public sealed class BackgroundCompactionDisposeTests
             }
             return OwnerMigrateResult.Success;
         }
+
+        public void Dispose() => InCallback.Dispose();
     }
 
     [Fact]
     public void DisposeWaitsForTheStepOfACompactorThatAnOwnerCallbackStopped()
     {
-        var owner = new StoppingOwner(Environment.CurrentManagedThreadId);
+        using var owner = new StoppingOwner(Environment.CurrentManagedThreadId);
         var a = new NativeHeap(new HeapOptions
         {
             ArenaBytes = 8L << 20, PageblockPages = 64, MovableZonePercent = 100, DirectCompaction = false,

@@ -1,3 +1,4 @@
+using System.Globalization;
 using Compaction.Allocator;
 using Compaction.Allocator.Diagnostics;
 using Xunit.Abstractions;
@@ -20,7 +21,8 @@ public class CompactionTests(ITestOutputHelper output)
 
     private static int FreePageblocks(NativeHeap heap)
     {
-        ZoneStatistics z = heap.GetStatistics().Zones.Last();
+        IReadOnlyList<ZoneStatistics> zones = heap.GetStatistics().Zones;
+        ZoneStatistics z = zones[zones.Count - 1];
         long[] free = z.FreeBlocksPerOrder();
         long pages = 0;
         for (int o = 6; o < free.Length; o++) pages += free[o] << o;
@@ -192,7 +194,7 @@ public class CompactionTests(ITestOutputHelper output)
     [Fact]
     public void HighOrderRequestsAfterFragmentationSucceedWithCompaction()
     {
-        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed}");
         (int granted, int capacity) without = HighOrderRun(seed, compaction: false);
         (int granted, int capacity) with = HighOrderRun(seed, compaction: true);

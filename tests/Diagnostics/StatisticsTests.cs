@@ -73,13 +73,13 @@ public sealed class StatisticsTests(ITestOutputHelper output)
                 long[] total = new long[zone.Orders];
                 foreach (MigrateType type in Enum.GetValues<MigrateType>())
                 {
-                    string line = Assert.Single(lines, l => l.StartsWith($"Zone {zone.Name} ") && l.Contains($" type {type} "));
+                    string line = Assert.Single(lines, l => l.StartsWith($"Zone {zone.Name} ", StringComparison.Ordinal) && l.Contains($" type {type} "));
                     long[] perOrder = Numbers(line, 4);
                     Assert.Equal(Enumerable.Range(0, zone.Orders).Select(o => zone.FreeBlocks(o, type)), perOrder);
                     for (int o = 0; o < zone.Orders; o++) total[o] += perOrder[o];
                 }
                 Assert.Equal(zone.FreePages, total.Select((n, o) => n << o).Sum());
-                string counts = Assert.Single(lines, l => l.StartsWith($"Zone {zone.Name} ") && !l.Contains(" type "));
+                string counts = Assert.Single(lines, l => l.StartsWith($"Zone {zone.Name} ", StringComparison.Ordinal) && !l.Contains(" type "));
                 long[] pageblocks = Numbers(counts, 2);
                 Assert.Equal([zone.Pageblocks(MigrateType.Unmovable), zone.Pageblocks(MigrateType.Movable)], pageblocks);
                 Assert.Equal(zone.Pages / stats.PageblockPages, pageblocks.Sum());

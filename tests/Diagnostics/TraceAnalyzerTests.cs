@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Diagnostics.Tracing;
+using System.Globalization;
 using Compaction.Allocator;
 using Compaction.Allocator.Diagnostics;
 using Compaction.Bench.Analysis;
@@ -41,7 +42,7 @@ public sealed class TraceAnalyzerTests(ITestOutputHelper output)
                 {
                     Assert.NotNull(line);
                     string[] kv = line.Split('=');
-                    figures[kv[0]] = long.Parse(kv[1]);
+                    figures[kv[0]] = long.Parse(kv[1], CultureInfo.InvariantCulture);
                 }
                 session.Stop();
                 await copy.WaitAsync(TimeSpan.FromSeconds(30));

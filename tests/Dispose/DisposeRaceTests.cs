@@ -64,7 +64,8 @@ public sealed class DisposeRaceTests(ITestOutputHelper output)
                             return;
                         }
                     }
-                }) { IsBackground = true };
+                })
+                { IsBackground = true };
                 workers[w].Start();
             }
             go.SignalAndWait();
@@ -100,11 +101,11 @@ public sealed class DisposeRaceTests(ITestOutputHelper output)
         {
             case 0:
             case 1:
-            {
-                long size = rng.Next(4) == 0 ? rng.Next(17_000, 200_000) : rng.Next(1, 2_000);
-                if (heap.TryAllocate(size, rng.Next(4) == 0 ? BlockKind.Unmovable : BlockKind.Movable, out BlockHandle h)) mine.Add(h);
-                break;
-            }
+                {
+                    long size = rng.Next(4) == 0 ? rng.Next(17_000, 200_000) : rng.Next(1, 2_000);
+                    if (heap.TryAllocate(size, rng.Next(4) == 0 ? BlockKind.Unmovable : BlockKind.Movable, out BlockHandle h)) mine.Add(h);
+                    break;
+                }
             case 2:
                 if (mine.Count > 0) { int i = rng.Next(mine.Count); BlockHandle h = mine[i]; mine.RemoveAt(i); heap.Free(h); }
                 break;
@@ -141,13 +142,13 @@ public sealed class DisposeRaceTests(ITestOutputHelper output)
                 else heap.RunCompactionStep(TimeSpan.FromSeconds(rng.Next(100)));
                 break;
             case 9:
-            {
-                HeapContext c = heap.GetThreadContext();
-                BlockHandle h = c.Allocate(rng.Next(1, 4_000));
-                using (PinScope p = c.Pin(h)) p.Span[0] = 9;
-                c.Free(h);
-                break;
-            }
+                {
+                    HeapContext c = heap.GetThreadContext();
+                    BlockHandle h = c.Allocate(rng.Next(1, 4_000));
+                    using (PinScope p = c.Pin(h)) p.Span[0] = 9;
+                    c.Free(h);
+                    break;
+                }
             case 10:
                 heap.GetStatistics();
                 break;

@@ -150,6 +150,8 @@ public sealed class FaultInjectionBackgroundTests
         };
         heap.StartBackgroundCompaction();
         WaitFor(() => !heap.BackgroundCompactionRunning, "the background thread to end");
+        // The thread is marked stopped before the event is raised (the state must hold even when raising fails).
+        WaitFor(() => recorder.Named("BackgroundFailed").Count > 0, "the BackgroundFailed event");
 
         HeapStatistics stats = heap.GetStatistics();
         Assert.Equal(1, stats.BackgroundFailures);

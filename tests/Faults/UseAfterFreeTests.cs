@@ -25,7 +25,7 @@ public unsafe class UseAfterFreeTests
         return pin.Address;
     }
 
-    private static List<string> UseAfterFreeProblems(NativeHeap heap) => heap.Validate().Where(p => p.StartsWith("use after free")).ToList();
+    private static List<string> UseAfterFreeProblems(NativeHeap heap) => heap.Validate().Where(p => p.StartsWith("use after free", StringComparison.Ordinal)).ToList();
 
     /// <summary>A slab block (kept in the thread's cache), a run a cache keeps (64 KiB), and a run too long for any
     /// cache (2 MiB, back to its zone): each freed, written through the stale pointer, found by the validator, then

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Reflection;
 using Compaction.Allocator;
 using Compaction.Allocator.Diagnostics;
@@ -40,13 +41,13 @@ public sealed class MisuseTests(ITestOutputHelper output)
     private static void AssertStillServes(NativeHeap heap)
     {
         foreach (BlockKind kind in new[] { BlockKind.Movable, BlockKind.Unmovable })
-        foreach (long size in new long[] { 24, 50_000 })
-        {
-            BlockHandle h = heap.Allocate(size, kind);
-            TestHeaps.Fill(heap, h);
-            Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
-            heap.Free(h);
-        }
+            foreach (long size in new long[] { 24, 50_000 })
+            {
+                BlockHandle h = heap.Allocate(size, kind);
+                TestHeaps.Fill(heap, h);
+                Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+                heap.Free(h);
+            }
         TestHeaps.AssertValid(heap);
     }
 
@@ -230,7 +231,7 @@ public sealed class MisuseTests(ITestOutputHelper output)
     [InlineData(true)]
     public void TenThousandRandomValuesAreRejectedAsHandlesAndLiveBlocksAreUntouched(bool nearMisses)
     {
-        int seed = Environment.GetEnvironmentVariable("MISUSE_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        int seed = Environment.GetEnvironmentVariable("MISUSE_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed} (rerun with MISUSE_SEED={seed}); near misses: {nearMisses}");
         var rng = new Random(seed);
         using NativeHeap heap = TestHeaps.Small();

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using Compaction.Allocator;
 using Compaction.Allocator.Diagnostics;
 using Xunit.Abstractions;
@@ -21,7 +22,7 @@ public class StressTests(ITestOutputHelper output)
     [InlineData(true)]
     public void MigrationsConcurrentWithMutatorsLoseNoByteAndNeverMoveAPinnedBlock(bool poison)
     {
-        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed}, poison {poison}");
         using var heap = new NativeHeap(new HeapOptions   // TestHeaps.Small's settings; direct compaction on, too
         {
@@ -83,7 +84,7 @@ public class StressTests(ITestOutputHelper output)
     [InlineData(true)]
     public void BackgroundCompactionConcurrentWithMutatorsLosesNoByteAndNeverMovesAPinnedBlock(bool poison)
     {
-        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed}, poison {poison}");
         using var heap = new NativeHeap(new HeapOptions
         {
@@ -133,7 +134,7 @@ public class StressTests(ITestOutputHelper output)
     [Fact]
     public void ABlockPinnedWhileRelocationsRunKeepsItsAddressAndEveryWrite()
     {
-        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed}");
         using NativeHeap heap = TestHeaps.Small();
         var rng = new Random(seed);
@@ -155,17 +156,17 @@ public class StressTests(ITestOutputHelper output)
         long iterations = 0;
         try
         {
-        while (sw.ElapsedMilliseconds < 1500 || moved < 50)
-        {
-            int i = rng.Next(blocks.Length);
-            using PinScope pin = heap.Pin(blocks[i]);
-            Assert.Equal(counters[i], pin.Span[0]);
-            counters[i]++;
-            pin.Span[0] = counters[i];
-            Assert.Equal(pin.Address, heap.CurrentAddress(blocks[i]));
-            iterations++;
-            if (sw.ElapsedMilliseconds > 20_000) break;
-        }
+            while (sw.ElapsedMilliseconds < 1500 || moved < 50)
+            {
+                int i = rng.Next(blocks.Length);
+                using PinScope pin = heap.Pin(blocks[i]);
+                Assert.Equal(counters[i], pin.Span[0]);
+                counters[i]++;
+                pin.Span[0] = counters[i];
+                Assert.Equal(pin.Address, heap.CurrentAddress(blocks[i]));
+                iterations++;
+                if (sw.ElapsedMilliseconds > 20_000) break;
+            }
         }
         finally
         {

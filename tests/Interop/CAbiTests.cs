@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Reflection;
 using System.Runtime.InteropServices;
 using Compaction.Interop.CAbi;
@@ -71,7 +72,7 @@ public sealed class CAbiTests(ITestOutputHelper output)
             string[] parts = line.Split(' ');
             string[] name = parts[0].Split('.');
             Type t = types[name[0]];
-            long c = long.Parse(parts[1]);
+            long c = long.Parse(parts[1], CultureInfo.InvariantCulture);
             if (name[1] == "sizeof")
             {
                 Assert.Equal(c, Marshal.SizeOf(t));

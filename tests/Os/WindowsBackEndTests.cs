@@ -18,7 +18,7 @@ public sealed class WindowsBackEndTests(ITestOutputHelper output)
     /// <summary>Windows semantics over the real Linux calls, with refusals on demand.</summary>
     private sealed class WindowsLikeOsMemory : IOsMemory
     {
-        private readonly IOsMemory _real = LinuxOsMemory.Instance;
+        private readonly LinuxOsMemory _real = LinuxOsMemory.Instance;
         public int Commits, Decommits, Discards, HugePageCalls;
         public bool RefuseDecommits, RefuseCommits;
 

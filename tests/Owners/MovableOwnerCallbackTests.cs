@@ -6,6 +6,9 @@ namespace Compaction.Tests;
 /// which calls, with which handles, each owner gets.</summary>
 public sealed class MovableOwnerCallbackTests
 {
+    /// <summary>The owner's events for one move of its block.</summary>
+    private static readonly string[] IsolateThenMigrate = ["isolate", "migrate"];
+
     // Three slabs of the 112-byte class: S1 full, S2 half full, S3 holding only A (slot 0) and B (slot 1).
     // Slab consolidation then picks S3 and migrates A and B in one batch: the blocks without an owner first (frozen,
     // moved and unfrozen together), then each owned block on its own, so that its callbacks may use the heap.
@@ -60,7 +63,7 @@ public sealed class MovableOwnerCallbackTests
         Assert.True(done, "Compact() hung: A's Migrate callback waits in Pin(B)");
         // Every move of A (consolidation, then the zone pass) is an isolate followed by a migrate.
         Assert.NotEmpty(owner.Events);
-        Assert.Equal(Enumerable.Repeat(new[] { "isolate", "migrate" }, owner.Events.Count / 2).SelectMany(p => p), owner.Events);
+        Assert.Equal(Enumerable.Repeat(IsolateThenMigrate, owner.Events.Count / 2).SelectMany(p => p), owner.Events);
         Assert.Equal(0, corruptInCallback);
         Assert.NotEqual(aBefore, AddressOf(heap, a));
         Assert.Equal(0, TestHeaps.CountCorrupt(heap, a));

@@ -1,3 +1,4 @@
+using System.Globalization;
 using Compaction.Allocator;
 using Xunit.Abstractions;
 
@@ -18,7 +19,7 @@ public sealed class MovableOwnerRegistrationTests(ITestOutputHelper output)
     [Fact]
     public void ABlockWhoseOwnerIsSetAndClearedAtOnceOnTwoThreadsStaysMovable()
     {
-        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s) : Random.Shared.Next();
+        int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed} (rerun with STRESS_SEED={seed})");
         using var heap = new NativeHeap(new HeapOptions
         {
@@ -41,7 +42,8 @@ public sealed class MovableOwnerRegistrationTests(ITestOutputHelper output)
                 heap.SetMovableOwner(h, null);
                 Volatile.Write(ref done, round);
             }
-        }) { IsBackground = true };
+        })
+        { IsBackground = true };
         clearer.Start();
         int withOwner = 0, withoutOwner = 0, stuck = -1;
         MigrateResult stuckResult = MigrateResult.Success;

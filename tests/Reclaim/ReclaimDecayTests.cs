@@ -140,10 +140,10 @@ public sealed class HugePageAdviceTests
         foreach (string line in File.ReadLines("/proc/self/smaps"))
         {
             int dash = line.IndexOf('-');
-            if (dash > 0 && line.IndexOf(' ') > dash && ulong.TryParse(line[..dash], System.Globalization.NumberStyles.HexNumber, null, out ulong lo))
+            if (dash > 0 && line.IndexOf(' ') > dash && ulong.TryParse(line[..dash], System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture, out ulong lo))
             {
                 string rest = line[(dash + 1)..line.IndexOf(' ')];
-                ulong hi = ulong.Parse(rest, System.Globalization.NumberStyles.HexNumber);
+                ulong hi = ulong.Parse(rest, System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture);
                 inside = (ulong)address >= lo && (ulong)address < hi;
                 continue;
             }

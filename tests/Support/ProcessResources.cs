@@ -1,3 +1,5 @@
+using System.Globalization;
+
 namespace Compaction.Tests;
 
 /// <summary>Tests that measure or exhaust something the whole process shares (resident memory, the number of
@@ -30,14 +32,14 @@ internal static class ProcSelf
     }
 
     /// <summary>The kernel's limit on mappings per process (vm.max_map_count).</summary>
-    public static int MaxMapCount() => int.Parse(File.ReadAllText("/proc/sys/vm/max_map_count").Trim());
+    public static int MaxMapCount() => int.Parse(File.ReadAllText("/proc/sys/vm/max_map_count").Trim(), CultureInfo.InvariantCulture);
 
     /// <summary>Resident set size of this process in bytes (VmRSS of /proc/self/status).</summary>
     public static long ResidentBytes()
     {
         foreach (string line in File.ReadLines("/proc/self/status"))
             if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
-                return long.Parse(line["VmRSS:".Length..].Trim().Split(' ')[0]) * 1024;
+                return long.Parse(line["VmRSS:".Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
         throw new InvalidOperationException("/proc/self/status has no VmRSS line");
     }
 }

@@ -70,7 +70,7 @@ public sealed class CompactionTrace
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
         sb.AppendLine("Compaction passes by trigger");
-        sb.AppendLine($"  {"trigger",-10} {"passes",8} {"p50 ms",9} {"p99 ms",9} {"max ms",9} {"pages migrated",15} {"MiB moved",10} {"MB/s",9}");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"  {"trigger",-10} {"passes",8} {"p50 ms",9} {"p99 ms",9} {"max ms",9} {"pages migrated",15} {"MiB moved",10} {"MB/s",9}");
         foreach (IGrouping<string, Pass> g in Passes.GroupBy(p => p.Trigger).OrderBy(g => g.Key))
         {
             double[] d = g.Select(p => p.DurationMs).Order().ToArray();
@@ -96,7 +96,7 @@ public sealed class CompactionTrace
         sb.AppendLine(string.Create(inv, $"Allocation failures: {AllocationFailures}; blocks moved for long-term pins: {LongTermPinMigrations}"));
         sb.AppendLine("Timeline (ms since the trace began: trigger, pause, MiB moved)");
         foreach (Pass p in Passes.Take(50)) sb.AppendLine(string.Create(inv, $"  {p.AtMs,10:F1}  {p.Trigger,-9} {p.DurationMs,9:F3} ms {p.BytesMoved / 1048576.0,8:F2} MiB  {p.Result}"));
-        if (Passes.Count > 50) sb.AppendLine($"  ... {Passes.Count - 50} more");
+        if (Passes.Count > 50) sb.AppendLine(CultureInfo.InvariantCulture, $"  ... {Passes.Count - 50} more");
         return sb.ToString();
     }
 

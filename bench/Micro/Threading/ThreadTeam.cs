@@ -115,11 +115,11 @@ public sealed class ThreadTeam : IDisposable
         if (_stopping) return;
         _stopping = true;
         foreach (Worker w in _workers) w.Release();
-        foreach (Worker w in _workers) w.Join();
+        foreach (Worker w in _workers) w.Dispose();
     }
 
     /// <summary>A worker thread and its wake-up event.</summary>
-    private sealed class Worker
+    private sealed class Worker : IDisposable
     {
         private readonly ThreadTeam _team;
         private readonly int _participant;
@@ -143,7 +143,8 @@ public sealed class ThreadTeam : IDisposable
             _wake.Set();
         }
 
-        public void Join()
+        /// <summary>Joins the thread (released with the team stopping), then disposes its event.</summary>
+        public void Dispose()
         {
             _thread.Join();
             _wake.Dispose();

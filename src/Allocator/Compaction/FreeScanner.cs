@@ -132,7 +132,7 @@ internal sealed unsafe class FreeScanner
     {
         // A failed migration may have copied its block here: with poisoning on, the pages hold the pattern again
         // before they rejoin free memory (the pool's pages are the compactor's, so no lock is needed).
-        if (_cx.Pages.Poison.Enabled) _cx.Pages.Poison.Fill(_map.AddressOf(start), (long)pages << _map.PageShift);
+        if (_cx.Pages.Poison.Enabled) FreePoison.Fill(_map.AddressOf(start), (long)pages << _map.PageShift);
         for (int p = start; p < start + pages; p++) _map.Page(p).InitFree();
         try
         {
@@ -162,7 +162,7 @@ internal sealed unsafe class FreeScanner
     public void FreePages(int start, int pages)
     {
         // The block lives at its destination now; its old pages become free memory, poisoned when that is on.
-        if (_cx.Pages.Poison.Enabled) _cx.Pages.Poison.Fill(_map.AddressOf(start), (long)pages << _map.PageShift);
+        if (_cx.Pages.Poison.Enabled) FreePoison.Fill(_map.AddressOf(start), (long)pages << _map.PageShift);
         lock (_zone.Lock)
         {
             _cx.Counters[LockAcquisitions]++;

@@ -218,32 +218,32 @@ internal sealed unsafe class HeapInspector(InspectedParts parts)
                     p += 1 << d.Order;
                     continue;
                 case PageKind.RunHead:
-                {
-                    int n = Math.Min(d.RunPages, start + pbPages - p);
-                    used += n;
-                    if (Volatile.Read(ref d.PinCount) > 0)
                     {
-                        if (RunIsMovable(d)) pinned += n;
-                        else pinnedUnmovable += n;
+                        int n = Math.Min(d.RunPages, start + pbPages - p);
+                        used += n;
+                        if (Volatile.Read(ref d.PinCount) > 0)
+                        {
+                            if (RunIsMovable(d)) pinned += n;
+                            else pinnedUnmovable += n;
+                        }
+                        p += n;
+                        continue;
                     }
-                    p += n;
-                    continue;
-                }
                 case PageKind.SlabHead:
-                {
-                    int n = Math.Min(sizes.PagesPerSlab[d.SlabClass], start + pbPages - p);
-                    used += n * (double)d.RefCount / sizes.SlotsPerSlab[d.SlabClass];
-                    // A slot's atomic pins are counted on the page its block starts on.
-                    bool anyPinned = false;
-                    for (int q = p; q < p + n; q++) anyPinned |= Volatile.Read(ref map.Page(q).PinCount) > 0;
-                    if (anyPinned)
                     {
-                        if (d.SlabKind == BlockKind.Movable) pinned += n;
-                        else pinnedUnmovable += n;
+                        int n = Math.Min(sizes.PagesPerSlab[d.SlabClass], start + pbPages - p);
+                        used += n * (double)d.RefCount / sizes.SlotsPerSlab[d.SlabClass];
+                        // A slot's atomic pins are counted on the page its block starts on.
+                        bool anyPinned = false;
+                        for (int q = p; q < p + n; q++) anyPinned |= Volatile.Read(ref map.Page(q).PinCount) > 0;
+                        if (anyPinned)
+                        {
+                            if (d.SlabKind == BlockKind.Movable) pinned += n;
+                            else pinnedUnmovable += n;
+                        }
+                        p += n;
+                        continue;
                     }
-                    p += n;
-                    continue;
-                }
                 case PageKind.Tail:
                     // The part of a run or slab that began in the pageblock before: counted as in use.
                     used++;

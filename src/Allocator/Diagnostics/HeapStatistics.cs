@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text;
 
 namespace Compaction.Allocator.Diagnostics;
@@ -98,8 +99,8 @@ public sealed class HeapStatistics
         var sb = new StringBuilder();
         foreach (ZoneStatistics z in Zones)
         {
-            sb.Append($"Zone {z.Name,-8}");
-            for (int o = 0; o < z.Orders; o++) sb.Append($" {z.FreeBlocks(o, MigrateType.Unmovable) + z.FreeBlocks(o, MigrateType.Movable),6}");
+            sb.Append(CultureInfo.InvariantCulture, $"Zone {z.Name,-8}");
+            for (int o = 0; o < z.Orders; o++) sb.Append(CultureInfo.InvariantCulture, $" {z.FreeBlocks(o, MigrateType.Unmovable) + z.FreeBlocks(o, MigrateType.Movable),6}");
             sb.AppendLine();
         }
         return sb.ToString();
@@ -109,18 +110,18 @@ public sealed class HeapStatistics
     public string PageTypeInfo()
     {
         var sb = new StringBuilder();
-        sb.AppendLine($"Page block order: {System.Numerics.BitOperations.Log2((uint)PageblockPages)}");
-        sb.AppendLine($"Pages per block:  {PageblockPages}");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"Page block order: {System.Numerics.BitOperations.Log2((uint)PageblockPages)}");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"Pages per block:  {PageblockPages}");
         foreach (ZoneStatistics z in Zones)
             foreach (MigrateType t in Enum.GetValues<MigrateType>())
             {
-                sb.Append($"Zone {z.Name,-8} type {t,-10}");
-                for (int o = 0; o < z.Orders; o++) sb.Append($" {z.FreeBlocks(o, t),6}");
+                sb.Append(CultureInfo.InvariantCulture, $"Zone {z.Name,-8} type {t,-10}");
+                for (int o = 0; o < z.Orders; o++) sb.Append(CultureInfo.InvariantCulture, $" {z.FreeBlocks(o, t),6}");
                 sb.AppendLine();
             }
         sb.AppendLine("Number of blocks type     Unmovable    Movable");
         foreach (ZoneStatistics z in Zones)
-            sb.AppendLine($"Zone {z.Name,-8}          {z.Pageblocks(MigrateType.Unmovable),9} {z.Pageblocks(MigrateType.Movable),10}");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"Zone {z.Name,-8}          {z.Pageblocks(MigrateType.Unmovable),9} {z.Pageblocks(MigrateType.Movable),10}");
         return sb.ToString();
     }
 
@@ -128,11 +129,11 @@ public sealed class HeapStatistics
     public override string ToString()
     {
         var sb = new StringBuilder();
-        sb.AppendLine($"live {LiveBytes:N0} B in {LiveBlocks:N0} blocks; committed {CommittedBytes:N0} B of {ReservedBytes:N0} B reserved; decommitted {DecommittedBytes:N0} B; metadata {MetadataBytes:N0} B");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"live {LiveBytes:N0} B in {LiveBlocks:N0} blocks; committed {CommittedBytes:N0} B of {ReservedBytes:N0} B reserved; decommitted {DecommittedBytes:N0} B; metadata {MetadataBytes:N0} B");
         sb.Append(BuddyInfo());
-        sb.AppendLine($"fragmentation score {FragmentationScore}%");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"fragmentation score {FragmentationScore}%");
         foreach (SlabClassStatistics c in SlabClasses)
-            sb.AppendLine($"  slab {c.Kind,-9} {c.SlotSize,6} B: {c.Slabs,5} slabs x {c.SlotsPerSlab,4} slots ({c.PagesPerSlab} pages), {c.UsedSlots,8} used ({c.Occupancy:P0})");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"  slab {c.Kind,-9} {c.SlotSize,6} B: {c.Slabs,5} slabs x {c.SlotsPerSlab,4} slots ({c.PagesPerSlab} pages), {c.UsedSlots,8} used ({c.Occupancy:P0})");
         return sb.ToString();
     }
 }

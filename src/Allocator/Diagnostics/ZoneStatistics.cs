@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text;
 
 namespace Compaction.Allocator.Diagnostics;
@@ -51,8 +52,8 @@ public sealed class ZoneStatistics
     public string FragmentationTable()
     {
         var sb = new StringBuilder();
-        sb.Append($"Zone {Name,-8} unusable    "); for (int o = 0; o < Orders; o++) sb.Append($" {UnusableFreeIndex(o) / 1000.0,6:0.000}"); sb.AppendLine();
-        sb.Append($"Zone {Name,-8} extfrag_index"); for (int o = 0; o < Orders; o++) sb.Append($" {FragmentationIndex(o) / 1000.0,6:0.000}"); sb.AppendLine();
+        sb.Append(CultureInfo.InvariantCulture, $"Zone {Name,-8} unusable    "); for (int o = 0; o < Orders; o++) sb.Append(CultureInfo.InvariantCulture, $" {UnusableFreeIndex(o) / 1000.0,6:0.000}"); sb.AppendLine();
+        sb.Append(CultureInfo.InvariantCulture, $"Zone {Name,-8} extfrag_index"); for (int o = 0; o < Orders; o++) sb.Append(CultureInfo.InvariantCulture, $" {FragmentationIndex(o) / 1000.0,6:0.000}"); sb.AppendLine();
         return sb.ToString();
     }
 }

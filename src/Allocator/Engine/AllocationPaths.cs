@@ -282,7 +282,7 @@ internal sealed unsafe class AllocationPaths(AllocationParts parts)
         long bytes = (state & EntryState.Run) != 0
             ? (long)_map.Page(_map.PageOf(address)).RunPages << _map.PageShift
             : _classes.Size[_classes.ClassOf(EntryState.SlabSize(state))];
-        _poison.Fill(address, bytes);
+        FreePoison.Fill(address, bytes);
     }
 
     /// <summary>Raises the use-after-free detections waiting in the poison (already counted), on the allocating

@@ -192,7 +192,7 @@ internal sealed unsafe partial class HandleTable : IDisposable
     {
         Debug.Assert(_lock.IsHeldByCurrentThread, "caller holds the table lock");
         // The chunks belong to other heaps now: touching their entries would corrupt them.
-        if (_disposed) throw new ObjectDisposedException(nameof(HandleTable));
+        ObjectDisposedException.ThrowIf(_disposed, this);
     }
 
     /// <summary>Native memory of this heap's chunks.</summary>

@@ -137,7 +137,7 @@ internal sealed unsafe partial class Migrator
                 }
                 long size = _pages.Map.BlockSize(it.Src, it.State);   // frozen: the run's descriptor is stable
                 Buffer.MemoryCopy((void*)it.Src, (void*)it.Dst, size, size);
-                if (it.Owner != null && !Owners.Migrate(batch, i, e, this)) continue;
+                if (it.Owner != null && !OwnerRegistry.Migrate(batch, i, e, this)) continue;
                 if ((it.State & EntryState.Run) == 0)
                     *_slabs.ReverseMapWord(it.Dst, _slabs.Classes.ClassOf(size)) = (int)it.Index;
                 e->Address = it.Dst;
@@ -167,10 +167,10 @@ internal sealed unsafe partial class Migrator
     }
 
     /// <summary>A block we did not freeze: record why, and put it back to the owner that isolated it (if any).</summary>
-    private void FailUnfrozen(MigrationBatch batch, int i, MigrateResult why)
+    private static void FailUnfrozen(MigrationBatch batch, int i, MigrateResult why)
     {
         batch[i].Result = why;
-        Owners.Putback(batch, i);
+        OwnerRegistry.Putback(batch, i);
     }
 
     /// <summary>Ends our freeze of block <paramref name="i"/> in place (release store of the state read in step 1).</summary>
@@ -178,7 +178,7 @@ internal sealed unsafe partial class Migrator
     {
         Volatile.Write(ref _handles.Get(batch[i].Index)->State, batch[i].State);
         batch[i].Result = why;
-        Owners.Putback(batch, i);
+        OwnerRegistry.Putback(batch, i);
     }
 
     // ------------------------------------------------------------------ single blocks (tests and tools)

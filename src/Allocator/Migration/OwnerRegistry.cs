@@ -108,7 +108,7 @@ internal sealed unsafe class OwnerRegistry
     /// <summary>Runs the isolating owner's migrate callback with block <paramref name="i"/> (entry
     /// <paramref name="e"/>) frozen and copied. On refusal or exception the block is unfrozen in place through
     /// <paramref name="migrator"/> (and put back); returns false.</summary>
-    public bool Migrate(MigrationBatch batch, int i, HandleEntry* e, Migrator migrator)
+    public static bool Migrate(MigrationBatch batch, int i, HandleEntry* e, Migrator migrator)
     {
         uint index = batch[i].Index;
         IMovableBlockOwner owner = batch[i].Owner!;
@@ -131,7 +131,7 @@ internal sealed unsafe class OwnerRegistry
     }
 
     /// <summary>Tells the owner that isolated block <paramref name="i"/> (if any) that it was not moved.</summary>
-    public void Putback(MigrationBatch batch, int i)
+    public static void Putback(MigrationBatch batch, int i)
     {
         IMovableBlockOwner? owner = batch[i].Owner;
         if (owner == null) return;

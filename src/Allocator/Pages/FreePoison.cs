@@ -57,7 +57,7 @@ internal sealed unsafe class FreePoison
     public long Detections => Volatile.Read(ref _detections);
 
     /// <summary>Fills [<paramref name="address"/>, + <paramref name="bytes"/>) with the pattern.</summary>
-    public void Fill(nint address, long bytes)
+    public static void Fill(nint address, long bytes)
     {
         for (long done = 0; done < bytes; done += Piece)
             new Span<byte>((void*)(address + (nint)done), (int)Math.Min(Piece, bytes - done)).Fill(Pattern);

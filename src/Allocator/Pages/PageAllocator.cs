@@ -125,7 +125,7 @@ internal sealed class PageAllocator
     /// they are poisoned first (outside the zone lock: the pages are still the caller's). Takes the zone lock.</summary>
     public void FreePages(int start, int count)
     {
-        if (Poison.Enabled) Poison.Fill(Map.AddressOf(start), (long)count << Map.PageShift);
+        if (Poison.Enabled) FreePoison.Fill(Map.AddressOf(start), (long)count << Map.PageShift);
         ZoneOf(start).FreePageRange(start, count);
     }
 

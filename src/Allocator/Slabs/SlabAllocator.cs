@@ -158,7 +158,7 @@ internal sealed unsafe class SlabAllocator
     {
         if (carved) _poison.CheckPoisonOrZero(slot, size);
         else _poison.Check(slot + FreePoison.SlotLinkBytes, size - FreePoison.SlotLinkBytes);
-        _poison.Fill(slot, size);
+        FreePoison.Fill(slot, size);
     }
 
     /// <summary>Returns slots to their slabs. Takes the class lock. A slab that becomes empty is kept (up to
@@ -181,7 +181,7 @@ internal sealed unsafe class SlabAllocator
         Debug.Assert(d.Kind == PageKind.SlabHead && d.SlabClass == c && d.SlabKind == Kind);
         nint slab = _map.AddressOf(head);
         int slot = Classes.SlotOf(c, (int)(addr - slab));
-        if (_poison.Enabled) _poison.Fill(addr, Classes.Size[c]);   // free storage holds the pattern, after the link
+        if (_poison.Enabled) FreePoison.Fill(addr, Classes.Size[c]);   // free storage holds the pattern, after the link
         *(int*)addr = d.SlabFreeSlot;
         d.SlabFreeSlot = slot;
         d.RefCount--;
