@@ -72,7 +72,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     /// <param name="options">Settings, validated here; null for the defaults.</param>
     /// <exception cref="ArgumentException">An option is out of range; <see cref="ArgumentException.ParamName"/> names it.</exception>
     /// <exception cref="OutOfMemoryException">The address space could not be reserved.</exception>
-    public NativeHeap(HeapOptions? options = null) : this(options, LinuxOsMemory.Instance) { }
+    public NativeHeap(HeapOptions? options = null) : this(options, OsMemory.Default) { }
 
     /// <summary>Creates a heap whose system calls (reservation, commits, decommits, purges, advice, the handle
     /// table's new chunks) go through <paramref name="os"/>: tests hand it a layer that refuses chosen calls

@@ -23,7 +23,12 @@ internal static unsafe class NativeHeapTestHooks
 
         /// <summary>Bytes the arena holds committed now (a racy read of one counter; cheaper than a statistics snapshot).</summary>
         internal long CommittedBytesNow => heap.Memory.CommittedBytes;
+
+        /// <summary>Committed bytes plus the metadata charged to the memory limit (what the limit bounds).</summary>
         internal long ChargedBytesNow => heap.Memory.ChargedBytes;
+
+        /// <summary>True while a waste-driven run is under way (a racy read, for hand-driven steps).</summary>
+        internal bool BackgroundWasteRunActive() => heap.Compactor?.WasteRunActive ?? false;
 
         /// <summary>True while every thread's cache is switched off.</summary>
         internal bool ThreadCachesDisabled => heap.Caches.Disabled;

@@ -42,6 +42,11 @@ internal sealed class CompactControl
     public long BudgetBytes;          // 0: unlimited
     public long BudgetTicks;          // ticks of the settings' Clock (its timestamps); 0: unlimited
     public long StartTicks;
+    /// <summary>A unit of work (a consolidation batch, a pageblock of the zone pass) was done under this control: the
+    /// time budget stops a run only after one, so that every slice advances however slow its clock reads (a slice
+    /// preempted before its first unit, or a test clock that moves at every reading, would otherwise stop at once for
+    /// ever).</summary>
+    public bool Worked;
     public int LowWatermark;
     public long BytesMovedAtStart;
     public bool Contended;

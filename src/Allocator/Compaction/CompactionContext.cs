@@ -73,10 +73,11 @@ internal sealed class CompactionContext
         return Fragmentation.ExtfragForOrder(free, Map.PageblockOrder);
     }
 
-    /// <summary>True when the run has moved its budget of bytes or spent its budget of time.</summary>
+    /// <summary>True when the run has moved its budget of bytes, or has spent its budget of time after at least one
+    /// unit of work (<see cref="CompactControl.Worked"/>: every slice advances).</summary>
     public bool BudgetSpent(CompactControl cc) =>
         (cc.BudgetBytes > 0 && Counters[BytesMoved] - cc.BytesMovedAtStart >= cc.BudgetBytes)
-        || (cc.BudgetTicks > 0 && Options.Clock.GetTimestamp() - cc.StartTicks >= cc.BudgetTicks);
+        || (cc.BudgetTicks > 0 && cc.Worked && Options.Clock.GetTimestamp() - cc.StartTicks >= cc.BudgetTicks);
 
     /// <summary>Runs the migration primitive on <see cref="Batch"/> and counts its outcomes, bytes and barriers.
     /// Caller holds RunLock and no other lock.</summary>

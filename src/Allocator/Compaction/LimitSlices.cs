@@ -51,10 +51,12 @@ internal sealed class LimitSlices
             long movedBefore = _cx.Counters[BytesMoved];
             long start = _cx.Options.Clock.GetTimestamp();
             bool spent;
+            bool worked = false;   // a unit of work was done in this slice
             if (!_zonePhase)
             {
                 var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = budgetTicks, StartTicks = start, BytesMovedAtStart = movedBefore };
                 _consolidation.ConsolidateSlabs(cc);
+                worked = cc.Worked;
                 spent = _cx.BudgetSpent(cc);
                 // Every class consolidated: the next slices compact the zone, so that the slab pages freed here
                 // coalesce into the larger blocks new slabs and runs need (and whole pageblocks empty).
@@ -62,13 +64,14 @@ internal sealed class LimitSlices
             }
             long left = budgetTicks - (_cx.Options.Clock.GetTimestamp() - start);
             spent = left <= 0;
-            if (_zonePhase && left > 0)
+            // As in a waste slice: a slice that has done nothing yet runs at least a pageblock of the zone pass.
+            if (_zonePhase && (left > 0 || !worked))
             {
                 // Resumed where the last slice stopped (the scanners' cached positions), so that successive slices
                 // walk the zone instead of rescanning its bottom; a pass that ends starts the next cycle.
                 CompactStatus status = _scanner.CompactZone(new CompactControl
                 {
-                    Mode = CompactMode.SyncLight, WholeZone = !_resume, IgnoreSkipHint = true, BudgetTicks = left,
+                    Mode = CompactMode.SyncLight, WholeZone = !_resume, IgnoreSkipHint = true, BudgetTicks = Math.Max(1, left),
                 });
                 _resume = status == CompactStatus.BudgetExhausted;
                 spent = _resume;

@@ -81,6 +81,7 @@ internal sealed unsafe class MigrateScanner
                 if (status != CompactStatus.Continue) break;
                 if (!cc.IgnoreSkip && _map.GetSkip(migratePb)) { migratePb++; continue; }
                 status = CompactPageblock(cc, migratePb, ref freePb);
+                cc.Worked = true;   // a pageblock processed: the time budget may stop the run from here on
                 if (status == CompactStatus.Continue) migratePb++;
                 _cx.BetweenPageblocks?.Invoke();
             }

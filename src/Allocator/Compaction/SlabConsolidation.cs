@@ -31,7 +31,7 @@ internal sealed class SlabConsolidation
         foreach (SlabClass cls in _slabs.Class)
         {
             _tried.Clear();
-            while (!_cx.BudgetSpent(cc) && !cc.Contended && ConsolidateOne(cc, cls)) { }
+            while (!_cx.BudgetSpent(cc) && !cc.Contended && ConsolidateOne(cc, cls)) cc.Worked = true;
         }
     }
 

@@ -115,21 +115,25 @@ internal sealed class WasteRun
             _caches.Drain();
             _cycleResident = _cx.Pages.ResidentBytesEstimate;
         }
+        bool worked = false;   // a unit of work was done in this slice
         if (!_zonePhase)
         {
             // Not a daemon pass here: every class with a slab to spare is consolidated, as an explicit compaction
             // does (the daemon's own pass leaves classes below its worth-it heuristic alone).
             var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = slice, StartTicks = start, BytesMovedAtStart = movedBefore };
             _consolidation.ConsolidateSlabs(cc);
+            worked = cc.Worked;
             if (!_cx.BudgetSpent(cc)) { _zonePhase = true; _resume = false; }   // every class consolidated
         }
         long left = slice - (_cx.Options.Clock.GetTimestamp() - start);
-        if (_zonePhase && left > 0)
+        // The zone pass runs while time is left, and in any slice that has done nothing yet (at least a pageblock), so
+        // that a slice whose clock ran out before any work still advances the pass.
+        if (_zonePhase && (left > 0 || !worked))
         {
             CompactStatus status = _scanner.CompactZone(new CompactControl
             {
                 // Counted as waste wakes, not in the kernel's kcompactd counters (compact_daemon_*).
-                Mode = CompactMode.SyncLight, WholeZone = !_resume, IgnoreSkipHint = true, BudgetTicks = left,
+                Mode = CompactMode.SyncLight, WholeZone = !_resume, IgnoreSkipHint = true, BudgetTicks = Math.Max(1, left),
             });
             _resume = status == CompactStatus.BudgetExhausted;
             cycleEnded = !_resume;

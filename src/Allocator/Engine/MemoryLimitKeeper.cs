@@ -92,10 +92,11 @@ internal sealed class MemoryLimitKeeper(
         bool hard = LimitInTheWay(), soft = !hard && SoftLimitOn && !room.PassedSoftLimit && SoftLimitInTheWay();
         if (!hard && !soft)
         {
-            // No limit stands in the way now, yet the refusal may still have been a limit's, a moment ago: another
-            // thread has since given memory back (its slice's decommits), or a background wake raised the soft limit
-            // with live bytes. Retry, bounded like the slices; with neither limit the arena itself has no room.
-            if ((_s.MemoryLimit == 0 && !SoftLimitOn) || room.Slices >= MaxLimitSlices) return false;
+            // No limit stands in the way now, yet this thread's refusal may still have been a limit's, a moment ago:
+            // another thread has since given memory back (its slice's decommits), or a background wake raised the
+            // soft limit with live bytes. Retry, bounded like the slices. Otherwise the arena itself has no room, or
+            // the OS refused the commit (not retried: the failure surfaces).
+            if (!ArenaMemory.TakeLimitRefusal() || room.Slices >= MaxLimitSlices) return false;
             room.Slices++;
             return true;
         }

@@ -78,6 +78,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
     // Set by the allocation paths (never by compaction, long-term pins or the reclaimer) while they allocate for a
     // caller: only those commits respect the soft limit, and only those can make room and retry.
     [ThreadStatic] private static bool t_softLimitApplies;
+    [ThreadStatic] private static bool t_limitRefused;   // this thread's last refusal was a limit's (not the OS's), not yet taken
 
     // Small-page pageblocks (see UseSmallPages). Flips are rare (a purge in a pageblock still huge, a decommit of a
     // small-page one), so one lock serialises them with the island count; it is the innermost lock (zone lock, then
@@ -187,6 +188,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
             if (charged > limit - bytes)
             {
                 Interlocked.Increment(ref _limitRefusals);
+                t_limitRefused = true;
                 return false;
             }
             if (Interlocked.CompareExchange(ref _chargedBytes, charged + bytes, charged) == charged) return true;
@@ -224,6 +226,18 @@ internal sealed unsafe class ArenaMemory : IDisposable
 
     /// <summary>Commits refused because they would have passed <see cref="SoftLimitBytes"/>.</summary>
     public long SoftLimitRefusals => Volatile.Read(ref _softLimitRefusals);
+
+    /// <summary>True when the calling thread's last refused commit or metadata charge was refused by the memory limit or
+    /// the soft limit, and no call took it since (a call clears it; an OS refusal clears it too). A flag left from an
+    /// earlier allocation costs at most one bounded retry. The allocation paths ask it
+    /// when no limit is in the way any more by the time they look: the refusal was a limit's, and the room it lacked
+    /// may be there now.</summary>
+    public static bool TakeLimitRefusal()
+    {
+        bool refused = t_limitRefused;
+        t_limitRefused = false;
+        return refused;
+    }
 
     /// <summary>Whether the calling thread's commits respect <see cref="SoftLimitBytes"/>: a thread-local flag the
     /// heap's allocation paths set while they allocate for a caller (and clear for an allocation's last try, after its
@@ -276,6 +290,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
         if (Volatile.Read(ref _committedBytes) > soft - bytes)
         {
             Interlocked.Increment(ref _softLimitRefusals);
+            t_limitRefused = true;
             return false;
         }
         while (true)
@@ -284,6 +299,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
             if (charged > limit - charge)
             {
                 Interlocked.Increment(ref _limitRefusals);
+                t_limitRefused = true;
                 return false;
             }
             if (Interlocked.CompareExchange(ref _chargedBytes, charged + charge, charged) == charged) break;
@@ -297,6 +313,7 @@ internal sealed unsafe class ArenaMemory : IDisposable
             Interlocked.Add(ref _committedBytes, -bytes);
             Interlocked.Add(ref _chargedBytes, -charge);
             Interlocked.Increment(ref _commitFailures);
+            t_limitRefused = false;   // the last refusal is the OS's: it surfaces, it is not retried
             return false;
         }
         if (!_native && _clearFirstCommit && state == PageblockMemory.Reserved) NativeMemory.Clear((void*)AddressOf(pageblock), _pageblockBytes);

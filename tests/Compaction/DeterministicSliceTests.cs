@@ -1,0 +1,86 @@
+using Compaction.Allocator;
+using Compaction.Allocator.Diagnostics;
+using Xunit.Abstractions;
+
+namespace Compaction.Tests;
+
+/// <summary>
+/// The waste-driven run's slices on the heap's injected clock (<see cref="HeapOptions.TimeProvider"/>): a slice yields
+/// once its budget is spent, and a whole cycle completes in one wake when the budget is ample. The clocks here are
+/// deterministic (one that never moves, one that moves a fixed step at every reading), so the assertions are counts,
+/// never elapsed time.
+/// </summary>
+public sealed class DeterministicSliceTests(ITestOutputHelper output)
+{
+    /// <summary>A clock that moves <paramref name="step"/> every time it is read: each budget check spends it.</summary>
+    private sealed class SteppingTimeProvider(TimeSpan step) : TimeProvider
+    {
+        private long _now;
+        public int Reads;
+        public override long TimestampFrequency => TimeSpan.TicksPerSecond;
+        public override long GetTimestamp()
+        {
+            Interlocked.Increment(ref Reads);
+            return Interlocked.Add(ref _now, step.Ticks);
+        }
+    }
+
+    private static (NativeHeap heap, List<BlockHandle> live) Fragmented(TimeProvider clock)
+    {
+        var heap = new NativeHeap(new HeapOptions
+        {
+            ArenaBytes = 128L << 20, PageblockPages = 64, Proactiveness = 0, TimeProvider = clock,
+            WasteHighRatio = 1.2, WasteLowRatio = 1.1, WasteMinBytes = 1L << 20, DecommitDelay = TimeSpan.FromHours(1),
+            CompactionSliceTime = TimeSpan.FromMilliseconds(0.5),
+        });
+        var all = new List<BlockHandle>();
+        for (long b = 0; b < (24L << 20); b += 512) all.Add(heap.Allocate(512));
+        var live = new List<BlockHandle>();
+        for (int i = 0; i < all.Count; i++)
+        {
+            if (i % 4 != 0) heap.Free(all[i]);
+            else { live.Add(all[i]); TestHeaps.Fill(heap, all[i]); }
+        }
+        return (heap, live);
+    }
+
+    [Fact]
+    public void ASliceYieldsOnceItsBudgetIsSpentAndACycleCompletesInOneWakeWhenTheBudgetIsAmple()
+    {
+        // Ample: a clock that never moves. The first wake's slice runs the whole cycle (every class consolidated, one
+        // pass over the zone) and the run needs only a few more wakes to end.
+        (NativeHeap ample, List<BlockHandle> ampleLive) = Fragmented(new ManualTimeProvider());
+        long ampleFirst, ampleWakes;
+        using (ample)
+        {
+            ample.RunCompactionStep(TimeSpan.Zero);
+            ampleFirst = ample.GetStatistics().Compaction.WasteBytesMoved;
+            int steps = 1;
+            for (; steps < 100 && ample.BackgroundWasteRunActive(); steps++) ample.RunCompactionStep(TimeSpan.FromMilliseconds(steps));
+            ampleWakes = ample.GetStatistics().Compaction.WasteWakes;
+            foreach (BlockHandle h in ampleLive) Assert.Equal(0, TestHeaps.CountCorrupt(ample, h));
+            ampleLive.ForEach(ample.Free);
+        }
+
+        // Spent at once: every reading of the clock moves it by 1 ms, twice the slice. Each wake's slice stops at its
+        // first budget check, after one unit of work, so the same cycle takes many wakes.
+        var stepping = new SteppingTimeProvider(TimeSpan.FromMilliseconds(1));
+        (NativeHeap tight, List<BlockHandle> tightLive) = Fragmented(stepping);
+        using (tight)
+        {
+            tight.RunCompactionStep(TimeSpan.Zero);
+            long tightFirst = tight.GetStatistics().Compaction.WasteBytesMoved;
+            int steps = 1;
+            for (; steps < 5000 && tight.BackgroundWasteRunActive(); steps++) tight.RunCompactionStep(TimeSpan.FromMilliseconds(steps));
+            CompactionStatistics c = tight.GetStatistics().Compaction;
+            output.WriteLine($"ample: first wake moved {ampleFirst:N0} B, {ampleWakes} waste wakes; stepping clock: first wake moved {tightFirst:N0} B, {c.WasteWakes} waste wakes, {c.WasteBytesMoved:N0} B in all");
+            Assert.True(ampleFirst > 0, "the first ample slice moved blocks");
+            Assert.True(tightFirst < ampleFirst, $"a spent budget stops the slice early ({tightFirst} vs {ampleFirst})");
+            Assert.True(tightFirst <= 2L << 20, $"one unit of work at most (a pageblock's worth of sources): {tightFirst}");
+            Assert.True(c.WasteWakes > ampleWakes, $"the tight run took more wakes ({c.WasteWakes} vs {ampleWakes})");
+            Assert.False(tight.BackgroundWasteRunActive(), "the tight run still ends: every slice advances");
+            foreach (BlockHandle h in tightLive) Assert.Equal(0, TestHeaps.CountCorrupt(tight, h));
+            tightLive.ForEach(tight.Free);
+        }
+    }
+}
