@@ -34,15 +34,15 @@ public sealed partial class NativeHeap
         if (_disposed) ThrowHelper.Disposed();
         if (_compactor == null) return new CompactionStatistics();
         using CallSection _ = new(_caches);
-        CompactionStatistics before = CountersNow();
+        long[] before = _counters.Read();
         long t0 = _clock.GetTimestamp();
         bool traced = Tracing(NativeHeapEventSource.Keywords.Compaction);
         if (traced) Events.CompactionStart(_id, "explicit", "sync_full");
         _compactor.CompactAll();
         GC.KeepAlive(this);   // the run worked on native memory the finalizer would free
-        CompactionStatistics run = CountersNow() - before;
+        long[] run = _counters.Since(before);
         if (traced) Events.Pass(_id, "explicit", "sync_full", run, _clock.GetElapsedTime(t0));
-        return run;
+        return new CompactionStatistics(run);
     }
 
     /// <summary>

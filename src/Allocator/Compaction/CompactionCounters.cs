@@ -22,4 +22,14 @@ internal sealed class CompactionCounters
         for (int i = 0; i < copy.Length; i++) copy[i] = Volatile.Read(ref _values[i]);
         return copy;
     }
+
+    /// <summary>Every counter now less its value in <paramref name="before"/> (an earlier <see cref="Read"/>): what a
+    /// traced pass or wake adds to its event, indexed by <see cref="CompactionCounter"/>. Racy like Read; other runs
+    /// between the two readings count too.</summary>
+    public long[] Since(long[] before)
+    {
+        long[] now = Read();
+        for (int i = 0; i < now.Length; i++) now[i] -= before[i];
+        return now;
+    }
 }

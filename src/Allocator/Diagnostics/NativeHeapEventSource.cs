@@ -121,27 +121,30 @@ public sealed class NativeHeapEventSource : EventSource
     [Event(WasteShareChangedId, Level = EventLevel.Informational, Keywords = Keywords.Background)]
     public void WasteShareChanged(long heapId, bool lowered, double sharePercent) => WriteEvent(WasteShareChangedId, heapId, lowered, sharePercent);
 
-    /// <summary>The compaction events of one pass, from its counters' difference.</summary>
+    /// <summary>The compaction events of one pass, from its counters' difference (<paramref name="d"/>, indexed by
+    /// <see cref="CompactionCounter"/>: the raw counters, so that the layers below the API can trace a pass without
+    /// the API's snapshot type).</summary>
     [NonEvent]
-    internal void Pass(long heapId, string trigger, string mode, CompactionStatistics d, TimeSpan took)
+    internal void Pass(long heapId, string trigger, string mode, long[] d, TimeSpan took)
     {
-        double ms = took.TotalMilliseconds;
-        string result = d.PgmigrateSuccess > 0 ? "moved" : d.CompactMigrateScanned + d.CompactDaemonMigrateScanned > 0 ? "nothing_moved" : "skipped";
-        CompactionStop(heapId, trigger, mode, result, d.CompactMigrateScanned + d.CompactDaemonMigrateScanned, d.PgmigrateSuccess, d.BytesMoved, ms);
+        long scanned = d[(int)CompactionCounter.CompactMigrateScanned] + d[(int)CompactionCounter.CompactDaemonMigrateScanned];
+        long migrated = d[(int)CompactionCounter.PgmigrateSuccess];
+        string result = migrated > 0 ? "moved" : scanned > 0 ? "nothing_moved" : "skipped";
+        CompactionStop(heapId, trigger, mode, result, scanned, migrated, d[(int)CompactionCounter.BytesMoved], took.TotalMilliseconds);
         Failures(heapId, d);
     }
 
     /// <summary>One MigrationFailed event per reason a pass (or wake) met, from its counters' difference.</summary>
     [NonEvent]
-    internal void Failures(long heapId, CompactionStatistics d)
+    internal void Failures(long heapId, long[] d)
     {
-        Failure(heapId, "busy", d.MigrateBusy);
-        Failure(heapId, "pinned_after_freeze", d.MigratePinnedAfterFreeze);
-        Failure(heapId, "gone", d.MigrateGone);
-        Failure(heapId, "owner_retry", d.MigrateOwnerRetry);
-        Failure(heapId, "owner_failed", d.MigrateOwnerFailed);
-        Failure(heapId, "cache_held", d.CacheHeldFailures);
-        Failure(heapId, "pinned_skipped", d.PinnedPagesSkipped);
+        Failure(heapId, "busy", d[(int)CompactionCounter.MigrateBusy]);
+        Failure(heapId, "pinned_after_freeze", d[(int)CompactionCounter.MigratePinnedAfterFreeze]);
+        Failure(heapId, "gone", d[(int)CompactionCounter.MigrateGone]);
+        Failure(heapId, "owner_retry", d[(int)CompactionCounter.MigrateOwnerRetry]);
+        Failure(heapId, "owner_failed", d[(int)CompactionCounter.MigrateOwnerFailed]);
+        Failure(heapId, "cache_held", d[(int)CompactionCounter.CacheHeldFailures]);
+        Failure(heapId, "pinned_skipped", d[(int)CompactionCounter.PinnedPagesSkipped]);
     }
 
     [NonEvent]

@@ -228,11 +228,11 @@ internal sealed unsafe class AllocationPaths(AllocationParts parts)
     private int DirectCompact(Compactor compactor, int pages, uint index)
     {
         if (!Events.IsEnabled(EventLevel.Informational, NativeHeapEventSource.Keywords.Compaction)) return compactor.DirectCompact(pages, index);
-        CompactionStatistics before = new(_counters.Read());
+        long[] before = _counters.Read();
         long t0 = _clock.GetTimestamp();
         Events.CompactionStart(_id, "direct", "async_then_sync_light");
         int start = compactor.DirectCompact(pages, index);
-        Events.Pass(_id, "direct", "async_then_sync_light", new CompactionStatistics(_counters.Read()) - before, _clock.GetElapsedTime(t0));
+        Events.Pass(_id, "direct", "async_then_sync_light", _counters.Since(before), _clock.GetElapsedTime(t0));
         return start;
     }
 

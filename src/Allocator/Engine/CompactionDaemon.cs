@@ -81,13 +81,15 @@ internal sealed class CompactionDaemon
         }
         // Traced: the wake's counters before and after, and what the OS got back.
         ArenaMemory memory = _p.Memory;
-        CompactionStatistics before = new(_p.Counters.Read());
+        long[] before = _p.Counters.Read();
         long purged = memory.PurgedBytes, decommitted = memory.DecommittedBytes, t0 = _s.Clock.GetTimestamp();
         StepCore(now);
-        CompactionStatistics d = new CompactionStatistics(_p.Counters.Read()) - before;
-        string trigger = d.WasteWakes > 0 ? "waste" : d.CompactDaemonMigrateScanned > 0 ? "proactive" : d.PagesCompacted > 0 ? "consolidation" : "idle";
+        long[] d = _p.Counters.Since(before);
+        string trigger = d[(int)CompactionCounter.WasteWakes] > 0 ? "waste"
+            : d[(int)CompactionCounter.CompactDaemonMigrateScanned] > 0 ? "proactive"
+            : d[(int)CompactionCounter.PagesCompacted] > 0 ? "consolidation" : "idle";
         if (Events.IsEnabled(EventLevel.Verbose, NativeHeapEventSource.Keywords.Background))
-            Events.BackgroundWake(_p.Id, trigger, d.BytesMoved, _s.Clock.GetElapsedTime(t0).TotalMilliseconds,
+            Events.BackgroundWake(_p.Id, trigger, d[(int)CompactionCounter.BytesMoved], _s.Clock.GetElapsedTime(t0).TotalMilliseconds,
                                   (double)_p.Pages.ResidentBytesEstimate / Math.Max(1, _p.Caches.LiveTotals().bytes));
         if (Events.IsEnabled(EventLevel.Informational, NativeHeapEventSource.Keywords.Compaction)) Events.Failures(_p.Id, d);
         long gaveBack = memory.DecommittedBytes - decommitted, purgedNow = memory.PurgedBytes - purged;
