@@ -18,11 +18,10 @@ public sealed unsafe partial class DecommitFailureTests(ITestOutputHelper output
 
     /// <summary>On the code this test was written against, the mapping splits past vm.max_map_count, mprotect fails
     /// unnoticed and the runtime aborts on its next mmap: hence the trait.</summary>
-    [Fact]
+    [LinuxFact("/proc/self/maps, mincore and vm.max_map_count: the subject is Linux's limit on mappings")]
     [Trait(ProcessFatal.Trait, ProcessFatal.Value)]
     public void ReleasingEveryOtherOfManyPageblocksKeepsMappingsBoundedCountsOnlyRealDecommitsAndKeepsTheProcessWorking()
     {
-        if (!OperatingSystem.IsLinux()) { output.WriteLine("skipped: needs /proc/self/maps and mincore (Linux only)"); return; }
         int limit = Math.Min(MapLimit, ProcSelf.MaxMapCount() * 9 / 10);
         using var heap = new NativeHeap(new HeapOptions
         {
@@ -79,7 +78,7 @@ public sealed unsafe partial class DecommitFailureTests(ITestOutputHelper output
         Assert.True(committed >= 2 * pageblockBytes);
         blocks.ForEach(heap.Free);
 
-        os.RefuseInArena(heap, OsCall.DontNeed, times: 1);
+        os.RefuseInArena(heap, os.DecommitCall, times: 1);   // every pageblock is wholly free: the refused call is a decommit
         long released = heap.ReleaseFreeMemory();
 
         HeapStatistics stats = heap.GetStatistics();
@@ -112,7 +111,7 @@ public sealed unsafe partial class DecommitFailureTests(ITestOutputHelper output
         long committed = heap.GetStatistics().CommittedBytes;
         blocks.ForEach(heap.Free);
 
-        os.RefuseInArena(heap, OsCall.DontNeed, times: 1);
+        os.RefuseInArena(heap, os.DecommitCall, times: 1);
         CompactionStatistics step = heap.RunCompactionStep(TimeSpan.FromSeconds(1));
 
         HeapStatistics stats = heap.GetStatistics();
@@ -136,7 +135,7 @@ public sealed unsafe partial class DecommitFailureTests(ITestOutputHelper output
         foreach (BlockHandle h in blocks.Except(kept)) heap.Free(h);
         long committed = heap.GetStatistics().CommittedBytes;
 
-        os.RefuseInArena(heap, OsCall.DontNeed, times: 1);   // no pageblock is wholly free: the first to be refused is a purge
+        os.RefuseInArena(heap, os.PurgeCall, times: 1);   // no pageblock is wholly free: the first to be refused is a purge
         long released = heap.ReleaseFreeMemory();
 
         HeapStatistics stats = heap.GetStatistics();

@@ -5,10 +5,13 @@ using Compaction.Allocator.Handles;
 namespace Compaction.Tests;
 
 /// <summary>
-/// The OS refuses: every system call of a heap goes through its OS layer, here a <see cref="FaultyOsMemory"/> that
-/// refuses chosen calls with ENOMEM. Each refusal fails only what needed it, with the documented exception or result,
-/// is counted, and leaves the heap valid with every live byte intact; once the OS gives memory again the heap serves as
-/// before. (Decommit and purge refusals of one call: DecommitFailureTests.)
+/// The OS refuses: every system call of a heap goes through its OS layer, here a <see cref="FaultyOsMemory"/> over the
+/// real layer of this OS that refuses chosen calls with its out-of-memory error (ENOMEM; ERROR_NOT_ENOUGH_MEMORY on
+/// Windows). Each refusal fails only what needed it, with the documented exception or result, is counted, and leaves
+/// the heap valid with every live byte intact; once the OS gives memory again the heap serves as before. The heap's
+/// operations are named, not the calls (a decommit is MADV_DONTNEED on Linux and VirtualFree(MEM_DECOMMIT) on Windows),
+/// so every test runs on both back ends but the two whose subject only Linux has (huge-page advice, the mapping
+/// limit). (Decommit and purge refusals of one call: DecommitFailureTests.)
 /// </summary>
 public sealed unsafe class FaultInjectionTests
 {
@@ -55,7 +58,7 @@ public sealed unsafe class FaultInjectionTests
         List<BlockHandle> live = AllocateFilled(heap, 3, size, kind);
         long committed = heap.GetStatistics().CommittedBytes;
 
-        os.RefuseInArena(heap, OsCall.Protect);
+        os.RefuseInArena(heap, os.CommitCall);
         // What is committed already still serves; the first block that needs a new pageblock fails.
         int served = 0;
         while (heap.TryAllocate(size, kind, out BlockHandle h))
@@ -67,8 +70,8 @@ public sealed unsafe class FaultInjectionTests
         Assert.Throws<OutOfMemoryException>(() => heap.Allocate(size, kind));
 
         HeapStatistics stats = heap.GetStatistics();
-        Assert.True(os.Refused(OsCall.Protect) >= 2);
-        Assert.Equal(os.Refused(OsCall.Protect), stats.CommitFailures);
+        Assert.True(os.Refused(os.CommitCall) >= 2);
+        Assert.Equal(os.Refused(os.CommitCall), stats.CommitFailures);
         Assert.Equal(committed, stats.CommittedBytes);           // a refused commit commits nothing
         Assert.Equal(live.Count, stats.LiveBlocks);
         TestHeaps.AssertValid(heap);
@@ -91,7 +94,7 @@ public sealed unsafe class FaultInjectionTests
         var os = new FaultyOsMemory();
         using var heap = new NativeHeap(Options(), os);
         long pageblockBytes = (long)heap.Map.PageblockPages << heap.Map.PageShift;
-        os.RefuseInArena(heap, OsCall.Protect, times: 1, skip: 1);
+        os.RefuseInArena(heap, os.CommitCall, times: 1, skip: 1);
 
         Assert.False(heap.TryAllocate(4 * pageblockBytes, BlockKind.Unmovable, out _));   // unmovable: no direct compaction retries it
 
@@ -121,11 +124,11 @@ public sealed unsafe class FaultInjectionTests
         var kept = blocks.Where((_, i) => i % 4 == 0).ToList();
         foreach (BlockHandle h in blocks.Except(kept)) heap.Free(h);
 
-        os.RefuseInArena(heap, OsCall.Protect);
-        int protects = os.Calls(OsCall.Protect);
+        os.RefuseInArena(heap, os.CommitCall);
+        int commits = os.Calls(os.CommitCall);
         CompactionStatistics run = heap.Compact();
         Assert.True(run.BytesMoved > 0);
-        Assert.Equal(protects, os.Calls(OsCall.Protect));    // no destination needed a commit
+        Assert.Equal(commits, os.Calls(os.CommitCall));      // no destination needed a commit
         AssertIntact(heap, kept);
         TestHeaps.AssertValid(heap);
 
@@ -151,7 +154,7 @@ public sealed unsafe class FaultInjectionTests
         List<BlockHandle> blocks = AllocateFilled(heap, 4, 5000, BlockKind.Movable);
         nint before = heap.CurrentAddress(blocks[0]);
 
-        os.RefuseInArena(heap, OsCall.Protect);
+        os.RefuseInArena(heap, os.CommitCall);
         Assert.Throws<OutOfMemoryException>(() => heap.PinLongTerm(blocks[0]));
         var pins = new BlockPin[blocks.Count];
         Assert.Throws<OutOfMemoryException>(() => heap.PinLongTerm(blocks.ToArray(), pins));
@@ -188,12 +191,13 @@ public sealed unsafe class FaultInjectionTests
         (List<BlockHandle> kept, List<BlockHandle> twinKept) = (Sparse(heap), Sparse(twin));
         HeapStatistics start = heap.GetStatistics();
 
-        os.RefuseInArena(heap, OsCall.DontNeed);
+        os.RefuseInArena(heap, os.DecommitCall);
+        os.RefuseInArena(heap, os.PurgeCall);                 // the same call on Linux, another on Windows
         Assert.Equal(0, heap.ReleaseFreeMemory());
         for (int s = 1; s <= 3; s++) Assert.Equal(0, heap.RunCompactionStep(TimeSpan.FromMinutes(s)).BytesDecommitted);
         HeapStatistics refused = heap.GetStatistics();
         Assert.True(refused.DecommitFailures > 0);
-        Assert.Equal(os.Refused(OsCall.DontNeed), refused.DecommitFailures);
+        Assert.Equal(os.RefusedReleases, refused.DecommitFailures);
         Assert.Equal(start.CommittedBytes, refused.CommittedBytes);
         Assert.Equal(0, refused.PurgedBytes);
         Assert.Equal(0, refused.PurgedFreeBytes);
@@ -217,7 +221,7 @@ public sealed unsafe class FaultInjectionTests
     /// <summary>Huge-page advice refused (madvise MADV_NOHUGEPAGE answering ENOMEM, as at vm.max_map_count): counted
     /// in AdviceFailures, no pageblock is taken for small pages, and nothing else changes: what was decommitted and
     /// purged equals what a twin heap whose advice was taken gave back.</summary>
-    [Fact]
+    [LinuxFact("transparent huge pages: the Windows back end gives no huge-page advice")]
     public void RefusedHugePageAdviceIsCountedAndChangesNothingElse()
     {
         var os = new FaultyOsMemory();
@@ -251,7 +255,7 @@ public sealed unsafe class FaultInjectionTests
     /// that would split the arena's mapping past it is refused with ENOMEM, counted, and the purge goes on; the
     /// mappings never pass the limit. A commit in the middle of the reservation is refused the same way and fails
     /// its allocation cleanly.</summary>
-    [Fact]
+    [LinuxFact("vm.max_map_count, the limit on a process's mappings, modelled by FaultyOsMemory.MaxMappings")]
     public void AtTheMappingLimitSplitsAreRefusedAndTheHeapGoesOn()
     {
         var os = new FaultyOsMemory();
@@ -281,8 +285,8 @@ public sealed unsafe class FaultInjectionTests
         os2.MaxMappings = freshLimit;
         var more = AllocateFilled(fresh, 4, 40_000, BlockKind.Unmovable);
         for (int i = 0; i < 8 && fresh.TryAllocate(40_000, BlockKind.Movable, out BlockHandle m); i++) { TestHeaps.Fill(fresh, m); more.Add(m); }
-        Assert.True(os2.Refused(OsCall.Protect) > 0, "the movable zone's first commit would split the mapping in three");
-        Assert.Equal(os2.Refused(OsCall.Protect), fresh.GetStatistics().CommitFailures);
+        Assert.True(os2.Refused(os2.CommitCall) > 0, "the movable zone's first commit would split the mapping in three");
+        Assert.Equal(os2.Refused(os2.CommitCall), fresh.GetStatistics().CommitFailures);
         Assert.True(os2.Mappings <= freshLimit);
         TestHeaps.AssertValid(fresh);
         AssertIntact(fresh, more);
@@ -293,9 +297,9 @@ public sealed unsafe class FaultInjectionTests
         TestHeaps.AssertValid(heap);
     }
 
-    /// <summary>mmap refused when a heap reserves its arena, and when it maps its page descriptors: the constructor
-    /// throws OutOfMemoryException saying what could not be reserved and the errno, nothing stays mapped, and heaps
-    /// are made afterwards as before.</summary>
+    /// <summary>The reservation refused (mmap; VirtualAlloc(MEM_RESERVE) on Windows) when a heap reserves its arena,
+    /// and when it maps its page descriptors: the constructor throws OutOfMemoryException saying what could not be
+    /// reserved and the OS's error, nothing stays mapped, and heaps are made afterwards as before.</summary>
     [Fact]
     public void ARefusedReservationFailsTheConstructorAndLeaksNothing()
     {
@@ -303,7 +307,7 @@ public sealed unsafe class FaultInjectionTests
         os.Refuse(OsCall.Map, times: 1);
         var arena = Assert.Throws<OutOfMemoryException>(() => new NativeHeap(Options(), os));
         Assert.Contains("reserve its arena", arena.Message);
-        Assert.Contains("errno 12", arena.Message);
+        Assert.Contains(OsError.Describe(FaultyOsMemory.OutOfMemory), arena.Message);   // "errno 12, ..." on Linux
         Assert.Equal(0, os.Mappings);
 
         os.Refuse(OsCall.Map, times: 1, skip: 1);              // the arena is mapped, the descriptor array is not
@@ -335,7 +339,7 @@ public sealed unsafe class FaultInjectionTests
         using var heap = new NativeHeap(Options(caches), os);
         heap.Handles.NewChunksOnly = true;
         nint table = (nint)HandleStore.Base;
-        os.Refuse(OsCall.Protect, skip: 1, from: table, to: table + (nint)((long)HandleStore.MaxEntries * HandleStore.EntryBytes));
+        os.Refuse(os.CommitCall, skip: 1, from: table, to: table + (nint)((long)HandleStore.MaxEntries * HandleStore.EntryBytes));
 
         var live = new List<BlockHandle>();
         while (heap.TryAllocate(64, BlockKind.Movable, out BlockHandle h))
@@ -346,10 +350,10 @@ public sealed unsafe class FaultInjectionTests
         }
         Assert.True(live.Count >= HandleStore.ChunkEntries - 1);   // the one chunk the OS committed (less index 0)
         Assert.Throws<OutOfMemoryException>(() => heap.Allocate(40_000, BlockKind.Unmovable));
-        Assert.True(os.Refused(OsCall.Protect) >= 2);
+        Assert.True(os.Refused(os.CommitCall) >= 2);
         Assert.Equal(live.Count, heap.GetStatistics().LiveBlocks);
         Assert.Equal(0, heap.GetStatistics().CommitFailures);     // no arena commit was refused
-        Assert.Equal(os.Refused(OsCall.Protect), heap.GetStatistics().HandleTableGrowthFailures);   // every refused chunk counted once
+        Assert.Equal(os.Refused(os.CommitCall), heap.GetStatistics().HandleTableGrowthFailures);   // every refused chunk counted once
         TestHeaps.AssertValid(heap);
         AssertIntact(heap, live);
 

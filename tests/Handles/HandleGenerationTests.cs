@@ -95,7 +95,7 @@ public sealed class HandleGenerationTests
     public void ARecycledChunkSkipsItsRetiredEntries()
     {
         uint index;
-        using (var first = new HandleTable(LinuxOsMemory.Instance))
+        using (var first = new HandleTable(OsMemory.Default))
         {
             var one = new uint[1];
             Assert.Equal(1, first.Pop(one));
@@ -111,7 +111,7 @@ public sealed class HandleGenerationTests
             HandleTable? next = null;
             for (int attempt = 0; attempt < 64 && next == null; attempt++)
             {
-                var t = new HandleTable(LinuxOsMemory.Instance);
+                var t = new HandleTable(OsMemory.Default);
                 tables.Add(t);
                 t.Pop(new uint[1]);
                 if (t.Owns(index)) next = t;

@@ -8,7 +8,7 @@ public sealed class HandleTableTests
     [Fact]
     public void FreedEntriesAreReusedLastInFirstOut()
     {
-        using var table = new HandleTable(LinuxOsMemory.Instance);
+        using var table = new HandleTable(OsMemory.Default);
         var first = new uint[5];
         Assert.Equal(5, table.Pop(first));
         // A chunk's entries come lowest index first (index 0 is never issued; a recycled chunk skips retired entries).
@@ -29,7 +29,7 @@ public sealed class HandleTableTests
     [Fact]
     public void TheTableGrowsByChunksAndNeverMovesAnEntry()
     {
-        using var table = new HandleTable(LinuxOsMemory.Instance);
+        using var table = new HandleTable(OsMemory.Default);
         var one = new uint[1];
         table.Pop(one);
         unsafe
@@ -42,7 +42,7 @@ public sealed class HandleTableTests
             Assert.Equal(12345, firstEntry->Address);
             Assert.True(table.Owns((nint)table.Get(many[^1])));
             Assert.True(table.Owns(many[^1]));
-            using var other = new HandleTable(LinuxOsMemory.Instance);
+            using var other = new HandleTable(OsMemory.Default);
             other.Pop(one);
             Assert.False(table.Owns((nint)other.Get(one[0])));
             Assert.False(table.Owns(one[0]));

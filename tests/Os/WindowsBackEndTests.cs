@@ -84,10 +84,9 @@ public sealed class WindowsBackEndTests(ITestOutputHelper output)
         Assert.Equal(OperatingSystem.IsLinux(), heap.Memory.IsLinux);
     }
 
-    [Fact]
+    [LinuxFact("emulates the Windows back end over the Linux calls; under Windows the real one runs these paths")]
     public void ADecommitRevokesThePageblockAndItsNextUseCommitsItAgainWithEveryByteIntact()
     {
-        if (!OperatingSystem.IsLinux()) { output.WriteLine("skipped: emulates Windows over the Linux calls"); return; }
         var os = new WindowsLikeOsMemory();
         using NativeHeap heap = TestHeaps.Small(os: os);
         (List<BlockHandle> kept, _) = FillAndFreeThreeQuarters(heap, 20_000);
@@ -118,10 +117,9 @@ public sealed class WindowsBackEndTests(ITestOutputHelper output)
         TestHeaps.AssertValid(heap);
     }
 
-    [Fact]
+    [LinuxFact("emulates the Windows back end over the Linux calls; under Windows the real one runs these paths")]
     public void ARefusedDecommitIsCountedAndLeavesTheMemoryCommittedAndUsable()
     {
-        if (!OperatingSystem.IsLinux()) { output.WriteLine("skipped: emulates Windows over the Linux calls"); return; }
         var os = new WindowsLikeOsMemory();
         using NativeHeap heap = TestHeaps.Small(os: os);
         (List<BlockHandle> kept, _) = FillAndFreeThreeQuarters(heap, 20_000);
@@ -140,10 +138,9 @@ public sealed class WindowsBackEndTests(ITestOutputHelper output)
         Assert.True(heap.GetStatistics().CommittedBytes < committed, "a later release decommits what the refused one left");
     }
 
-    [Fact]
+    [LinuxFact("emulates the Windows back end over the Linux calls; under Windows the real one runs these paths")]
     public void ARefusedRecommitFailsTheAllocationCleanlyAndTheNextOneSucceeds()
     {
-        if (!OperatingSystem.IsLinux()) { output.WriteLine("skipped: emulates Windows over the Linux calls"); return; }
         var os = new WindowsLikeOsMemory();
         using NativeHeap heap = TestHeaps.Small(os: os);
         (List<BlockHandle> kept, List<BlockHandle> all) = FillAndFreeThreeQuarters(heap, 20_000);

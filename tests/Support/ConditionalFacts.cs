@@ -1,11 +1,13 @@
 namespace Compaction.Tests;
 
-/// <summary>A test that needs Linux (its system calls, /proc or /sys): reported as skipped, with the reason, elsewhere.</summary>
+/// <summary>A test that needs Linux (its system calls, /proc or /sys, or a subject only Linux has): reported as
+/// skipped, with the reason, elsewhere.</summary>
 public sealed class LinuxFactAttribute : FactAttribute
 {
-    public LinuxFactAttribute()
+    /// <param name="because">What the test needs of Linux, for the skip message.</param>
+    public LinuxFactAttribute(string because = "/proc, madvise and the Linux back end")
     {
-        if (!OperatingSystem.IsLinux()) Skip = "needs Linux (/proc, madvise and the Linux back end); this is " + Environment.OSVersion;
+        if (!OperatingSystem.IsLinux()) Skip = $"needs Linux ({because}); this is {Environment.OSVersion}";
     }
 }
 

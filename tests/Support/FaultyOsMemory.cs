@@ -3,20 +3,30 @@ using Compaction.Allocator.Os;
 
 namespace Compaction.Tests;
 
-/// <summary>The system calls <see cref="FaultyOsMemory"/> can refuse, one per call and advice.</summary>
-internal enum OsCall { Map, Protect, DontNeed, HugePage, NoHugePage, Unmap }
+/// <summary>The calls of <see cref="IOsMemory"/> that <see cref="FaultyOsMemory"/> can refuse, one per call and
+/// advice. <see cref="Protect"/> is a protection to read-write, the commit of both back ends (mprotect on Linux,
+/// VirtualAlloc(MEM_COMMIT) on Windows); <see cref="Revoke"/> a protection to none, which only the Windows back end
+/// makes, to decommit (VirtualFree(MEM_DECOMMIT)); <see cref="DontNeed"/> is Linux's decommit and both back ends'
+/// purge (madvise MADV_DONTNEED; DiscardVirtualMemory on Windows).</summary>
+internal enum OsCall { Map, Protect, DontNeed, HugePage, NoHugePage, Unmap, Revoke }
 
 /// <summary>
-/// An OS layer for tests: every call goes to the real one (<see cref="LinuxOsMemory"/>) unless a rule refuses it, in
-/// which case nothing is done and the rule's errno (ENOMEM unless told) comes back, as the kernel would answer. Rules
+/// An OS layer for tests: every call goes to the real one of this OS (<see cref="OsMemory.Default"/>: Linux's mmap
+/// calls, or Windows's VirtualAlloc calls) unless a rule refuses it, in which case nothing is done and the rule's
+/// error comes back (<see cref="OutOfMemory"/> unless told: ENOMEM, or ERROR_NOT_ENOUGH_MEMORY under Windows), as the
+/// OS would answer. Tests name the heap's operations through <see cref="CommitCall"/>, <see cref="DecommitCall"/> and
+/// <see cref="PurgeCall"/>, which are different calls on the two back ends. Rules
 /// choose calls by kind, by address range, by how many matching calls to let through first, and by how many to
-/// refuse. <see cref="MaxMappings"/> models vm.max_map_count: the layer keeps the mappings (VMAs) of the ranges it
-/// mapped, split by protection and huge-page advice the way the kernel splits them, and refuses with ENOMEM the
-/// Map, Protect or advice that would take their number past the limit. Thread-safe (zones commit concurrently).
+/// refuse. <see cref="MaxMappings"/> models vm.max_map_count (Linux's limit; a test that sets it is about Linux): the
+/// layer keeps the mappings (VMAs) of the ranges it mapped, split by protection and huge-page advice the way the
+/// kernel splits them, and refuses with ENOMEM the Map, Protect or advice that would take their number past the limit. Thread-safe (zones commit concurrently).
 /// </summary>
 internal sealed class FaultyOsMemory : IOsMemory
 {
     public const int ENOMEM = 12;
+
+    /// <summary>ERROR_NOT_ENOUGH_MEMORY, the Win32 error VirtualAlloc leaves when it cannot commit.</summary>
+    public const int ERROR_NOT_ENOUGH_MEMORY = 8;
 
     private sealed class Rule
     {
@@ -34,6 +44,25 @@ internal sealed class FaultyOsMemory : IOsMemory
     /// <summary>The real layer's semantics (Windows under Windows).</summary>
     public OsBackEnd BackEnd => _real.BackEnd;
 
+    /// <summary>The error a refusal gives unless told: ENOMEM on Linux, ERROR_NOT_ENOUGH_MEMORY on Windows.</summary>
+    public static int OutOfMemory { get; } = OsMemory.Default.BackEnd == OsBackEnd.Windows ? ERROR_NOT_ENOUGH_MEMORY : ENOMEM;
+
+    /// <summary>The call that commits a pageblock (or a chunk of metadata): a protection to read-write on both back ends.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Performance", "CA1822", Justification = "named through the layer, beside DecommitCall, which depends on its back end")]
+    public OsCall CommitCall => OsCall.Protect;
+
+    /// <summary>The call that decommits a wholly free pageblock: MADV_DONTNEED on Linux, VirtualFree(MEM_DECOMMIT) (a
+    /// protection to none) on Windows.</summary>
+    public OsCall DecommitCall => BackEnd == OsBackEnd.Windows ? OsCall.Revoke : OsCall.DontNeed;
+
+    /// <summary>The call that purges free pages inside a committed pageblock: MADV_DONTNEED on Linux,
+    /// DiscardVirtualMemory on Windows (both an <see cref="OsAdvice.DontNeed"/>).</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Performance", "CA1822", Justification = "named through the layer, beside DecommitCall, which depends on its back end")]
+    public OsCall PurgeCall => OsCall.DontNeed;
+
+    /// <summary>Refusals of the calls that give memory back (decommits and purges; one call on Linux, two on Windows).</summary>
+    public int RefusedReleases => DecommitCall == PurgeCall ? Refused(PurgeCall) : Refused(DecommitCall) + Refused(PurgeCall);
+
     private readonly Lock _lock = new();
     private readonly List<Rule> _rules = [];
     private readonly List<Vma> _vmas = [];              // the model's mappings, sorted by Start
@@ -48,14 +77,14 @@ internal sealed class FaultyOsMemory : IOsMemory
 
     /// <summary>Refuses <paramref name="times"/> calls of <paramref name="call"/> (after letting <paramref name="skip"/>
     /// matching ones through), those touching [<paramref name="from"/>, <paramref name="to"/>) when a range is given (<paramref name="to"/> 0: no upper bound).</summary>
-    public void Refuse(OsCall call, int times = int.MaxValue, int skip = 0, nint from = 0, nint to = 0, int errno = ENOMEM)
+    public void Refuse(OsCall call, int times = int.MaxValue, int skip = 0, nint from = 0, nint to = 0, int errno = 0)
     {
-        lock (_lock) _rules.Add(new Rule { Call = call, From = from, To = to == 0 ? nint.MaxValue : to, Skip = skip, Left = times, Errno = errno });
+        lock (_lock) _rules.Add(new Rule { Call = call, From = from, To = to == 0 ? nint.MaxValue : to, Skip = skip, Left = times, Errno = errno == 0 ? OutOfMemory : errno });
     }
 
     /// <summary>Refuses calls of <paramref name="call"/> inside <paramref name="heap"/>'s arena only (not its metadata or
     /// the handle table's chunks).</summary>
-    public void RefuseInArena(NativeHeap heap, OsCall call, int times = int.MaxValue, int skip = 0, int errno = ENOMEM) =>
+    public void RefuseInArena(NativeHeap heap, OsCall call, int times = int.MaxValue, int skip = 0, int errno = 0) =>
         Refuse(call, times, skip, heap.Memory.Base, heap.Memory.Base + (nint)heap.Memory.ReservedBytes, errno);
 
     /// <summary>Drops every rule and the mapping limit: the OS gives memory again.</summary>
@@ -88,11 +117,12 @@ internal sealed class FaultyOsMemory : IOsMemory
 
     public int Protect(nint address, nuint bytes, bool readWrite)
     {
+        OsCall call = readWrite ? OsCall.Protect : OsCall.Revoke;
         lock (_lock)
         {
-            if (Refusal(OsCall.Protect, address, bytes, out int errno)) return errno;
+            if (Refusal(call, address, bytes, out int errno)) return errno;
             List<Vma>? after = Changed(address, bytes, v => v with { ReadWrite = readWrite });
-            if (after != null && (errno = OverLimit(after.Count)) != 0) { _refused[(int)OsCall.Protect]++; return errno; }
+            if (after != null && (errno = OverLimit(after.Count)) != 0) { _refused[(int)call]++; return errno; }
             errno = _real.Protect(address, bytes, readWrite);
             if (errno == 0 && after != null) Replace(after);
             return errno;
@@ -144,7 +174,7 @@ internal sealed class FaultyOsMemory : IOsMemory
 
     /// <summary>ENOMEM when <paramref name="mappings"/> would pass <see cref="MaxMappings"/> (the kernel's answer to
     /// a split past vm.max_map_count), else 0. The caller counts the refusal under its own kind.</summary>
-    private int OverLimit(int mappings) => MaxMappings is int max && mappings > max ? ENOMEM : 0;
+    private int OverLimit(int mappings) => MaxMappings is int max && mappings > max ? OutOfMemory : 0;
 
     /// <summary>The model's mappings after <paramref name="change"/> applies to [address, address + bytes): the
     /// mappings it covers are split at its ends and changed, then equal neighbours of one region merge. Null when
