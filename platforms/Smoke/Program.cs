@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Runtime.InteropServices;
 using Compaction.Allocator;
 using Compaction.Allocator.Diagnostics;
@@ -20,6 +21,13 @@ namespace Compaction.Platforms.Smoke;
 /// compactor: after the same fragmentation, its waste trigger alone must bring resident/live down.</item>
 /// <item><c>repro [--mib N]</c> (default 192): the program of issue 22 (the wine64 crash): N MiB of 64 B-2 KiB blocks in
 /// a 1 GiB heap, three quarters freed at random, compact, release; every byte checked.</item>
+/// <item><c>demo [--seed N]</c> (default 22): the workload of the demo (<c>bash scripts/demo.sh</c>, bench's demo
+/// scenario) with its defaults, in this program because bench is not published for the emulated platforms: a 256 MiB
+/// heap with direct compaction off, filled to 80% live with seeded log-uniform blocks of 16 B-256 KiB (20% unmovable),
+/// a random half freed, Compact(), ReleaseFreeMemory(); every survivor checked after each step. It prints committed
+/// bytes and the process's resident memory (the working set under Windows) after the free and after the release, and
+/// checks that the release lowered both: committed by what it decommitted, resident memory by at least half of what it
+/// gave back (decommitted and purged). The demo's pageblock probe, pictures and kernel reports are not repeated.</item>
 /// </list>
 /// </remarks>
 internal static class Program
@@ -29,8 +37,9 @@ internal static class Program
     private static int Main(string[] args)
     {
         string command = args.Length > 0 ? args[0] : "smoke";
-        int mib = args.Length > 2 && args[1] == "--mib" ? int.Parse(args[2]) : command == "repro" ? 192 : 64;
-        Console.WriteLine($"platform smoke: {command}, {mib} MiB, {RuntimeInformation.OSDescription.Trim()} {RuntimeInformation.ProcessArchitecture}, " +
+        int mib = args.Length > 2 && args[1] == "--mib" ? int.Parse(args[2], CultureInfo.InvariantCulture) : command == "repro" ? 192 : 64;
+        int seed = args.Length > 2 && args[1] == "--seed" ? int.Parse(args[2], CultureInfo.InvariantCulture) : 22;
+        Console.WriteLine($"platform smoke: {command}{(command is "smoke" or "repro" ? $", {mib} MiB" : "")}, {RuntimeInformation.OSDescription.Trim()} {RuntimeInformation.ProcessArchitecture}, " +
                           $"windows={OperatingSystem.IsWindows()} linux={OperatingSystem.IsLinux()}, page size {Environment.SystemPageSize}, .NET {Environment.Version}");
         var clock = Stopwatch.StartNew();
         try
@@ -47,8 +56,11 @@ internal static class Program
                 case "repro":
                     Fragmentation("repro", mib, arenaMiB: 1024, runs: false, pins: false, background: false);
                     break;
+                case "demo":
+                    Demo(seed);
+                    break;
                 default:
-                    Console.WriteLine($"unknown command {command}: smoke or repro");
+                    Console.WriteLine($"unknown command {command}: smoke, repro or demo");
                     return 2;
             }
         }
@@ -240,6 +252,82 @@ internal static class Program
             HeapStatistics empty = heap.GetStatistics();
             Check(empty.LiveBlocks == 0, $"all blocks freed (committed left {MiB(empty.CommittedBytes):F1} MiB)");
         }
+    }
+
+    /// <summary>The demo's workload with its defaults (see the class remarks, command <c>demo</c>).</summary>
+    private static void Demo(int seed)
+    {
+        const long ArenaBytes = 256L << 20;
+        const int FillPercent = 80, UnmovablePercent = 20, MinSize = 16, MaxSize = 256 * 1024;
+        Console.WriteLine($"demo: seed {seed}; arena {ArenaBytes >> 20} MiB; fill to {FillPercent}% live; blocks {MinSize} B-{MaxSize >> 10} KiB, " +
+                          $"{UnmovablePercent}% unmovable; direct compaction off");
+        var random = new Random(seed);
+        var clock = Stopwatch.StartNew();
+        using var heap = new NativeHeap(new HeapOptions { ArenaBytes = ArenaBytes, DirectCompaction = false });
+        var blocks = new List<BlockHandle>();
+        long target = ArenaBytes * FillPercent / 100, live = 0;
+        double logMin = Math.Log(MinSize), logMax = Math.Log(MaxSize);
+        for (int failuresInARow = 0; live < target && failuresInARow < 64;)
+        {
+            int size = (int)Math.Min(MaxSize, Math.Exp(logMin + random.NextDouble() * (logMax - logMin)));
+            BlockKind kind = random.Next(100) < UnmovablePercent ? BlockKind.Unmovable : BlockKind.Movable;
+            if (heap.TryAllocate(size, kind, out BlockHandle h))
+            {
+                Write(heap, h, blocks.Count);
+                blocks.Add(h);
+                live += size;
+                failuresInARow = 0;
+            }
+            else failuresInARow++;
+        }
+        BlockHandle[] all = [.. blocks];
+        HeapStatistics filled = heap.GetStatistics();
+        Console.WriteLine($"  filled {all.Length} blocks, live {MiB(filled.LiveBytes):F1} MiB, committed {MiB(filled.CommittedBytes):F1} MiB in {clock.ElapsedMilliseconds} ms");
+        Check(CountDamaged(heap, all) == 0, "every byte intact after the fill");
+
+        // A random half freed (the same shuffle as the demo's).
+        int[] order = Enumerable.Range(0, all.Length).ToArray();
+        for (int i = order.Length - 1; i > 0; i--)
+        {
+            int j = random.Next(i + 1);
+            (order[i], order[j]) = (order[j], order[i]);
+        }
+        for (int k = 0; k < order.Length / 2; k++)
+        {
+            heap.Free(all[order[k]]);
+            all[order[k]] = default;
+        }
+        GC.Collect();
+        HeapStatistics freed = heap.GetStatistics();
+        long wsFreed = WorkingSet();
+        Check(CountDamaged(heap, all) == 0, $"every survivor intact after freeing {order.Length / 2} blocks at random");
+        Console.WriteLine($"  after freeing half: live {MiB(freed.LiveBytes):F1} MiB, committed {MiB(freed.CommittedBytes):F1} MiB, working set {MiB(wsFreed):F1} MiB");
+
+        clock.Restart();
+        CompactionStatistics moved = heap.Compact();
+        Check(CountDamaged(heap, all) == 0, $"every survivor intact after Compact() ({MiB(moved.BytesMoved):F1} MiB moved, {clock.ElapsedMilliseconds} ms)");
+        HeapStatistics compacted = heap.GetStatistics();
+        clock.Restart();
+        long released = heap.ReleaseFreeMemory();
+        long releaseMs = clock.ElapsedMilliseconds;
+        GC.Collect();
+        HeapStatistics after = heap.GetStatistics();
+        long wsAfter = WorkingSet();
+        Check(CountDamaged(heap, all) == 0, $"every survivor intact after ReleaseFreeMemory() ({MiB(released):F1} MiB, {releaseMs} ms)");
+        long decommitted = after.DecommittedBytes - compacted.DecommittedBytes;
+        long givenBack = decommitted + after.PurgedBytes - compacted.PurgedBytes;
+        Console.WriteLine($"  after the release: live {MiB(after.LiveBytes):F1} MiB; committed {MiB(freed.CommittedBytes):F1} -> {MiB(after.CommittedBytes):F1} MiB " +
+                          $"({MiB(decommitted):F1} MiB decommitted, {MiB(givenBack - decommitted):F1} MiB purged); working set {MiB(wsFreed):F1} -> {MiB(wsAfter):F1} MiB; " +
+                          $"decommit failures {after.DecommitFailures}");
+        Console.WriteLine($"  figures: demo committed_before_mib={MiB(freed.CommittedBytes):F1} committed_after_mib={MiB(after.CommittedBytes):F1} " +
+                          $"ws_before_mib={MiB(wsFreed):F1} ws_after_mib={MiB(wsAfter):F1} live_mib={MiB(after.LiveBytes):F1}");
+        Check(decommitted > 0 && after.CommittedBytes <= freed.CommittedBytes - decommitted,
+              $"the release lowered the committed bytes by what it decommitted ({MiB(decommitted):F1} MiB)");
+        Check(wsFreed - wsAfter >= givenBack / 2,
+              $"the working set fell by {MiB(wsFreed - wsAfter):F1} MiB (at least half of the {MiB(givenBack):F1} MiB given back)");
+        foreach (BlockHandle h in all)
+            if (!h.IsNull) heap.Free(h);
+        Check(heap.GetStatistics().LiveBlocks == 0, "all blocks freed");
     }
 
     /// <summary>The heap's resident estimate: committed bytes less the free runs purged inside committed pageblocks
