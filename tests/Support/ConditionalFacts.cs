@@ -7,7 +7,7 @@ public sealed class LinuxFactAttribute : FactAttribute
     /// <param name="because">What the test needs of Linux, for the skip message.</param>
     public LinuxFactAttribute(string because = "/proc, madvise and the Linux back end")
     {
-        if (!OperatingSystem.IsLinux()) Skip = $"needs Linux ({because}); this is {Environment.OSVersion}";
+        if (!OperatingSystem.IsLinux()) Skip = $"Linux-specific: needs Linux ({because}); this is {Environment.OSVersion}";
     }
 }
 
