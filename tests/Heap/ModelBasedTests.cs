@@ -85,7 +85,9 @@ public sealed class ModelBasedTests(ITestOutputHelper output)
         }, seed: Seed, iter: iter, print: t => (t.Item2 == 0 ? "poisoned heap, " : t.Item2 == 1 ? "refusing OS layer, " : "") + Describe(t.Item1), writeLine: output.WriteLine);
         output.WriteLine($"{ops:N0} operations in {sequences:N0} sequences, {clock.Elapsed.TotalSeconds:F1} s; {ModelRun.Refusals:N0} OS calls refused");
         Assert.True(ModelRun.Refusals > 0, "no OS call was refused: the refusing heaps tested nothing");
-        Assert.True(ops >= target * 9 / 10, $"only {ops} operations ran");
+        // Every sequence of the sample ran. Not the operations against the target: sequence lengths are random (1-400),
+        // so at a reduced MODEL_OPS (50 sequences at 10,000) their sum may fall well short of it.
+        Assert.True(sequences == iter, $"{sequences} of the {iter} sequences ran ({ops} operations)");
     }
 
     /// <summary>
@@ -100,16 +102,19 @@ public sealed class ModelBasedTests(ITestOutputHelper output)
     public void ThreadsSharingAHeapBesideTheBackgroundCompactorEachAgreeWithTheirModel()
     {
         long target = Operations(100_000) * 3 / 10;
-        long ops = 0;
+        long ops = 0, rounds = 0;
         var clock = Stopwatch.StartNew();
         long iter = Math.Max(1, target / (3 * MaxSequence / 2));
         Gen.Select(GenSequence, GenSequence, GenSequence, (a, b, c) => new[] { a, b, c }).Sample(seqs =>
         {
             RunShared(seqs);
             Interlocked.Add(ref ops, seqs.Sum(q => (long)q.Length));
+            Interlocked.Increment(ref rounds);
         }, seed: Seed, iter: iter, threads: 1, print: seqs => string.Join(" | ", seqs.Select(Describe)), writeLine: output.WriteLine);
         output.WriteLine($"{ops:N0} operations on three threads, {clock.Elapsed.TotalSeconds:F1} s");
-        Assert.True(ops >= target * 9 / 10, $"only {ops} operations ran");
+        // Every round of the sample ran. Not the operations against the target: sequence lengths are random (1-400),
+        // so at a reduced MODEL_OPS (5 rounds of three sequences at 10,000) their sum may fall well short of it.
+        Assert.True(rounds == iter, $"{rounds} of the {iter} rounds ran ({ops} operations)");
     }
 
     internal static void RunShared(Op[][] sequences)
