@@ -42,7 +42,8 @@ public static unsafe class MutatorLatencyScenario
         Thread,
     }
 
-    private sealed record Config(string Name, int Mutators, Driver Driver, long BudgetBytes, TimeSpan BudgetTime, bool Paced = false)
+    private sealed record Config(string Name, int Mutators, Driver Driver, long BudgetBytes, TimeSpan BudgetTime, bool Paced = false,
+                                 bool ThreadClockOnly = false)
     {
         public bool Compaction => Driver != Driver.None;
     }
@@ -86,8 +87,10 @@ public static unsafe class MutatorLatencyScenario
             new("no compaction, 1 mutator", 1, Driver.None, 0, TimeSpan.Zero),
             new("stepped, default budget, 1 mutator", 1, Driver.Stepped, d.CompactionBudgetBytes, d.CompactionBudgetTime),
             new("background thread, 1 mutator", 1, Driver.Thread, 0, TimeSpan.Zero),
+            new("background thread, own-thread pacing, 1 mutator", 1, Driver.Thread, 0, TimeSpan.Zero, ThreadClockOnly: true),
             new("no compaction, 1 paced mutator", 1, Driver.None, 0, TimeSpan.Zero, Paced: true),
             new("background thread, 1 paced mutator", 1, Driver.Thread, 0, TimeSpan.Zero, Paced: true),
+            new("background thread, own-thread pacing, 1 paced mutator", 1, Driver.Thread, 0, TimeSpan.Zero, Paced: true, ThreadClockOnly: true),
         ];
 
         var results = new List<Result>();
@@ -104,6 +107,8 @@ public static unsafe class MutatorLatencyScenario
                 // run starts soon after the window opens.
                 options.Proactiveness = 0;
                 options.CompactionInterval = TimeSpan.FromMilliseconds(5);
+                // The pacing without the process's clock, for comparison: each wake is charged its thread's CPU only.
+                if (c.ThreadClockOnly) options.CpuClock = ThreadClockOnly.Instance;
             }
             long fill = arena * options.MovableZonePercent / 100 * fillPercent / 100;
             Result r = RunConfig(c, options, o.Seed, fill, sizes, measureSeconds, maxRounds);
@@ -132,7 +137,8 @@ public static unsafe class MutatorLatencyScenario
                     $"*Stepped*: a compactor thread wakes every {interval.TotalMilliseconds} ms and runs `RunCompactionStep` (proactiveness {d.Proactiveness}, " +
                     $"default budget {Fmt.Mib(d.CompactionBudgetBytes)} / {d.CompactionBudgetTime.TotalMilliseconds} ms per pass, or none). " +
                     $"*Background thread*: the heap's own (`StartBackgroundCompaction`, proactiveness 0, interval 5 ms), whose waste-driven run compacts in " +
-                    $"{d.CompactionSliceTime.TotalMilliseconds} ms slices paced to `CompactionCpuShare` = {d.CompactionCpuShare} of the process's CPU. The heap is " +
+                    $"{d.CompactionSliceTime.TotalMilliseconds} ms slices paced to `CompactionCpuShare` = {d.CompactionCpuShare} of the process's CPU; " +
+                    "*own-thread pacing*: the same with the process's CPU clock hidden from it, so that each wake is charged only its own thread's CPU. The heap is " +
                     $"refragmented for each round and a round's window ends after {IdleWakesToEndRound} idle stepped wakes, when the waste run ends, or when {measureSeconds} s are measured " +
                     $"in all (at most {maxRounds} rounds). Baselines run the same mutators for {measureSeconds} s on a fragmented heap with no compactor. " +
                     "Survivors are verified byte for byte after every round.",
@@ -202,6 +208,15 @@ public static unsafe class MutatorLatencyScenario
         BarrierProbe(rep, o.Quick ? 0.3 : 1.0);
         rep.Notes.Add("Percentiles come from a log-linear histogram (within 1.6%); maxima are exact. Stopwatch ticks are nanoseconds here.");
         return rep;
+    }
+
+    /// <summary>The OS's thread CPU clock and no process clock: the background thread's pacing then charges each wake
+    /// its own thread's CPU (how it was paced before it read the process's clock).</summary>
+    private sealed class ThreadClockOnly : CpuClock
+    {
+        public static readonly ThreadClockOnly Instance = new();
+        public override long ProcessNanoseconds() => -1;
+        public override long ThreadNanoseconds() => ThreadCpuClock.Nanoseconds();
     }
 
     /// <summary>The run without compaction with the same mutators.</summary>
