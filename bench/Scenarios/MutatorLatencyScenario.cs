@@ -95,31 +95,38 @@ public static unsafe class MutatorLatencyScenario
             new("background thread, own-thread pacing, 1 paced mutator", 1, Driver.Thread, 0, TimeSpan.Zero, Paced: true, ThreadClockOnly: true),
         ];
 
-        var results = new List<Result>();
-        foreach (Config c in configs)
+        // Each run goes through every configuration once, its baselines included, on seed Seed + run; a figure is the
+        // median of the runs' figures, and a figure against a baseline is taken within each run, then its median.
+        int repeats = o.Repeat;
+        Runs[] all = configs.Select(c => new Runs(c)).ToArray();
+        for (int run = 0; run < repeats; run++)
         {
-            var options = new HeapOptions
+            foreach (Runs set in all)
             {
-                ArenaBytes = arena, CompactionInterval = interval, CompactionBudgetBytes = c.BudgetBytes, CompactionBudgetTime = c.BudgetTime,
-                DecommitDelay = TimeSpan.FromHours(1),
-            };
-            if (c.Driver == Driver.Thread)
-            {
-                // Only the waste-driven run: no proactive pass at the interval wakes, which are frequent so that the
-                // run starts soon after the window opens.
-                options.Proactiveness = 0;
-                options.CompactionInterval = TimeSpan.FromMilliseconds(5);
-                // The pacing without the process's clock, for comparison: each wake is charged its thread's CPU only.
-                if (c.ThreadClockOnly) options.CpuClock = ThreadClockOnly.Instance;
+                Config c = set.Config;
+                var options = new HeapOptions
+                {
+                    ArenaBytes = arena, CompactionInterval = interval, CompactionBudgetBytes = c.BudgetBytes, CompactionBudgetTime = c.BudgetTime,
+                    DecommitDelay = TimeSpan.FromHours(1),
+                };
+                if (c.Driver == Driver.Thread)
+                {
+                    // Only the waste-driven run: no proactive pass at the interval wakes, which are frequent so that the
+                    // run starts soon after the window opens.
+                    options.Proactiveness = 0;
+                    options.CompactionInterval = TimeSpan.FromMilliseconds(5);
+                    // The pacing without the process's clock, for comparison: each wake is charged its thread's CPU only.
+                    if (c.ThreadClockOnly) options.CpuClock = ThreadClockOnly.Instance;
+                }
+                long fill = arena * options.MovableZonePercent / 100 * fillPercent / 100;
+                Result r = RunConfig(c, options, o.Seed + run, fill, sizes, measureSeconds, maxRounds);
+                set.Each.Add(r);
+                Print(r, repeats > 1 ? $"run {run + 1}/{repeats}, " : "");
             }
-            long fill = arena * options.MovableZonePercent / 100 * fillPercent / 100;
-            Result r = RunConfig(c, options, o.Seed, fill, sizes, measureSeconds, maxRounds);
-            results.Add(r);
-            Print(r);
         }
 
-        static void Print(Result r) =>
-            Console.WriteLine($"  {r.Config.Name}: {r.Rounds} round(s), {r.MeasuredSeconds:F2} s, {r.Pin.Count:N0} iterations; " +
+        static void Print(Result r, string run) =>
+            Console.WriteLine($"  {run}{r.Config.Name}: {r.Rounds} round(s), {r.MeasuredSeconds:F2} s, {r.Pin.Count:N0} iterations; " +
                               $"pin p99.9 {Stats.Us(r.Pin.Percentile(99.9)):F2} us max {Stats.Us(r.Pin.Max):F0} us; " +
                               $"alloc p99.9 {Stats.Us(r.Alloc.Percentile(99.9)):F2} us p99.99 {Stats.Us(r.Alloc.Percentile(99.99)):F2} us max {Stats.Us(r.Alloc.Max):F0} us; " +
                               $"longest stall {Stats.Us(r.Iteration.Max):F0} us, gap {Stats.Us(r.Gap.Max):F0} us; moved {Fmt.Mib(r.BytesMoved)}, " +
@@ -143,59 +150,74 @@ public static unsafe class MutatorLatencyScenario
                     "*own-thread pacing*: the same with the process's CPU clock hidden from it, so that each wake is charged only its own thread's CPU. The heap is " +
                     $"refragmented for each round and a round's window ends after {IdleWakesToEndRound} idle stepped wakes, when the waste run ends, or when {measureSeconds} s are measured " +
                     $"in all (at most {maxRounds} rounds). Baselines run the same mutators for {measureSeconds} s on a fragmented heap with no compactor. " +
-                    "Survivors are verified byte for byte after every round.",
+                    "Survivors are verified byte for byte after every round. " +
+                    (repeats > 1
+                        ? $"**{repeats} runs** of every configuration (seeds {o.Seed}..{o.Seed + repeats - 1}; a run goes through all of them in turn): each figure is the median of the runs' " +
+                          "figures (a maximum is the median of the runs' maxima), a figure against a baseline is taken within each run before its median, the summary adds the runs' " +
+                          "range in brackets, and *Corrupt* is the total."
+                        : "One run of every configuration (`--repeat N` runs them N times and reports medians)."),
         };
         var table = new MarkdownTable("<Configuration", "Measured s", "Rounds", "Iterations / s", "Pin p99 µs", "Pin p99.9 µs", "Pin p99.99 µs", "Pin max µs",
                                       "Alloc p99 µs", "Alloc p99.9 µs", "Alloc p99.99 µs", "Alloc max µs", "Longest stall µs", "Longest gap µs", "Corrupt");
-        foreach (Result r in results)
+        foreach (Runs r in all)
         {
-            table.Add(r.Config.Name, Fmt.F(r.MeasuredSeconds, 2), Fmt.N(r.Rounds), Fmt.N((long)r.IterationsPerSecond),
-                      Fmt.Us(Stats.Us(r.Pin.Percentile(99))), Fmt.Us(Stats.Us(r.Pin.Percentile(99.9))), Fmt.Us(Stats.Us(r.Pin.Percentile(99.99))), Fmt.Us(Stats.Us(r.Pin.Max)),
-                      Fmt.Us(Stats.Us(r.Alloc.Percentile(99))), Fmt.Us(Stats.Us(r.Alloc.Percentile(99.9))), Fmt.Us(Stats.Us(r.Alloc.Percentile(99.99))), Fmt.Us(Stats.Us(r.Alloc.Max)),
-                      Fmt.Us(Stats.Us(r.Iteration.Max)), Fmt.Us(Stats.Us(r.Gap.Max)), Fmt.N(r.Corrupt));
-            rep.CorruptBlocks += r.Corrupt;
+            table.Add(r.Config.Name, Fmt.F(r.Median(x => x.MeasuredSeconds), 2), Fmt.F(r.Median(x => x.Rounds), 1), Fmt.N((long)r.Median(x => x.IterationsPerSecond)),
+                      Fmt.Us(r.Median(x => Stats.Us(x.Pin.Percentile(99)))), Fmt.Us(r.Median(x => Stats.Us(x.Pin.Percentile(99.9)))),
+                      Fmt.Us(r.Median(x => Stats.Us(x.Pin.Percentile(99.99)))), Fmt.Us(r.Median(x => Stats.Us(x.Pin.Max))),
+                      Fmt.Us(r.Median(x => Stats.Us(x.Alloc.Percentile(99)))), Fmt.Us(r.Median(x => Stats.Us(x.Alloc.Percentile(99.9)))),
+                      Fmt.Us(r.Median(x => Stats.Us(x.Alloc.Percentile(99.99)))), Fmt.Us(r.Median(x => Stats.Us(x.Alloc.Max))),
+                      Fmt.Us(r.Median(x => Stats.Us(x.Iteration.Max))), Fmt.Us(r.Median(x => Stats.Us(x.Gap.Max))), Fmt.N(r.Each.Sum(x => x.Corrupt)));
+            rep.CorruptBlocks += r.Each.Sum(x => x.Corrupt);
         }
         rep.Tables.Add(table);
 
         var cost = new MarkdownTable("<Configuration", "Moved MiB", "Barriers", "Barriers / MiB", "Busy / all wakes", "Longest wake ms",
                                      "Process CPU cores", "Baseline cores", "Process CPU above baseline", "Thread's own CPU", "Charged CPU", "Configured share", "Share back-offs");
-        foreach (Result r in results.Where(r => r.Config.Compaction))
+        foreach (Runs r in all.Where(r => r.Config.Compaction))
         {
-            Result b = BaselineOf(results, r);
-            bool paced = r.Config.Driver == Driver.Thread;
-            cost.Add(r.Config.Name, Fmt.F(r.BytesMoved / (1024.0 * 1024)), Fmt.N(r.Barriers), Fmt.F(r.BarriersPerMib, 2),
-                     r.Config.Driver == Driver.Stepped ? $"{Fmt.N(r.BusyWakes)} / {Fmt.N(r.Wakes)}" : "-",
-                     r.Config.Driver == Driver.Stepped ? Fmt.F(Stats.Us(r.LongestStepTicks) / 1000) : "-",
-                     Fmt.F(r.ProcessCores, 3), Fmt.F(b.ProcessCores, 3), Fmt.Pct(100 * (r.ProcessCores - b.ProcessCores)),
-                     paced ? Fmt.Pct(100 * r.ThreadCpuNs / 1e9 / r.MeasuredSeconds) : "-",
-                     paced ? Fmt.Pct(100 * r.ChargedCpuNs / 1e9 / r.MeasuredSeconds) : "-",
+            Runs b = BaselineOf(all, r);
+            bool paced = r.Config.Driver == Driver.Thread, stepped = r.Config.Driver == Driver.Stepped;
+            cost.Add(r.Config.Name, Fmt.F(r.Median(x => x.BytesMoved / (1024.0 * 1024))), Fmt.N((long)r.Median(x => x.Barriers)), Fmt.F(r.Median(x => x.BarriersPerMib), 2),
+                     stepped ? $"{Fmt.N((long)r.Median(x => x.BusyWakes))} / {Fmt.N((long)r.Median(x => x.Wakes))}" : "-",
+                     stepped ? Fmt.F(r.Median(x => Stats.Us(x.LongestStepTicks) / 1000)) : "-",
+                     Fmt.F(r.Median(x => x.ProcessCores), 3), Fmt.F(b.Median(x => x.ProcessCores), 3),
+                     Fmt.Pct(r.Against(b, (x, y) => 100 * (x.ProcessCores - y.ProcessCores)).Median),
+                     paced ? Fmt.Pct(r.Median(x => 100 * x.ThreadCpuNs / 1e9 / x.MeasuredSeconds)) : "-",
+                     paced ? Fmt.Pct(r.Median(x => 100 * x.ChargedCpuNs / 1e9 / x.MeasuredSeconds)) : "-",
                      paced ? Fmt.Pct(100 * d.CompactionCpuShare) : "none",
-                     paced ? Fmt.N(r.WasteBackoffs) : "-");
+                     paced ? Fmt.F(r.Median(x => x.WasteBackoffs), 1) : "-");
         }
         rep.Tables.Add(cost);
 
-        foreach (Result r in results.Where(r => r.Config.Compaction))
+        foreach (Runs r in all.Where(r => r.Config.Compaction))
         {
-            Result b = BaselineOf(results, r);
+            Runs b = BaselineOf(all, r);
             string what = r.Config.Name;
-            double alloc = Stats.Us(r.Alloc.Percentile(99.9)), gap = Stats.Us(r.Gap.Max), baseGap = Stats.Us(b.Gap.Max);
             bool oneMutator = r.Config.Mutators == 1 && !r.Config.Paced;
-            rep.Summary.Add(new SummaryRow("4. Mutator latency", $"allocate p99.9 µs ({what})", Fmt.Us(Stats.Us(b.Alloc.Percentile(99.9))), Fmt.Us(alloc),
-                                           Fmt.X(alloc / Stats.Us(b.Alloc.Percentile(99.9))), oneMutator ? "<= 10 µs" : "-", oneMutator ? alloc <= 10 : null));
+            Spread baseAlloc = b.Of(x => Stats.Us(x.Alloc.Percentile(99.9))), alloc = r.Of(x => Stats.Us(x.Alloc.Percentile(99.9)));
+            Spread allocRatio = r.Against(b, (x, y) => Stats.Us(x.Alloc.Percentile(99.9)) / Stats.Us(y.Alloc.Percentile(99.9)));
+            rep.Summary.Add(new SummaryRow("4. Mutator latency", $"allocate p99.9 µs ({what})", baseAlloc.Show(Fmt.Us), alloc.Show(Fmt.Us),
+                                           allocRatio.Show(Fmt.X), oneMutator ? "<= 10 µs" : "-", oneMutator ? alloc.Median <= 10 : null));
             // A baseline whose own longest gap is several milliseconds was preempted (a loaded machine): the goal,
             // compaction adding at most 1 ms to the longest gap, cannot be judged against it.
-            bool judged = baseGap <= PreemptedGapUs;
-            rep.Summary.Add(new SummaryRow("4. Mutator latency", $"longest gap µs ({what})", Fmt.Us(baseGap), Fmt.Us(gap),
-                                           (gap >= baseGap ? "+" : "-") + Fmt.Us(Math.Abs(gap - baseGap)),
+            Spread baseGap = b.Of(x => Stats.Us(x.Gap.Max)), gap = r.Of(x => Stats.Us(x.Gap.Max));
+            Spread added = r.Against(b, (x, y) => Stats.Us(x.Gap.Max) - Stats.Us(y.Gap.Max));
+            bool judged = baseGap.Median <= PreemptedGapUs;
+            rep.Summary.Add(new SummaryRow("4. Mutator latency", $"longest gap µs ({what})", baseGap.Show(Fmt.Us), gap.Show(Fmt.Us),
+                                           added.Show(Signed),
                                            judged ? "<= baseline + 1 ms" : "<= baseline + 1 ms (baseline preempted: not judged)",
-                                           judged ? gap <= baseGap + 1000 : null));
+                                           judged ? added.Median <= 1000 : null));
             if (r.Config.Driver == Driver.Thread)
             {
-                double above = 100 * (r.ProcessCores - b.ProcessCores), goal = 100 * d.CompactionCpuShare + 2;
-                rep.Summary.Add(new SummaryRow("4. Mutator latency", $"process CPU above baseline, % of a core ({what})", Fmt.F(b.ProcessCores * 100, 1),
-                                               Fmt.F(r.ProcessCores * 100, 1), Fmt.Pct(above), $"<= {Fmt.Pct(goal)}", r.Config.Mutators < Environment.ProcessorCount ? above <= goal : null));
+                double goal = 100 * d.CompactionCpuShare + 2;
+                Spread above = r.Against(b, (x, y) => 100 * (x.ProcessCores - y.ProcessCores));
+                rep.Summary.Add(new SummaryRow("4. Mutator latency", $"process CPU above baseline, % of a core ({what})", b.Of(x => x.ProcessCores * 100).Show(v => Fmt.F(v, 1)),
+                                               r.Of(x => x.ProcessCores * 100).Show(v => Fmt.F(v, 1)), above.Show(Fmt.Pct), $"<= {Fmt.Pct(goal)}",
+                                               r.Config.Mutators < Environment.ProcessorCount ? above.Median <= goal : null));
             }
         }
+        static string Signed(double us) => (us >= 0 ? "+" : "-") + Fmt.Us(Math.Abs(us));
+
         rep.Notes.Add($"The machine has {Environment.ProcessorCount} cores: with 2 mutators and the compactor there are more runnable threads than cores, " +
                       "so the scheduler's time slices (milliseconds) show up in the maxima; the 1-mutator rows keep the threads within the cores. " +
                       "With 2 mutators running flat out the process already uses every core, so its CPU cannot grow with compaction (the CPU goal is not judged there): " +
@@ -205,13 +227,14 @@ public static unsafe class MutatorLatencyScenario
                       "`BackgroundChargedCpuNanoseconds` (what paces the run: the process's CPU over each wake beyond the other threads' rate while the thread slept). " +
                       "A mutator running flat out spends its whole core with or without compaction, so what the barriers cost it shows as fewer iterations, not as CPU; " +
                       "the paced mutator leaves its core mostly idle, so there the process's figure carries the whole cost.");
-        foreach (Result r in results.Where(r => r.Config.Driver == Driver.Stepped && r.RoundsEndedIdle < r.Rounds))
-            rep.Notes.Add($"{r.Config.Name}: the compactor never had {IdleWakesToEndRound} idle wakes in a row in {r.Rounds - r.RoundsEndedIdle} of " +
-                          $"{r.Rounds} round(s): it moved {Fmt.Mib(r.BytesMoved)} in {r.MeasuredSeconds:F1} s for {Fmt.Mib(r.LiveBytes)} live " +
-                          $"({r.BusyWakes:N0} of {r.Wakes:N0} wakes did work).");
-        foreach (Result r in results.Where(r => r.Config.Driver == Driver.Thread && r.RoundsEndedIdle < r.Rounds))
-            rep.Notes.Add($"{r.Config.Name}: the waste run had not ended when the measured time was up in {r.Rounds - r.RoundsEndedIdle} of {r.Rounds} round(s) " +
-                          $"(it moved {Fmt.Mib(r.BytesMoved)} in {r.MeasuredSeconds:F1} s for {Fmt.Mib(r.LiveBytes)} live).");
+        foreach (Runs r in all.Where(r => r.Config.Driver == Driver.Stepped && r.Each.Any(x => x.RoundsEndedIdle < x.Rounds)))
+            rep.Notes.Add($"{r.Config.Name}: the compactor never had {IdleWakesToEndRound} idle wakes in a row in {r.Each.Sum(x => x.Rounds - x.RoundsEndedIdle)} of " +
+                          $"{r.Each.Sum(x => x.Rounds)} round(s) over {repeats} run(s): it moved {Fmt.Mib(r.Each.Sum(x => x.BytesMoved))} in {r.Each.Sum(x => x.MeasuredSeconds):F1} s " +
+                          $"for {Fmt.Mib(r.Each[^1].LiveBytes)} live ({r.Each.Sum(x => x.BusyWakes):N0} of {r.Each.Sum(x => x.Wakes):N0} wakes did work).");
+        foreach (Runs r in all.Where(r => r.Config.Driver == Driver.Thread && r.Each.Any(x => x.RoundsEndedIdle < x.Rounds)))
+            rep.Notes.Add($"{r.Config.Name}: the waste run had not ended when the measured time was up in {r.Each.Sum(x => x.Rounds - x.RoundsEndedIdle)} of " +
+                          $"{r.Each.Sum(x => x.Rounds)} round(s) over {repeats} run(s) (it moved {Fmt.Mib(r.Each.Sum(x => x.BytesMoved))} in " +
+                          $"{r.Each.Sum(x => x.MeasuredSeconds):F1} s for {Fmt.Mib(r.Each[^1].LiveBytes)} live).");
         BarrierProbe(rep, o.Quick ? 0.3 : 1.0);
         rep.Notes.Add("Percentiles come from a log-linear histogram (within 1.6%); maxima are exact. Stopwatch ticks are nanoseconds here.");
         return rep;
@@ -226,9 +249,37 @@ public static unsafe class MutatorLatencyScenario
         public override long ThreadNanoseconds() => ThreadCpuClock.Nanoseconds();
     }
 
-    /// <summary>The run without compaction with the same mutators.</summary>
-    private static Result BaselineOf(List<Result> results, Result r) =>
-        results.First(x => !x.Config.Compaction && x.Config.Mutators == r.Config.Mutators && x.Config.Paced == r.Config.Paced);
+    /// <summary>The configuration without compaction with the same mutators.</summary>
+    private static Runs BaselineOf(Runs[] all, Runs r) =>
+        all.First(x => !x.Config.Compaction && x.Config.Mutators == r.Config.Mutators && x.Config.Paced == r.Config.Paced);
+
+    /// <summary>One configuration's results, one per run, in the order of the runs.</summary>
+    private sealed class Runs(Config config)
+    {
+        public Config Config { get; } = config;
+        public List<Result> Each { get; } = [];
+
+        /// <summary>The median over the runs of <paramref name="figure"/>.</summary>
+        public double Median(Func<Result, double> figure) => Stats.Median(Each.Select(figure));
+
+        /// <summary><paramref name="figure"/> of each run.</summary>
+        public Spread Of(Func<Result, double> figure) => new(Each.Select(figure).ToArray());
+
+        /// <summary><paramref name="figure"/> of each run against the same run of <paramref name="baseline"/> (a ratio or
+        /// a difference within one run, so that both sides saw the same machine load).</summary>
+        public Spread Against(Runs baseline, Func<Result, Result, double> figure) =>
+            new(Each.Select((x, k) => figure(x, baseline.Each[k])).ToArray());
+    }
+
+    /// <summary>One figure over the runs: its median, and the range where there was more than one run.</summary>
+    private readonly record struct Spread(double[] Values)
+    {
+        public double Median => Stats.Median(Values);
+
+        /// <summary>"median (min to max)", or the median alone for one run.</summary>
+        public string Show(Func<double, string> format) =>
+            Values.Length > 1 ? $"{format(Median)} ({format(Values.Min())} to {format(Values.Max())})" : format(Median);
+    }
 
     /// <summary>
     /// What one <see cref="Interlocked.MemoryBarrierProcessWide"/> (the membarrier system call the migration protocol
