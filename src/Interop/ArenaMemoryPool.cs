@@ -71,10 +71,13 @@ public sealed class ArenaMemoryPoolOptions
 /// holds through a <see cref="MemoryHandle"/> is freed when the last handle is disposed. A returned buffer is dead:
 /// touching it throws <see cref="ObjectDisposedException"/>, returning it again throws
 /// <see cref="InvalidOperationException"/> (never a double free), and no later rent reuses the object.</para>
-/// <para>The pool keeps no buffers of its own: returned memory goes back to the heap, whose thread caches serve the
-/// next rent at once, and whose background thread gives idle memory back to the OS (wholly free pageblocks after
-/// <see cref="HeapOptions.DecommitDelay"/>, free runs one to two delays after their last use, or at once above
-/// <see cref="HeapOptions.RetainedBytesLimit"/>) once <see cref="NativeHeap.StartBackgroundCompaction"/> runs.</para>
+/// <para>By default the pool keeps no buffers of its own: returned memory goes back to the heap, whose thread caches
+/// serve the next rent at once, and whose background thread gives idle memory back to the OS (wholly free pageblocks
+/// after <see cref="HeapOptions.DecommitDelay"/>, free runs one to two delays after their last use, or at once above
+/// <see cref="HeapOptions.RetainedBytesLimit"/>) once <see cref="NativeHeap.StartBackgroundCompaction"/> runs. With
+/// <see cref="ArenaMemoryPoolOptions.CachedBuffers"/> it keeps up to that many returned buffers of the default size,
+/// pinned, for the next rents, and gives back every <see cref="ArenaMemoryPoolOptions.CacheTrimPeriod"/> those a
+/// period did not need; dispose such a pool (its trim timer roots it) before its heap.</para>
 /// <para>Metrics: the pool reports under Kestrel's names (meter <c>Microsoft.AspNetCore.MemoryPool</c>,
 /// <c>aspnetcore.memory_pool.rented</c>, <c>.allocated</c>, <c>.evicted</c>, <c>.pooled</c>, in bytes; see
 /// <see cref="ArenaMemoryPoolOptions.Owner"/> and <see cref="ArenaMemoryPoolOptions.MeterFactory"/>).</para>
