@@ -142,7 +142,10 @@ if want win-x64; then
     if ! command -v wine >/dev/null; then
         skip "win-x64: wine is not installed and could not be (apt-get install wine64 needs root or sudo)"
     elif publish win-x64; then
-        export WINEPREFIX="$PWD/$out/wineprefix" WINEDEBUG=-all
+        # The Wine prefix lives outside the repository: its drive z: is a link to /, and inside the tree it would send
+        # every tool that walks the tree (BenchmarkDotNet's project search, grep -r, find) through the whole file system.
+        export WINEPREFIX="${XDG_CACHE_HOME:-$HOME/.cache}/compaction-allocator/wineprefix" WINEDEBUG=-all
+        mkdir -p "$(dirname "$WINEPREFIX")"
         [ -d "$WINEPREFIX" ] || timeout 300 wineboot -i > "$out/wineboot.log" 2>&1
         run win-x64-smoke env DOTNET_EnableWriteXorExecute=0 timeout 600 wine "$out/win-x64/platform-smoke.exe" smoke
         run win-x64-repro env DOTNET_EnableWriteXorExecute=0 timeout 600 wine "$out/win-x64/platform-smoke.exe" repro
