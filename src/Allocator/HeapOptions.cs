@@ -68,21 +68,25 @@ public sealed class HeapOptions
 
     /// <summary>
     /// The background compactor's second trigger, aimed at resident memory (like Redis's active defrag): when
-    /// committed bytes exceed live bytes by more than this ratio (and by at least <see cref="WasteMinBytes"/>), it
+    /// resident bytes exceed the bytes live blocks occupy (each at its size class's slot size, or its run's whole
+    /// pages: rounding, which no compaction removes, does not count as waste) by more than this ratio (and by at
+    /// least <see cref="WasteMinBytes"/>), it
     /// compacts in slices of <see cref="CompactionSliceTime"/> at most <see cref="CompactionCpuShare"/> of a core,
     /// returning what it empties to the OS as it goes, until the ratio falls to <see cref="WasteLowRatio"/>.
-    /// The same ratio is the heap's soft limit: an allocation that would commit past this ratio times live bytes
+    /// The same ratio is the heap's soft limit: an allocation that would commit past this ratio times those bytes
     /// first compacts in slices on its own thread (when <see cref="DirectCompaction"/> is on) and passes the soft
     /// limit only when they stop making room, so a churn's peak stays near it (native-layout.md, section 9).
-    /// 0 turns both off (the kernel-style proactive trigger, <see cref="Proactiveness"/>, is separate). Default 1.2.
+    /// 0 turns both off (the kernel-style proactive trigger, <see cref="Proactiveness"/>, is separate). Default 1.1
+    /// (Redis's active defrag starts at 10% too).
     /// </summary>
-    public double WasteHighRatio { get; set; } = 1.2;
+    public double WasteHighRatio { get; set; } = 1.1;
 
-    /// <summary>Where a waste-driven run stops: committed / live at or below this. At least 1, at most
-    /// <see cref="WasteHighRatio"/>. Default 1.1.</summary>
-    public double WasteLowRatio { get; set; } = 1.1;
+    /// <summary>Where a waste-driven run stops: resident / the bytes live blocks occupy (as for
+    /// <see cref="WasteHighRatio"/>) at or below this. At least 1, at most <see cref="WasteHighRatio"/>. Default 1.05.</summary>
+    public double WasteLowRatio { get; set; } = 1.05;
 
-    /// <summary>Waste (committed minus live bytes) below which the waste trigger never starts. Default 8 MiB.</summary>
+    /// <summary>Waste (resident bytes minus the bytes live blocks occupy) below which the waste trigger never starts.
+    /// Default 8 MiB.</summary>
     public long WasteMinBytes { get; set; } = 8L << 20;
 
     /// <summary>Longest slice of a waste-driven background wake. From 50 us to 1 s; default 0.5 ms.</summary>

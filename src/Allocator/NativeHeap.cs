@@ -118,14 +118,15 @@ public sealed unsafe partial class NativeHeap : IDisposable
             _classCount = _classes.Count;
             _classOf = _classes.ClassTable;
             _caches = new ThreadCaches(_slabs, _pages, _handles, _classes, o.PerThreadCaches, DepotRunBytes(arenaBytes));
+            var footprint = new LiveFootprint(_pages, _slabs);
             _migrator = new Migrator(_handles, _pages, _slabs[(int)BlockKind.Movable], _slabs[(int)BlockKind.Unmovable], new OwnerRegistry());
             if (_pages.Movable != null)
-                _compactor = new Compactor(CompactionSettingsOf(o), _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches, _counters);
+                _compactor = new Compactor(CompactionSettingsOf(o), _pages, _slabs[(int)BlockKind.Movable], _handles, _migrator, _caches, footprint, _counters);
             _reclaimer = new Reclaimer(new ReclaimSettings(o.DecommitDelay, o.RetainedBytesLimit), _pages, _slabs, _caches, _counters);
 
             _limit = new MemoryLimitKeeper(
                 new LimitSettings(memoryLimit, o.WasteHighRatio, o.WasteMinBytes, pageblockBytes, o.CompactionSliceTime, o.DirectCompaction, _clock),
-                _id, _memory, _caches, _handles, _reclaimer, _compactor, _counters, _longTermCounts);
+                _id, _memory, _caches, footprint, _handles, _reclaimer, _compactor, _counters, _longTermCounts);
             _paths = new AllocationPaths(new AllocationParts(_id, _map, _pages, _classes, _handles, _caches, _migrator, _compactor,
                                                              _reclaimer, _counters, _limit, _maxBlockSize, o.DirectCompaction, _clock));
             _longTerm = new LongTermPinner(_id, _map, _migrator, _paths, _longTermCounts, LongTermPinPatience);

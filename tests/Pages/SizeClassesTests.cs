@@ -17,7 +17,7 @@ public sealed class SizeClassesTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Geometries))]
-    public void ClassesAreSixteenBytesApartUpTo128AndAtMostAnEighthApartAbove(int threshold, int pageSize)
+    public void ClassesAreSixteenBytesApartUpTo256AndAtMostASixteenthApartAbove(int threshold, int pageSize)
     {
         var classes = new SizeClasses(threshold, pageSize);
         int[] size = classes.Size;
@@ -27,10 +27,10 @@ public sealed class SizeClassesTests(ITestOutputHelper output)
         {
             Assert.True(size[c] > size[c - 1], $"classes {c - 1} and {c} are not increasing");
             Assert.True(size[c] % 16 == 0, $"class {size[c]} is not a multiple of 16 B, so its slots are not 16 B aligned");
-            if (size[c] <= 128) Assert.Equal(16, size[c] - size[c - 1]);
-            else Assert.True(size[c] - size[c - 1] <= size[c - 1] / 8, $"{size[c - 1]} -> {size[c]} is more than 12.5% apart");
+            if (size[c] <= 256) Assert.Equal(16, size[c] - size[c - 1]);
+            else Assert.True(size[c] - size[c - 1] <= size[c - 1] / 16, $"{size[c - 1]} -> {size[c]} is more than 6.25% apart");
         }
-        Assert.Equal(Enumerable.Range(1, 8).Select(i => i * 16), size.Take(8));
+        Assert.Equal(Enumerable.Range(1, 16).Select(i => i * 16), size.Take(16));
     }
 
     [Theory]

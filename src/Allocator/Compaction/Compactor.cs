@@ -53,7 +53,7 @@ internal sealed unsafe partial class Compactor
     private bool _proactiveResume;   // the last proactive pass ended on its budget above the low watermark
 
     public Compactor(CompactionSettings options, PageAllocator pages, SlabAllocator movableSlabs, HandleTable handles, Migrator migrator, ThreadCaches caches,
-                     CompactionCounters counters)
+                     LiveFootprint footprint, CompactionCounters counters)
     {
         _cx = new CompactionContext(options, pages, movableSlabs, handles, migrator, counters);
         _caches = caches;
@@ -62,7 +62,7 @@ internal sealed unsafe partial class Compactor
         _slabMover = new SlabMover(_cx);
         _migrateScanner = new MigrateScanner(_cx, _freeScanner, _slabMover);
         _consolidation = new SlabConsolidation(_cx, _slabMover);
-        _waste = new WasteRun(_cx, caches, _consolidation, _migrateScanner);
+        _waste = new WasteRun(_cx, caches, footprint, _consolidation, _migrateScanner);
         _limit = new LimitSlices(_cx, caches, _consolidation, _migrateScanner);
     }
 

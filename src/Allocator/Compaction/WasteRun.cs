@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Compaction.Allocator.Caches;
+using Compaction.Allocator.Slabs;
 using static Compaction.Allocator.Diagnostics.CompactionCounter;
 
 namespace Compaction.Allocator.Compaction;
@@ -13,6 +14,7 @@ internal sealed class WasteRun
 {
     private readonly CompactionContext _cx;
     private readonly ThreadCaches _caches;
+    private readonly LiveFootprint _footprint;
     private readonly SlabConsolidation _consolidation;
     private readonly MigrateScanner _scanner;
     private bool _active;          // a waste-driven run: started above WasteHighRatio, not yet at WasteLowRatio
@@ -28,10 +30,11 @@ internal sealed class WasteRun
     /// <summary>The lowest share a run backs off to: an eighth of <c>CompactionCpuShare</c>.</summary>
     public const int MaxBackoff = 3;
 
-    public WasteRun(CompactionContext cx, ThreadCaches caches, SlabConsolidation consolidation, MigrateScanner scanner)
+    public WasteRun(CompactionContext cx, ThreadCaches caches, LiveFootprint footprint, SlabConsolidation consolidation, MigrateScanner scanner)
     {
         _cx = cx;
         _caches = caches;
+        _footprint = footprint;
         _consolidation = consolidation;
         _scanner = scanner;
     }
@@ -55,12 +58,13 @@ internal sealed class WasteRun
         return (change, ShareDivisor);
     }
 
-    /// <summary>Resident bytes (the arena's estimate: committed less purged free runs) over live bytes now, and the
-    /// bytes between them (racy: counters read without locks; a heuristic's input).</summary>
+    /// <summary>Resident bytes (the arena's estimate: committed less purged free runs) over the bytes live blocks
+    /// occupy now (their slots and run pages: <see cref="LiveFootprint"/>), and the bytes between them: the waste
+    /// compaction can remove (racy: counters read without locks; a heuristic's input).</summary>
     public (double ratio, long wasted) Waste()
     {
         long resident = _cx.Pages.ResidentBytesEstimate;
-        long live = Math.Max(1, _caches.LiveTotals().bytes);
+        long live = Math.Max(1, _footprint.Bytes());
         return ((double)resident / live, resident - live);
     }
 

@@ -7,6 +7,7 @@ using Compaction.Allocator.Handles;
 using Compaction.Allocator.Os;
 using Compaction.Allocator.Pins;
 using Compaction.Allocator.Reclaim;
+using Compaction.Allocator.Slabs;
 
 namespace Compaction.Allocator.Engine;
 
@@ -33,26 +34,35 @@ internal struct RoomSearch
 /// <remarks>Takes no lock of its own: a slice takes the reclaimer's and the compactor's (RunLock), which the caller
 /// must not hold; every read of the committed and live counters is racy and says why that is safe.</remarks>
 internal sealed class MemoryLimitKeeper(
-    LimitSettings settings, long heapId, ArenaMemory memory, ThreadCaches caches, HandleTable handles, Reclaimer reclaimer,
+    LimitSettings settings, long heapId, ArenaMemory memory, ThreadCaches caches, LiveFootprint footprint, HandleTable handles, Reclaimer reclaimer,
     Compactor? compactor, CompactionCounters counters, LongTermPinCounts longTermPins)
 {
     private readonly LimitSettings _s = settings;
     private readonly long _id = heapId;
     private readonly ArenaMemory _memory = memory;
     private readonly ThreadCaches _caches = caches;
+    private readonly LiveFootprint _footprint = footprint;
     private readonly HandleTable _handles = handles;
     private readonly Reclaimer _reclaimer = reclaimer;
     private readonly Compactor? _compactor = compactor;
     private readonly CompactionCounters _counters = counters;
     private readonly LongTermPinCounts _longTermPins = longTermPins;
 
-    /// <summary>Slices an allocation may run to stay under the memory limit before it fails, or under the soft limit
-    /// before it passes it (it stops earlier at a slice that moved, released and left nothing): each is bounded by the
-    /// slice time of compaction plus the decommits it makes possible, so an allocation spends at most 32 slices (16 ms
-    /// at the default slice time, plus the decommits) keeping a limit. The soft limit had a cap of 4 once: the refill
-    /// of a churn then passed it about 40 times per 100 MiB refilled (a pageblock each), while the slices were still
-    /// making progress.</summary>
-    private const int MaxLimitSlices = 32;
+    /// <summary>Slices an allocation may run under the soft limit before it passes it (it stops earlier at a slice
+    /// that moved, released and left nothing): each is bounded by the slice time of compaction plus the decommits it
+    /// makes possible, so an allocation spends at most 32 slices (16 ms at the default slice time, plus the decommits)
+    /// keeping the soft limit. It had a cap of 4 once: the refill of a churn then passed it about 40 times per 100 MiB
+    /// refilled (a pageblock each), while the slices were still making progress.</summary>
+    private const int MaxSoftLimitSlices = 32;
+
+    /// <summary>Slices an allocation may run under the memory limit before it fails (it stops earlier at a slice that
+    /// moved, released and left nothing): 128 ms at the default slice time. A failure under the memory limit is an
+    /// out-of-memory error, so it waits longer than the soft limit's pass, as the .NET GC runs a full blocking
+    /// collection before it throws. Several threads at the limit share the room each slice makes (one thread's slice
+    /// empties a pageblock, another's allocation takes it), and on a loaded machine a slice on the wall clock may get
+    /// little CPU: 32 slices were seen to run out with three threads at 1.5x their live bytes while a pageblock's
+    /// worth of waste was still there to move.</summary>
+    private const int MaxLimitSlices = 256;
 
     private static NativeHeapEventSource Events => NativeHeapEventSource.Log;
 
@@ -77,7 +87,7 @@ internal sealed class MemoryLimitKeeper(
     /// Decides whether an allocation that found no room tries again, doing first what may make room
     /// (native-layout.md, section 9, "The memory limit"): a soft limit set when live bytes were lower is raised to
     /// today's (and the allocation retries at once); a commit the memory limit or the soft limit refused runs slices
-    /// of freeing and compacting, at most <see cref="MaxLimitSlices"/>, and only while each makes progress (a slice
+    /// of freeing and compacting, at most <see cref="MaxLimitSlices"/> (<see cref="MaxSoftLimitSlices"/> for the soft limit), and only while each makes progress (a slice
     /// that moved, released and left nothing ends the search). The memory limit is never passed; the soft limit gives
     /// way for this allocation's last try when the slices end (the caller set <see cref="ArenaMemory.SoftLimitApplies"/>
     /// and restores it). False when nothing is left to try. Caller is in a call section and holds no heap lock.
@@ -102,7 +112,7 @@ internal sealed class MemoryLimitKeeper(
         }
         // The soft limit's slices are compaction on the allocating thread: off with direct compaction (the memory
         // limit's are not: without them it could not be kept).
-        int maxSlices = hard || _s.DirectCompaction ? MaxLimitSlices : 0;
+        int maxSlices = hard ? MaxLimitSlices : _s.DirectCompaction ? MaxSoftLimitSlices : 0;
         if (room.Slices < maxSlices && MakeRoomUnderLimit())
         {
             room.Slices++;
@@ -115,14 +125,15 @@ internal sealed class MemoryLimitKeeper(
     }
 
     /// <summary>
-    /// Sets the soft limit from the live bytes now: the waste ratio's share above them (WasteHighRatio times live,
-    /// and at least WasteMinBytes above live), in whole pageblocks. True when that raised it. Sums the threads' live
-    /// counters (a racy read: a stale sum costs one refusal or one pageblock). Called by allocations and by every
-    /// background wake.
+    /// Sets the soft limit from the bytes live blocks occupy now (<see cref="LiveFootprint"/>: slots and run pages,
+    /// so rounding, which no compaction removes, does not count as waste): the waste ratio's share above them
+    /// (WasteHighRatio times that, and at least WasteMinBytes above it), in whole pageblocks. True when that raised
+    /// it. Reads the class and zone counters racily: a stale sum costs one refusal or one pageblock. Called by
+    /// allocations and by every background wake.
     /// </summary>
     public bool UpdateSoftLimit()
     {
-        long live = _caches.LiveTotals().bytes, pb = _s.PageblockBytes;
+        long live = _footprint.Bytes(), pb = _s.PageblockBytes;
         long target = Math.Max((long)(live * _s.SoftLimitRatio), live + _s.WasteMinBytes);
         target = (target + pb - 1) / pb * pb;
         long old = _memory.SoftLimitBytes;
@@ -134,8 +145,9 @@ internal sealed class MemoryLimitKeeper(
     /// One slice of the memory limit's work on an allocating thread whose allocation found no room under the limit:
     /// wholly free pageblocks (and kept empty slabs) are decommitted at once; when that gives nothing back, the
     /// compactor consolidates slabs and compacts the movable zone for at most a slice (on the heap's clock), and what
-    /// that emptied is decommitted. True when it moved or gave back anything, or ran out of budget with work left (the
-    /// allocation retries). Caller is in a call section (no cache section) and holds no heap lock. Counted and traced
+    /// that emptied is decommitted; when even that found nothing, storage other threads have parked in their caches
+    /// since is drained back into its slabs. True when it moved, drained or gave back anything, or ran out of budget
+    /// with work left (the allocation retries). Caller is in a call section (no cache section) and holds no heap lock. Counted and traced
     /// per slice.
     /// </summary>
     private bool MakeRoomUnderLimit()
@@ -144,10 +156,22 @@ internal sealed class MemoryLimitKeeper(
         long t0 = clock.GetTimestamp();
         long released = _reclaimer.ReleaseEmptiedPageblocks(), moved = 0;
         bool unfinished = false;   // the slice's budget ran out: there is more to do, the next slice resumes
+        bool drained = false;      // the threads' caches were drained
         if (released == 0 && _compactor != null)
         {
             (moved, unfinished) = _compactor.LimitSlice(Math.Max(1, (long)(_s.SliceTime.TotalSeconds * clock.TimestampFrequency)));
             released = _reclaimer.ReleaseEmptiedPageblocks();
+        }
+        if (released == 0 && moved == 0 && !unfinished && _caches.CachedSlots() + _caches.CachedRuns() > 0)
+        {
+            // Nothing to move or give back, yet other threads' caches have parked free storage again since this
+            // allocation drained them (they keep allocating and freeing beside it): slots bound in a cache are
+            // allocated as far as compaction can tell. Drain them once more, so the next slice can move what is left
+            // in those slabs, or the empty ones go back now.
+            // Draining is progress: the storage is back in its slabs (bounded, like every slice, by the slices' cap).
+            _caches.Drain();
+            released = _reclaimer.ReleaseEmptiedPageblocks();   // empty slabs first, then whole free pageblocks
+            drained = true;
         }
         TimeSpan elapsed = clock.GetElapsedTime(t0);
         Interlocked.Increment(ref _counters[CompactionCounter.LimitSlices]);
@@ -155,7 +179,7 @@ internal sealed class MemoryLimitKeeper(
         Interlocked.Add(ref _counters[CompactionCounter.LimitNanoseconds], elapsed.Ticks * 100);
         if (Events.IsEnabled(EventLevel.Informational, NativeHeapEventSource.Keywords.MemoryLimit))
             Events.LimitSlice(_id, released, moved, elapsed.TotalMilliseconds);
-        return released > 0 || moved > 0 || unfinished;
+        return released > 0 || moved > 0 || unfinished || drained;
     }
 
     /// <summary>An allocation the arena could not serve (the slow path's failure; rare, so it checks the listener).
