@@ -145,8 +145,8 @@ internal sealed unsafe class UnitMover
     /// <summary>
     /// Prepares a whole slab's move into the class's open destination slab, and into a new slab carved from free pages
     /// of the free scanner for what does not fit there (which then becomes the open slab): the pass pours sparse slabs
-    /// into dense ones, so a block it moves needs no consolidation before or after (native-layout.md, section 9,
-    /// "Move once"). Under the class lock: validate, list the live blocks, require that no thread cache holds a slot
+    /// into dense ones, which no later consolidation has to copy again (native-layout.md, section 9, "Open slabs").
+    /// Under the class lock: validate, list the live blocks, require that no thread cache holds a slot
     /// (RefCount equal to the live blocks; else a cache-held failure), carve the new slab if one is needed, isolate
     /// the source, and queue every live block with its new slot. An empty slab is released at once (Success with
     /// nothing queued).
