@@ -34,6 +34,7 @@ public abstract unsafe partial class AllocFreeBenchmarks
     private readonly byte[]?[] _arrays = new byte[Blocks][];
     private NativeHeap _heap = null!;
     private NativeHeap _poisonedHeap = null!;   // HeapOptions.PoisonFreedMemory on: the option's cost
+    private NativeHeap _limitedHeap = null!;    // HeapOptions.MemoryLimit set, far above a batch: the limit's cost when it does not bind
     private NativePeer? _mimalloc, _tcmalloc, _jemalloc;
 
     [GlobalSetup]
@@ -45,6 +46,7 @@ public abstract unsafe partial class AllocFreeBenchmarks
         // The arena is far more than one batch needs (256 MiB up to 64 KiB blocks); commits happen during warmup and are then reused.
         _heap = new NativeHeap(new HeapOptions { ArenaBytes = ArenaBytes });
         _poisonedHeap = new NativeHeap(new HeapOptions { ArenaBytes = ArenaBytes, PoisonFreedMemory = true });
+        _limitedHeap = new NativeHeap(new HeapOptions { ArenaBytes = ArenaBytes, MemoryLimit = ArenaBytes / 2 });
         _mimalloc = Peers.MimallocPeer;
         _tcmalloc = Peers.TcmallocPeer;
         _jemalloc = Peers.JemallocPeer;
@@ -70,6 +72,7 @@ public abstract unsafe partial class AllocFreeBenchmarks
     {
         _heap.Dispose();
         _poisonedHeap.Dispose();
+        _limitedHeap.Dispose();
     }
 
     [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap movable")]
@@ -82,6 +85,11 @@ public abstract unsafe partial class AllocFreeBenchmarks
     /// allocation reads it back.</summary>
     [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap movable, PoisonFreedMemory")]
     public void NativeHeapMovablePoisoned() => RunHeap(_poisonedHeap, BlockKind.Movable);
+
+    /// <summary>The movable row on a heap with a memory limit that a batch never reaches: what keeping a limit costs
+    /// an allocation that does not need room made (the limit's work is on the commit path, not the fast path).</summary>
+    [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap movable, MemoryLimit")]
+    public void NativeHeapMovableLimited() => RunHeap(_limitedHeap, BlockKind.Movable);
 
     [Benchmark(OperationsPerInvoke = Blocks, Description = "NativeHeap movable, HeapContext")]
     public void NativeHeapMovableContext() => RunContext(BlockKind.Movable);

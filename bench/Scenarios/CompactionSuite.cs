@@ -7,7 +7,7 @@ namespace Compaction.Bench.Scenarios;
 /// <summary>Settings of the <c>compaction</c> command.</summary>
 public sealed class CompactionBenchOptions
 {
-    public const string Usage = "usage: compaction [--quick] [--seed N] [--only NAME[,NAME...]] [--out FILE]   (names: " +
+    public const string Usage = "usage: compaction [--quick] [--seed N] [--only NAME[,NAME...]] [--repeat N] [--out FILE]   (names: " +
                                 "high-order, throughput, proactive, latency, rss)";
 
     /// <summary>Smaller heaps, fewer repetitions, shorter windows: a CI smoke run of under a minute.</summary>
@@ -17,6 +17,9 @@ public sealed class CompactionBenchOptions
     public bool SeedGiven { get; private set; }
     public string? OutPath { get; set; }
     public HashSet<string> Only { get; } = [];
+    /// <summary>How many times the latency scenario runs its whole set of configurations (seeds Seed, Seed + 1, ...),
+    /// each with its baselines, reporting the median of each figure over the runs; 1 unless given.</summary>
+    public int Repeat { get; set; } = 1;
 
     public static bool TryParse(string[] args, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out CompactionBenchOptions? options, out string? error)
     {
@@ -39,6 +42,10 @@ public sealed class CompactionBenchOptions
                 case "--only" when value != null:
                     foreach (string name in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
                         options.Only.Add(name);
+                    i++;
+                    break;
+                case "--repeat" when int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int repeat) && repeat >= 1:
+                    options.Repeat = repeat;
                     i++;
                     break;
                 case "--out" when value != null:
@@ -92,7 +99,7 @@ public static class CompactionSuite
 
         string command = "dotnet run -c Release --project bench -- compaction" + (args.Length > 0 ? " " + string.Join(' ', args) : "");
         string repeat = "dotnet run -c Release --project bench -- compaction" + (o.Quick ? " --quick" : "") + $" --seed {o.Seed}" +
-                        (o.Only.Count > 0 ? $" --only {string.Join(',', o.Only)}" : "");
+                        (o.Only.Count > 0 ? $" --only {string.Join(',', o.Only)}" : "") + (o.Repeat > 1 ? $" --repeat {o.Repeat}" : "");
         Console.WriteLine($"compaction: seed {o.Seed} (repeat with: {repeat}){(o.Quick ? "; QUICK run" : "")}");
 
         string? loadBefore = RunInfo.LoadAverage();

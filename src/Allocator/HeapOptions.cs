@@ -92,8 +92,11 @@ public sealed class HeapOptions
     /// <summary>Longest slice of a waste-driven background wake. From 50 us to 1 s; default 0.5 ms.</summary>
     public TimeSpan CompactionSliceTime { get; set; } = TimeSpan.FromMilliseconds(0.5);
 
-    /// <summary>Share of one core a waste-driven run may use: after a slice of length s the thread sleeps
-    /// s * (1 / share - 1). From 0.01 to 1; default 0.1.</summary>
+    /// <summary>Share of one core a waste-driven run may use, counted in the whole process's CPU time its slices
+    /// cause (the compactor thread's own, and what its barriers and frozen blocks cost the other threads): after a
+    /// slice charged c of CPU that took w, the thread sleeps c / share - w (native-layout.md, section 9, "Pacing by
+    /// the process's CPU"; the charge is <see cref="CompactionStatistics.BackgroundChargedCpuNanoseconds"/>).
+    /// From 0.01 to 1; default 0.1.</summary>
     public double CompactionCpuShare { get; set; } = 0.1;
 
     /// <summary>How long free memory stays resident before the background thread gives it back (hysteresis, like
@@ -156,11 +159,17 @@ public sealed class HeapOptions
     /// <see cref="DecommitDelay"/>, the budgets and slices of compaction (<see cref="CompactionBudgetTime"/>,
     /// <see cref="CompactionSliceTime"/>) and the memory limit's slices. Default <see cref="System.TimeProvider.System"/>.
     /// Tests and simulations pass their own (a manual provider whose time they advance), so that the background thread
-    /// wakes, and free memory ages, exactly when they say. Not read from it: the background thread's processor time
-    /// (a CPU clock, not a wall clock), the long-term pins' patience and the 200 ms bound of a Dispose's wait for calls
-    /// in flight (deadlock guards, which must not wait on a clock a test may never advance).
+    /// wakes, and free memory ages, exactly when they say. Not read from it: the processor time the background thread
+    /// is charged (CPU clocks, not a wall clock: <see cref="CpuClock"/>), the long-term pins' patience and the 200 ms
+    /// bound of a Dispose's wait for calls in flight (deadlock guards, which must not wait on a clock a test may never
+    /// advance).
     /// </summary>
     public TimeProvider TimeProvider { get; set; } = TimeProvider.System;
+
+    /// <summary>The CPU clocks (the process's and the calling thread's) whose readings pace the background
+    /// compactor; null (the default) for the OS's. Tests pass scripted ones, as they pass a
+    /// <see cref="TimeProvider"/>.</summary>
+    internal Os.CpuClock? CpuClock { get; set; }
 
     /// <summary>The limit these options set, in bytes: <see cref="MemoryLimit"/>, or <see cref="MemoryLimitPercent"/>
     /// of the memory available to the process; 0 for none.</summary>

@@ -18,6 +18,17 @@ public sealed class ArenaMemoryOptions
 
     /// <summary>The size of a connection buffer rented without a size hint. Default 4096 (Kestrel's).</summary>
     public int DefaultBufferSize { get; set; } = 4096;
+
+    /// <summary>How many returned connection buffers of <see cref="DefaultBufferSize"/> the pool keeps pinned for the
+    /// next rents (<see cref="ArenaMemoryPoolOptions.CachedBuffers"/>). Default 1024 (4 MiB of buffers at most); 0 frees
+    /// every buffer at its return.</summary>
+    public int CachedBuffers { get; set; } = 1024;
+
+    /// <summary>How often the pool gives back kept buffers that were not needed since the last time, and, after a
+    /// period without any rent, returns the heap's free memory to the OS (<see cref="NativeHeap.ReleaseFreeMemory"/>,
+    /// once per idle spell: a server that went idle gives its memory back with or without the background thread).
+    /// Default 10 s; the clock is the heap's (<see cref="HeapOptions.TimeProvider"/>).</summary>
+    public TimeSpan IdleTrimPeriod { get; set; } = TimeSpan.FromSeconds(10);
 }
 
 /// <summary>The arena behind a server registered with <c>UseArenaMemory</c>: its heap and the pool every connection
@@ -32,6 +43,8 @@ public sealed class ArenaServerMemory : IDisposable
             Pool = new ArenaMemoryPool(Heap, new ArenaMemoryPoolOptions
             {
                 LongTermPins = true, DefaultBufferSize = options.DefaultBufferSize, Owner = "kestrel", MeterFactory = meters,
+                CachedBuffers = options.CachedBuffers, CacheTrimPeriod = options.IdleTrimPeriod, ReleaseFreeMemoryWhenIdle = true,
+                TimeProvider = options.Heap.TimeProvider,
             });
             if (options.BackgroundCompaction) Heap.StartBackgroundCompaction();
         }

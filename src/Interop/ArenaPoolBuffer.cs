@@ -11,7 +11,8 @@ namespace Compaction.Interop;
 /// <remarks>
 /// State word (<c>_state</c>): the number of outstanding <see cref="MemoryHandle"/>s from <see cref="Pin"/>, plus
 /// <see cref="ReturnedBit"/> once the buffer was returned. Pin, Unpin and Dispose change it with a CAS: whichever of
-/// Dispose and the last Unpin leaves the word at exactly <see cref="ReturnedBit"/> releases the block (unpin, free),
+/// Dispose and the last Unpin leaves the word at exactly <see cref="ReturnedBit"/> releases the block (to the pool's
+/// cache, or unpinned and freed),
 /// so the block is released once, and never while native code may still use a handle to it.
 /// </remarks>
 internal sealed unsafe class ArenaPoolBuffer : MemoryManager<byte>
@@ -93,18 +94,9 @@ internal sealed unsafe class ArenaPoolBuffer : MemoryManager<byte>
         }
     }
 
-    private void Release()
-    {
-        try
-        {
-            _pin.Dispose();
-            _pool.Heap.Free(_handle);
-        }
-        finally
-        {
-            _pool.Returned(_length);   // counted back even if the heap was disposed between the unpin and the free
-        }
-    }
+    /// <summary>Hands the block back to the pool, which keeps it for a later rent (a new buffer object) or unpins and
+    /// frees it.</summary>
+    private void Release() => _pool.Release(_handle, _pin, _length);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void ThrowIfReturned()

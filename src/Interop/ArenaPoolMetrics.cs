@@ -10,10 +10,11 @@ namespace Compaction.Interop;
 /// <c>.evicted</c>, <c>.rented</c>, in bytes, tagged <c>aspnetcore.memory_pool.owner</c> when the pool has an owner),
 /// so the dashboards that show Kestrel's pool show the arena pool.
 /// </summary>
-/// <remarks>What the names mean for a pool that keeps nothing: every rent is a block the heap allocates (counted in
-/// <c>rented</c> and in <c>allocated</c>), every return frees it at once (counted in <c>evicted</c>: the memory left
-/// the pool), so <c>pooled</c> stays 0 and <c>allocated - evicted</c> is what is rented now. The heap's own meter
-/// (<c>Compaction.NativeHeap</c>) tells what the heap keeps resident.</remarks>
+/// <remarks>What the names mean: <c>rented</c> counts every rent; <c>allocated</c> the rents the heap served (a block
+/// allocated and pinned), <c>evicted</c> the blocks freed back to the heap, <c>pooled</c> what the pool's cache keeps
+/// now (<see cref="ArenaMemoryPoolOptions.CachedBuffers"/>; always 0 without one, every return then freed at once), so
+/// <c>allocated - evicted</c> is what is rented or kept now. The heap's own meter (<c>Compaction.NativeHeap</c>)
+/// tells what the heap keeps resident.</remarks>
 internal sealed class ArenaPoolMetrics
 {
     /// <summary>Kestrel's meter name for its memory pools.</summary>
@@ -33,9 +34,9 @@ internal sealed class ArenaPoolMetrics
 
     private ArenaPoolMetrics(Meter meter)
     {
-        _pooled = meter.CreateUpDownCounter<long>(PooledName, "By", "Number of bytes currently pooled and available for reuse (always 0: the arena pool returns every buffer to its heap).");
-        _allocated = meter.CreateCounter<long>(AllocatedName, "By", "Total number of bytes allocated by the memory pool (every rent of the arena pool is a block allocated from its heap).");
-        _evicted = meter.CreateCounter<long>(EvictedName, "By", "Total number of bytes evicted from the memory pool (every return of the arena pool frees its block to the heap).");
+        _pooled = meter.CreateUpDownCounter<long>(PooledName, "By", "Number of bytes currently pooled and available for reuse (the arena pool's cache of returned buffers).");
+        _allocated = meter.CreateCounter<long>(AllocatedName, "By", "Total number of bytes allocated by the memory pool (blocks the arena pool allocated from its heap).");
+        _evicted = meter.CreateCounter<long>(EvictedName, "By", "Total number of bytes evicted from the memory pool (blocks the arena pool freed back to its heap).");
         _rented = meter.CreateCounter<long>(RentedName, "By", "Total number of bytes rented from the memory pool.");
     }
 
@@ -51,14 +52,28 @@ internal sealed class ArenaPoolMetrics
     /// <summary>True when some listener collects an instrument: the pool then pays for the tags.</summary>
     public bool Enabled => _allocated.Enabled || _evicted.Enabled || _rented.Enabled || _pooled.Enabled;
 
-    public void Rented(int bytes, string? owner)
+    /// <summary>A rent; <paramref name="allocated"/> when the heap served it (not the cache).</summary>
+    public void Rented(int bytes, string? owner, bool allocated)
     {
         TagList tags = Tags(owner);
         if (_rented.Enabled) _rented.Add(bytes, tags);
-        if (_allocated.Enabled) _allocated.Add(bytes, tags);
+        if (allocated && _allocated.Enabled) _allocated.Add(bytes, tags);
     }
 
-    public void Returned(int bytes, string? owner)
+    /// <summary>A returned buffer the cache keeps.</summary>
+    public void Pooled(int bytes, string? owner)
+    {
+        if (_pooled.Enabled) _pooled.Add(bytes, Tags(owner));
+    }
+
+    /// <summary>A kept buffer left the cache (rented again, or evicted).</summary>
+    public void Unpooled(int bytes, string? owner)
+    {
+        if (_pooled.Enabled) _pooled.Add(-bytes, Tags(owner));
+    }
+
+    /// <summary>A block freed back to the heap.</summary>
+    public void Evicted(int bytes, string? owner)
     {
         if (_evicted.Enabled) _evicted.Add(bytes, Tags(owner));
     }

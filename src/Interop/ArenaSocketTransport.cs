@@ -129,9 +129,11 @@ internal sealed class ArenaSocketConnection : ConnectionContext
     public ArenaSocketConnection(Socket socket, MemoryPool<byte> pool)
     {
         _socket = socket;
-        var options = new PipeOptions(pool: pool, minimumSegmentSize: 4096, useSynchronizationContext: false);
-        _input = new Pipe(options);
-        _output = new Pipe(options);
+        _input = new Pipe(new PipeOptions(pool: pool, minimumSegmentSize: 4096, useSynchronizationContext: false));
+        // The send loop's read completes inline in the flush of the server's writer: an answer goes to the socket on
+        // the thread that flushed it, without a hop through the thread pool per answer (a send the socket cannot take
+        // at once continues on the socket's completion, as before).
+        _output = new Pipe(new PipeOptions(pool: pool, readerScheduler: PipeScheduler.Inline, minimumSegmentSize: 4096, useSynchronizationContext: false));
         Transport = new DuplexPipe(_input.Reader, _output.Writer);
         ConnectionId = "arena-" + Interlocked.Increment(ref s_next).ToString(System.Globalization.CultureInfo.InvariantCulture);
         LocalEndPoint = socket.LocalEndPoint;

@@ -42,6 +42,9 @@ internal enum CompactionCounter
     /// <summary>Times the waste had grown enough since a back-off to give the run its full CPU share again.</summary>
     WasteShareRestores,
     BackgroundCpuNanoseconds,
+    /// <summary>CPU the background wakes were charged (the pacing's figure: the process's CPU beyond the other threads'
+    /// own rate, or the thread's own if more), nanoseconds.</summary>
+    BackgroundChargedCpuNanoseconds,
     LimitSlices,
     LimitBytesMoved,
     LimitBytesDecommitted,

@@ -102,6 +102,13 @@ public sealed class CompactionStatistics
     /// migration barrier) is not in it.</summary>
     public long BackgroundCpuNanoseconds => Get(CompactionCounter.BackgroundCpuNanoseconds);
 
+    /// <summary>Processor time of the whole process charged to the background thread's wakes, in nanoseconds: for
+    /// each wake, the process's CPU time over it less what the other threads spend at the rate they ran while the
+    /// thread slept (the barriers, waits and faults its steps cause them), or the thread's own time when that is more.
+    /// What keeps a waste-driven run at <see cref="HeapOptions.CompactionCpuShare"/>. The thread's own time where the
+    /// OS has no process CPU clock; the wakes' wall time where it has neither clock.</summary>
+    public long BackgroundChargedCpuNanoseconds => Get(CompactionCounter.BackgroundChargedCpuNanoseconds);
+
     /// <summary>Slices of work that allocations did to stay under <see cref="HeapOptions.MemoryLimit"/>: each gives
     /// wholly free pageblocks back and, when that is not enough, compacts for at most
     /// <see cref="HeapOptions.CompactionSliceTime"/> on the allocating thread.</summary>

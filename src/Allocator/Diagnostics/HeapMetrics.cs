@@ -44,7 +44,7 @@ public static class HeapMetrics
     /// (By, s), never under <c>nativeheap.compaction.events</c>.</summary>
     private static readonly CompactionCounter[] s_quantities =
         [CompactionCounter.BytesMoved, CompactionCounter.BytesDecommitted, CompactionCounter.WasteBytesMoved, CompactionCounter.BackgroundCpuNanoseconds,
-         CompactionCounter.LimitBytesMoved, CompactionCounter.LimitBytesDecommitted, CompactionCounter.LimitNanoseconds];
+         CompactionCounter.BackgroundChargedCpuNanoseconds, CompactionCounter.LimitBytesMoved, CompactionCounter.LimitBytesDecommitted, CompactionCounter.LimitNanoseconds];
 
     /// <summary>The event counters (every counter but the quantities) and their kernel spelling.</summary>
     private static readonly (CompactionCounter counter, string name)[] s_events = Enum.GetValues<CompactionCounter>()
@@ -73,6 +73,8 @@ public static class HeapMetrics
                                         "Bytes the background compactor moved on its waste trigger.");
         s_meter.CreateObservableCounter("nativeheap.background.cpu_time", () => Observe(s => s.Compaction.BackgroundCpuNanoseconds / 1e9),
                                         "s", "Processor time the background compactor thread used.");
+        s_meter.CreateObservableCounter("nativeheap.background.charged_cpu_time", () => Observe(s => s.Compaction.BackgroundChargedCpuNanoseconds / 1e9),
+                                        "s", "Processor time of the whole process charged to the background compactor (what paces it).");
         Gauge("nativeheap.memory.limit", "By", "The memory limit (HeapOptions.MemoryLimit), 0 for none: committed bytes never pass it.", s => s.MemoryLimit);
         s_meter.CreateObservableCounter("nativeheap.limit.moved", () => Observe(s => s.Compaction.LimitBytesMoved), "By",
                                         "Bytes that allocations moved to stay under the memory limit.");

@@ -10,8 +10,13 @@ using Compaction.Allocator.Reclaim;
 namespace Compaction.Allocator.Engine;
 
 /// <summary>What the background thread uses of the heap's options: its interval, its CPU share during a waste-driven
-/// run, and the clock whose timers wake it and whose time stamps free memory.</summary>
-internal sealed record DaemonSettings(TimeSpan Interval, double CpuShare, TimeProvider Clock);
+/// run, the clock whose timers wake it and whose time stamps free memory, and the CPU clocks it is charged by
+/// (<see cref="CompactionPacer"/>; null for the OS's).</summary>
+internal sealed record DaemonSettings(TimeSpan Interval, double CpuShare, TimeProvider Clock, CpuClock? Cpu = null)
+{
+    /// <summary>The CPU clocks the pacing reads: the given ones, or the OS's.</summary>
+    public CpuClock CpuClocks => Cpu ?? CpuClock.System;
+}
 
 /// <summary>The parts of one heap a background wake works on (the heap builds them).</summary>
 internal sealed record DaemonParts(
@@ -124,13 +129,15 @@ internal sealed class CompactionDaemon
     }
 
     /// <summary>How long the background thread sleeps before its next wake: the interval, or during a waste-driven
-    /// run what keeps the thread at its CPU share: a wake that took t (the slice and the release after it) at share c
-    /// sleeps t * (1 / c - 1), at least 1 ms; c is the configured share divided by the run's back-off (1 to 8).</summary>
-    private TimeSpan NextWakeDelay(TimeSpan took)
+    /// run what keeps the process's CPU spent on compaction at the share: a wake charged c nanoseconds of CPU (its
+    /// thread's, or the process's beyond the other threads' own rate, whichever is more; <see cref="CompactionPacer"/>)
+    /// that took w of wall time sleeps c / share - w, at least 1 ms; the share is the configured one divided by the
+    /// run's back-off (1 to 8).</summary>
+    private TimeSpan NextWakeDelay(WakeCharge charge)
     {
         if (_p.Compactor == null || !_p.Compactor.WasteRunActive) return _s.Interval;
         double share = _s.CpuShare / _p.Compactor.WasteShareDivisor;   // lowered after cycles that gave back little
-        return TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, (long)(took.Ticks * (1 / share - 1))));
+        return CompactionPacer.PacedDelay(charge, share);
     }
 
     // ------------------------------------------------------------------ the thread
@@ -148,12 +155,14 @@ internal sealed class CompactionDaemon
             var self = new WeakReference<CompactionDaemon>(this);
             WeakReference<object> anchor = _anchor;
             TimeSpan first = _s.Interval;
+            var pacer = new CompactionPacer(_s.Clock, _s.CpuClocks);   // this thread's: its thread clock is its own
             var thread = new Thread(() =>
             {
                 TimeSpan delay = first;
                 try
                 {
-                    while (wakeup.Sleep(delay) && WakeOnce(self, anchor, out delay)) { }
+                    pacer.MarkAsleep();
+                    while (wakeup.Sleep(delay) && WakeOnce(self, anchor, pacer, out delay)) { }
                 }
                 finally
                 {
@@ -174,18 +183,18 @@ internal sealed class CompactionDaemon
     /// the step still works on it. False when the heap is gone, or when the step threw: the exception is caught here
     /// (an exception escaping a thread would end the process), recorded and reported, and the thread ends.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static bool WakeOnce(WeakReference<CompactionDaemon> self, WeakReference<object> anchor, out TimeSpan next)
+    private static bool WakeOnce(WeakReference<CompactionDaemon> self, WeakReference<object> anchor, CompactionPacer pacer, out TimeSpan next)
     {
         next = default;
         if (!anchor.TryGetTarget(out object? heap) || !self.TryGetTarget(out CompactionDaemon? daemon) || daemon._heapGone) return false;
         try
         {
-            TimeProvider clock = daemon._s.Clock;
-            long start = clock.GetTimestamp(), cpu = ThreadCpuClock.Nanoseconds();
+            pacer.WakeStarting();
             daemon.Step(daemon.Now);
-            next = daemon.NextWakeDelay(clock.GetElapsedTime(start));
-            if (cpu >= 0)
-                Interlocked.Add(ref daemon._p.Counters[CompactionCounter.BackgroundCpuNanoseconds], Math.Max(0, ThreadCpuClock.Nanoseconds() - cpu));
+            WakeCharge charge = pacer.WakeEnded();
+            next = daemon.NextWakeDelay(charge);
+            if (charge.Thread >= 0) Interlocked.Add(ref daemon._p.Counters[CompactionCounter.BackgroundCpuNanoseconds], charge.Thread);
+            Interlocked.Add(ref daemon._p.Counters[CompactionCounter.BackgroundChargedCpuNanoseconds], charge.Charged);
         }
         catch (Exception ex)
         {
