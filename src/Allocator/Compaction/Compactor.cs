@@ -68,9 +68,8 @@ internal sealed unsafe partial class Compactor
 
     // ------------------------------------------------------------------ triggers
 
-    /// <summary>Explicit full compaction (/proc/sys/vm/compact_memory): consolidate every movable size class (in
-    /// address order, low slabs into high ones), then compact the whole movable zone synchronously, ignoring and
-    /// resetting skip bits (the pass pours the slabs it moves into dense ones). Takes RunLock.</summary>
+    /// <summary>Explicit full compaction (/proc/sys/vm/compact_memory): consolidate every movable size class, then
+    /// compact the whole movable zone synchronously, ignoring and resetting skip bits. Takes RunLock.</summary>
     public void CompactAll()
     {
         if (RunLock.IsHeldByCurrentThread) return;   // called from an owner callback of a running compaction

@@ -88,7 +88,6 @@ internal sealed unsafe class MigrateScanner
         }
         finally
         {
-            _unitMover.CloseOpenSlabs();
             _free.ReturnFreePool();
             // Scanners that met, either in the loop or inside the free scanner (no target left between them), end
             // the zone's pass: the next run starts over from both ends (reset_cached_positions).

@@ -10,9 +10,9 @@ using Compaction.Allocator.Slabs;
 namespace Compaction.Allocator.Compaction;
 
 /// <summary>
-/// The slab side of a move, shared by the migrate scanner's units (a whole slab into the class's open slab of the pass
-/// and a new slab carved from the free pool) and consolidation (a slab's blocks into the fullest slabs of its class):
-/// listing a slab's live blocks, and freeing the slots a batch left behind. Its lists are scratch space protected by RunLock.
+/// The slab side of a move, shared by the migrate scanner's units (a whole slab into a new slab carved from the free
+/// pool) and consolidation (a slab's blocks into the fullest slabs of its class): listing a slab's live blocks, and
+/// freeing the slots a batch left behind. Its lists are scratch space protected by RunLock.
 /// </summary>
 internal sealed unsafe class SlabMover
 {

@@ -30,17 +30,9 @@ internal sealed unsafe class UnitMover
     private readonly SlabMover _mover;
     private readonly MigrationBatch _batch;
     private readonly List<Move> _moves = [];   // the units of the current batch, in batch order
-    /// <summary>Per movable class, the head of the pass's open destination slab (-1: none): a slab this pass carved,
-    /// isolated (no allocation takes from it), into which the live blocks of successive source slabs of the class
-    /// are poured until it is full; then a new one is carved. Closed (put back on the lists) when full, after its
-    /// batch settled, and at the end of the pass (<see cref="CloseOpenSlabs"/>).</summary>
-    private readonly int[] _open;
-    private readonly List<int> _openClasses = [];   // the classes with an open slab, for CloseOpenSlabs
 
-    /// <summary>One unit of the batch: a run (<see cref="Class"/> null) or a slab, and its blocks' items
-    /// [<see cref="First"/>, <see cref="End"/>) in the batch. A run's <see cref="Dst"/> is its destination pages; a
-    /// slab's is the slab carved for it (its blocks went to the class's open slab first), or -1 when they all fit in
-    /// the open slab; <see cref="Close"/> is the open slab it filled, put back once the batch has settled, or -1.</summary>
+    /// <summary>One unit of the batch: a run (<see cref="Class"/> null) or a slab, its destination, and its
+    /// blocks' items [<see cref="First"/>, <see cref="End"/>) in the batch.</summary>
     private struct Move
     {
         public int Head;
@@ -49,7 +41,6 @@ internal sealed unsafe class UnitMover
         public SlabClass? Class;
         public int First;
         public int End;
-        public int Close;
     }
 
     public UnitMover(CompactionContext cx, FreeScanner free, SlabMover mover)
@@ -61,8 +52,6 @@ internal sealed unsafe class UnitMover
         _free = free;
         _mover = mover;
         _batch = cx.Batch;
-        _open = new int[_slabs.Class.Length];
-        Array.Fill(_open, -1);
     }
 
     /// <summary>
@@ -137,33 +126,26 @@ internal sealed unsafe class UnitMover
         if (!_cx.Acquire(_zone.Lock, cc)) { _free.PutBack(dst, pages); return MigrateResult.Busy; }   // nothing written yet
         _cx.Pages.InitRunLocked(_zone, dst, pages, index);
         _zone.Lock.Exit();
-        _moves.Add(new Move { Head = head, Dst = dst, Pages = pages, First = _batch.Count, End = _batch.Count + 1, Close = -1 });
+        _moves.Add(new Move { Head = head, Dst = dst, Pages = pages, First = _batch.Count, End = _batch.Count + 1 });
         _batch.Add(index, s, _map.AddressOf(head), _map.AddressOf(dst));
         return MigrateResult.Success;
     }
 
     /// <summary>
-    /// Prepares a whole slab's move into the class's open destination slab, and into a new slab carved from free pages
-    /// of the free scanner for what does not fit there (which then becomes the open slab): the pass pours sparse slabs
-    /// into dense ones, which no later consolidation has to copy again (native-layout.md, section 9, "Open slabs").
-    /// Under the class lock: validate, list the live blocks, require that no thread cache holds a slot
-    /// (RefCount equal to the live blocks; else a cache-held failure), carve the new slab if one is needed, isolate
-    /// the source, and queue every live block with its new slot. An empty slab is released at once (Success with
-    /// nothing queued).
+    /// Prepares a whole slab's move into a new slab carved from free pages of the free scanner. Under the class lock:
+    /// validate, list the live blocks, require that no thread cache holds a slot (RefCount equal to the live blocks;
+    /// else a cache-held failure), carve the destination, isolate both, and queue every live block with its new slot.
+    /// An empty slab is released at once (Success with nothing queued).
     /// </summary>
     private MigrateResult PrepareSlab(CompactControl cc, int head, int migratePb, ref int freePb)
     {
         ref PageDescriptor d = ref _map.Page(head);
         if (d.Kind != PageKind.SlabHead || d.SlabKind != BlockKind.Movable) return MigrateResult.Gone;
         SlabClass cls = _slabs.Class[d.SlabClass];
-        int pages = _slabs.Classes.PagesPerSlab[cls.Index], capacity = _slabs.Classes.SlotsPerSlab[cls.Index];
-        int open = _open[cls.Index];
-        // A target first, before the class lock and the listing of its blocks, unless the open slab has room for them:
-        // a slab with no room anywhere is left at once (CompactionAlloc below then takes the range the pool holds).
-        // Racy reads of both RefCounts (written under the class lock): a stale pair only decides whether the pool is
-        // looked at now or under the lock.
-        if (OpenRoom(open, capacity) < d.RefCount && !_free.IsolateTargets(cc, pages, migratePb, ref freePb))
-            return cc.Contended ? MigrateResult.Busy : MigrateResult.NoMemory;
+        int pages = _slabs.Classes.PagesPerSlab[cls.Index];
+        // A target first, before the class lock and the listing of its blocks: a slab with no free range of its size
+        // is left at once (CompactionAlloc below then takes the range the pool holds).
+        if (!_free.IsolateTargets(cc, pages, migratePb, ref freePb)) return cc.Contended ? MigrateResult.Busy : MigrateResult.NoMemory;
         if (!_cx.Acquire(cls.Lock, cc)) return MigrateResult.Busy;
         try
         {
@@ -186,30 +168,15 @@ internal sealed unsafe class UnitMover
             // Every managed allocation before the destination is taken: once the slabs are isolated, nothing may throw.
             Span<nint> dstSlots = live.Count <= 1024 ? stackalloc nint[live.Count] : new nint[live.Count];
             _batch.EnsureRoom(live.Count);
-            _openClasses.EnsureCapacity(_openClasses.Count + 1);
-            int room = OpenRoom(open, capacity);   // exact now: the open slab's RefCount changes under the class lock
-            int dst = -1;
-            if (room < live.Count)
-            {
-                dst = _free.CompactionAlloc(cc, pages, migratePb, ref freePb);
-                if (dst < 0) return cc.Contended ? MigrateResult.Busy : MigrateResult.NoMemory;
-                if (!_cx.Acquire(_zone.Lock, cc)) { _free.PutBack(dst, pages); return MigrateResult.Busy; }   // nothing written yet
-                _slabs.InitIsolatedSlabLocked(cls, _zone, dst);
-                _zone.Lock.Exit();
-            }
+            int dst = _free.CompactionAlloc(cc, pages, migratePb, ref freePb);
+            if (dst < 0) return cc.Contended ? MigrateResult.Busy : MigrateResult.NoMemory;
+            if (!_cx.Acquire(_zone.Lock, cc)) { _free.PutBack(dst, pages); return MigrateResult.Busy; }   // nothing written yet
+            _slabs.InitIsolatedSlabLocked(cls, _zone, dst);
+            _zone.Lock.Exit();
             _slabs.IsolateLocked(cls, head);
-            int got = room > 0 ? _slabs.TakeSlotsLocked(cls, open, dstSlots, Math.Min(room, live.Count)) : 0;
-            if (got < live.Count) got += _slabs.TakeSlotsLocked(cls, dst, dstSlots[got..], live.Count - got);
-            Debug.Assert(got == live.Count, "the open slab's room and a fresh slab hold every block of a slab of its class");
-            // A new slab replaces the open one, which is full (or as full as this class gets it) and is put back once
-            // this batch has settled; a unit that fitted in the open slab freed its pages without taking any.
-            int close = dst >= 0 ? open : -1;
-            if (dst >= 0)
-            {
-                if (open < 0) _openClasses.Add(cls.Index);
-                _open[cls.Index] = dst;
-            }
-            _moves.Add(new Move { Head = head, Dst = dst, Pages = pages, Class = cls, First = _batch.Count, End = _batch.Count + got, Close = close });
+            int got = _slabs.TakeSlotsLocked(cls, dst, dstSlots, live.Count);
+            Debug.Assert(got == live.Count, "a fresh slab holds every block of a slab of its class");
+            _moves.Add(new Move { Head = head, Dst = dst, Pages = pages, Class = cls, First = _batch.Count, End = _batch.Count + got });
             for (int i = 0; i < got; i++) _batch.Add(live[i].index, live[i].state, live[i].slot, dstSlots[i]);
             return MigrateResult.Success;
         }
@@ -217,29 +184,6 @@ internal sealed unsafe class UnitMover
         {
             cls.Lock.Exit();
         }
-    }
-
-    /// <summary>Free slots of the open slab <paramref name="open"/> (0 when none). Exact under the class lock;
-    /// without it a racy read of a RefCount the class lock protects (an int, never torn: a heuristic's input).</summary>
-    private int OpenRoom(int open, int capacity) => open < 0 ? 0 : capacity - _map.Page(open).RefCount;
-
-    /// <summary>Puts every open destination slab back on its class's lists (released when empty). Called at the end of
-    /// each pass, after its last batch has settled (also when the pass ends by an exception). Caller holds RunLock and
-    /// no other lock.</summary>
-    public void CloseOpenSlabs()
-    {
-        Debug.Assert(_cx.RunLock.IsHeldByCurrentThread, "caller holds RunLock");
-        foreach (int c in _openClasses)
-        {
-            SlabClass cls = _slabs.Class[c];
-            lock (cls.Lock)
-            {
-                _cx.Counters[LockAcquisitions]++;
-                if (_slabs.PutbackLocked(cls, _open[c], releaseIfEmpty: true)) _cx.Counters[LockAcquisitions]++;
-            }
-            _open[c] = -1;
-        }
-        _openClasses.Clear();
     }
 
     /// <summary>After the batch: a moved run frees its source, another gives its destination back to the pool; a
@@ -269,8 +213,7 @@ internal sealed unsafe class UnitMover
             _cx.Counters[LockAcquisitions]++;
             _mover.ReleaseBatchSlotsLocked(cls, m.First, m.End);
             if (_slabs.PutbackLocked(cls, m.Head, releaseIfEmpty: true)) _cx.Counters[LockAcquisitions]++;
-            // The open slab this unit filled, replaced by the unit's new slab (the new one stays open, isolated).
-            if (m.Close >= 0 && _slabs.PutbackLocked(cls, m.Close, releaseIfEmpty: true)) _cx.Counters[LockAcquisitions]++;
+            _slabs.PutbackLocked(cls, m.Dst, releaseIfEmpty: true);
         }
         MigrateResult failed = MigrateResult.Success;
         for (int i = m.First; i < m.End; i++)
@@ -280,12 +223,7 @@ internal sealed unsafe class UnitMover
             if (r != MigrateResult.Gone) return r;
             failed = MigrateResult.Busy;
         }
-        if (failed == MigrateResult.Success)
-        {
-            _cx.Counters[PgmigrateSuccess] += m.Pages;
-            // Its blocks joined the open slab and no slab was carved for them: the pass freed the unit's pages outright.
-            if (m.Dst < 0) _cx.Counters[PagesCompacted] += m.Pages;
-        }
+        if (failed == MigrateResult.Success) _cx.Counters[PgmigrateSuccess] += m.Pages;
         return failed;
     }
 }
