@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics.X86;
 using Compaction.Allocator.Handles;
 using Compaction.Allocator.Layout;
 using Compaction.Allocator.Migration;
@@ -39,7 +41,9 @@ internal sealed unsafe class SlabMover
     /// largest cost of listing a sparse slab), while these entry loads are independent of each other. A free slot's
     /// word is stale and names an entry that is elsewhere now: a freed entry's address is its free-list link, a moved
     /// one's its new place, and a rebound one's another slot (this one is free, so nobody was given it), so the
-    /// address check rejects it, as it rejects a word not yet written by a binding in flight.
+    /// address check rejects it, as it rejects a word not yet written by a binding in flight. Those independent loads
+    /// are made to overlap: the entry <see cref="PrefetchDistance"/> slots ahead is prefetched, so that a sparse slab's
+    /// listing waits for about one miss per that many slots instead of one per slot.
     /// </remarks>
     public int ListLiveBlocksLocked(SlabClass cls, int head)
     {
@@ -51,8 +55,11 @@ internal sealed unsafe class SlabMover
         nint slab = _cx.Map.AddressOf(head);
         int* rmap = (int*)(slab + _slabs.Classes.ReverseMapOffset[c]);
         Live.EnsureCapacity(d.RefCount);
-        for (int i = 0, bump = d.Bump; i < bump; i++)
+        int bump = d.Bump;
+        for (int i = 0; i < Math.Min(PrefetchDistance, bump); i++) PrefetchEntry((uint)rmap[i]);
+        for (int i = 0; i < bump; i++)
         {
+            if (i + PrefetchDistance < bump) PrefetchEntry((uint)rmap[i + PrefetchDistance]);
             uint index = (uint)rmap[i];
             if (!handles.Owns(index)) continue;   // not an entry of this heap: a word never written, or garbage
             HandleEntry* e = handles.Get(index);
@@ -65,6 +72,22 @@ internal sealed unsafe class SlabMover
             Live.Add((index, state, slot));
         }
         return d.RefCount;
+    }
+
+    /// <summary>Slots ahead of the one being listed whose handle entries are prefetched: enough cache misses in
+    /// flight to cover a miss's latency with the work of the slots between (about 15 ns each when their entries are
+    /// in the cache).</summary>
+    private const int PrefetchDistance = 16;
+
+    /// <summary>Asks the cache for the handle entry of <paramref name="index"/>, a reverse-map word read without a
+    /// lock that may be stale or garbage: only an index inside the table's reserved range is used, and a prefetch
+    /// never faults, so a word that names no committed entry costs nothing but the hint. A no-op where the CPU has no
+    /// prefetch instruction .NET exposes (the listing's entry loads are independent of each other, so an out-of-order
+    /// core overlaps some of them anyway).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PrefetchEntry(uint index)
+    {
+        if (Sse.IsSupported && index < HandleStore.MaxEntries) Sse.Prefetch0(HandleStore.Base + index);
     }
 
     /// <summary>After a slab batch: the source slot of every moved block among items [<paramref name="first"/>,

@@ -125,12 +125,13 @@ internal sealed unsafe partial class Migrator
             Interlocked.MemoryBarrierProcessWide();
             BeforePinSnapshot?.Invoke();
             PinRegistry.Snapshot(batch.PinnedEntries);
+            bool anyPinned = batch.PinnedEntries.Count > 0;   // usually none: then no block pays a hash lookup
             for (; i < end; i++)
             {
                 ref MigrationItem it = ref batch[i];
                 if (it.Result != MigrateResult.Success) continue;
                 HandleEntry* e = _handles.Get(it.Index);
-                if (batch.PinnedEntries.Contains((long)e))
+                if (anyPinned && batch.PinnedEntries.Contains((long)e))
                 {
                     Unfreeze(batch, i, MigrateResult.Pinned);
                     continue;
