@@ -23,6 +23,7 @@ internal struct RoomSearch
 {
     public bool SoftLimitUpdated;   // the soft limit was set from today's live bytes
     public int Slices;              // slices of freeing and compacting run
+    public int FruitlessSlices;     // slices under the memory limit in a row that moved, drained and released nothing
     public bool PassedSoftLimit;    // the last try passes the soft limit (the caller restores SoftLimitApplies)
 }
 
@@ -55,14 +56,22 @@ internal sealed class MemoryLimitKeeper(
     /// refilled (a pageblock each), while the slices were still making progress.</summary>
     private const int MaxSoftLimitSlices = 32;
 
-    /// <summary>Slices an allocation may run under the memory limit before it fails (it stops earlier at a slice that
-    /// moved, released and left nothing): 128 ms at the default slice time. A failure under the memory limit is an
+    /// <summary>Slices an allocation may run under the memory limit before it fails (it stops earlier after
+    /// <see cref="MaxFruitlessSlices"/> slices in a row that moved, released and left nothing): 128 ms at the default slice time. A failure under the memory limit is an
     /// out-of-memory error, so it waits longer than the soft limit's pass, as the .NET GC runs a full blocking
     /// collection before it throws. Several threads at the limit share the room each slice makes (one thread's slice
     /// empties a pageblock, another's allocation takes it), and on a loaded machine a slice on the wall clock may get
     /// little CPU: 32 slices were seen to run out with three threads at 1.5x their live bytes while a pageblock's
     /// worth of waste was still there to move.</summary>
     private const int MaxLimitSlices = 256;
+
+    /// <summary>Slices in a row that found nothing to do an allocation under the memory limit runs before it fails,
+    /// each after a millisecond's sleep (the kernel's compaction likewise retries a few times before an OOM). What
+    /// stood in the way may be another thread's for a moment: a block pinned by a <c>PinScope</c>, or frozen or being
+    /// freed, whose thread a loaded machine has taken off the CPU for a scheduler quantum; the sleep lets it run.
+    /// Seen: three threads at 1.5x their live bytes failed after a slice that found two such pins, in about one run in
+    /// five under a load average of 15-20 on two cores. A limit that truly cannot hold fails at most 16 ms later.</summary>
+    private const int MaxFruitlessSlices = 16;
 
     private static NativeHeapEventSource Events => NativeHeapEventSource.Log;
 
@@ -88,7 +97,8 @@ internal sealed class MemoryLimitKeeper(
     /// (native-layout.md, section 9, "The memory limit"): a soft limit set when live bytes were lower is raised to
     /// today's (and the allocation retries at once); a commit the memory limit or the soft limit refused runs slices
     /// of freeing and compacting, at most <see cref="MaxLimitSlices"/> (<see cref="MaxSoftLimitSlices"/> for the soft limit), and only while each makes progress (a slice
-    /// that moved, released and left nothing ends the search). The memory limit is never passed; the soft limit gives
+    /// that moved, released and left nothing ends the search; under the memory limit only after
+    /// <see cref="MaxFruitlessSlices"/> such slices in a row, a millisecond apart). The memory limit is never passed; the soft limit gives
     /// way for this allocation's last try when the slices end (the caller set <see cref="ArenaMemory.SoftLimitApplies"/>
     /// and restores it). False when nothing is left to try. Caller is in a call section and holds no heap lock.
     /// </summary>
@@ -113,10 +123,21 @@ internal sealed class MemoryLimitKeeper(
         // The soft limit's slices are compaction on the allocating thread: off with direct compaction (the memory
         // limit's are not: without them it could not be kept).
         int maxSlices = hard ? MaxLimitSlices : _s.DirectCompaction ? MaxSoftLimitSlices : 0;
-        if (room.Slices < maxSlices && MakeRoomUnderLimit())
+        if (room.Slices < maxSlices)
         {
-            room.Slices++;
-            return true;
+            if (MakeRoomUnderLimit())
+            {
+                room.Slices++;
+                room.FruitlessSlices = 0;
+                return true;
+            }
+            if (hard && ++room.FruitlessSlices <= MaxFruitlessSlices)
+            {
+                // A real sleep, not the heap's clock: it lets other threads run, it decides nothing by time.
+                room.Slices++;
+                Thread.Sleep(1);
+                return true;
+            }
         }
         if (!soft) return false;
         room.PassedSoftLimit = true;
