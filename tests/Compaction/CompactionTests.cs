@@ -189,21 +189,36 @@ public class CompactionTests(ITestOutputHelper output)
 
     /// <summary>Seed 002: after a seeded mix is fragmented, compaction grants most of the pageblock-sized runs that
     /// the free memory could hold (free pages / pageblock). The benchmark (2 MiB pageblocks) reaches the 98%
-    /// at the median; with this test's 64-page pageblocks it is 94-96%, because runs are contiguous and exact and the
-    /// 1-4 page tails they leave can only be filled by slabs that small (README, "Results").</summary>
+    /// at the median; with this test's 64-page pageblocks it is 100% at the median and 93% at worst over 300 seeds
+    /// (runs are contiguous and exact, and the 1-4 page tails they leave can only be filled by slabs that small).</summary>
     [Fact]
     public void HighOrderRequestsAfterFragmentationSucceedWithCompaction()
     {
         int seed = Environment.GetEnvironmentVariable("STRESS_SEED") is string s ? int.Parse(s, CultureInfo.InvariantCulture) : Random.Shared.Next();
         output.WriteLine($"seed {seed}");
-        (int granted, int capacity) without = HighOrderRun(seed, compaction: false);
-        (int granted, int capacity) with = HighOrderRun(seed, compaction: true);
+        (int granted, int capacity, long _) without = HighOrderRun(seed, compaction: false);
+        (int granted, int capacity, long _) with = HighOrderRun(seed, compaction: true);
         output.WriteLine($"pageblock-sized runs granted: without compaction {without.granted}/{without.capacity}, with {with.granted}/{with.capacity}");
         Assert.True(with.granted >= 0.9 * with.capacity, $"{with.granted} of {with.capacity}");
         Assert.True(with.granted > without.granted);
     }
 
-    private static (int granted, int capacity) HighOrderRun(int seed, bool compaction)
+    /// <summary>Seeds on which the walk down from the top filled the pool with short holes and left a sparse 16-page
+    /// slab alone in its pageblock while the pageblock above it had 48 free pages: 75-80 of 84-90 runs were granted
+    /// (the test above asks for 90%). The free scanner now takes a block of the unit's size from the free lists.</summary>
+    [Theory]
+    [InlineData(1332617375)]
+    [InlineData(1590924033)]
+    [InlineData(1097663221)]
+    public void HighOrderCompactionFindsTargetsOnTheFreeListsOnceTheWalkStops(int seed)
+    {
+        (int granted, int capacity, long freeListIsolated) = HighOrderRun(seed, compaction: true);
+        output.WriteLine($"granted {granted}/{capacity}, free-list pages isolated {freeListIsolated}");
+        Assert.True(granted >= 0.9 * capacity, $"{granted} of {capacity}");
+        Assert.True(freeListIsolated > 0);
+    }
+
+    private static (int granted, int capacity, long freeListIsolated) HighOrderRun(int seed, bool compaction)
     {
         using var heap = new NativeHeap(new HeapOptions
         {
@@ -240,7 +255,7 @@ public class CompactionTests(ITestOutputHelper output)
             else failures++;
         }
         TestHeaps.AssertValid(heap);
-        return (granted, capacity);
+        return (granted, capacity, heap.GetStatistics().Compaction.FreeListIsolated);
     }
 
     private static int WhollyFreePageblocks(ZoneStatistics z)

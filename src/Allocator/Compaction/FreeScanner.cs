@@ -63,8 +63,7 @@ internal sealed unsafe class FreeScanner
     {
         while (!_freePool.Fits(pages))
         {
-            if (_freePool.TotalPages >= TargetReserve(pages)) return false;
-            if (freePb <= migratePb) return false;
+            if (_freePool.TotalPages >= TargetReserve(pages) || freePb <= migratePb) return IsolateFromFreeLists(cc, pages, migratePb);
             int pb = freePb--;
             if (!cc.IgnoreSkip && _map.GetSkip(pb)) continue;
             // Destinations come from committed memory only, so a compaction never raises resident memory: a pageblock
@@ -99,6 +98,49 @@ internal sealed unsafe class FreeScanner
         }
         return true;
     }
+
+    /// <summary>
+    /// fast_isolate_freepages: when the walk down has stopped (the pool holds enough short holes, or the scanners met)
+    /// and still no range fits the unit, the free lists may hold a block of the unit's order further up that the walk
+    /// has not reached or had taken nothing from at the time: the highest such block above the migrate scanner, in a
+    /// pageblock that is committed and not wholly free, is isolated into the pool
+    /// (<see cref="Zone.IsolateFreeBlockAboveLocked"/>). Without it a unit larger than every hole of the pool stays
+    /// where it is for good: a sparse 16-page slab alone in its pageblock, while the pageblock above it has 48 free
+    /// pages, kept that pageblock from ever being freed. True when the pool now fits the unit.
+    /// </summary>
+    private bool IsolateFromFreeLists(CompactControl cc, int pages, int migratePb)
+    {
+        int order = Zone.OrderFor(pages);
+        if (order >= _map.PageblockOrder) return false;   // only wholly free pageblocks hold it: not a hole to fill
+        if (!_cx.Acquire(_zone.Lock, cc)) return false;
+        (int head, int isolatedOrder) block;
+        try
+        {
+            block = _zone.IsolateFreeBlockAboveLocked(order, migratePb, FreeListScanLimit);
+        }
+        finally
+        {
+            _zone.Lock.Exit();
+        }
+        if (block.head < 0) return false;
+        int isolated = 1 << block.isolatedOrder;
+        try
+        {
+            _freePool.Add(block.head, isolated);
+        }
+        catch (OutOfMemoryException)
+        {
+            lock (_zone.Lock) _zone.FreeRangeLocked(block.head, isolated);
+            throw;
+        }
+        _cx.Counters[CompactIsolated] += isolated;
+        _cx.Counters[FreeListIsolated] += isolated;
+        return _freePool.Fits(pages);
+    }
+
+    /// <summary>Blocks of each free list <see cref="IsolateFromFreeLists"/> looks at, at most: the lists are not
+    /// ordered by address, so it takes the highest of the first few rather than walking a long list under the lock.</summary>
+    private const int FreeListScanLimit = 64;
 
     /// <summary>Pages of holes too short for a unit of <paramref name="pages"/> the pool may hold before the free
     /// scanner stops looking further down for that unit: twice the unit, plus a pageblock (what one more isolation

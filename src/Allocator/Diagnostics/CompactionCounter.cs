@@ -12,6 +12,9 @@ internal enum CompactionCounter
     CompactMigrateScanned,
     CompactFreeScanned,
     CompactIsolated,
+    /// <summary>Free pages the free scanner took straight from the free lists (a block of a unit's size above the
+    /// migrate scanner), after its walk down had stopped.</summary>
+    FreeListIsolated,
     PgmigrateSuccess,
     PgmigrateFail,
     CompactDaemonWake,

@@ -34,6 +34,9 @@ public sealed class CompactionStatistics
     public long CompactFreeScanned => Get(CompactionCounter.CompactFreeScanned);
     /// <summary>Pages isolated: movable pages by the migrate scanner and free pages by the free scanner.</summary>
     public long CompactIsolated => Get(CompactionCounter.CompactIsolated);
+    /// <summary>Free pages the free scanner took straight from the free lists: a block of a unit's size above the
+    /// migrate scanner, found after its walk down had stopped (included in <see cref="CompactIsolated"/>).</summary>
+    public long FreeListIsolated => Get(CompactionCounter.FreeListIsolated);
     /// <summary>Pages migrated.</summary>
     public long PgmigrateSuccess => Get(CompactionCounter.PgmigrateSuccess);
     /// <summary>Pages whose migration failed after all retries.</summary>

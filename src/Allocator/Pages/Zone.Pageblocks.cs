@@ -90,6 +90,35 @@ internal sealed unsafe partial class Zone
         return isolated;
     }
 
+    /// <summary>
+    /// fast_isolate_freepages: the highest free block of an order from <paramref name="minOrder"/> up to (not
+    /// including) the pageblock order whose pageblock lies above <paramref name="abovePb"/> and has memory behind it,
+    /// looking at no more than <paramref name="scanLimit"/> blocks of each list; taken off its list and marked
+    /// FreeTail like <see cref="IsolateFreeBlocksLocked"/>. Wholly free pageblocks are left alone: filling one gains no
+    /// free pageblock. Returns (head, order), or (-1, -1) when the lists hold no such block. Caller holds the lock.
+    /// </summary>
+    public (int head, int order) IsolateFreeBlockAboveLocked(int minOrder, int abovePb, int scanLimit)
+    {
+        Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
+        MigrateType type = InitialType;
+        int best = -1, bestOrder = -1;
+        for (int o = Math.Max(minOrder, 0); o < _map.PageblockOrder && o <= _maxOrder; o++)
+        {
+            int seen = 0;
+            for (int p = _freeHeads[o * MigrateTypes + (int)type]; p >= 0 && seen < scanLimit; p = _map.Page(p).Next, seen++)
+            {
+                int pb = p >> _map.PageblockOrder;
+                if (pb <= abovePb || p <= best || !_memory.IsCommitted(pb)) continue;
+                best = p;
+                bestOrder = o;
+            }
+        }
+        if (best < 0) return (-1, -1);
+        RemoveFreeBlockLocked(best, bestOrder, type);
+        _map.Page(best).Kind = PageKind.FreeTail;
+        return (best, bestOrder);
+    }
+
     /// <summary>Free pages on the free lists inside pageblock <paramref name="pb"/>: all of them for a wholly free one
     /// (which may be the second half of a larger free block, whose head lies outside it). Caller holds the lock.</summary>
     public int FreePagesInPageblockLocked(int pb)
