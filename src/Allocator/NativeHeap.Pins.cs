@@ -100,7 +100,7 @@ public sealed unsafe partial class NativeHeap
             return new PinScope(this, slot, sequence, (byte*)address, _map.RunSize(address, s));
         }
         Volatile.Write(ref *slot, 0);
-        SpinWait spin = default;
+        FrozenWait wait = default;
         while (true)
         {
             // A Dispose freezes every entry while it decides; once it is done the heap is gone. The flag is read after
@@ -110,7 +110,7 @@ public sealed unsafe partial class NativeHeap
             HandleChecks.CheckLive(handle, s);
             if ((s & EntryState.Frozen) == 0) return PinCore(handle, e, pins);
             FrozenByThisThread.ThrowIfFrozenHere(e);
-            spin.SpinOnce();
+            wait.Once(e);
         }
     }
 
@@ -133,14 +133,14 @@ public sealed unsafe partial class NativeHeap
     {
         HandleEntry* e = Locate(handle);
         long s;
-        SpinWait spin = default;
+        FrozenWait wait = default;
         // Throws before any record is taken. A frozen entry (a migration's copy, or a Dispose deciding) is waited for;
         // once a Dispose is done, the heap is gone (checked before the state, whose entry Dispose frees after the flag).
         try
         {
             while (!AtomicPins.TryAcquire(handle, e, _map, out s))
             {
-                spin.SpinOnce();
+                wait.Once(e);
                 if (_disposed) ThrowHelper.Disposed();
             }
         }

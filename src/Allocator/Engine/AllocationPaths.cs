@@ -319,13 +319,13 @@ internal sealed unsafe class AllocationPaths(AllocationParts parts)
     private void FreeInSection(BlockHandle handle, HandleEntry* e, ThreadCache? tc, ThreadPins pins)
     {
         long s, freed;
-        SpinWait spin = default;
+        FrozenWait wait = default;
         while (true)
         {
             s = Volatile.Read(ref e->State);
             HandleChecks.CheckLive(handle, s);
             if ((s & EntryState.PinMask) != 0 || PinRegistry.IsPinnedBy(pins, e)) ThrowHelper.Pinned(handle);
-            if ((s & EntryState.Frozen) != 0) { FrozenByThisThread.ThrowIfFrozenHere(e); spin.SpinOnce(); continue; } // a migration owns it for a copy's time
+            if ((s & EntryState.Frozen) != 0) { FrozenByThisThread.ThrowIfFrozenHere(e); wait.Once(e); continue; } // a migration owns it for a copy's time
             // Generation + 1, or retirement when the generation would wrap (EntryState.Freed): a retired entry goes
             // back to no list, so it is never handed out again and its last handle stays stale for ever.
             freed = EntryState.Freed(s);

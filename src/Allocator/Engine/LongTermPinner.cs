@@ -155,8 +155,8 @@ internal sealed unsafe class LongTermPinner(
     private long Pin(BlockHandle handle, HandleEntry* e)
     {
         long s;
-        SpinWait spin = default;
-        while (!AtomicPins.TryAcquire(handle, e, _map, out s)) spin.SpinOnce();
+        FrozenWait wait = default;
+        while (!AtomicPins.TryAcquire(handle, e, _map, out s)) wait.Once(e);
         Interlocked.Increment(ref _counts.Held);
         Debug.Assert((Volatile.Read(ref e->State) & EntryState.Movable) == 0, "a long-term pin holds an unmovable block");
         return s | EntryState.Allocated;   // nonzero: the word of a live block

@@ -162,6 +162,7 @@ internal sealed unsafe partial class Migrator
         finally
         {
             Interlocked.Add(ref _blocksMigrated, moved);
+            FrozenWait.WakeSleepers();   // threads that met one of these blocks frozen: the batch is done
         }
         Interlocked.Add(ref _bytesMigrated, batch.BytesMoved);
         return moved;
@@ -178,6 +179,7 @@ internal sealed unsafe partial class Migrator
     internal void Unfreeze(MigrationBatch batch, int i, MigrateResult why)
     {
         Volatile.Write(ref _handles.Get(batch[i].Index)->State, batch[i].State);
+        FrozenWait.WakeSleepers();
         batch[i].Result = why;
         OwnerRegistry.Putback(batch, i);
     }

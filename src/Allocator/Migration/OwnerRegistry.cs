@@ -35,7 +35,7 @@ internal sealed unsafe class OwnerRegistry
     /// <exception cref="InvalidOperationException">The block is unmovable, or this thread is migrating it.</exception>
     public void Set(BlockHandle handle, uint index, HandleEntry* e, IMovableBlockOwner? owner)
     {
-        SpinWait spin = default;
+        FrozenWait wait = default;
         ulong written = 0;   // the key an earlier round registered the owner under, if any
         while (true)
         {
@@ -69,7 +69,7 @@ internal sealed unsafe class OwnerRegistry
                 }
             }
             FrozenByThisThread.ThrowIfFrozenHere(e);
-            spin.SpinOnce();
+            wait.Once(e);
         }
     }
 

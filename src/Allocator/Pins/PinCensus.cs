@@ -54,6 +54,7 @@ internal static unsafe class PinCensus
                 if (Interlocked.CompareExchange(ref e->State, s & ~EntryState.Frozen, s) == s) break;
             }
         }
+        FrozenWait.WakeSleepers();
     }
 
     /// <summary>Slot pins (PinScope) on the heap's entries, and atomic pins (BlockPin, long-term pins, the Interop
