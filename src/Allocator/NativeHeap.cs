@@ -391,6 +391,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
                 throw;
             }
             ReleaseNative();
+            FrozenWait.WakeSleepers();   // a pin that met the Dispose's freeze sees the heap disposed now
         }
         GC.SuppressFinalize(this);
     }

@@ -94,17 +94,19 @@ internal sealed unsafe partial class Migrator
         // ABA guard: another migration may have moved the block and restored the very same state word since the
         // caller read it. Only a frozen entry's address changes, so from here it is stable. An owned block must
         // also still have the owner that isolated it (a re-own or unregister meanwhile makes this attempt void).
-        if (e->Address != batch[i].Src) { Unfreeze(batch, i, MigrateResult.Gone); return false; }
+        if (e->Address != batch[i].Src) { Unfreeze(batch, i, MigrateResult.Gone); FrozenWait.WakeSleepers(); return false; }
         // A run's page count was read without the freeze (from its head descriptor) to size the destination: now that
         // the run cannot be freed or moved, its descriptor is stable, and a destination of another length is void.
         if ((s & EntryState.Run) != 0 && RunPagesAt(batch[i].Src) != RunPagesAt(batch[i].Dst))
         {
             Unfreeze(batch, i, MigrateResult.Gone);
+            FrozenWait.WakeSleepers();
             return false;
         }
         if (batch[i].Owner != null && !Owners.IsStillOwner(batch[i].Index, s, batch[i].Owner!))
         {
             Unfreeze(batch, i, MigrateResult.Busy);
+            FrozenWait.WakeSleepers();
             return false;
         }
         batch[i].Result = MigrateResult.Success;
@@ -147,6 +149,9 @@ internal sealed unsafe partial class Migrator
                 // orders the copy, the reverse map and the new address before it: a thread that sees the block
                 // unfrozen (every reader loads the state word with acquire) sees its bytes at the new address.
                 Volatile.Write(ref e->State, batch.Demote ? it.State & ~(EntryState.Movable | EntryState.HasOwner) : it.State);
+                // A thread asleep on this block goes on now, not after the rest of the batch (a plain read of the
+                // sleeper count: one that it misses is woken by the fenced call at the end of the batch).
+                if (FrozenWait.AnySleepers) FrozenWait.WakeSleepers();
                 if (batch.Demote && (it.State & EntryState.HasOwner) != 0) Owners.Forget(it.Index, it.State);
                 moved++;
                 batch.BytesMoved += size;
@@ -179,7 +184,6 @@ internal sealed unsafe partial class Migrator
     internal void Unfreeze(MigrationBatch batch, int i, MigrateResult why)
     {
         Volatile.Write(ref _handles.Get(batch[i].Index)->State, batch[i].State);
-        FrozenWait.WakeSleepers();
         batch[i].Result = why;
         OwnerRegistry.Putback(batch, i);
     }

@@ -69,7 +69,17 @@ internal sealed unsafe class OwnerRegistry
                 }
             }
             FrozenByThisThread.ThrowIfFrozenHere(e);
-            wait.Once(e);
+            try
+            {
+                wait.Once(e);
+            }
+            catch
+            {
+                // Interrupted while waiting (Thread.Interrupt): a registration an earlier round wrote has no flag, so no
+                // Free would ever take it back; it goes now, and nothing of this call stays.
+                if (written != 0) lock (_lock) _owners.TryRemove(new KeyValuePair<ulong, IMovableBlockOwner>(written, owner!));
+                throw;
+            }
         }
     }
 
