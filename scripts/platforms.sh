@@ -11,7 +11,9 @@
 # program checks that the release lowers the committed bytes and the process's resident memory).
 # Installs wine64 and qemu-user with apt when they are missing and it may (root, or sudo without a password); a
 # platform whose emulator cannot be installed is skipped with a message saying why.
-# With --tests (CI passes it), also the tests of tests/ compiled into a console runner (platforms/TestRunner: xunit's
+# With --tests (CI passes it), also the C ABI for linux-arm64 (scripts/cabi.sh --rid linux-arm64: cross-compiled,
+# its C programs run under qemu-aarch64; installs clang, lld, gcc-aarch64-linux-gnu and libc6-dev-arm64-cross), and
+# the tests of tests/ compiled into a console runner (platforms/TestRunner: xunit's
 # runners need a test host that does not run under the emulators here), published self-contained and run under each
 # emulator (MODEL_OPS=$model_ops, 120 s per test at most). platforms/TestRunner/emulated-tests.txt, the plan, names
 # every test left out on each emulator and why (Linux-specific; an emulator's limitation; or not platform-specific and
@@ -82,6 +84,25 @@ run() {
 skip() {
     skipped=$((skipped + 1))
     echo "platforms: SKIP $1"
+}
+
+# A C ABI build and check (scripts/cabi.sh): passes on "cabi: PASS", is skipped on its exit code 3 (a tool missing).
+run_cabi() {
+    local name="$1"; shift
+    local t0=$(date +%s)
+    "$@" > "$out/$name.log" 2>&1
+    local rc=$?
+    local secs=$(( $(date +%s) - t0 ))
+    if [ $rc -eq 0 ] && grep -q '^cabi: PASS' "$out/$name.log"; then
+        passed=$((passed + 1))
+        echo "platforms: PASS $name (${secs} s) $(grep -E '^cabi: ([0-9]+ checks|struct layouts)' "$out/$name.log" | tr '\n' ';')"
+    elif [ $rc -eq 3 ]; then
+        skip "$name: $(grep -m1 'SKIPPED' "$out/$name.log")"
+    else
+        failed=$((failed + 1))
+        echo "platforms: FAIL $name (exit $rc, ${secs} s; log $out/$name.log):"
+        tail -15 "$out/$name.log" | sed 's/^/    /'
+    fi
 }
 
 publish() {
@@ -186,6 +207,13 @@ if want linux-arm64; then
             run_tests linux-arm64-tests env QEMU_LD_PREFIX=/usr/aarch64-linux-gnu DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 \
                 DOTNET_EnableWriteXorExecute=0 timeout 900 qemu-aarch64 -L /usr/aarch64-linux-gnu \
                 "$out/tests-linux-arm64/Allocator.Tests" --platform qemu
+            # The C ABI for linux-arm64: NativeAOT cross-compiles it with clang and lld, Debian's cross gcc builds the C
+            # programs, qemu runs them (scripts/cabi.sh --rid linux-arm64).
+            if ! command -v clang >/dev/null || ! command -v ld.lld >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null \
+                || ! command -v pkg-config >/dev/null; then
+                apt_install clang lld gcc-aarch64-linux-gnu libc6-dev-arm64-cross pkg-config || true
+            fi
+            run_cabi linux-arm64-cabi bash scripts/cabi.sh "$out/cabi-linux-arm64" --rid linux-arm64
         fi
     else
         failed=$((failed + 1))
