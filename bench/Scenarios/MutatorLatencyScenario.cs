@@ -150,6 +150,7 @@ public static unsafe class MutatorLatencyScenario
                     "*own-thread pacing*: the same with the process's CPU clock hidden from it, so that each wake is charged only its own thread's CPU. The heap is " +
                     $"refragmented for each round and a round's window ends after {IdleWakesToEndRound} idle stepped wakes, when the waste run ends, or when {measureSeconds} s are measured " +
                     $"in all (at most {maxRounds} rounds). Baselines run the same mutators for {measureSeconds} s on a fragmented heap with no compactor. " +
+                    "Every configuration warms up first (the mutators for 0.1 s, and one unmeasured round of its compactor), so that the runtime's tiered compiler is done with the paths measured. " +
                     "Survivors are verified byte for byte after every round. " +
                     (repeats > 1
                         ? $"**{repeats} runs** of every configuration (seeds {o.Seed}..{o.Seed + repeats - 1}; a run goes through all of them in turn): each figure is the median of the runs' " +
@@ -347,9 +348,19 @@ public static unsafe class MutatorLatencyScenario
         for (int i = 0; i < mutators.Length; i++) mutators[i] = new Mutator(heap, seed * 31 + i, c.Paced);
         try
         {
-            // Warm-up: fragment, run the mutators for a moment (JIT, thread caches, page faults), then forget it.
+            // Warm-up: fragment, run the mutators for a moment (JIT, thread caches, page faults), then forget it. With a
+            // compactor, one unmeasured round of it too: otherwise the runtime's tiered compiler recompiles the
+            // compaction paths during the first measured round, on a core a mutator waits for (seen with perf sched:
+            // the ".NET Tiered Compilation" thread ran 1.5-4 ms at a time while a woken mutator waited).
             Fragment(heap, blocks, new Random(seed), fillBytes, sizes, mutators, out result.LiveBytes);
             RunWindow(mutators, () => Thread.Sleep(100));
+            if (c.Compaction)
+            {
+                Round(TimeSpan.FromSeconds(Math.Min(1, measureSeconds)));
+                result.RoundsEndedIdle = 0;
+                result.Wakes = result.BusyWakes = 0;
+                result.LongestStepTicks = 0;
+            }
             foreach (Mutator m in mutators) m.Clear();
 
             int round = 0;
@@ -359,6 +370,25 @@ public static unsafe class MutatorLatencyScenario
                 if (round > 0 || c.Compaction) Fragment(heap, blocks, new Random(seed + round + 1), fillBytes, sizes, mutators, out result.LiveBytes);
                 TimeSpan cap = TimeSpan.FromSeconds(Math.Max(0.1, measureSeconds - measured));
                 CompactionStatistics before = heap.GetStatistics().Compaction;   // the compactor is stopped: a quiet heap
+                (double window, long cpu) w = Round(cap);
+                CompactionStatistics after = heap.GetStatistics().Compaction;
+                result.BytesMoved += after.BytesMoved - before.BytesMoved;
+                result.Barriers += after.Barriers - before.Barriers;
+                result.ThreadCpuNs += after.BackgroundCpuNanoseconds - before.BackgroundCpuNanoseconds;
+                result.ChargedCpuNs += after.BackgroundChargedCpuNanoseconds - before.BackgroundChargedCpuNanoseconds;
+                result.WasteBackoffs += after.WasteBackoffs - before.WasteBackoffs;
+                result.ProcessCpuNs = result.ProcessCpuNs < 0 || w.cpu < 0 ? -1 : result.ProcessCpuNs + w.cpu;
+                result.Corrupt += HeapWorkload.CountCorrupt(heap, blocks);
+                measured += w.window;
+                round++;
+            }
+            result.MeasuredSeconds = measured;
+            result.Rounds = round;
+
+            // One window of the configuration's driver, at most cap long (the stepped and thread drivers end earlier
+            // when their work is done); the warm-up's round counts nothing (the callers clear the mutators after it).
+            (double window, long cpu) Round(TimeSpan cap)
+            {
                 (double window, long cpu) w;
                 if (c.Driver == Driver.Stepped)
                 {
@@ -388,19 +418,8 @@ public static unsafe class MutatorLatencyScenario
                 {
                     w = RunWindow(mutators, () => Thread.Sleep(TimeSpan.FromSeconds(measureSeconds)));
                 }
-                CompactionStatistics after = heap.GetStatistics().Compaction;
-                result.BytesMoved += after.BytesMoved - before.BytesMoved;
-                result.Barriers += after.Barriers - before.Barriers;
-                result.ThreadCpuNs += after.BackgroundCpuNanoseconds - before.BackgroundCpuNanoseconds;
-                result.ChargedCpuNs += after.BackgroundChargedCpuNanoseconds - before.BackgroundChargedCpuNanoseconds;
-                result.WasteBackoffs += after.WasteBackoffs - before.WasteBackoffs;
-                result.ProcessCpuNs = result.ProcessCpuNs < 0 || w.cpu < 0 ? -1 : result.ProcessCpuNs + w.cpu;
-                result.Corrupt += HeapWorkload.CountCorrupt(heap, blocks);
-                measured += w.window;
-                round++;
+                return w;
             }
-            result.MeasuredSeconds = measured;
-            result.Rounds = round;
             foreach (Mutator m in mutators)
             {
                 result.Pin.Add(m.Pin);

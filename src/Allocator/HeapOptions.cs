@@ -89,7 +89,9 @@ public sealed class HeapOptions
     /// Default 8 MiB.</summary>
     public long WasteMinBytes { get; set; } = 8L << 20;
 
-    /// <summary>Longest slice of a waste-driven background wake. From 50 us to 1 s; default 0.5 ms.</summary>
+    /// <summary>Longest slice of a waste-driven background wake; while a waste-driven run is on, the slice is the
+    /// whole wake (the daemon's consolidation and the proactive pass wait until the run ends). From 50 us to 1 s;
+    /// default 0.5 ms.</summary>
     public TimeSpan CompactionSliceTime { get; set; } = TimeSpan.FromMilliseconds(0.5);
 
     /// <summary>Share of one core a waste-driven run may use, counted in the whole process's CPU time its slices

@@ -350,6 +350,8 @@ public class CompactionTests(ITestOutputHelper output)
         {
             ArenaBytes = 32L << 20, PageblockPages = PageblockPages, MovableZonePercent = 100,
             CompactionBudgetBytes = 0, CompactionBudgetTime = TimeSpan.Zero,
+            // The proactive trigger alone: a waste-driven run, once started, is the whole of every wake until it ends.
+            WasteHighRatio = 0,
         });
         // Three quarters of every pageblock freed: the kernel's proactive-compaction experiment in small.
         var blocks = new List<BlockHandle>();

@@ -25,11 +25,11 @@ public sealed class DeterministicSliceTests(ITestOutputHelper output)
         }
     }
 
-    private static (NativeHeap heap, List<BlockHandle> live) Fragmented(TimeProvider clock)
+    private static (NativeHeap heap, List<BlockHandle> live) Fragmented(TimeProvider clock, int proactiveness = 0)
     {
         var heap = new NativeHeap(new HeapOptions
         {
-            ArenaBytes = 128L << 20, PageblockPages = 64, Proactiveness = 0, TimeProvider = clock,
+            ArenaBytes = 128L << 20, PageblockPages = 64, Proactiveness = proactiveness, TimeProvider = clock,
             WasteHighRatio = 1.2, WasteLowRatio = 1.1, WasteMinBytes = 1L << 20, DecommitDelay = TimeSpan.FromHours(1),
             CompactionSliceTime = TimeSpan.FromMilliseconds(0.5),
         });
@@ -81,6 +81,38 @@ public sealed class DeterministicSliceTests(ITestOutputHelper output)
             Assert.False(tight.BackgroundWasteRunActive(), "the tight run still ends: every slice advances");
             foreach (BlockHandle h in tightLive) Assert.Equal(0, TestHeaps.CountCorrupt(tight, h));
             tightLive.ForEach(tight.Free);
+        }
+    }
+
+    /// <summary>While a waste-driven run is under way, a background wake is that run's slice and nothing else: the
+    /// daemon's own consolidation (a pass of up to <see cref="HeapOptions.CompactionBudgetTime"/>, 2 ms, with the
+    /// caches disabled) and the proactive pass wait until the run ends. Before, a wake ran both, up to 2.5 ms of
+    /// work in one go, and a mutator that shared the compactor's core waited that long for it. The clock moves 0.1 ms
+    /// at every reading: a slice of 0.5 ms stops after about five units of work (one barrier each), a 2 ms budget
+    /// after about twenty.</summary>
+    [Fact]
+    public void AWakeDuringAWasteRunIsOneSliceOfWork()
+    {
+        var clock = new SteppingTimeProvider(TimeSpan.FromMilliseconds(0.1));
+        (NativeHeap heap, List<BlockHandle> live) = Fragmented(clock, proactiveness: 100);
+        using (heap)
+        {
+            heap.RunCompactionStep(TimeSpan.Zero);   // starts the run
+            Assert.True(heap.BackgroundWasteRunActive());
+            long most = 0;
+            int wakes = 0;
+            for (int step = 1; step < 5000 && heap.BackgroundWasteRunActive(); step++, wakes++)
+            {
+                long before = heap.GetStatistics().Compaction.Barriers;
+                heap.RunCompactionStep(TimeSpan.FromMilliseconds(step));
+                most = Math.Max(most, heap.GetStatistics().Compaction.Barriers - before);
+            }
+            output.WriteLine($"{wakes} wakes while the run was active; at most {most} barriers in one");
+            Assert.True(wakes > 0);
+            Assert.True(most <= 8, $"a wake did {most} units of work; one slice of 0.5 ms at 0.1 ms per reading does about five");
+            Assert.False(heap.BackgroundWasteRunActive(), "the run ends");
+            foreach (BlockHandle h in live) Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+            live.ForEach(heap.Free);
         }
     }
 }

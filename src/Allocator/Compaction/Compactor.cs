@@ -144,12 +144,17 @@ internal sealed unsafe partial class Compactor
             CompactionSettings o = _cx.Options;
             long budgetTicks = o.CompactionBudgetTime == TimeSpan.Zero ? 0 : (long)(o.CompactionBudgetTime.TotalSeconds * _cx.Options.Clock.TimestampFrequency);
             (int low, int high) = Fragmentation.Watermarks(o.Proactiveness);
-            int score = Score();
-            bool proactive = o.Proactiveness > 0 && _proactiveDefer == 0 && (score > high || (_proactiveResume && score > low));
+            // While a waste-driven run is under way, its slice is the whole wake: it consolidates every class and
+            // compacts the zone itself, with the caches on, in at most CompactionSliceTime. Running the daemon's own
+            // consolidation and the proactive pass first (each up to CompactionBudgetTime, with the caches disabled)
+            // made a wake several milliseconds of work in one go, which a mutator sharing this core waited for.
+            bool wasteRun = _waste.Active;
+            int score = wasteRun ? 0 : Score();
+            bool proactive = !wasteRun && o.Proactiveness > 0 && _proactiveDefer == 0 && (score > high || (_proactiveResume && score > low));
             if (_proactiveDefer > 0) _proactiveDefer--;
             // An idle wake costs no drain: caches are disabled only when some class is worth consolidating or a
             // proactive pass is due (otherwise every wake would drain the caches, leaving part-used slabs to move).
-            if (proactive || _consolidation.AnyClassWorthConsolidating())
+            if (!wasteRun && (proactive || _consolidation.AnyClassWorthConsolidating()))
             {
                 using var caches = new CacheGuard(_caches, _cx.Options);
                 ConsolidateSlabs(new CompactControl { Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks, StartTicks = _cx.Options.Clock.GetTimestamp(), BytesMovedAtStart = Counters[BytesMoved] });
@@ -169,7 +174,7 @@ internal sealed unsafe partial class Compactor
                     _proactiveDefer = after < score || _proactiveResume ? 0 : ProactiveDeferWakes;
                 }
             }
-            if (!proactive && score <= low) _proactiveResume = false;
+            if (!wasteRun && !proactive && score <= low) _proactiveResume = false;
             bool sliced = _waste.SliceLocked();
             (int change, int divisor) = _waste.TakeShareChange();
             return new(sliced ? BackgroundStepOutcome.WasteSlice : BackgroundStepOutcome.Ran, change, divisor);
