@@ -61,7 +61,9 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" > "$out/apt.log" 2>&1
 }
 
-# run NAME COMMAND...: one run of the smoke program, its output in $out/NAME.log, one line of result.
+# run NAME COMMAND...: one run of the smoke program, its output in $out/NAME.log, one line of result. PASS_LINE (default:
+# the smoke program's) is the line that marks a pass, FIGURES the lines shown beside it; exit code 3 with a line saying
+# SKIPPED is a skip (scripts/cabi.sh when a tool is missing).
 run() {
     local name="$1"; shift
     local t0=$(date +%s)
@@ -69,10 +71,12 @@ run() {
     local rc=$?
     local secs=$(( $(date +%s) - t0 ))
     local figures
-    figures=$(grep -E '^  figures:' "$out/$name.log" | sed 's/^  figures: //' | tr '\n' ';')
-    if [ $rc -eq 0 ] && grep -q '^platform smoke: PASS' "$out/$name.log"; then
+    figures=$(grep -E "${FIGURES:-^  figures:}" "$out/$name.log" | sed 's/^  figures: //' | tr '\n' ';')
+    if [ $rc -eq 0 ] && grep -qE "${PASS_LINE:-^platform smoke: PASS}" "$out/$name.log"; then
         passed=$((passed + 1))
         echo "platforms: PASS $name (${secs} s) $figures"
+    elif [ $rc -eq 3 ] && grep -q 'SKIPPED' "$out/$name.log"; then
+        skip "$name: $(grep -m1 'SKIPPED' "$out/$name.log")"
     else
         failed=$((failed + 1))
         echo "platforms: FAIL $name (exit $rc, ${secs} s; log $out/$name.log):"
@@ -84,25 +88,6 @@ run() {
 skip() {
     skipped=$((skipped + 1))
     echo "platforms: SKIP $1"
-}
-
-# A C ABI build and check (scripts/cabi.sh): passes on "cabi: PASS", is skipped on its exit code 3 (a tool missing).
-run_cabi() {
-    local name="$1"; shift
-    local t0=$(date +%s)
-    "$@" > "$out/$name.log" 2>&1
-    local rc=$?
-    local secs=$(( $(date +%s) - t0 ))
-    if [ $rc -eq 0 ] && grep -q '^cabi: PASS' "$out/$name.log"; then
-        passed=$((passed + 1))
-        echo "platforms: PASS $name (${secs} s) $(grep -E '^cabi: ([0-9]+ checks|struct layouts)' "$out/$name.log" | tr '\n' ';')"
-    elif [ $rc -eq 3 ]; then
-        skip "$name: $(grep -m1 'SKIPPED' "$out/$name.log")"
-    else
-        failed=$((failed + 1))
-        echo "platforms: FAIL $name (exit $rc, ${secs} s; log $out/$name.log):"
-        tail -15 "$out/$name.log" | sed 's/^/    /'
-    fi
 }
 
 publish() {
@@ -213,7 +198,8 @@ if want linux-arm64; then
                 || ! command -v pkg-config >/dev/null; then
                 apt_install clang lld gcc-aarch64-linux-gnu libc6-dev-arm64-cross pkg-config || true
             fi
-            run_cabi linux-arm64-cabi bash scripts/cabi.sh "$out/cabi-linux-arm64" --rid linux-arm64
+            PASS_LINE='^cabi: PASS' FIGURES='^cabi: ([0-9]+ checks|struct layouts)' \
+                run linux-arm64-cabi bash scripts/cabi.sh "$out/cabi-linux-arm64" --rid linux-arm64
         fi
     else
         failed=$((failed + 1))
