@@ -73,16 +73,17 @@ public sealed class HeapOptions
     /// least <see cref="WasteMinBytes"/>), it
     /// compacts in slices of <see cref="CompactionSliceTime"/> at most <see cref="CompactionCpuShare"/> of a core,
     /// returning what it empties to the OS as it goes, until the ratio falls to <see cref="WasteLowRatio"/>.
-    /// The same ratio is the heap's soft limit: an allocation that would commit past this ratio times those bytes
-    /// first compacts in slices on its own thread (when <see cref="DirectCompaction"/> is on) and passes the soft
-    /// limit only when they stop making room, so a churn's peak stays near it (native-layout.md, section 9).
-    /// 0 turns both off (the kernel-style proactive trigger, <see cref="Proactiveness"/>, is separate). Default 1.1
+    /// While this is not 0 the heap also keeps a soft limit at <see cref="WasteLowRatio"/> times those bytes, the level a
+    /// run aims at: an allocation that would commit past it first compacts in slices on its own thread (when
+    /// <see cref="DirectCompaction"/> is on) and passes the soft limit only when they stop making room, so a churn's
+    /// peak stays near it (native-layout.md, section 9). 0 turns both off (the kernel-style proactive trigger, <see cref="Proactiveness"/>, is separate). Default 1.1
     /// (Redis's active defrag starts at 10% too).
     /// </summary>
     public double WasteHighRatio { get; set; } = 1.1;
 
     /// <summary>Where a waste-driven run stops: resident / the bytes live blocks occupy (as for
-    /// <see cref="WasteHighRatio"/>) at or below this. At least 1, at most <see cref="WasteHighRatio"/>. Default 1.05.</summary>
+    /// <see cref="WasteHighRatio"/>) at or below this; also the soft limit's ratio, which the commits of allocations
+    /// respect (<see cref="WasteHighRatio"/>). At least 1, at most <see cref="WasteHighRatio"/>. Default 1.05.</summary>
     public double WasteLowRatio { get; set; } = 1.05;
 
     /// <summary>Waste (resident bytes minus the bytes live blocks occupy) below which the waste trigger never starts.

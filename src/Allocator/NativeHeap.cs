@@ -125,7 +125,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             _reclaimer = new Reclaimer(new ReclaimSettings(o.DecommitDelay, o.RetainedBytesLimit), _pages, _slabs, _caches, _counters);
 
             _limit = new MemoryLimitKeeper(
-                new LimitSettings(memoryLimit, o.WasteHighRatio, o.WasteMinBytes, pageblockBytes, o.CompactionSliceTime, o.DirectCompaction, _clock),
+                new LimitSettings(memoryLimit, SoftLimitRatio(o), o.WasteMinBytes, pageblockBytes, o.CompactionSliceTime, o.DirectCompaction, _clock),
                 _id, _memory, _caches, footprint, _handles, _reclaimer, _compactor, _counters, _longTermCounts);
             _paths = new AllocationPaths(new AllocationParts(_id, _map, _pages, _classes, _handles, _caches, _migrator, _compactor,
                                                              _reclaimer, _counters, _limit, _maxBlockSize, o.DirectCompaction, _clock));
@@ -152,6 +152,12 @@ public sealed unsafe partial class NativeHeap : IDisposable
         o.WasteLowRatio, o.WasteMinBytes, o.RetainedBytesLimit, o.ThreadCachesDuringMigration, o.TimeProvider);
 
     /// <summary>Bytes of free runs the depot keeps for reuse: a quarter of the arena, at most 64 MiB.</summary>
+    /// <summary>The soft limit's multiple of the live footprint: the level a waste-driven run stops at, not the one it
+    /// starts at, so that a churn's commits wait for the room consolidation makes until waste is down to where the
+    /// background would bring it (a Redis-style churn's peak: 1.16x live at the start ratio, 1.11-1.12x at this one).
+    /// 0 when the waste trigger is off.</summary>
+    private static double SoftLimitRatio(HeapOptions o) => o.WasteHighRatio == 0 ? 0 : o.WasteLowRatio;
+
     private static long DepotRunBytes(long arenaBytes) => Math.Min(64L << 20, arenaBytes / 4);
 
     /// <summary>The options this heap was created with (a copy; changing it has no effect).</summary>

@@ -6,7 +6,7 @@ namespace Compaction.Tests;
 /// reaches the slabs at once) and its internal slab and page metadata.</summary>
 public sealed class SlabTests
 {
-    private const long BlockSize = 1000;
+    private const long BlockSize = 500;
 
     private sealed class Fixture : IDisposable
     {

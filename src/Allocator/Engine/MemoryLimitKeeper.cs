@@ -12,7 +12,7 @@ using Compaction.Allocator.Slabs;
 namespace Compaction.Allocator.Engine;
 
 /// <summary>What the memory limit and the soft limit use of the heap's options (validated by the API): the limit in
-/// whole pageblocks (0 for none), the soft limit's multiple of live bytes (WasteHighRatio; 0 for none) and its floor
+/// whole pageblocks (0 for none), the soft limit's multiple of live bytes (WasteLowRatio while WasteHighRatio is on; 0 for none) and its floor
 /// above live (WasteMinBytes), a pageblock's bytes, a slice's time, whether direct compaction is on, and the clock.</summary>
 internal sealed record LimitSettings(
     long MemoryLimit, double SoftLimitRatio, long WasteMinBytes, long PageblockBytes, TimeSpan SliceTime, bool DirectCompaction,
@@ -148,7 +148,7 @@ internal sealed class MemoryLimitKeeper(
     /// <summary>
     /// Sets the soft limit from the bytes live blocks occupy now (<see cref="LiveFootprint"/>: slots and run pages,
     /// so rounding, which no compaction removes, does not count as waste): the waste ratio's share above them
-    /// (WasteHighRatio times that, and at least WasteMinBytes above it), in whole pageblocks. True when that raised
+    /// (the soft limit's ratio times that, and at least WasteMinBytes above it), in whole pageblocks. True when that raised
     /// it. Reads the class and zone counters racily: a stale sum costs one refusal or one pageblock. Called by
     /// allocations and by every background wake.
     /// </summary>
