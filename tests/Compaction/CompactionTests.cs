@@ -271,9 +271,9 @@ public class CompactionTests(ITestOutputHelper output)
     {
         using NativeHeap heap = MovableOnly(arenaBytes: 4L << 20);
         // Pin a block in every pageblock: compaction cannot free any pageblock.
-        // 64 runs of 15 pages fill the 1024 pages exactly (each from a 16-page block), without a failed allocation.
+        // 64 runs of 16 pages fill the 1024 pages exactly, four to a pageblock, without a failed allocation.
         var pins = new List<BlockPin>();
-        var blocks = Enumerable.Range(0, 64).Select(_ => heap.Allocate(60_000)).ToList();
+        var blocks = Enumerable.Range(0, 64).Select(_ => heap.Allocate(65_000)).ToList();
         Assert.Equal(0, heap.GetStatistics().Compaction.CompactStall);
         foreach (BlockHandle h in blocks) pins.Add(heap.AcquirePin(h));
         try

@@ -31,11 +31,11 @@ public sealed class BuddyZoneTests(ITestOutputHelper output)
 
         /// <summary>Allocates a run and writes its descriptors as the heap does (InitRun): the head and tails are what
         /// the pageblock-claiming rule counts as compatible pages.</summary>
-        public int Allocate(int count, MigrateType type)
+        public int Allocate(int count, MigrateType type, bool mayCrossPageblock = false)
         {
             lock (Zone.Lock)
             {
-                int start = Zone.AllocatePagesLocked(count, type);
+                int start = Zone.AllocatePagesLocked(count, type, mayCrossPageblock);
                 if (start < 0) return start;
                 Map.Page(start).InitRunHead(0, count);
                 for (int p = start + 1; p < start + count; p++) Map.Page(p).InitTail(start);
@@ -97,6 +97,38 @@ public sealed class BuddyZoneTests(ITestOutputHelper output)
         z.AssertValid();
         z.Free(start, 5);
         Assert.Equal(1, z.Free(MaxOrder, MigrateType.Movable));
+        z.AssertValid();
+    }
+
+    [Fact]
+    public void ARunThatDoesNotFitTheRestOfItsPageblockContinuesIntoTheNextWhollyFreeOne()
+    {
+        using var z = new TestZone(2, MigrateType.Movable);
+        int a = z.Allocate(12, MigrateType.Movable, mayCrossPageblock: true);   // pages 0..11; 12..15 are left
+        int b = z.Allocate(10, MigrateType.Movable, mayCrossPageblock: true);   // 12..21: the rest of pageblock 0, then 1
+        Assert.Equal((0, 12), (a, b));
+        Assert.Equal(64 - 22, z.Zone.FreePages);
+        z.AssertValid();
+        // A slab never crosses: with 10 pages left in pageblock 1, a 12-page slab starts a new region in pageblock 2.
+        Assert.Equal(32, z.Allocate(12, MigrateType.Movable));
+        z.Free(b, 10);
+        z.Free(a, 12);
+        z.AssertValid();
+    }
+
+    [Fact]
+    public void ARunFillsAHoleElsewhereBeforeItBreaksAWhollyFreePageblockAndTheRegionStaysWhereItWas()
+    {
+        using var z = new TestZone(2, MigrateType.Movable);
+        int a1 = z.Allocate(8, MigrateType.Movable, mayCrossPageblock: true);   // 0..7
+        int a2 = z.Allocate(8, MigrateType.Movable, mayCrossPageblock: true);   // 8..15: pageblock 0 is full
+        int b = z.Allocate(12, MigrateType.Movable, mayCrossPageblock: true);   // 16..27: the region ends at 28
+        Assert.Equal((0, 8, 16), (a1, a2, b));
+        z.Free(a1, 8);                                                          // an order-3 hole at 0
+        // 8 pages do not fit in 28..31; the hole at 0 holds them, so pageblock 2 is not broken into...
+        Assert.Equal(0, z.Allocate(8, MigrateType.Movable, mayCrossPageblock: true));
+        // ...and the region is still at 28: the next run that fits there goes there.
+        Assert.Equal(28, z.Allocate(4, MigrateType.Movable, mayCrossPageblock: true));
         z.AssertValid();
     }
 

@@ -129,7 +129,8 @@ internal sealed unsafe class AllocationPaths(AllocationParts parts)
         using (new AllocationSection(_caches, tc))
         {
             RoomSearch room = default;
-            handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
+            handle = _limit.RaiseSoftLimit(ref room) ? AllocateSmallDirect(size, kind) : 0;
+            if (handle == 0) handle = ReleaseParkedStorage() ? AllocateSmallDirect(size, kind) : 0;
             while (handle == 0 && _limit.NextRoomAttempt(ref room)) handle = AllocateSmallDirect(size, kind);
         }
         if (handle == 0) _limit.NoteAllocationFailed(size, kind);
@@ -200,6 +201,8 @@ internal sealed unsafe class AllocationPaths(AllocationParts parts)
         }
         uint index = one[0];
         int start = _pages.AllocateRun(pages, kind, index);
+        RoomSearch room = default;
+        if (start < 0 && _limit.RaiseSoftLimit(ref room)) start = _pages.AllocateRun(pages, kind, index);
         if (start < 0 && ReleaseParkedStorage()) start = _pages.AllocateRun(pages, kind, index);
         if (start < 0 && kind == BlockKind.Movable && _compactor != null && _directCompaction)
         {
@@ -210,7 +213,6 @@ internal sealed unsafe class AllocationPaths(AllocationParts parts)
             start = DirectCompact(_compactor, pages, index);
             ArenaMemory.SoftLimitApplies = true;
         }
-        RoomSearch room = default;
         while (start < 0 && _limit.NextRoomAttempt(ref room)) start = _pages.AllocateRun(pages, kind, index);
         if (start < 0)
         {

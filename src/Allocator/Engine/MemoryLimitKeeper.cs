@@ -104,11 +104,7 @@ internal sealed class MemoryLimitKeeper(
     /// </summary>
     public bool NextRoomAttempt(ref RoomSearch room)
     {
-        if (SoftLimitOn && !room.SoftLimitUpdated)
-        {
-            room.SoftLimitUpdated = true;
-            if (UpdateSoftLimit()) return true;
-        }
+        if (RaiseSoftLimit(ref room)) return true;
         bool hard = LimitInTheWay(), soft = !hard && SoftLimitOn && !room.PassedSoftLimit && SoftLimitInTheWay();
         if (!hard && !soft)
         {
@@ -143,6 +139,20 @@ internal sealed class MemoryLimitKeeper(
         room.PassedSoftLimit = true;
         ArenaMemory.SoftLimitApplies = false;
         return true;
+    }
+
+    /// <summary>
+    /// The first thing an allocation that found no room tries, once per search and before it drains any cache: a soft
+    /// limit set when live bytes were lower is raised to today's. A heap that grows meets the soft limit at every few
+    /// pageblocks it commits without any waste in it, and draining the thread caches there would only release the
+    /// slabs they were filling (holes in the pageblocks behind the next-fit region). True when it was raised, so the
+    /// allocation retries at once.
+    /// </summary>
+    public bool RaiseSoftLimit(ref RoomSearch room)
+    {
+        if (!SoftLimitOn || room.SoftLimitUpdated) return false;
+        room.SoftLimitUpdated = true;
+        return UpdateSoftLimit();
     }
 
     /// <summary>

@@ -111,7 +111,7 @@ internal sealed class PageAllocator
             if (zone == null) continue;
             lock (zone.Lock)
             {
-                int start = zone.AllocatePagesLocked(pages, type);
+                int start = zone.AllocatePagesLocked(pages, type, mayCrossPageblock: sizeClass < 0);
                 if (start < 0) continue;
                 if (sizeClass >= 0) InitSlabLocked(zone, start, pages, sizeClass, kind);
                 else InitRunLocked(zone, start, pages, handle);
