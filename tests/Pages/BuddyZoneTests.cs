@@ -105,13 +105,15 @@ public sealed class BuddyZoneTests(ITestOutputHelper output)
     {
         using var z = new TestZone(2, MigrateType.Movable);
         int a = z.Allocate(12, MigrateType.Movable, mayCrossPageblock: true);   // pages 0..11; 12..15 are left
-        int b = z.Allocate(10, MigrateType.Movable, mayCrossPageblock: true);   // 12..21: the rest of pageblock 0, then 1
+        int b = z.Allocate(6, MigrateType.Movable, mayCrossPageblock: true);    // 12..17: the rest of pageblock 0, then 1
         Assert.Equal((0, 12), (a, b));
-        Assert.Equal(64 - 22, z.Zone.FreePages);
+        Assert.Equal(64 - 18, z.Zone.FreePages);
         z.AssertValid();
-        // A slab never crosses: with 10 pages left in pageblock 1, a 12-page slab starts a new region in pageblock 2.
-        Assert.Equal(32, z.Allocate(12, MigrateType.Movable));
-        z.Free(b, 10);
+        // A slab never crosses: with 14 pages left in pageblock 1, a 15-page slab starts a new region in pageblock 2.
+        Assert.Equal(32, z.Allocate(15, MigrateType.Movable));
+        // Nor does a run of a pageblock's order (the compactor does not move those): it takes a whole pageblock.
+        Assert.Equal(48, z.Allocate(9, MigrateType.Movable, mayCrossPageblock: true));
+        z.Free(b, 6);
         z.Free(a, 12);
         z.AssertValid();
     }

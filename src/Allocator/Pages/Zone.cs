@@ -275,7 +275,8 @@ internal sealed unsafe partial class Zone
     {
         Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         int start = _nextFit[(int)type], end = start + count;
-        if (count > _map.PageblockPages || start <= Start || start >= _frontier) return -1;
+        // Only runs below a pageblock's order: the compactor moves those (a larger one would hold two pageblocks).
+        if (OrderFor(count) >= _map.PageblockOrder || start <= Start || start >= _frontier) return -1;
         int next = (_map.PageblockOf(start) + 1) << _map.PageblockOrder;
         if (end <= next || next >= End) return -1;
         // A free block of the request's order that is smaller than a pageblock lies outside the next-fit pageblock
@@ -288,7 +289,14 @@ internal sealed unsafe partial class Zone
                 || _map.GetMigrateType(_map.PageblockOf(head)) != type) return -1;
             p = head + (1 << order);
         }
-        if (next >= _frontier && !(type == InitialType && ExtendFrontierLocked())) return -1;
+        if (next >= _frontier)
+        {
+            // The frontier moves only when the free lists hold no wholly free pageblock of the type (as for any
+            // allocation): the region then goes on into the frontier's block.
+            for (int o = _map.PageblockOrder; o <= _maxOrder; o++)
+                if (_freeHeads[o * MigrateTypes + (int)type] >= 0) return -1;
+            if (!(type == InitialType && ExtendFrontierLocked())) return -1;
+        }
         if (!TryFindFreeBlockLocked(next, out _, out int nextOrder) || nextOrder < _map.PageblockOrder
             || _map.GetMigrateType(_map.PageblockOf(next)) != type) return -1;
         TakeFreeRangeLocked(start, end);
