@@ -135,7 +135,9 @@ public static class FootprintSuite
         string md = outPath ?? Path.Combine(resultsDir, quick ? "footprint-quick.md" : "footprint.md");
         string mdDir = Path.GetDirectoryName(Path.GetFullPath(md))!;
         Directory.CreateDirectory(mdDir);
-        string svgPrefix = quick ? "footprint-quick-" : "footprint-";
+        // The plots are named after the report (footprint-redis.svg beside footprint.md, footprint-limit-redis.svg
+        // beside footprint-limit.md), so that a run with --out never redraws another report's plots.
+        string svgPrefix = Path.GetFileNameWithoutExtension(md) + "-";
         foreach (string w in workloads)
             File.WriteAllText(Path.Combine(mdDir, $"{svgPrefix}{w}.svg"), Plot(w, runs));
         string markdown = Render(quick, reps, seed, scale, limitFactor, command, repeat, workloads, allocators, runs, skipped, failures, total.Elapsed,
