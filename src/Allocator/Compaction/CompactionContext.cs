@@ -40,6 +40,7 @@ internal sealed class CompactionContext
     // Test hooks (Compactor.TestHooks.cs); nothing in the product sets them.
     public Action? BetweenPageblocks;
     public Action? RunDestinationWanted;
+    public Action<SlabClass>? BetweenConsolidationSources;
 
     public CompactionContext(CompactionSettings options, PageAllocator pages, SlabAllocator movableSlabs, HandleTable handles, Migrator migrator,
                              CompactionCounters counters)

@@ -1,3 +1,5 @@
+using Compaction.Allocator.Slabs;
+
 namespace Compaction.Allocator.Compaction;
 
 // Test hooks of the compactor. Nothing in the product reads them.
@@ -18,4 +20,9 @@ internal sealed unsafe partial class Compactor
     /// pageblock's earlier runs holding theirs): a test throws from it to stand for an exception of the free scanner
     /// there (its pool's list failing to grow, say).</summary>
     internal Action? RunDestinationWanted { get => _cx.RunDestinationWanted; set => _cx.RunDestinationWanted = value; }
+
+    /// <summary>Called in a consolidation batch after a source slab was added and the class lock released (RunLock
+    /// held, the batch's sources isolated and its destination slots taken, nothing frozen): a test allocates and
+    /// frees in the class from another thread there.</summary>
+    internal Action<SlabClass>? BetweenConsolidationSources { get => _cx.BetweenConsolidationSources; set => _cx.BetweenConsolidationSources = value; }
 }

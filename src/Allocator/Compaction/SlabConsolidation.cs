@@ -77,76 +77,108 @@ internal sealed class SlabConsolidation
         _sources.Clear();
         _filling.Clear();
         bool more = true;
-        if (!_cx.Acquire(cls.Lock, cc)) return false;
+        Span<nint> one = stackalloc nint[1];
         try
         {
-            Span<nint> one = stackalloc nint[1];
+            // The class lock is held for one source slab at a time (its listing, its isolation and its blocks'
+            // destination slots: at most a slab's slots), not for the whole batch of up to MaxBlocks blocks, so that a
+            // mutator allocating or freeing in the class waits for one slab's worth of this work at most. What the
+            // batch holds between two holds is safe without the lock: its sources are isolated (off the fullness
+            // lists, never released) and its destination slots are counted in their slabs' RefCount, so no mutator is
+            // given them and no destination slab empties; a mutator may free a listed block meanwhile, as it may
+            // during the migration.
             while (batch.Count < UnitMover.MaxBlocks && _sources.Count * pages < _cx.Map.PageblockPages)
             {
-                if (_slabs.CanCompactLocked(cls) <= 0) { more = false; break; }
-                if (cc.Daemon && !WorthConsolidating(cls.Slabs, cls.UsedSlots, _slabs.Classes.SlotsPerSlab[cls.Index])) { more = false; break; }
-                int src = _slabs.FindLeastFullLocked(cls, _tried);
-                if (src < 0) { more = false; break; }
-                _tried.Add(src);
-                int refs = _mover.ListLiveBlocksLocked(cls, src);
-                List<(uint index, long state, nint slot)> live = _mover.Live;
-                if (refs != live.Count)
+                if (!_cx.Acquire(cls.Lock, cc))
                 {
-                    _cx.Counters[CacheHeldFailures]++;
-                    continue;
+                    if (_sources.Count == 0) more = false;
+                    break;
                 }
-                // Room first: once the source is isolated and a destination slot taken, an Add that failed to grow the
-                // batch would leave both for good (the settling below, which frees them, would never see them).
-                batch.EnsureRoom(live.Count);
-                _sources.EnsureCapacity(_sources.Count + 1);
-                _filling.EnsureCapacity(_filling.Count + live.Count);
-                _tried.EnsureCapacity(_tried.Count + live.Count);
-                _slabs.IsolateLocked(cls, src);
-                int first = batch.Count;
-                // Destination slots from the fullest slabs; never carve a new slab for this.
-                for (int i = 0; i < live.Count; i++)
+                SourceStep step;
+                try
                 {
-                    int dst = _slabs.FindSlabLocked(cls, excludeHead: src);
-                    if (dst < 0 || _slabs.TakeSlotsLocked(cls, dst, one, 1) != 1) break;
-                    batch.Add(live[i].index, live[i].state, live[i].slot, one[0]);
-                    if (_tried.Add(dst)) _filling.Add(dst);
+                    step = AddSourceLocked(cc, cls, one);
                 }
-                _sources.Add((src, first, batch.Count, live.Count));
-                if (batch.Count - first < live.Count) break;   // no slot left in the class for now: settle, then look again
+                finally
+                {
+                    cls.Lock.Exit();
+                }
+                if (step == SourceStep.ClassDone) { more = false; break; }
+                if (step == SourceStep.NoRoom) break;   // no slot left in the class for now: settle, then look again
+                if (step == SourceStep.Added) _cx.BetweenConsolidationSources?.Invoke(cls);
             }
+            foreach (int dst in _filling) _tried.Remove(dst);   // sources again once their new blocks have arrived
+            if (_sources.Count > 0) _cx.Migrate();
         }
         finally
         {
-            cls.Lock.Exit();
-        }
-        foreach (int dst in _filling) _tried.Remove(dst);   // sources again once their new blocks have arrived
-        if (_sources.Count == 0) return more;
-
-        int moved = 0;
-        try
-        {
-            moved = _cx.Migrate();
-        }
-        finally
-        {
-            // Settled even when the migration threw: it unfroze what it did not move, and the results say which moved.
-            lock (cls.Lock)
+            // Settled even when taking a later source or the migration threw (an interrupted lock wait, a list that
+            // failed to grow): the migration unfroze what it did not move, an item never migrated is Busy from its
+            // Add, and the results say which moved; so every destination slot of a failure is freed and every
+            // isolated source goes back to its lists.
+            if (_sources.Count > 0)
             {
-                _cx.Counters[LockAcquisitions]++;
-                _mover.ReleaseBatchSlotsLocked(cls, 0, batch.Count);
-                foreach ((int src, int first, int end, int listed) in _sources)
+                lock (cls.Lock)
                 {
-                    if (_slabs.PutbackLocked(cls, src, releaseIfEmpty: true))
+                    _cx.Counters[LockAcquisitions]++;
+                    _mover.ReleaseBatchSlotsLocked(cls, 0, batch.Count);
+                    foreach ((int src, int first, int end, int listed) in _sources)
                     {
-                        _cx.Counters[LockAcquisitions]++;
-                        _cx.Counters[PagesCompacted] += pages;
+                        if (_slabs.PutbackLocked(cls, src, releaseIfEmpty: true))
+                        {
+                            _cx.Counters[LockAcquisitions]++;
+                            _cx.Counters[PagesCompacted] += pages;
+                        }
+                        // Blocks that failed stay in the source slab, which is now marked tried; a later run retries them.
+                        if (end - first == listed && AllMoved(batch, first, end)) _cx.Counters[PgmigrateSuccess] += pages;
                     }
-                    // Blocks that failed stay in the source slab, which is now marked tried; a later run retries them.
-                    if (end - first == listed && AllMoved(batch, first, end)) _cx.Counters[PgmigrateSuccess] += pages;
                 }
             }
         }
         return more;
+    }
+
+    private enum SourceStep { Added, CacheHeld, ClassDone, NoRoom }
+
+    /// <summary>
+    /// Adds the least-full slab of the class not yet tried to the batch: lists its live blocks, isolates it and gives
+    /// each block a slot in the fullest slabs (never a new slab). A slab some of whose slots sit in thread caches is
+    /// only marked tried. Caller holds the class lock.
+    /// </summary>
+    private SourceStep AddSourceLocked(CompactControl cc, SlabClass cls, Span<nint> one)
+    {
+        Debug.Assert(cls.Lock.IsHeldByCurrentThread, "caller holds the class lock");
+        MigrationBatch batch = _cx.Batch;
+        if (_slabs.CanCompactLocked(cls) <= 0) return SourceStep.ClassDone;
+        if (cc.Daemon && !WorthConsolidating(cls.Slabs, cls.UsedSlots, _slabs.Classes.SlotsPerSlab[cls.Index])) return SourceStep.ClassDone;
+        int src = _slabs.FindLeastFullLocked(cls, _tried);
+        if (src < 0) return SourceStep.ClassDone;
+        _tried.Add(src);
+        int refs = _mover.ListLiveBlocksLocked(cls, src);
+        List<(uint index, long state, nint slot)> live = _mover.Live;
+        if (refs != live.Count)
+        {
+            _cx.Counters[CacheHeldFailures]++;
+            return SourceStep.CacheHeld;
+        }
+        // Room first: once the source is isolated and a destination slot taken, an Add that failed to grow the
+        // batch would leave both for good (the settling below, which frees them, would never see them).
+        batch.EnsureRoom(live.Count);
+        _sources.EnsureCapacity(_sources.Count + 1);
+        _filling.EnsureCapacity(_filling.Count + live.Count);
+        _tried.EnsureCapacity(_tried.Count + live.Count);
+        _slabs.IsolateLocked(cls, src);
+        int first = batch.Count;
+        // Destination slots from the fullest slabs; never carve a new slab for this.
+        for (int i = 0; i < live.Count; i++)
+        {
+            int dst = _slabs.FindSlabLocked(cls, excludeHead: src);
+            if (dst < 0 || _slabs.TakeSlotsLocked(cls, dst, one, 1) != 1) break;
+            batch.Add(live[i].index, live[i].state, live[i].slot, one[0]);
+            if (_tried.Add(dst)) _filling.Add(dst);
+        }
+        _sources.Add((src, first, batch.Count, live.Count));
+        return batch.Count - first < live.Count ? SourceStep.NoRoom : SourceStep.Added;
     }
 
     private static bool AllMoved(MigrationBatch batch, int first, int end)
