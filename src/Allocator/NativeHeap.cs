@@ -151,13 +151,13 @@ public sealed unsafe partial class NativeHeap : IDisposable
         o.Proactiveness, o.CompactionBudgetBytes, o.CompactionBudgetTime, o.CompactionSliceTime, o.WasteHighRatio,
         o.WasteLowRatio, o.WasteMinBytes, o.RetainedBytesLimit, o.ThreadCachesDuringMigration, o.TimeProvider);
 
-    /// <summary>Bytes of free runs the depot keeps for reuse: a quarter of the arena, at most 64 MiB.</summary>
     /// <summary>The soft limit's multiple of the live footprint: the level a waste-driven run stops at, not the one it
     /// starts at, so that a churn's commits wait for the room consolidation makes until waste is down to where the
     /// background would bring it (a Redis-style churn's peak: 1.16x live at the start ratio, 1.11-1.12x at this one).
     /// 0 when the waste trigger is off.</summary>
     private static double SoftLimitRatio(HeapOptions o) => o.WasteHighRatio == 0 ? 0 : o.WasteLowRatio;
 
+    /// <summary>Bytes of free runs the depot keeps for reuse: a quarter of the arena, at most 64 MiB.</summary>
     private static long DepotRunBytes(long arenaBytes) => Math.Min(64L << 20, arenaBytes / 4);
 
     /// <summary>The options this heap was created with (a copy; changing it has no effect).</summary>

@@ -162,7 +162,7 @@ internal sealed class SlabConsolidation
             return SourceStep.CacheHeld;
         }
         // Room first: once the source is isolated and a destination slot taken, an Add that failed to grow the
-        // batch would leave both for good (the settling below, which frees them, would never see them).
+        // batch would leave both for good (the batch's settling in ConsolidateOne, which frees them, would never see them).
         batch.EnsureRoom(live.Count);
         _sources.EnsureCapacity(_sources.Count + 1);
         _filling.EnsureCapacity(_filling.Count + live.Count);

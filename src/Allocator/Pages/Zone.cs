@@ -251,14 +251,31 @@ internal sealed unsafe partial class Zone
         Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         int start = _nextFit[(int)type], end = start + count;
         if (start <= Start || end > _frontier || _map.PageblockOf(start) != _map.PageblockOf(end - 1)) return -1;
+        if (!InFreeBlocksBelowPageblockLocked(start, end, type)) return -1;
+        TakeFreeRangeLocked(start, end);
+        return start;
+    }
+
+    /// <summary>Whether every page of <c>[start, end)</c> lies in a free block of <paramref name="type"/> smaller than a
+    /// pageblock (a wholly free pageblock is never broken into by next fit). Caller holds the lock.</summary>
+    private bool InFreeBlocksBelowPageblockLocked(int start, int end, MigrateType type)
+    {
         for (int p = start; p < end;)
         {
             if (!TryFindFreeBlockLocked(p, out int head, out int order) || order >= _map.PageblockOrder
-                || _map.GetMigrateType(_map.PageblockOf(head)) != type) return -1;
+                || _map.GetMigrateType(_map.PageblockOf(head)) != type) return false;
             p = head + (1 << order);
         }
-        TakeFreeRangeLocked(start, end);
-        return start;
+        return true;
+    }
+
+    /// <summary>Whether the free lists of <paramref name="type"/> hold a block of an order from
+    /// <paramref name="low"/> to <paramref name="high"/>. Caller holds the lock.</summary>
+    private bool AnyFreeBlockLocked(int low, int high, MigrateType type)
+    {
+        for (int o = low; o <= high; o++)
+            if (_freeHeads[o * MigrateTypes + (int)type] >= 0) return true;
+        return false;
     }
 
     /// <summary>
@@ -281,22 +298,12 @@ internal sealed unsafe partial class Zone
         if (end <= next || next >= End) return -1;
         // A free block of the request's order that is smaller than a pageblock lies outside the next-fit pageblock
         // (what is left in it holds fewer pages than the request): the free lists place the run there instead.
-        for (int o = OrderFor(count); o < _map.PageblockOrder; o++)
-            if (_freeHeads[o * MigrateTypes + (int)type] >= 0) return -1;
-        for (int p = start; p < next;)
-        {
-            if (!TryFindFreeBlockLocked(p, out int head, out int order) || order >= _map.PageblockOrder
-                || _map.GetMigrateType(_map.PageblockOf(head)) != type) return -1;
-            p = head + (1 << order);
-        }
-        if (next >= _frontier)
-        {
-            // The frontier moves only when the free lists hold no wholly free pageblock of the type (as for any
-            // allocation): the region then goes on into the frontier's block.
-            for (int o = _map.PageblockOrder; o <= _maxOrder; o++)
-                if (_freeHeads[o * MigrateTypes + (int)type] >= 0) return -1;
-            if (!(type == InitialType && ExtendFrontierLocked())) return -1;
-        }
+        if (AnyFreeBlockLocked(OrderFor(count), _map.PageblockOrder - 1, type)) return -1;
+        if (!InFreeBlocksBelowPageblockLocked(start, next, type)) return -1;
+        // The frontier moves only when the free lists hold no wholly free pageblock of the type (as for any
+        // allocation): the region then goes on into the frontier's block.
+        if (next >= _frontier && (AnyFreeBlockLocked(_map.PageblockOrder, _maxOrder, type) || !(type == InitialType && ExtendFrontierLocked())))
+            return -1;
         if (!TryFindFreeBlockLocked(next, out _, out int nextOrder) || nextOrder < _map.PageblockOrder
             || _map.GetMigrateType(_map.PageblockOf(next)) != type) return -1;
         TakeFreeRangeLocked(start, end);

@@ -43,6 +43,7 @@ internal sealed class SizeClasses
         if (sizes[^1] < threshold) sizes.Add(threshold);
         Size = sizes.ToArray();
         int n = Size.Length;
+        Debug.Assert(n <= byte.MaxValue + 1, "a class index fits the byte of the class table");
         PagesPerSlab = new int[n];
         SlotsPerSlab = new int[n];
         ReverseMapOffset = new int[n];
