@@ -218,27 +218,90 @@ internal sealed unsafe partial class ThreadCaches
             Interlocked.MemoryBarrierProcessWide();
             foreach (ThreadCache tc in _caches)
             {
-                // A dead owner is inside no cache section, whatever its flag says.
-                SpinWait spin = default;
-                while (Volatile.Read(ref tc.InUse) != 0 && tc.Owner.IsAlive) spin.SpinOnce();
-                FlushCache(tc, ownerDead: false);
+                WaitOutOfSectionLocked(tc);
+                _ = FlushCache(tc, ownerDead: false);
             }
             PruneDeadCachesLocked();
             var entries = new List<ulong>();
-            for (int bin = 0; bin < _layout.Count; bin++)
-            {
-                entries.Clear();
-                _depot.TakeAll(bin, entries);
-                _binder.Unbind(bin, CollectionsMarshal.AsSpan(entries));
-            }
+            for (int bin = 0; bin < _layout.Count; bin++) DrainDepotBinLocked(bin, entries);
         }
     }
 
-    /// <summary>Unbinds everything a cache holds. The owner must be out of it (drain protocol) or dead; a dead
-    /// owner's live counts move to the heap's direct counters, since the cache is about to be dropped. Each bin is
-    /// emptied before its entries are unbound, so an exception midway leaks them rather than leaving them cached.</summary>
-    private void FlushCache(ThreadCache tc, bool ownerDead)
+    /// <summary>
+    /// A drain in steps, for a caller with a time budget (the waste-driven run's slices): the protocol of
+    /// <see cref="Drain"/> (caches disabled, one barrier, each owner waited out of its section, everything unbound,
+    /// caches enabled again), but it stops after the first cache or depot bin that held anything once
+    /// <paramref name="clock"/> reads <paramref name="deadline"/> or later, and the next call goes on from
+    /// <paramref name="cursor"/>. True when every cache and depot bin has been drained since the cursor was reset
+    /// (<c>default</c>). A cache registered meanwhile may be missed and one pruned meanwhile may shift the list, so a
+    /// thread's cache may be left for the next drain: what it holds only makes a few slab moves fail (cache-held), as
+    /// what the threads cache after any drain does. A drain of everything at once took up to 10 ms when a thread had
+    /// freed many blocks into the depot, all of it in one slice of 0.5 ms. Takes the locks of <see cref="Drain"/>.
+    /// </summary>
+    public bool DrainSome(ref DrainCursor cursor, TimeProvider clock, long deadline)
     {
+        Interlocked.Increment(ref _cacheDisable);
+        try
+        {
+            lock (_cachesLock)
+            {
+                Interlocked.MemoryBarrierProcessWide();
+                ThreadCache[] caches = _caches;
+                while (cursor.Cache < caches.Length)
+                {
+                    ThreadCache tc = caches[cursor.Cache++];
+                    WaitOutOfSectionLocked(tc);
+                    if (FlushCache(tc, ownerDead: false) && clock.GetTimestamp() >= deadline) return false;
+                }
+                var entries = new List<ulong>();
+                while (cursor.Bin < _layout.Count)
+                {
+                    bool any = DrainDepotBinLocked(cursor.Bin++, entries);
+                    if (any && cursor.Bin < _layout.Count && clock.GetTimestamp() >= deadline) return false;
+                }
+                PruneDeadCachesLocked();
+                return true;
+            }
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _cacheDisable);
+        }
+    }
+
+    /// <summary>Waits until the owner of <paramref name="tc"/> is out of its cache section (or dead: a dead owner is
+    /// inside no section, whatever its flag says). Spins and yields for <see cref="DrainSpinsBeforeSleeping"/> turns
+    /// before the 1 ms sleeps of <see cref="SpinWait"/>: a section is usually microseconds, and sleeping after
+    /// SpinWait's default 20 turns made drains take 1-4 ms; a section that takes locks around a system call (a commit)
+    /// may last longer, and is then waited for without burning the core. Caller holds <c>_cachesLock</c>, has raised
+    /// the disable counter and issued the barrier.</summary>
+    private static void WaitOutOfSectionLocked(ThreadCache tc)
+    {
+        SpinWait spin = default;
+        while (Volatile.Read(ref tc.InUse) != 0 && tc.Owner.IsAlive) spin.SpinOnce(sleep1Threshold: DrainSpinsBeforeSleeping);
+    }
+
+    /// <summary>Turns of spinning and yielding before a drain waiting for an owner sleeps 1 ms at a time.</summary>
+    private const int DrainSpinsBeforeSleeping = 200;
+
+    /// <summary>Takes everything depot bin <paramref name="bin"/> holds and unbinds it; true when it held anything.
+    /// Caller holds <c>_cachesLock</c> and has raised the disable counter.</summary>
+    private bool DrainDepotBinLocked(int bin, List<ulong> entries)
+    {
+        entries.Clear();
+        _depot.TakeAll(bin, entries);
+        if (entries.Count == 0) return false;
+        _binder.Unbind(bin, CollectionsMarshal.AsSpan(entries));
+        return true;
+    }
+
+    /// <summary>Unbinds everything a cache holds; true when it held anything. The owner must be out of it (drain
+    /// protocol) or dead; a dead owner's live counts move to the heap's direct counters, since the cache is about to be
+    /// dropped. Each bin is emptied before its entries are unbound, so an exception midway leaks them rather than
+    /// leaving them cached.</summary>
+    private bool FlushCache(ThreadCache tc, bool ownerDead)
+    {
+        bool any = false;
         for (int bin = 0; bin < tc.Bins.Length; bin++)
         {
             ref CacheBin b = ref tc.Bins[bin];
@@ -246,6 +309,7 @@ internal sealed unsafe partial class ThreadCaches
             ulong[] items = tc.Items.AsSpan(b.Offset, b.Count).ToArray();
             b.Count = 0;
             _binder.Unbind(bin, items);
+            any = true;
         }
         tc.RunBytes = 0;
         if (ownerDead)
@@ -254,5 +318,14 @@ internal sealed unsafe partial class ThreadCaches
             tc.LiveBytes = 0;
             tc.LiveBlocks = 0;
         }
+        return any;
     }
+}
+
+/// <summary>Where an incremental drain (<see cref="ThreadCaches.DrainSome"/>) goes on: the next thread cache of the
+/// list, then the next depot bin. <c>default</c> starts a drain afresh.</summary>
+internal struct DrainCursor
+{
+    public int Cache;
+    public int Bin;
 }

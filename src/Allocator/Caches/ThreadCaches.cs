@@ -93,7 +93,7 @@ internal sealed unsafe partial class ThreadCaches
         // kept for the next prune, never dropped unflushed (which would lose its entries and its live-byte count).
         ThreadCache[] dead = Array.FindAll(_caches, c => !c.Owner.IsAlive);
         if (dead.Length == 0) return;
-        foreach (ThreadCache c in dead) FlushCache(c, ownerDead: true);
+        foreach (ThreadCache c in dead) _ = FlushCache(c, ownerDead: true);
         _caches = Array.FindAll(_caches, c => Array.IndexOf(dead, c) < 0);
     }
 

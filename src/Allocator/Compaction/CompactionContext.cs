@@ -80,13 +80,66 @@ internal sealed class CompactionContext
         (cc.BudgetBytes > 0 && Counters[BytesMoved] - cc.BytesMovedAtStart >= cc.BudgetBytes)
         || (cc.BudgetTicks > 0 && cc.Worked && Options.Clock.GetTimestamp() - cc.StartTicks >= cc.BudgetTicks);
 
-    /// <summary>Runs the migration primitive on <see cref="Batch"/> and counts its outcomes, bytes and barriers.
+    /// <summary>True when the run has a time budget and has spent it, work done or not.</summary>
+    public bool TimeSpent(CompactControl cc) => cc.BudgetTicks > 0 && Options.Clock.GetTimestamp() - cc.StartTicks >= cc.BudgetTicks;
+
+    // ------------------------------------------------------------------ batches that fit a slice
+
+    /// <summary>The work queued in <see cref="Batch"/> so far, in block equivalents (<see cref="Cost"/>): what
+    /// <see cref="BatchFillsBudget"/> weighs against the time left. Reset by <see cref="BeginBatch"/>.</summary>
+    public long QueuedCost { get; private set; }
+
+    /// <summary>Clock ticks one block equivalent of migration took, a moving average over the batches migrated so far
+    /// (0 until the first; protected by RunLock). A batch of small blocks costs its blocks (freeze, entry and
+    /// reverse-map word, copy); a run costs its bytes.</summary>
+    private double _ticksPerCost;
+
+    /// <summary>The cost of migrating <paramref name="blocks"/> blocks of <paramref name="bytes"/> bytes in all, in
+    /// block equivalents: one per block and one per 4 KiB copied (a small block's bookkeeping costs about what a
+    /// page's copy does).</summary>
+    public static long Cost(int blocks, long bytes) => blocks + (bytes >> 12);
+
+    /// <summary>Empties <see cref="Batch"/> for the next unit of work. Caller holds RunLock.</summary>
+    public void BeginBatch()
+    {
+        Batch.Clear();
+        QueuedCost = 0;
+    }
+
+    /// <summary>Counts work queued in <see cref="Batch"/> (see <see cref="Cost"/>). Caller holds RunLock.</summary>
+    public void Queued(int blocks, long bytes) => QueuedCost += Cost(blocks, bytes);
+
+    /// <summary>
+    /// True when the batch holds work and what it holds would take the run past its time budget: the time spent since
+    /// the run started plus the queued work at the migration speed measured so far. The caller then stops filling and
+    /// migrates, so that a slice ends within about one source slab or unit of its budget, where a batch cut at
+    /// <see cref="UnitMover.MaxBlocks"/> blocks alone (a few milliseconds of small blocks) overran a 0.5 ms slice
+    /// several times over. An empty batch is never full, so every batch moves at least one slab or unit. A run without
+    /// a time budget (an explicit <c>Compact()</c>) fills its batches whole.
+    /// </summary>
+    public bool BatchFillsBudget(CompactControl cc)
+    {
+        if (cc.BudgetTicks <= 0 || QueuedCost == 0) return false;
+        long elapsed = Options.Clock.GetTimestamp() - cc.StartTicks;
+        return elapsed + QueuedCost * _ticksPerCost >= cc.BudgetTicks;
+    }
+
+    /// <summary>Runs the migration primitive on <see cref="Batch"/> and counts its outcomes, bytes and barriers; the
+    /// time it took updates the migration speed <see cref="BatchFillsBudget"/> predicts with.
     /// Caller holds RunLock and no other lock.</summary>
     public int Migrate()
     {
         Debug.Assert(RunLock.IsHeldByCurrentThread, "caller holds RunLock");
         MigrationBatch batch = Batch;
+        long start = Options.Clock.GetTimestamp();
         int moved = Migrator.MigrateBatch(batch);
+        if (QueuedCost > 0)
+        {
+            // An average over about four batches: one batch slowed by a preemption or a page fault storm moves the
+            // prediction a quarter of the way; a clock that goes backwards (a test's) counts as no time.
+            double sample = Math.Max(0, Options.Clock.GetTimestamp() - start) / (double)QueuedCost;
+            _ticksPerCost = _ticksPerCost == 0 ? sample : _ticksPerCost + (sample - _ticksPerCost) / 4;
+        }
         Counters[BytesMoved] += batch.BytesMoved;
         Counters[Barriers] += batch.Barriers;
         for (int i = 0; i < batch.Count; i++) CountOutcome(batch[i].Result);

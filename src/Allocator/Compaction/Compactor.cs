@@ -157,7 +157,7 @@ internal sealed unsafe partial class Compactor
             if (!wasteRun && (proactive || _consolidation.AnyClassWorthConsolidating()))
             {
                 using var caches = new CacheGuard(_caches, _cx.Options);
-                ConsolidateSlabs(new CompactControl { Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks, StartTicks = _cx.Options.Clock.GetTimestamp(), BytesMovedAtStart = Counters[BytesMoved] });
+                _consolidation.ConsolidateSlabs(new CompactControl { Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks, StartTicks = _cx.Options.Clock.GetTimestamp(), BytesMovedAtStart = Counters[BytesMoved] }, _daemonCursor);
                 if (proactive)
                 {
                     // A pass starts above the high watermark; one that its budget cut short resumes at the next wake
@@ -204,9 +204,12 @@ internal sealed unsafe partial class Compactor
     /// <summary>compact_zone (see <see cref="MigrateScanner.CompactZone"/>). Caller holds RunLock.</summary>
     public CompactStatus CompactZone(CompactControl cc) => _migrateScanner.CompactZone(cc);
 
-    /// <summary>zs_compact for every movable class (see <see cref="SlabConsolidation.ConsolidateSlabs"/>). Caller holds
-    /// RunLock.</summary>
-    public void ConsolidateSlabs(CompactControl cc) => _consolidation.ConsolidateSlabs(cc);
+    /// <summary>zs_compact for every movable class (see <see cref="SlabConsolidation.ConsolidateSlabs"/>): true when
+    /// every class was consolidated. Caller holds RunLock.</summary>
+    public bool ConsolidateSlabs(CompactControl cc) => _consolidation.ConsolidateSlabs(cc);
+
+    /// <summary>The daemon's consolidation, resumed wake after wake (see <see cref="ConsolidationCursor"/>).</summary>
+    private readonly ConsolidationCursor _daemonCursor = new();
 
     /// <summary>__reset_isolation_suitable (see <see cref="MigrateScanner.ResetSkipBits"/>).</summary>
     public void ResetSkipBits() => _migrateScanner.ResetSkipBits();

@@ -16,6 +16,7 @@ internal sealed class LimitSlices
     private readonly MigrateScanner _scanner;
     private bool _zonePhase;    // the classes are consolidated, the zone pass is next
     private bool _resume;       // ... and the last slice's budget cut that pass short (it resumes)
+    private readonly ConsolidationCursor _consolidationCursor = new();   // where the slices' consolidation goes on
 
     public LimitSlices(CompactionContext cx, ThreadCaches caches, SlabConsolidation consolidation, MigrateScanner scanner)
     {
@@ -55,12 +56,11 @@ internal sealed class LimitSlices
             if (!_zonePhase)
             {
                 var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = budgetTicks, StartTicks = start, BytesMovedAtStart = movedBefore };
-                _consolidation.ConsolidateSlabs(cc);
+                bool done = _consolidation.ConsolidateSlabs(cc, _consolidationCursor);
                 worked = cc.Worked;
-                spent = _cx.BudgetSpent(cc);
                 // Every class consolidated: the next slices compact the zone, so that the slab pages freed here
                 // coalesce into the larger blocks new slabs and runs need (and whole pageblocks empty).
-                if (!spent) _zonePhase = true;
+                if (done) _zonePhase = true;
             }
             long left = budgetTicks - (_cx.Options.Clock.GetTimestamp() - start);
             spent = left <= 0;

@@ -22,6 +22,8 @@ internal sealed unsafe class MigrateScanner
     private readonly int _firstPb;
     private readonly int[] _cachedMigratePb = new int[2];   // [async, sync]: where the next run resumes
     private readonly int[] _cachedFreePb = new int[2];      // ... FromTheTop: at the top of the used range
+    private readonly int[] _cachedMigratePage = new int[2]; // ... the page of that pageblock to resume at (-1: its start)
+    private int _cutAt = -1;                                 // the first unit a budget left untried in the last pageblock
     // Scratch lists of the migrate scanner, reused by every pass (all protected by RunLock).
     private readonly List<int> _units = [];                                 // units of the pageblock being isolated
     private readonly List<int> _pending = [];                               // units still to migrate this pass
@@ -44,7 +46,7 @@ internal sealed unsafe class MigrateScanner
 
     private void ResetCachedPositions()
     {
-        for (int m = 0; m < 2; m++) { _cachedMigratePb[m] = _firstPb; _cachedFreePb[m] = FromTheTop; }
+        for (int m = 0; m < 2; m++) { _cachedMigratePb[m] = _firstPb; _cachedFreePb[m] = FromTheTop; _cachedMigratePage[m] = -1; }
     }
 
     /// <summary>__reset_isolation_suitable: clear every skip bit of the zone. Only the scanners set skip bits, and they
@@ -66,6 +68,9 @@ internal sealed unsafe class MigrateScanner
         Debug.Assert(_cx.RunLock.IsHeldByCurrentThread, "caller holds RunLock");
         int m = cc.Mode == CompactMode.Async ? 0 : 1;
         int migratePb = cc.WholeZone ? _firstPb : _cachedMigratePb[m];
+        // A pageblock a budget cut short resumes at the first unit it left untried, so that successive slices advance
+        // through a pageblock of many small slabs instead of retrying its first units every time.
+        int from = cc.WholeZone ? -1 : _cachedMigratePage[m];
         // One read of the frontier per run (see UsedTopPb): both scanners stay below it.
         int freePb = Math.Min(cc.WholeZone ? FromTheTop : _cachedFreePb[m], UsedTopPb);
         if (cc.Mode == CompactMode.SyncFull) ResetSkipBits();
@@ -80,7 +85,8 @@ internal sealed unsafe class MigrateScanner
                 status = CheckFinish(cc);
                 if (status != CompactStatus.Continue) break;
                 if (!cc.IgnoreSkip && _map.GetSkip(migratePb)) { migratePb++; continue; }
-                status = CompactPageblock(cc, migratePb, ref freePb);
+                status = CompactPageblock(cc, migratePb, from, ref freePb);
+                from = -1;
                 cc.Worked = true;   // a pageblock processed: the time budget may stop the run from here on
                 if (status == CompactStatus.Continue) migratePb++;
                 _cx.BetweenPageblocks?.Invoke();
@@ -95,12 +101,16 @@ internal sealed unsafe class MigrateScanner
             {
                 _cachedMigratePb[m] = _firstPb;
                 _cachedFreePb[m] = FromTheTop;
+                _cachedMigratePage[m] = -1;
             }
             else
             {
                 _cachedMigratePb[m] = migratePb;
                 _cachedFreePb[m] = Math.Max(freePb, migratePb);
+                // Set only when the budget ran out inside the pageblock at migratePb (it was not passed).
+                _cachedMigratePage[m] = status == CompactStatus.BudgetExhausted ? _cutAt : -1;
             }
+            _cutAt = -1;
             if (cc.Contended) _cx.Counters[ContendedRuns]++;
         }
         return status;
@@ -138,11 +148,16 @@ internal sealed unsafe class MigrateScanner
     /// isolate_migratepages_block plus migrate_pages for one pageblock. Each page is first judged by lock-free reads
     /// of its descriptor (the cheap pinned-page skip): free blocks are skipped by their order, and runs and slabs with a raised pin
     /// count are rejected before any lock. Racy reads are safe because every unit is re-validated under its lock or
-    /// by the freeze CAS; the worst a stale read does is skip a unit or try one that is gone.
+    /// by the freeze CAS; the worst a stale read does is skip a unit or try one that is gone. The scan starts at page
+    /// <paramref name="from"/> of the pageblock when a budget cut the last one short there (-1: at its start); a run
+    /// whose budget runs out among this pageblock's units returns <see cref="CompactStatus.BudgetExhausted"/> with
+    /// <c>_cutAt</c> at the first unit left untried.
     /// </summary>
-    private CompactStatus CompactPageblock(CompactControl cc, int pb, ref int freePb)
+    private CompactStatus CompactPageblock(CompactControl cc, int pb, int from, ref int freePb)
     {
         int start = pb << _map.PageblockOrder, end = start + _map.PageblockPages;
+        bool whole = from <= start || from >= end;   // no resume point inside (or a stale one): the whole pageblock
+        if (!whole) start = from;
         List<int> units = _units;
         units.Clear();
         int isolatedPages = 0, scanned = 0;
@@ -185,7 +200,7 @@ internal sealed unsafe class MigrateScanner
         }
         _cx.Counters[CompactMigrateScanned] += scanned;
         if (cc.Daemon) _cx.Counters[CompactDaemonMigrateScanned] += scanned;
-        if (units.Count == 0 && !_map.GetSkip(pb))
+        if (units.Count == 0 && whole && !_map.GetSkip(pb))
         {
             _map.SetSkip(pb, true);
             _cx.Counters[SkipBitsSet]++;
@@ -219,8 +234,11 @@ internal sealed unsafe class MigrateScanner
         pending.AddRange(units);
         for (int pass = 0; pass < passes && pending.Count > 0; pass++)
         {
+            // A retry pass only while the budget lasts: its units are not in address order, so a cut inside one
+            // would not advance the resume point; what is left counts as failed, as after the last pass.
+            if (pass > 0 && _cx.BudgetSpent(cc)) break;
             results.Clear();
-            _unitMover.MoveUnits(cc, pending, migratePb, ref freePb, results);
+            int tried = _unitMover.MoveUnits(cc, pending, migratePb, ref freePb, results);
             retry.Clear();
             foreach ((int head, MigrateResult r) in results)
             {
@@ -230,6 +248,15 @@ internal sealed unsafe class MigrateScanner
                 else if (r is MigrateResult.OwnerFailed) _cx.Counters[PgmigrateFail] += UnitPages(head);
             }
             if (cc.Contended) return CompactStatus.Contended;
+            if (tried < pending.Count)
+            {
+                // The budget ran out inside the pageblock: the next run resumes at the lowest unit not tried. Units
+                // that failed transiently below it wait for the next pass over the zone.
+                int cut = int.MaxValue;
+                for (int i = tried; i < pending.Count; i++) cut = Math.Min(cut, pending[i]);
+                _cutAt = cut;
+                return CompactStatus.BudgetExhausted;
+            }
             (pending, retry) = (retry, pending);
         }
         foreach (int head in pending) _cx.Counters[PgmigrateFail] += UnitPages(head);

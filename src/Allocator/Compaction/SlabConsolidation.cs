@@ -11,28 +11,45 @@ internal sealed class SlabConsolidation
     private readonly CompactionContext _cx;
     private readonly SlabAllocator _slabs;
     private readonly SlabMover _mover;
-    private readonly HashSet<int> _tried = [];   // slabs of the class already tried as sources in this run
+    private readonly ConsolidationCursor _scratch = new();   // the cursor of a run that does not resume
+    private ConsolidationCursor _cursor;                      // the current run's: its class and tried slabs
+    private HashSet<int> _tried => _cursor.Tried;            // slabs of the current class already tried as sources
 
     public SlabConsolidation(CompactionContext cx, SlabMover mover)
     {
         _cx = cx;
         _slabs = cx.Slabs;
         _mover = mover;
+        _cursor = _scratch;
     }
 
     /// <summary>
     /// For every movable size class: while zs_can_compact is above zero, move the blocks of the least-full slab
     /// into the fullest ones and free it. A slab whose slots sit in a thread cache is skipped (cache-held failure).
+    /// A caller that works in slices passes its own <paramref name="cursor"/>: a call its budget stops midway resumes
+    /// at the next call in the class it stopped in, with the slabs it tried there remembered, so that successive slices
+    /// walk the classes instead of listing the same cache-held slabs of the first class every time. Without a cursor
+    /// the run starts at the first class. Returns true when every class has been consolidated (the cursor starts
+    /// over).
     /// </summary>
-    public void ConsolidateSlabs(CompactControl cc)
+    public bool ConsolidateSlabs(CompactControl cc, ConsolidationCursor? cursor = null)
     {
         Debug.Assert(_cx.RunLock.IsHeldByCurrentThread, "caller holds RunLock");
         cc.StartTicks = cc.StartTicks == 0 ? _cx.Options.Clock.GetTimestamp() : cc.StartTicks;
-        foreach (SlabClass cls in _slabs.Class)
+        _cursor = cursor ?? _scratch;
+        if (cursor == null) _scratch.Reset();
+        SlabClass[] classes = _slabs.Class;
+        for (; _cursor.Class < classes.Length; _cursor.Class++, _cursor.Tried.Clear())
         {
-            _tried.Clear();
-            while (!_cx.BudgetSpent(cc) && !cc.Contended && ConsolidateOne(cc, cls)) cc.Worked = true;
+            while (true)
+            {
+                if (_cx.BudgetSpent(cc) || cc.Contended) return false;
+                if (!ConsolidateOne(cc, classes[_cursor.Class])) break;
+                cc.Worked = true;
+            }
         }
+        _cursor.Reset();
+        return true;
     }
 
     /// <summary>
@@ -66,14 +83,15 @@ internal sealed class SlabConsolidation
     /// <summary>
     /// One step of zs_compact for a class, as one unit of work: least-full slabs are isolated as sources and their
     /// blocks given slots in the fullest slabs (never a new slab) until the batch holds <see cref="UnitMover.MaxBlocks"/>
-    /// blocks or a pageblock's worth of source pages, or the class has nothing more to give; then the batch migrates
+    /// blocks or a pageblock's worth of source pages, or what it holds fills the run's time budget, or the class has
+    /// nothing more to give; then the batch migrates
     /// under one barrier and every source is settled (freed when emptied). Returns false when the class is done.
     /// </summary>
     private bool ConsolidateOne(CompactControl cc, SlabClass cls)
     {
         int pages = _slabs.Classes.PagesPerSlab[cls.Index];
         MigrationBatch batch = _cx.Batch;
-        batch.Clear();
+        _cx.BeginBatch();
         _sources.Clear();
         _filling.Clear();
         bool more = true;
@@ -86,8 +104,9 @@ internal sealed class SlabConsolidation
             // batch holds between two holds is safe without the lock: its sources are isolated (off the fullness
             // lists, never released) and its destination slots are counted in their slabs' RefCount, so no mutator is
             // given them and no destination slab empties; a mutator may free a listed block meanwhile, as it may
-            // during the migration.
-            while (batch.Count < UnitMover.MaxBlocks && _sources.Count * pages < _cx.Map.PageblockPages)
+            // during the migration. Under a time budget (a slice) the batch also stops once what it holds would take
+            // the run past the budget (see BatchFillsBudget).
+            while (batch.Count < UnitMover.MaxBlocks && _sources.Count * pages < _cx.Map.PageblockPages && !_cx.BatchFillsBudget(cc))
             {
                 if (!_cx.Acquire(cls.Lock, cc))
                 {
@@ -105,6 +124,9 @@ internal sealed class SlabConsolidation
                 }
                 if (step == SourceStep.ClassDone) { more = false; break; }
                 if (step == SourceStep.NoRoom) break;   // no slot left in the class for now: settle, then look again
+                // Listing a slab that turns out cache-held costs a read of each of its slots' entries and queues
+                // nothing: under a time budget, stop once the time is up (the slabs tried are remembered).
+                if (step == SourceStep.CacheHeld && _cx.TimeSpent(cc)) break;
                 if (step == SourceStep.Added) _cx.BetweenConsolidationSources?.Invoke(cls);
             }
             foreach (int dst in _filling) _tried.Remove(dst);   // sources again once their new blocks have arrived
@@ -178,6 +200,7 @@ internal sealed class SlabConsolidation
             if (_tried.Add(dst)) _filling.Add(dst);
         }
         _sources.Add((src, first, batch.Count, live.Count));
+        _cx.Queued(batch.Count - first, (long)(batch.Count - first) * _slabs.Classes.Size[cls.Index]);
         return batch.Count - first < live.Count ? SourceStep.NoRoom : SourceStep.Added;
     }
 
@@ -186,5 +209,22 @@ internal sealed class SlabConsolidation
         for (int i = first; i < end; i++)
             if (batch[i].Result != MigrateResult.Success) return false;
         return true;
+    }
+}
+
+/// <summary>Where a consolidation that works in slices resumes: the class it stopped in and the slabs it tried there.
+/// Each caller that slices (the waste-driven run, the limit's slices, the daemon's pass) keeps its own, so that one
+/// caller's progress (or the cache-held slabs it met with the caches on) never stands for another's. Protected by
+/// RunLock.</summary>
+internal sealed class ConsolidationCursor
+{
+    public int Class;
+    public readonly HashSet<int> Tried = [];
+
+    /// <summary>Starts over at the first class.</summary>
+    public void Reset()
+    {
+        Class = 0;
+        Tried.Clear();
     }
 }

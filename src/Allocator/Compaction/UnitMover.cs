@@ -14,8 +14,8 @@ namespace Compaction.Allocator.Compaction;
 /// batch, so that one process-wide barrier and one pin-slot snapshot serve them all and the copies run in address
 /// order; then each is settled (moved sources freed, unused destinations back to the pool). A batch is cut at
 /// <see cref="MaxBlocks"/> blocks, which bounds what a mutator meeting a frozen block waits for: the copies of at most
-/// one pageblock's units and <see cref="MaxBlocks"/> blocks, after one barrier. Its lists are scratch space
-/// protected by RunLock.
+/// one pageblock's units and <see cref="MaxBlocks"/> blocks, after one barrier; under a time budget (a slice) it is
+/// cut sooner, where its work would pass the budget. Its lists are scratch space protected by RunLock.
 /// </summary>
 internal sealed unsafe class UnitMover
 {
@@ -56,21 +56,31 @@ internal sealed unsafe class UnitMover
 
     /// <summary>
     /// Moves the units <paramref name="heads"/> (run and slab heads of one pageblock, in address order): one batch
-    /// per <see cref="MaxBlocks"/> blocks, one barrier each. Adds a result per unit tried (none for the units left when
-    /// an asynchronous run met a contended lock). Caller holds RunLock and no other lock.
+    /// per <see cref="MaxBlocks"/> blocks, one barrier each; under a time budget a batch also ends once it would take
+    /// the run past its budget (<see cref="CompactionContext.BatchFillsBudget"/>), and no further batch starts once the
+    /// budget is spent. Adds a result per unit tried (none for the units left when an asynchronous run met a
+    /// contended lock or the budget ran out). Returns how many units from the start of <paramref name="heads"/> were
+    /// tried: all of them unless the run stopped early. Caller holds RunLock and no other lock.
     /// </summary>
-    public void MoveUnits(CompactControl cc, List<int> heads, int migratePb, ref int freePb, List<(int head, MigrateResult result)> results)
+    public int MoveUnits(CompactControl cc, List<int> heads, int migratePb, ref int freePb, List<(int head, MigrateResult result)> results)
     {
         results.EnsureCapacity(results.Count + heads.Count);
-        for (int next = 0; next < heads.Count && !cc.Contended;)
+        int next = 0;
+        while (next < heads.Count && !cc.Contended)
+        {
             next = MoveBatch(cc, heads, next, migratePb, ref freePb, results);
+            cc.Worked = true;   // a unit of work done: the time budget may stop the run from here on
+            if (_cx.BudgetSpent(cc)) break;
+        }
+        return next;
     }
 
-    /// <summary>Prepares units from <paramref name="next"/> on until the batch holds <see cref="MaxBlocks"/> blocks,
-    /// migrates them together and settles them. Returns the first unit not prepared.</summary>
+    /// <summary>Prepares units from <paramref name="next"/> on until the batch holds <see cref="MaxBlocks"/> blocks
+    /// or fills the run's time budget, migrates them together and settles them. Returns the first unit not prepared
+    /// (at least one is).</summary>
     private int MoveBatch(CompactControl cc, List<int> heads, int next, int migratePb, ref int freePb, List<(int head, MigrateResult result)> results)
     {
-        _batch.Clear();
+        _cx.BeginBatch();
         _moves.Clear();
         // Room first: after a unit is prepared its destination is taken, and an Add that failed to grow a list would
         // strand it; the finally below adds a result per unit prepared, into room made by MoveUnits.
@@ -79,7 +89,7 @@ internal sealed unsafe class UnitMover
         {
             // Inside the try: a later unit's preparation may throw (the free scanner's pool failing to grow) while the
             // earlier ones hold their destinations, which the finally then gives back (their results are Busy).
-            for (; next < heads.Count && _batch.Count < MaxBlocks && !cc.Contended; next++)
+            for (; next < heads.Count && _batch.Count < MaxBlocks && !cc.Contended && !_cx.BatchFillsBudget(cc); next++)
             {
                 int head = heads[next];
                 MigrateResult r = _map.Page(head).Kind == PageKind.RunHead
@@ -128,6 +138,7 @@ internal sealed unsafe class UnitMover
         _zone.Lock.Exit();
         _moves.Add(new Move { Head = head, Dst = dst, Pages = pages, First = _batch.Count, End = _batch.Count + 1 });
         _batch.Add(index, s, _map.AddressOf(head), _map.AddressOf(dst));
+        _cx.Queued(1, (long)pages << _map.PageShift);
         return MigrateResult.Success;
     }
 
@@ -178,6 +189,7 @@ internal sealed unsafe class UnitMover
             Debug.Assert(got == live.Count, "a fresh slab holds every block of a slab of its class");
             _moves.Add(new Move { Head = head, Dst = dst, Pages = pages, Class = cls, First = _batch.Count, End = _batch.Count + got });
             for (int i = 0; i < got; i++) _batch.Add(live[i].index, live[i].state, live[i].slot, dstSlots[i]);
+            _cx.Queued(got, (long)got * _slabs.Classes.Size[cls.Index]);
             return MigrateResult.Success;
         }
         finally

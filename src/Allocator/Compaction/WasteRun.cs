@@ -22,6 +22,8 @@ internal sealed class WasteRun
     private bool _zonePhase;       // ... and its cycle has consolidated the classes: now the zone pass
     private bool _resume;          // ... which the last slice's budget cut short (it resumes)
     private long _cycleMoved;      // bytes moved in the current cycle
+    private DrainCursor _drain;    // where the cycle's drain of the caches goes on, slice after slice
+    private readonly ConsolidationCursor _consolidationCursor = new();   // where the cycle's consolidation goes on
     private int _defer;            // wakes to skip after a slice that could move nothing
     private int _backoff;          // the run's CPU share is CompactionCpuShare >> _backoff (0..MaxBackoff)
     private long _wastedAtBackoff; // bytes wasted when the share was last lowered
@@ -93,6 +95,8 @@ internal sealed class WasteRun
             _active = true;
             _zonePhase = false;
             _cycleMoved = 0;
+            _drain = default;
+            _consolidationCursor.Reset();
         }
         if (_active && !overCap && (ratio <= o.WasteLowRatio || wasted < o.WasteMinBytes / 2)) _active = false;
         if (!_active) return false;
@@ -111,12 +115,15 @@ internal sealed class WasteRun
         bool cycleEnded = false;
         // The caches stay on during a slice: disabling them for every slice (every few milliseconds) would send the
         // mutators to the slow path a tenth of the time. A cycle drains them when it starts (each slice until the
-        // cycle's first move, so normally once), so what they held
-        // goes back and can move; slots they take afterwards only make a few slab moves fail (cache-held), which a
-        // later cycle retries.
+        // cycle's first move, so normally once), so what they held goes back and can move; slots they take afterwards
+        // only make a few slab moves fail (cache-held), which a later cycle retries. A drain goes in steps within the
+        // slice's budget: a thread that freed many blocks leaves milliseconds of unbinding in the depot, which then
+        // takes slices of its own.
         if (!_zonePhase && _cycleMoved == 0)
         {
-            _caches.Drain();
+            if (!_caches.DrainSome(ref _drain, _cx.Options.Clock, start + slice)) return true;   // the slice went to it
+            _drain = default;   // done: a later slice that still finds nothing moved drains afresh
+            _consolidationCursor.Tried.Clear();   // the slabs found cache-held may move now
             _cycleResident = _cx.Pages.ResidentBytesEstimate;
         }
         bool worked = false;   // a unit of work was done in this slice
@@ -125,9 +132,9 @@ internal sealed class WasteRun
             // Not a daemon pass here: every class with a slab to spare is consolidated, as an explicit compaction
             // does (the daemon's own pass leaves classes below its worth-it heuristic alone).
             var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = slice, StartTicks = start, BytesMovedAtStart = movedBefore };
-            _consolidation.ConsolidateSlabs(cc);
+            bool done = _consolidation.ConsolidateSlabs(cc, _consolidationCursor);
             worked = cc.Worked;
-            if (!_cx.BudgetSpent(cc)) { _zonePhase = true; _resume = false; }   // every class consolidated
+            if (done) { _zonePhase = true; _resume = false; }   // every class consolidated
         }
         long left = slice - (_cx.Options.Clock.GetTimestamp() - start);
         // The zone pass runs while time is left, and in any slice that has done nothing yet (at least a pageblock), so
@@ -167,6 +174,8 @@ internal sealed class WasteRun
         }
         _zonePhase = false;   // another cycle, if the run goes on
         _cycleMoved = 0;
+        _drain = default;
+        _consolidationCursor.Reset();
         return true;
     }
 }
