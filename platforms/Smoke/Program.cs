@@ -338,8 +338,11 @@ internal static class Program
     /// high watermark, and its trim give the freed pageblocks back to the OS.</summary>
     private static void BackgroundRelease(NativeHeap heap, BlockHandle[] blocks)
     {
-        HeapStatistics start = heap.GetStatistics();
+        // The collection first, then the heap's figures and the working set back to back: the compactor already runs,
+        // and under an emulator a collection takes long enough for it to give back part of the memory in between
+        // (the working set then seemed to fall by less than the committed bytes did).
         GC.Collect();
+        HeapStatistics start = heap.GetStatistics();
         long wsBefore = WorkingSet();
         double ratio = Resident(start) / start.LiveBytes;
         var clock = Stopwatch.StartNew();

@@ -102,6 +102,12 @@ public sealed class HeapOptions
     /// From 0.01 to 1; default 0.1.</summary>
     public double CompactionCpuShare { get; set; } = 0.1;
 
+    /// <summary>On Linux, run the background compactor's thread under the <c>SCHED_BATCH</c> policy: its fair share
+    /// of the CPU is unchanged, but when it wakes it never preempts the thread running on its core, so a mutator is
+    /// never pushed off its core by a compactor slice (it could then wait up to a scheduler tick in that core's run
+    /// queue while another core idles). No effect elsewhere, or when the OS refuses the policy. Default true.</summary>
+    public bool BackgroundBatchScheduling { get; set; } = true;
+
     /// <summary>How long free memory stays resident before the background thread gives it back (hysteresis, like
     /// jemalloc's decay): a pageblock wholly free for this long is decommitted; a free run of 4 or more pages inside
     /// a pageblock still in use is purged (madvise DONTNEED) after one to two delays untouched. Zero gives free memory

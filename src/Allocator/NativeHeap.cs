@@ -130,7 +130,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
             _paths = new AllocationPaths(new AllocationParts(_id, _map, _pages, _classes, _handles, _caches, _migrator, _compactor,
                                                              _reclaimer, _counters, _limit, _maxBlockSize, o.DirectCompaction, _clock));
             _longTerm = new LongTermPinner(_id, _map, _migrator, _paths, _longTermCounts, LongTermPinPatience);
-            _daemon = new CompactionDaemon(new DaemonSettings(o.CompactionInterval, o.CompactionCpuShare, _clock, o.CpuClock),
+            _daemon = new CompactionDaemon(new DaemonSettings(o.CompactionInterval, o.CompactionCpuShare, _clock, o.CpuClock, o.BackgroundBatchScheduling),
                                            new DaemonParts(_id, _memory, _pages, _caches, _compactor, _reclaimer, _limit, _counters, _backgroundFailures),
                                            anchor: this);
             _inspector = new HeapInspector(new InspectedParts(_id, _memory, _map, _pages, _classes, _slabs, _handles, _caches, _migrator,
@@ -220,6 +220,7 @@ public sealed unsafe partial class NativeHeap : IDisposable
     internal ThreadCaches Caches => _caches;
     internal Migrator Migrator => _migrator;
     internal Reclaimer Reclaimer => _reclaimer;
+    internal CompactionDaemon Daemon => _daemon;
 
     // ------------------------------------------------------------------ allocate
 

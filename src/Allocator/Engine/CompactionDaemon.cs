@@ -10,9 +10,10 @@ using Compaction.Allocator.Reclaim;
 namespace Compaction.Allocator.Engine;
 
 /// <summary>What the background thread uses of the heap's options: its interval, its CPU share during a waste-driven
-/// run, the clock whose timers wake it and whose time stamps free memory, and the CPU clocks it is charged by
-/// (<see cref="CompactionPacer"/>; null for the OS's).</summary>
-internal sealed record DaemonSettings(TimeSpan Interval, double CpuShare, TimeProvider Clock, CpuClock? Cpu = null)
+/// run, the clock whose timers wake it and whose time stamps free memory, the CPU clocks it is charged by
+/// (<see cref="CompactionPacer"/>; null for the OS's), and whether it runs under the background scheduling policy
+/// (<see cref="BackgroundScheduling"/>).</summary>
+internal sealed record DaemonSettings(TimeSpan Interval, double CpuShare, TimeProvider Clock, CpuClock? Cpu = null, bool BatchScheduling = true)
 {
     /// <summary>The CPU clocks the pacing reads: the given ones, or the OS's.</summary>
     public CpuClock CpuClocks => Cpu ?? CpuClock.System;
@@ -156,9 +157,11 @@ internal sealed class CompactionDaemon
             WeakReference<object> anchor = _anchor;
             TimeSpan first = _s.Interval;
             var pacer = new CompactionPacer(_s.Clock, _s.CpuClocks);   // this thread's: its thread clock is its own
+            bool batch = _s.BatchScheduling;
             var thread = new Thread(() =>
             {
                 TimeSpan delay = first;
+                if (batch) RecordBatchScheduling(self, BackgroundScheduling.ApplyToCurrentThread());   // a refusal leaves the default policy
                 try
                 {
                     pacer.MarkAsleep();
@@ -175,6 +178,19 @@ internal sealed class CompactionDaemon
             _threads.Add((thread, wakeup));
             thread.Start();
         }
+    }
+
+    /// <summary>1 once the background thread runs under the background scheduling policy, -1 when the OS refused it,
+    /// 0 before it tried (or when the option is off). Written once by the thread; read racily by tests.</summary>
+    public int BatchScheduled => Volatile.Read(ref _batchScheduled);
+    private int _batchScheduled;
+
+    /// <summary>Records the scheduling policy's outcome. Not inlined, so that the thread's frame holds no strong
+    /// reference to this object (see <see cref="WakeOnce"/>).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void RecordBatchScheduling(WeakReference<CompactionDaemon> self, bool applied)
+    {
+        if (self.TryGetTarget(out CompactionDaemon? daemon)) Volatile.Write(ref daemon._batchScheduled, applied ? 1 : -1);
     }
 
     /// <summary>One wake of the background thread. Not inlined, so that the strong references it takes live only in
