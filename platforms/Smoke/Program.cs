@@ -362,7 +362,11 @@ internal static class Program
         Console.WriteLine($"  figures: background ratio_before={ratio:F2} ratio_after={after:F2} committed_before_mib={MiB(start.CommittedBytes):F1} " +
                           $"committed_after_mib={MiB(now.CommittedBytes):F1} ws_before_mib={MiB(wsBefore):F1} ws_after_mib={MiB(wsAfter):F1}");
         Check(after < 1.4, "the background compactor brought resident/live below 1.4 by itself");
-        Check(wsBefore - wsAfter >= (start.CommittedBytes - now.CommittedBytes) / 2, "the working set fell with the committed bytes");
+        // A third of the committed drop, not half as after an explicit release: the pageblocks the compactor empties
+        // include pages never touched (committed, never resident), and under qemu the emulator's own memory grows
+        // while it first translates the compactor's code, inside this window (x64: 24 of 26 MiB; qemu-aarch64:
+        // 12.5-15.9 of 26, run to run).
+        Check(wsBefore - wsAfter >= (start.CommittedBytes - now.CommittedBytes) / 3, "the working set fell with the committed bytes");
         heap.StopBackgroundCompaction();
         Check(CountDamaged(heap, blocks) == 0, "every byte intact after background compaction");
     }
