@@ -100,6 +100,27 @@ public sealed class SliceBoundTests(ITestOutputHelper output)
             heap.Compactor.BetweenConsolidationSources = null;
             AssertIntact(heap, live);
         }
+
+        // The memory limit's slices fill whole batches under the same budget (WholeBatches): the first batch takes
+        // what an unbudgeted one does, and only then does the spent budget stop the run.
+        var limitClock = new ManualTimeProvider();
+        (NativeHeap limited, List<BlockHandle> limitedLive) = Fragmented(limitClock);
+        using (limited)
+        {
+            int added = 0;
+            limited.Compactor!.BetweenConsolidationSources = _ => { added++; limitClock.Advance(TimeSpan.FromTicks(1)); };
+            long barriers = limited.GetStatistics().Compaction.Barriers;
+            lock (limited.Compactor.RunLock)
+                Assert.False(limited.Compactor.ConsolidateSlabs(new CompactControl
+                {
+                    Mode = CompactMode.SyncLight, BudgetTicks = 2, StartTicks = limitClock.GetTimestamp(), WholeBatches = true,
+                }));
+            output.WriteLine($"whole batches under the budget: {added} sources");
+            Assert.Equal(wholeFirstBatch, added);
+            Assert.Equal(1, limited.GetStatistics().Compaction.Barriers - barriers);
+            limited.Compactor.BetweenConsolidationSources = null;
+            AssertIntact(limited, limitedLive);
+        }
     }
 
     [Fact]

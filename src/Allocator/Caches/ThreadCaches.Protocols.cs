@@ -188,13 +188,24 @@ internal sealed unsafe partial class ThreadCaches
     /// <summary>
     /// Switches every thread's cache off and drains it and the depot (the kernel's lru_cache_disable): while the
     /// count of disablers is above zero, allocations and frees bypass the caches, so no cache can hold storage that a
-    /// migration wants to move. Pair with <see cref="Enable"/>. Takes <c>_cachesLock</c> and then depot, class, zone
-    /// and handle-table locks one at a time; the caller must hold no heap lock.
+    /// migration wants to move. Pair with <see cref="Enable"/> (a Disable that throws has undone itself). Takes
+    /// <c>_cachesLock</c> and then depot, class, zone and handle-table locks one at a time; the caller must hold no
+    /// heap lock.
     /// </summary>
     public void Disable()
     {
         Interlocked.Increment(ref _cacheDisable);
-        DrainDisabledCaches();
+        try
+        {
+            DrainDisabledCaches();
+        }
+        catch
+        {
+            // A drain that failed (a list that could not grow, an interrupted lock wait) must not leave the caches off
+            // for good: the caller never gets to pair it with Enable.
+            Interlocked.Decrement(ref _cacheDisable);
+            throw;
+        }
     }
 
     /// <summary>Undoes one <see cref="Disable"/>.</summary>

@@ -119,7 +119,7 @@ internal sealed class CompactionContext
     /// </summary>
     public bool BatchFillsBudget(CompactControl cc)
     {
-        if (cc.BudgetTicks <= 0 || QueuedCost == 0) return false;
+        if (cc.BudgetTicks <= 0 || QueuedCost == 0 || cc.WholeBatches) return false;
         long elapsed = Options.Clock.GetTimestamp() - cc.StartTicks;
         return elapsed + QueuedCost * _ticksPerCost >= cc.BudgetTicks;
     }

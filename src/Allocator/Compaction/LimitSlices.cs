@@ -55,7 +55,7 @@ internal sealed class LimitSlices
             bool worked = false;   // a unit of work was done in this slice
             if (!_zonePhase)
             {
-                var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = budgetTicks, StartTicks = start, BytesMovedAtStart = movedBefore };
+                var cc = new CompactControl { Mode = CompactMode.SyncLight, BudgetTicks = budgetTicks, StartTicks = start, BytesMovedAtStart = movedBefore, WholeBatches = true };
                 bool done = _consolidation.ConsolidateSlabs(cc, _consolidationCursor);
                 worked = cc.Worked;
                 // Every class consolidated: the next slices compact the zone, so that the slab pages freed here
@@ -72,6 +72,7 @@ internal sealed class LimitSlices
                 CompactStatus status = _scanner.CompactZone(new CompactControl
                 {
                     Mode = CompactMode.SyncLight, WholeZone = !_resume, IgnoreSkipHint = true, BudgetTicks = Math.Max(1, left),
+                    WholeBatches = true,
                 });
                 _resume = status == CompactStatus.BudgetExhausted;
                 spent = _resume;

@@ -236,7 +236,7 @@ internal sealed unsafe class MigrateScanner
         {
             // A retry pass only while the budget lasts: its units are not in address order, so a cut inside one
             // would not advance the resume point; what is left counts as failed, as after the last pass.
-            if (pass > 0 && _cx.BudgetSpent(cc)) break;
+            if (pass > 0 && !cc.WholeBatches && _cx.BudgetSpent(cc)) break;
             results.Clear();
             int tried = _unitMover.MoveUnits(cc, pending, migratePb, ref freePb, results);
             retry.Clear();

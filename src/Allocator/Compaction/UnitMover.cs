@@ -70,7 +70,7 @@ internal sealed unsafe class UnitMover
         {
             next = MoveBatch(cc, heads, next, migratePb, ref freePb, results);
             cc.Worked = true;   // a unit of work done: the time budget may stop the run from here on
-            if (_cx.BudgetSpent(cc)) break;
+            if (!cc.WholeBatches && _cx.BudgetSpent(cc)) break;
         }
         return next;
     }
