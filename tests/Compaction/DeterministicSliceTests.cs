@@ -12,19 +12,6 @@ namespace Compaction.Tests;
 /// </summary>
 public sealed class DeterministicSliceTests(ITestOutputHelper output)
 {
-    /// <summary>A clock that moves <paramref name="step"/> every time it is read: each budget check spends it.</summary>
-    private sealed class SteppingTimeProvider(TimeSpan step) : TimeProvider
-    {
-        private long _now;
-        public int Reads;
-        public override long TimestampFrequency => TimeSpan.TicksPerSecond;
-        public override long GetTimestamp()
-        {
-            Interlocked.Increment(ref Reads);
-            return Interlocked.Add(ref _now, step.Ticks);
-        }
-    }
-
     private static (NativeHeap heap, List<BlockHandle> live) Fragmented(TimeProvider clock, int proactiveness = 0)
     {
         var heap = new NativeHeap(new HeapOptions
@@ -33,15 +20,7 @@ public sealed class DeterministicSliceTests(ITestOutputHelper output)
             WasteHighRatio = 1.2, WasteLowRatio = 1.1, WasteMinBytes = 1L << 20, DecommitDelay = TimeSpan.FromHours(1),
             CompactionSliceTime = TimeSpan.FromMilliseconds(0.5),
         });
-        var all = new List<BlockHandle>();
-        for (long b = 0; b < (24L << 20); b += 512) all.Add(heap.Allocate(512));
-        var live = new List<BlockHandle>();
-        for (int i = 0; i < all.Count; i++)
-        {
-            if (i % 4 != 0) heap.Free(all[i]);
-            else { live.Add(all[i]); TestHeaps.Fill(heap, all[i]); }
-        }
-        return (heap, live);
+        return (heap, TestHeaps.FillAndKeepAQuarter(heap, 24L << 20, 512));
     }
 
     [Fact]

@@ -15,14 +15,6 @@ public sealed class SliceBoundTests(ITestOutputHelper output)
 {
     private const int PageblockPages = 64;
 
-    /// <summary>A clock that moves <paramref name="step"/> every time it is read.</summary>
-    private sealed class SteppingTimeProvider(TimeSpan step) : TimeProvider
-    {
-        private long _now;
-        public override long TimestampFrequency => TimeSpan.TicksPerSecond;
-        public override long GetTimestamp() => Interlocked.Add(ref _now, step.Ticks);
-    }
-
     /// <summary>24 MiB of 512 B blocks, three in four freed, on the given clock, caches off (a direct pass needs no
     /// drain).</summary>
     private static (NativeHeap heap, List<BlockHandle> live) Fragmented(TimeProvider clock, bool caches = false)
@@ -32,15 +24,7 @@ public sealed class SliceBoundTests(ITestOutputHelper output)
             ArenaBytes = 128L << 20, PageblockPages = PageblockPages, Proactiveness = 0, TimeProvider = clock, WasteHighRatio = 0,
             DecommitDelay = TimeSpan.FromHours(1), PerThreadCaches = caches,
         });
-        var all = new List<BlockHandle>();
-        for (long b = 0; b < (24L << 20); b += 512) all.Add(heap.Allocate(512));
-        var live = new List<BlockHandle>();
-        for (int i = 0; i < all.Count; i++)
-        {
-            if (i % 4 != 0) heap.Free(all[i]);
-            else { live.Add(all[i]); TestHeaps.Fill(heap, all[i]); }
-        }
-        return (heap, live);
+        return (heap, TestHeaps.FillAndKeepAQuarter(heap, 24L << 20, 512));
     }
 
     private static void AssertIntact(NativeHeap heap, List<BlockHandle> live)

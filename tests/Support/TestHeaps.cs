@@ -28,6 +28,21 @@ internal static class TestHeaps
         runs.ForEach(heap.Free);
     }
 
+    /// <summary>Fills <paramref name="bytes"/> of <paramref name="size"/>-byte movable blocks, frees three in four and
+    /// writes the pattern into the rest (returned): every slab left a quarter full.</summary>
+    public static List<BlockHandle> FillAndKeepAQuarter(NativeHeap heap, long bytes, int size)
+    {
+        var all = new List<BlockHandle>();
+        for (long b = 0; b < bytes; b += size) all.Add(heap.Allocate(size));
+        var live = new List<BlockHandle>();
+        for (int i = 0; i < all.Count; i++)
+        {
+            if (i % 4 != 0) heap.Free(all[i]);
+            else { live.Add(all[i]); Fill(heap, all[i]); }
+        }
+        return live;
+    }
+
     public static void AssertValid(NativeHeap heap)
     {
         List<string> problems = heap.Validate();

@@ -223,19 +223,8 @@ internal sealed unsafe partial class ThreadCaches
 
     private void DrainDisabledCaches()
     {
-        lock (_cachesLock)
-        {
-            // Make every owner's InUse store visible (and make them see the raised counter from now on).
-            Interlocked.MemoryBarrierProcessWide();
-            foreach (ThreadCache tc in _caches)
-            {
-                WaitOutOfSectionLocked(tc);
-                _ = FlushCache(tc, ownerDead: false);
-            }
-            PruneDeadCachesLocked();
-            var entries = new List<ulong>();
-            for (int bin = 0; bin < _layout.Count; bin++) DrainDepotBinLocked(bin, entries);
-        }
+        var whole = default(DrainCursor);
+        lock (_cachesLock) DrainFromLocked(ref whole, clock: null, deadline: 0);
     }
 
     /// <summary>
@@ -254,30 +243,40 @@ internal sealed unsafe partial class ThreadCaches
         Interlocked.Increment(ref _cacheDisable);
         try
         {
-            lock (_cachesLock)
-            {
-                Interlocked.MemoryBarrierProcessWide();
-                ThreadCache[] caches = _caches;
-                while (cursor.Cache < caches.Length)
-                {
-                    ThreadCache tc = caches[cursor.Cache++];
-                    WaitOutOfSectionLocked(tc);
-                    if (FlushCache(tc, ownerDead: false) && clock.GetTimestamp() >= deadline) return false;
-                }
-                var entries = new List<ulong>();
-                while (cursor.Bin < _layout.Count)
-                {
-                    bool any = DrainDepotBinLocked(cursor.Bin++, entries);
-                    if (any && cursor.Bin < _layout.Count && clock.GetTimestamp() >= deadline) return false;
-                }
-                PruneDeadCachesLocked();
-                return true;
-            }
+            lock (_cachesLock) return DrainFromLocked(ref cursor, clock, deadline);
         }
         finally
         {
             Interlocked.Decrement(ref _cacheDisable);
         }
+    }
+
+    /// <summary>
+    /// The drain itself, from <paramref name="cursor"/> on: one barrier (every owner's <c>InUse = 1</c> stored before
+    /// it is visible to the waits below, and every owner entering after it sees the raised counter and stays out),
+    /// then each thread's cache, waited out of its section and flushed, then each depot bin, then the dead threads'
+    /// caches. With a <paramref name="clock"/>, stops after the first cache or bin that held anything once it reads
+    /// <paramref name="deadline"/> or later (false: more is left). Caller holds <c>_cachesLock</c> and has raised the
+    /// disable counter.
+    /// </summary>
+    private bool DrainFromLocked(ref DrainCursor cursor, TimeProvider? clock, long deadline)
+    {
+        Interlocked.MemoryBarrierProcessWide();
+        ThreadCache[] caches = _caches;
+        while (cursor.Cache < caches.Length)
+        {
+            ThreadCache tc = caches[cursor.Cache++];
+            WaitOutOfSectionLocked(tc);
+            if (FlushCache(tc, ownerDead: false) && clock != null && clock.GetTimestamp() >= deadline) return false;
+        }
+        var entries = new List<ulong>();
+        while (cursor.Bin < _layout.Count)
+        {
+            bool any = DrainDepotBinLocked(cursor.Bin++, entries);
+            if (any && clock != null && cursor.Bin < _layout.Count && clock.GetTimestamp() >= deadline) return false;
+        }
+        PruneDeadCachesLocked();
+        return true;
     }
 
     /// <summary>Waits until the owner of <paramref name="tc"/> is out of its cache section (or dead: a dead owner is
