@@ -94,4 +94,29 @@ public sealed class DeterministicSliceTests(ITestOutputHelper output)
             live.ForEach(heap.Free);
         }
     }
+
+    /// <summary>The wake that starts a waste-driven run is that run's first slice and nothing else: the run is decided
+    /// before the daemon's own work, which used to run first in that wake (a full drain of the caches and as much
+    /// consolidation as its 2 ms budget allowed, about twenty units of work at 0.1 ms per reading).</summary>
+    [Fact]
+    public void TheWakeThatStartsAWasteRunIsOneSliceOfWork()
+    {
+        var clock = new SteppingTimeProvider(TimeSpan.FromMilliseconds(0.1));
+        (NativeHeap heap, List<BlockHandle> live) = Fragmented(clock, proactiveness: 100);
+        using (heap)
+        {
+            Assert.False(heap.BackgroundWasteRunActive());
+            CompactionStatistics before = heap.GetStatistics().Compaction;
+            heap.RunCompactionStep(TimeSpan.Zero);
+            CompactionStatistics after = heap.GetStatistics().Compaction;
+            long barriers = after.Barriers - before.Barriers;
+            output.WriteLine($"the first wake: {barriers} barriers, {after.WasteBytesMoved:N0} B moved by the run, {after.BytesMoved - before.BytesMoved:N0} B in all");
+            Assert.True(heap.BackgroundWasteRunActive(), "the wake started the run");
+            Assert.Equal(1, after.WasteWakes - before.WasteWakes);
+            Assert.Equal(after.BytesMoved - before.BytesMoved, after.WasteBytesMoved - before.WasteBytesMoved);   // all of it the slice's
+            Assert.True(barriers <= 8, $"the first wake did {barriers} units of work; one slice of 0.5 ms at 0.1 ms per reading does about five");
+            foreach (BlockHandle h in live) Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+            live.ForEach(heap.Free);
+        }
+    }
 }

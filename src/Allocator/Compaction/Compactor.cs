@@ -147,8 +147,10 @@ internal sealed unsafe partial class Compactor
             // While a waste-driven run is under way, its slice is the whole wake: it consolidates every class and
             // compacts the zone itself, with the caches on, in at most CompactionSliceTime. Running the daemon's own
             // consolidation and the proactive pass first (each up to CompactionBudgetTime, with the caches disabled)
-            // made a wake several milliseconds of work in one go, which a mutator sharing this core waited for.
-            bool wasteRun = _waste.Active;
+            // made a wake several milliseconds of work in one go, which a mutator sharing this core waited for. The
+            // run is decided first, so that the wake that starts one is a slice too, not a full drain of the caches and
+            // a consolidation as long as the budget allows before its first slice.
+            bool wasteRun = _waste.DecideLocked();
             int score = wasteRun ? 0 : Score();
             bool proactive = !wasteRun && o.Proactiveness > 0 && _proactiveDefer == 0 && (score > high || (_proactiveResume && score > low));
             if (_proactiveDefer > 0) _proactiveDefer--;

@@ -28,6 +28,8 @@ internal sealed class WasteRun
     private int _backoff;          // the run's CPU share is CompactionCpuShare >> _backoff (0..MaxBackoff)
     private long _wastedAtBackoff; // bytes wasted when the share was last lowered
     private int _shareChange;      // +1 / -1: the last cycle lowered / restored the share (the caller's event), else 0
+    private bool _sliceDue;        // DecideLocked found the run under way in this wake: SliceLocked runs one slice
+    private bool _overCap;         // ... and the waste was above the retained-bytes cap
 
     /// <summary>The lowest share a run backs off to: an eighth of <c>CompactionCpuShare</c>.</summary>
     public const int MaxBackoff = 3;
@@ -71,26 +73,23 @@ internal sealed class WasteRun
     }
 
     /// <summary>
-    /// The waste-driven half of a wake (Redis's active defrag, Anchorage): with hysteresis on committed / live, a
-    /// slice of at most the heap's CompactionSliceTime. A run goes in cycles, each what an explicit
-    /// compaction does in one go, cut into slices: consolidate the size classes until none is worth it, then one pass
-    /// over the whole zone (resumed slice after slice). A cycle that moved nothing ends the run and backs off for
-    /// <see cref="Compactor.ProactiveDeferWakes"/> wakes (what is left is pinned or unmovable); one that moved much and
-    /// gave back little halves the run's CPU share (<see cref="ShareDivisor"/>, down to an eighth), and waste that
-    /// grows again restores it. The heap gives back what each slice emptied after the step (the layer above this
-    /// one). Caller holds RunLock.
+    /// Decides, once per wake and before anything else the wake does, whether this wake belongs to a waste-driven run
+    /// (Redis's active defrag, Anchorage): with hysteresis on resident / live, a run starts above WasteHighRatio (with
+    /// enough bytes at stake) or above the retained-bytes cap, and ends at WasteLowRatio (or too few bytes) once the
+    /// cap is kept. A wake of a run is one <see cref="SliceLocked"/> and nothing else: deciding first means the wake
+    /// that starts a run does not run the daemon's own consolidation (unsliced, with the caches disabled) before it.
+    /// Returns <see cref="Active"/>. Caller holds RunLock.
     /// </summary>
-    public bool SliceLocked()
+    public bool DecideLocked()
     {
         Debug.Assert(_cx.RunLock.IsHeldByCurrentThread, "caller holds RunLock");
         CompactionSettings o = _cx.Options;
+        _sliceDue = false;
         if (o.WasteHighRatio == 0) return false;
         if (_defer > 0) { _defer--; return false; }
         (double ratio, long wasted) = Waste();
-        // A run starts above the high ratio (with enough bytes at stake) or above the retained-bytes cap, and ends at
-        // the low ratio (or too few bytes) once the cap is kept.
-        bool overCap = wasted > o.RetainedBytesLimit;
-        if (!_active && ((ratio > o.WasteHighRatio && wasted >= o.WasteMinBytes) || overCap))
+        _overCap = wasted > o.RetainedBytesLimit;
+        if (!_active && ((ratio > o.WasteHighRatio && wasted >= o.WasteMinBytes) || _overCap))
         {
             _active = true;
             _zonePhase = false;
@@ -98,7 +97,7 @@ internal sealed class WasteRun
             _drain = default;
             _consolidationCursor.Reset();
         }
-        if (_active && !overCap && (ratio <= o.WasteLowRatio || wasted < o.WasteMinBytes / 2)) _active = false;
+        if (_active && !_overCap && (ratio <= o.WasteLowRatio || wasted < o.WasteMinBytes / 2)) _active = false;
         if (!_active) return false;
         // Waste that grew by WasteMinBytes since the share was lowered is new work worth the full share again.
         if (_backoff > 0 && wasted >= _wastedAtBackoff + Math.Max(o.WasteMinBytes, 1))
@@ -107,7 +106,27 @@ internal sealed class WasteRun
             _shareChange = -1;
             _cx.Counters[WasteShareRestores]++;
         }
+        _sliceDue = true;
+        return true;
+    }
 
+    /// <summary>
+    /// The waste-driven half of a wake, when <see cref="DecideLocked"/> found a run under way: a slice of at most the
+    /// heap's CompactionSliceTime. A run goes in cycles, each what an explicit compaction does in one go, cut into
+    /// slices: consolidate the size classes until none is worth it, then one pass over the whole zone (resumed slice
+    /// after slice). A cycle that moved nothing ends the run and backs off for <see cref="Compactor.ProactiveDeferWakes"/>
+    /// wakes (what is left is pinned or unmovable); one that moved much and gave back little halves the run's CPU share
+    /// (<see cref="ShareDivisor"/>, down to an eighth), and waste that grows again restores it. The heap gives back
+    /// what each slice emptied after the step (the layer above this one). Returns whether a slice ran. Caller holds
+    /// RunLock.
+    /// </summary>
+    public bool SliceLocked()
+    {
+        Debug.Assert(_cx.RunLock.IsHeldByCurrentThread, "caller holds RunLock");
+        if (!_sliceDue) return false;
+        _sliceDue = false;   // one slice per decision
+        CompactionSettings o = _cx.Options;
+        bool overCap = _overCap;
         _cx.Counters[WasteWakes]++;
         long movedBefore = _cx.Counters[BytesMoved];
         long start = _cx.Options.Clock.GetTimestamp();
