@@ -22,7 +22,9 @@ public sealed class SlabTests
             Cls = Heap.Slabs[(int)BlockKind.Unmovable].Class[Class];
         }
 
-        public int SlabOf(BlockHandle h) => Heap.Map.HeadOf(Heap.Map.PageOf(Heap.GetStablePointer(h)));
+        public int SlabOf(BlockHandle h) => SlabAt(Heap.GetStablePointer(h));
+
+        public int SlabAt(nint address) => Heap.Map.HeadOf(Heap.Map.PageOf(address));
 
         /// <summary>Allocates <paramref name="slabs"/> full slabs of unmovable blocks, grouped by slab in carving order.</summary>
         public List<List<BlockHandle>> FillSlabs(int slabs)
@@ -69,6 +71,51 @@ public sealed class SlabTests
         Assert.Equal(half, f.SlabOf(then));                                  // the fullest left; never the nearly empty one
         Assert.Equal(1, f.Head(nearlyEmpty).RefCount);
         TestHeaps.AssertValid(f.Heap);
+    }
+
+    /// <summary>Consolidation's destination slots: the fullest slabs first, each filled before the next, whose free
+    /// lists are walked side by side; every slot distinct, free, inside the slabs named, and the groups right after.</summary>
+    [Fact]
+    public void TakingFromTheFullestFillsTheFullestSlabsFirst()
+    {
+        using var f = new Fixture();
+        List<List<BlockHandle>> slabs = f.FillSlabs(4);
+        int[] heads = slabs.Select(s => f.SlabOf(s[0])).ToArray();
+        // Free slots at random places, one slab per fullness group (the order within a group is the list's):
+        // slab 0 keeps 1 block, slab 1 has 2 free (group 1), slab 2 has 3/8 free (group 2), slab 3 has 3/4 (group 3).
+        var rng = new Random(5);
+        List<BlockHandle> Drop(List<BlockHandle> s, int n)
+        {
+            List<BlockHandle> gone = s.OrderBy(_ => rng.Next()).Take(n).ToList();
+            gone.ForEach(f.Heap.Free);
+            return s.Except(gone).ToList();
+        }
+        int free1 = 2, free2 = f.Capacity * 3 / 8, free3 = f.Capacity * 3 / 4;
+        List<BlockHandle>[] kept = [Drop(slabs[0], f.Capacity - 1), Drop(slabs[1], free1), Drop(slabs[2], free2), Drop(slabs[3], free3)];
+        Assert.Equal([1, 2, 3], heads[1..].Select(h => (int)f.Head(h).SlabGroup));
+        var taken = new nint[f.Capacity];
+        var used = new List<int>();
+        int n, want = free1 + free2 + 1;
+        SlabAllocator slabAllocator = f.Heap.Slabs[(int)BlockKind.Unmovable];
+        lock (f.Cls.Lock) n = slabAllocator.TakeFromFullestLocked(f.Cls, excludeHead: heads[0], taken, want, used);
+
+        Assert.Equal(want, n);
+        Assert.Equal([heads[1], heads[2], heads[3]], used);                  // fullest first; the excluded slab never
+        Assert.Equal(f.Capacity, f.Head(heads[1]).RefCount);                 // each filled before the next is used
+        Assert.Equal(f.Capacity, f.Head(heads[2]).RefCount);
+        Assert.Equal(f.Capacity - free3 + 1, f.Head(heads[3]).RefCount);
+        Assert.Equal(SlabAllocator.FullGroup, f.Head(heads[1]).SlabGroup);
+        Assert.Equal(SlabAllocator.FullGroup, f.Head(heads[2]).SlabGroup);
+        Assert.Equal(n, taken.Take(n).Distinct().Count());
+        var live = kept.SelectMany(k => k).Select(h => f.Heap.GetStablePointer(h)).ToHashSet();
+        Assert.All(taken.Take(n), slot =>
+        {
+            Assert.DoesNotContain(slot, live);                                 // a free slot, never a live block's
+            Assert.Contains(f.SlabAt(slot), heads[1..]);
+        });
+        slabAllocator.FreeSlots(f.Class, taken.AsSpan(0, n));   // the slots taken are bound to no block: back first
+        TestHeaps.AssertValid(f.Heap);
+        kept.SelectMany(k => k).ToList().ForEach(f.Heap.Free);
     }
 
     [Fact]

@@ -21,6 +21,7 @@ internal sealed class SlabConsolidation
         _slabs = cx.Slabs;
         _mover = mover;
         _cursor = _scratch;
+        _slots = new nint[_slabs.Classes.SlotsPerSlab.Max()];
     }
 
     /// <summary>
@@ -79,6 +80,9 @@ internal sealed class SlabConsolidation
     /// until the batch is settled (the slots taken in them count in their RefCount before their blocks arrive, so
     /// listing one would look cache-held).</summary>
     private readonly List<int> _filling = [];
+    /// <summary>Destination slots taken for one source, and the slabs they lie in.</summary>
+    private readonly nint[] _slots;
+    private readonly List<int> _destinations = new(SlabAllocator.InterleavedSlabs);
 
     /// <summary>
     /// One step of zs_compact for a class, as one unit of work: least-full slabs are isolated as sources and their
@@ -95,7 +99,6 @@ internal sealed class SlabConsolidation
         _sources.Clear();
         _filling.Clear();
         bool more = true;
-        Span<nint> one = stackalloc nint[1];
         try
         {
             // The class lock is held for one source slab at a time (its listing, its isolation and its blocks'
@@ -116,7 +119,7 @@ internal sealed class SlabConsolidation
                 SourceStep step;
                 try
                 {
-                    step = AddSourceLocked(cc, cls, one);
+                    step = AddSourceLocked(cc, cls);
                 }
                 finally
                 {
@@ -167,7 +170,7 @@ internal sealed class SlabConsolidation
     /// each block a slot in the fullest slabs (never a new slab). A slab some of whose slots sit in thread caches is
     /// only marked tried. Caller holds the class lock.
     /// </summary>
-    private SourceStep AddSourceLocked(CompactControl cc, SlabClass cls, Span<nint> one)
+    private SourceStep AddSourceLocked(CompactControl cc, SlabClass cls)
     {
         Debug.Assert(cls.Lock.IsHeldByCurrentThread, "caller holds the class lock");
         MigrationBatch batch = _cx.Batch;
@@ -191,13 +194,17 @@ internal sealed class SlabConsolidation
         _tried.EnsureCapacity(_tried.Count + live.Count);
         _slabs.IsolateLocked(cls, src);
         int first = batch.Count;
-        // Destination slots from the fullest slabs; never carve a new slab for this.
-        for (int i = 0; i < live.Count; i++)
+        // Destination slots from the fullest slabs, taken side by side (see TakeFromFullestLocked); never carve a
+        // new slab for this. A source's blocks fit in InterleavedSlabs slabs unless the fullest are nearly full.
+        Span<nint> slots = _slots;
+        for (int i = 0; i < live.Count;)
         {
-            int dst = _slabs.FindSlabLocked(cls, excludeHead: src);
-            if (dst < 0 || _slabs.TakeSlotsLocked(cls, dst, one, 1) != 1) break;
-            batch.Add(live[i].index, live[i].state, live[i].slot, one[0]);
-            if (_tried.Add(dst)) _filling.Add(dst);
+            _destinations.Clear();
+            int got = _slabs.TakeFromFullestLocked(cls, src, slots, live.Count - i, _destinations);
+            if (got == 0) break;
+            for (int k = 0; k < got; k++, i++) batch.Add(live[i].index, live[i].state, live[i].slot, slots[k]);
+            foreach (int dst in _destinations)
+                if (_tried.Add(dst)) _filling.Add(dst);
         }
         _sources.Add((src, first, batch.Count, live.Count));
         _cx.Queued(batch.Count - first, (long)(batch.Count - first) * _slabs.Classes.Size[cls.Index]);

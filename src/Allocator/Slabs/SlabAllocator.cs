@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.Intrinsics.X86;
 using Compaction.Allocator.Layout;
 using Compaction.Allocator.Pages;
 
@@ -117,6 +118,101 @@ internal sealed unsafe class SlabAllocator
             for (int p = cls.GroupHeads[g]; p >= 0; p = _map.Page(p).Next)
                 if (p != excludeHead) return p;
         return -1;
+    }
+
+    /// <summary>Most slabs whose free-slot lists <see cref="TakeFromFullestLocked"/> walks side by side.</summary>
+    public const int InterleavedSlabs = 16;
+
+    /// <summary>
+    /// Takes up to <paramref name="max"/> slots from the fullest slabs of the class other than
+    /// <paramref name="excludeHead"/>, never carving a new one: each slab is filled before the next fullest is used,
+    /// the slots <see cref="FindSlabLocked"/> and <see cref="TakeSlotsLocked"/> would give one at a time. The slabs are
+    /// chosen first (up to <see cref="InterleavedSlabs"/> of them), and then their free-slot lists are walked side by
+    /// side, one link of each in turn: a free-slot list is a chain of loads through the slots' own memory, one cache
+    /// miss per slot when its slots were freed in no particular order, and the chains of different slabs are
+    /// independent, so their misses overlap instead of following one another. Appends each slab used to
+    /// <paramref name="used"/>. Returns how many slots were taken. Caller holds the class lock.
+    /// </summary>
+    public int TakeFromFullestLocked(SlabClass cls, int excludeHead, Span<nint> dst, int max, List<int> used)
+    {
+        AssertLocked(cls);
+        int c = cls.Index, size = Classes.Size[c], capacity = Classes.SlotsPerSlab[c];
+        max = Math.Min(max, dst.Length);
+        Span<int> heads = stackalloc int[InterleavedSlabs];
+        Span<int> quota = stackalloc int[InterleavedSlabs];
+        int k = 0, planned = 0;
+        for (int g = 1; g < Groups && planned < max && k < InterleavedSlabs; g++)
+            for (int p = cls.GroupHeads[g]; p >= 0 && planned < max && k < InterleavedSlabs; p = _map.Page(p).Next)
+            {
+                if (p == excludeHead) continue;
+                int q = Math.Min(capacity - _map.Page(p).RefCount, max - planned);
+                heads[k] = p;
+                quota[k++] = q;
+                planned += q;
+            }
+        // A slab's free list is a chain through its own slots: each link is read only once the one before it has
+        // arrived, one cache miss after another. The slots the list will give are unknown until it is walked, so
+        // every line of the part of the slab in use is asked for at once (independent loads, which overlap); the
+        // walk then hits the cache, and so does the copy into those slots that follows. Only for a slab of at most
+        // PrefetchSlabBytes in use: the lines asked for by one call stay within what a core's cache holds, and a
+        // larger slab holds larger slots, each a long copy that one miss adds little to.
+        for (int i = 0; i < k; i++)
+        {
+            ref PageDescriptor d = ref _map.Page(heads[i]);
+            long bytes = (long)d.Bump * size;
+            if (d.SlabFreeSlot >= 0 && quota[i] >= PrefetchSlabFromSlots && bytes <= PrefetchSlabBytes)
+                PrefetchRange(_map.AddressOf(heads[i]), bytes);
+        }
+        // Side by side: each turn takes one slot from every slab with quota left. A slab's slots are its free list's
+        // first, then its never-used ones past Bump (no load needed).
+        int n = 0;
+        for (bool any = true; any;)
+        {
+            any = false;
+            for (int i = 0; i < k; i++)
+            {
+                if (quota[i] == 0) continue;
+                ref PageDescriptor d = ref _map.Page(heads[i]);
+                nint slab = _map.AddressOf(heads[i]);
+                int slot;
+                bool carved = d.SlabFreeSlot < 0;
+                if (!carved)
+                {
+                    slot = d.SlabFreeSlot;
+                    d.SlabFreeSlot = *(int*)(slab + slot * size);
+                }
+                else
+                {
+                    slot = d.Bump++;
+                }
+                d.RefCount++;
+                if (_poison.Enabled) CheckAndPoisonTaken(slab + slot * size, size, carved);
+                dst[n++] = slab + slot * size;
+                quota[i]--;
+                any = true;
+            }
+        }
+        cls.UsedSlots += n;
+        for (int i = 0; i < k; i++)
+        {
+            Regroup(cls, heads[i], ref _map.Page(heads[i]));
+            used.Add(heads[i]);
+        }
+        return n;
+    }
+
+    /// <summary>Free slots to take from a slab from which its lines are prefetched before its free list is walked.</summary>
+    private const int PrefetchSlabFromSlots = 4;
+    /// <summary>Largest part of a slab in use whose lines are prefetched before its free list is walked.</summary>
+    private const int PrefetchSlabBytes = 16 << 10;
+    private const int CacheLine = 64;
+
+    /// <summary>Asks the cache for every line of <c>[start, start + bytes)</c>, memory the caller owns (a prefetch never
+    /// faults). A no-op where the CPU has no prefetch instruction .NET exposes.</summary>
+    private static void PrefetchRange(nint start, long bytes)
+    {
+        if (!Sse.IsSupported) return;
+        for (long off = 0; off < bytes; off += CacheLine) Sse.Prefetch0((void*)(start + (nint)off));
     }
 
     /// <summary>Takes up to <paramref name="max"/> slots from one slab; caller holds the class lock.</summary>
