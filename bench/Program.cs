@@ -48,6 +48,11 @@ public static class Program
                   thread), each in its own process, loaded by wrk (-t2 -c64 --latency) on GET 64 KiB, POST echo 64 KiB and
                   GET 100 B: req/s, p50, p99, failures, RSS under load and after idling -> bench/results/web.md
                   (wrk is installed by scripts/install-wrk.sh; the command says SKIPPED when it cannot be)
+          cache [--quick] [--rounds N (3)] [--requests N] [--keys N] [--clients N (16)] [--idle S (15)]
+                  a RESP cache server whose values are in malloc'd memory, a NativeHeap, or a NativeHeap with its
+                  background thread, each in its own process, loaded by redis-benchmark: SET 100 B, SET 1,000 B over
+                  the same keys, SET 100 B again (fragmented), GET; req/s, p50, p99, max, RSS -> bench/results/cache.md
+                  (redis-benchmark is installed by scripts/install-redis-benchmark.sh; SKIPPED when it cannot be)
           peers   which peer allocators load in this process
         peers are installed by scripts/install-peers.sh (a missing one is skipped, never fatal)
         """;
@@ -82,6 +87,10 @@ public static class Program
                 return Web.WebBenchmark.Run(rest);
             case Web.WebBenchmark.ServerCommand:   // hidden: one server mode, started by web
                 return Web.WebBenchmark.Server(rest);
+            case "cache":
+                return Cache.CacheBenchmark.Run(rest);
+            case Cache.CacheBenchmark.ServerCommand:   // hidden: one cache server mode, started by cache
+                return Cache.CacheBenchmark.Server(rest);
             case "peers":
                 return ReexecWithJemallocTunable(args) ?? (Peers.PrintReport() == 0 ? 0 : 1);
             case "help" or "-h" or "--help":

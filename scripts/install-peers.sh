@@ -31,15 +31,8 @@ skip() {
     exit 0
 }
 
-command -v apt-get >/dev/null 2>&1 || skip "apt-get not found (not a Debian-like system)."
-
-if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    SUDO=(sudo -n)
-else
-    skip "not root and no password-less sudo."
-fi
+# shellcheck source=apt-sudo.sh
+source "$(dirname "$0")/apt-sudo.sh"
 
 export DEBIAN_FRONTEND=noninteractive
 echo "install-peers: installing ${missing[*]} with apt-get${SUDO:+ through sudo} (apt-get update, then apt-get install -y --no-install-recommends)"

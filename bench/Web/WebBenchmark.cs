@@ -35,17 +35,10 @@ public static partial class WebBenchmark
     public static int Run(string[] args)
     {
         bool quick = args.Contains("--quick");
-        int duration = IntArg(args, "--duration", quick ? 3 : 10);
-        int rounds = IntArg(args, "--rounds", quick ? 1 : 3);
-        int idle = IntArg(args, "--idle", quick ? 5 : 30);
-        string? wrk = FindWrk();
-        if (wrk == null)
-        {
-            string script = Path.Combine(Paths.BenchDirectory(), "..", "scripts", "install-wrk.sh");
-            Console.WriteLine($"web: wrk not found; running {script}");
-            if (File.Exists(script)) RunProcess("bash", [script], TimeSpan.FromMinutes(5), out _);
-            wrk = FindWrk();
-        }
+        int duration = ClientServer.IntArg(args, "--duration", quick ? 3 : 10);
+        int rounds = ClientServer.IntArg(args, "--rounds", quick ? 1 : 3);
+        int idle = ClientServer.IntArg(args, "--idle", quick ? 5 : 30);
+        string? wrk = ClientServer.FindOrInstall("wrk", "install-wrk.sh", "web");
         if (wrk == null)
         {
             Console.WriteLine("web: SKIPPED: the load generator (wrk) is not installed and scripts/install-wrk.sh could not install it " +
@@ -65,7 +58,7 @@ public static partial class WebBenchmark
             {
                 string mode = s_modes[(k + round) % s_modes.Length];
                 Console.WriteLine($"web: round {round + 1}/{rounds}, {mode}");
-                using Process server = StartServer(mode, out int port);
+                using Process server = ClientServer.StartServer(ServerCommand, mode, out int port);
                 try
                 {
                     // Warm-up: JIT, tiering, pools, the heap's first pageblocks.
@@ -78,7 +71,7 @@ public static partial class WebBenchmark
                         list.Add(r);
                     }
                     Thread.Sleep(TimeSpan.FromSeconds(idle));
-                    long rss = Rss(server.Id);
+                    long rss = ClientServer.Rss(server.Id);
                     idleRss[mode].Add(rss);
                     Console.WriteLine($"web:   RSS {idle} s after the load: {rss / 1048576.0:F1} MiB");
                 }
@@ -113,14 +106,14 @@ public static partial class WebBenchmark
             sb.AppendLine();
             var table = new MarkdownTable("<Mode", "req/s", "x Kestrel", "p50 ms", "p99 ms", "p99 x Kestrel", "Failed requests", "Requests", "RSS under load MiB");
             List<LoadRun> baseRuns = runs[("kestrel", l)];
-            double baseRps = Median(baseRuns.Select(r => r.Rps)), baseP99 = Median(baseRuns.Select(r => r.P99Ms));
+            double baseRps = Stats.Median(baseRuns.Select(r => r.Rps)), baseP99 = Stats.Median(baseRuns.Select(r => r.P99Ms));
             foreach (string mode in s_modes)
             {
                 List<LoadRun> rs = runs[(mode, l)];
-                double rps = Median(rs.Select(r => r.Rps)), p99 = Median(rs.Select(r => r.P99Ms));
-                table.Add(mode, Fmt.N((long)rps), Fmt.F(rps / baseRps, 2), Fmt.F(Median(rs.Select(r => r.P50Ms)), 2), Fmt.F(p99, 2),
+                double rps = Stats.Median(rs.Select(r => r.Rps)), p99 = Stats.Median(rs.Select(r => r.P99Ms));
+                table.Add(mode, Fmt.N((long)rps), Fmt.F(rps / baseRps, 2), Fmt.F(Stats.Median(rs.Select(r => r.P50Ms)), 2), Fmt.F(p99, 2),
                           Fmt.F(p99 / baseP99, 2), Fmt.N(rs.Sum(r => r.Failures)), Fmt.N(rs.Sum(r => r.Requests)),
-                          Fmt.F(Median(rs.Select(r => (double)r.RssUnderLoad)) / 1048576.0));
+                          Fmt.F(Stats.Median(rs.Select(r => (double)r.RssUnderLoad)) / 1048576.0));
             }
             sb.Append(table);
             sb.AppendLine();
@@ -131,10 +124,10 @@ public static partial class WebBenchmark
         sb.AppendLine(CultureInfo.InvariantCulture, $"## Resident memory {idle} s after the load");
         sb.AppendLine();
         var idleTable = new MarkdownTable("<Mode", "RSS MiB (median)", "x Kestrel", "Every round MiB");
-        double baseIdle = Median(idleRss["kestrel"].Select(v => (double)v));
+        double baseIdle = Stats.Median(idleRss["kestrel"].Select(v => (double)v));
         foreach (string mode in s_modes)
         {
-            double v = Median(idleRss[mode].Select(x => (double)x));
+            double v = Stats.Median(idleRss[mode].Select(x => (double)x));
             idleTable.Add(mode, Fmt.F(v / 1048576.0), Fmt.F(v / baseIdle, 2), string.Join(", ", idleRss[mode].Select(x => Fmt.F(x / 1048576.0))));
         }
         sb.Append(idleTable);
@@ -145,47 +138,12 @@ public static partial class WebBenchmark
         return 0;
     }
 
-    private static int IntArg(string[] args, string name, int fallback)
-    {
-        int i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1], Inv) : fallback;
-    }
-
-    private static double Median(IEnumerable<double> values)
-    {
-        double[] v = values.Order().ToArray();
-        if (v.Length == 0) return double.NaN;
-        return v.Length % 2 == 1 ? v[v.Length / 2] : (v[v.Length / 2 - 1] + v[v.Length / 2]) / 2;
-    }
-
-    private static string? FindWrk()
-    {
-        foreach (string dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':'))
-        {
-            string p = Path.Combine(dir, "wrk");
-            if (dir.Length > 0 && File.Exists(p)) return p;
-        }
-        return null;
-    }
-
     private static string WrkVersion(string wrk)
     {
-        RunProcess(wrk, ["-v"], TimeSpan.FromSeconds(10), out string output);
+        ClientServer.RunProcess(wrk, ["-v"], TimeSpan.FromSeconds(10), out string output);
         string first = output.Split('\n').FirstOrDefault(l => l.StartsWith("wrk", StringComparison.Ordinal))?.Trim() ?? "wrk";
         int cut = first.IndexOf(" [", StringComparison.Ordinal);
         return cut > 0 ? first[..cut] : first;
-    }
-
-    private static int RunProcess(string file, string[] args, TimeSpan timeout, out string output)
-    {
-        var psi = new ProcessStartInfo(file) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string a in args) psi.ArgumentList.Add(a);
-        using Process p = Process.Start(psi)!;
-        Task<string> err = p.StandardError.ReadToEndAsync();
-        output = p.StandardOutput.ReadToEnd();
-        if (!p.WaitForExit(timeout)) p.Kill(true);
-        output += err.Result;
-        return p.ExitCode;
     }
 
     /// <summary>One wrk run; the server's RSS is sampled every 0.5 s meanwhile (its peak is kept).</summary>
@@ -199,7 +157,7 @@ public static partial class WebBenchmark
         using Process p = Process.Start(psi)!;
         Task<string> output = p.StandardOutput.ReadToEndAsync(), error = p.StandardError.ReadToEndAsync();
         long peak = 0;
-        while (!p.WaitForExit(500)) peak = Math.Max(peak, Rss(serverPid));
+        while (!p.WaitForExit(500)) peak = Math.Max(peak, ClientServer.Rss(serverPid));
         string text = output.Result + error.Result;
         Match rps = RpsPattern().Match(text);
         if (!rps.Success) throw new InvalidOperationException($"wrk gave no Requests/sec:\n{text}");
@@ -232,35 +190,6 @@ public static partial class WebBenchmark
 
     [GeneratedRegex(@"(\d+) requests in")]
     private static partial Regex RequestsPattern();
-
-    /// <summary>The resident memory of process <paramref name="pid"/> (VmRSS), or 0 if it cannot be read.</summary>
-    private static long Rss(int pid)
-    {
-        try
-        {
-            foreach (string line in File.ReadLines($"/proc/{pid}/status"))
-                if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
-                    return long.Parse(line[6..].Trim().Split(' ')[0], Inv) * 1024;
-        }
-        catch (IOException) { }
-        return 0;
-    }
-
-    private static Process StartServer(string mode, out int port)
-    {
-        string process = Environment.ProcessPath ?? throw new InvalidOperationException("no process path to start the server with");
-        string? assembly = Assembly.GetEntryAssembly()?.Location;
-        var psi = new ProcessStartInfo(process) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardInput = true };
-        if (Path.GetFileNameWithoutExtension(process) == "dotnet" && !string.IsNullOrEmpty(assembly)) psi.ArgumentList.Add(assembly);
-        psi.ArgumentList.Add(ServerCommand);
-        psi.ArgumentList.Add(mode);
-        Process child = Process.Start(psi)!;
-        string? line;
-        while ((line = child.StandardOutput.ReadLine()) != null && !line.StartsWith("listening ", StringComparison.Ordinal)) { }
-        if (line == null) throw new InvalidOperationException($"the {mode} server did not start");
-        port = int.Parse(line["listening ".Length..], Inv);
-        return child;
-    }
 
     /// <summary>The server process: one mode, on a free loopback port (printed as "listening PORT"), until killed.</summary>
     public static int Server(string[] args)
