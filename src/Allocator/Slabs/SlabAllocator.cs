@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics.X86;
 using Compaction.Allocator.Layout;
 using Compaction.Allocator.Pages;
@@ -172,22 +173,7 @@ internal sealed unsafe class SlabAllocator
             for (int i = 0; i < k; i++)
             {
                 if (quota[i] == 0) continue;
-                ref PageDescriptor d = ref _map.Page(heads[i]);
-                nint slab = _map.AddressOf(heads[i]);
-                int slot;
-                bool carved = d.SlabFreeSlot < 0;
-                if (!carved)
-                {
-                    slot = d.SlabFreeSlot;
-                    d.SlabFreeSlot = *(int*)(slab + slot * size);
-                }
-                else
-                {
-                    slot = d.Bump++;
-                }
-                d.RefCount++;
-                if (_poison.Enabled) CheckAndPoisonTaken(slab + slot * size, size, carved);
-                dst[n++] = slab + slot * size;
+                dst[n++] = TakeSlotLocked(ref _map.Page(heads[i]), _map.AddressOf(heads[i]), size);
                 quota[i]--;
                 any = true;
             }
@@ -224,26 +210,32 @@ internal sealed unsafe class SlabAllocator
         ref PageDescriptor d = ref _map.Page(head);
         nint slab = _map.AddressOf(head);
         int n = 0;
-        while (n < max && d.RefCount < capacity)
-        {
-            int slot;
-            bool carved = d.SlabFreeSlot < 0;
-            if (!carved)
-            {
-                slot = d.SlabFreeSlot;
-                d.SlabFreeSlot = *(int*)(slab + slot * size);
-            }
-            else
-            {
-                slot = d.Bump++;
-            }
-            d.RefCount++;
-            if (_poison.Enabled) CheckAndPoisonTaken(slab + slot * size, size, carved);
-            dst[n++] = slab + slot * size;
-        }
+        while (n < max && d.RefCount < capacity) dst[n++] = TakeSlotLocked(ref d, slab, size);
         cls.UsedSlots += n;
         Regroup(cls, head, ref d);
         return n;
+    }
+
+    /// <summary>One free slot of the slab at <paramref name="slab"/> (descriptor <paramref name="d"/>, not full): the
+    /// head of its free-slot list, else the next never-used slot at <c>Bump</c>; counted in its RefCount (the caller
+    /// adds it to the class's UsedSlots and regroups the slab). Caller holds the class lock.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]   // the refill path of every thread cache
+    private nint TakeSlotLocked(ref PageDescriptor d, nint slab, int size)
+    {
+        int slot;
+        bool carved = d.SlabFreeSlot < 0;
+        if (!carved)
+        {
+            slot = d.SlabFreeSlot;
+            d.SlabFreeSlot = *(int*)(slab + slot * size);
+        }
+        else
+        {
+            slot = d.Bump++;
+        }
+        d.RefCount++;
+        if (_poison.Enabled) CheckAndPoisonTaken(slab + slot * size, size, carved);
+        return slab + slot * size;
     }
 
     /// <summary>Poisoning on: a slot leaving its slab is checked (a free-listed slot holds the pattern after its link;
