@@ -73,8 +73,8 @@ public sealed class SlabTests
         TestHeaps.AssertValid(f.Heap);
     }
 
-    /// <summary>Consolidation's destination slots: the fullest slabs first, each filled before the next, whose free
-    /// lists are walked side by side; every slot distinct, free, inside the slabs named, and the groups right after.</summary>
+    /// <summary>Consolidation's destination slots: the fullest slabs first, each filled before the next; every slot
+    /// distinct, free, inside the slabs named, and the groups right after.</summary>
     [Fact]
     public void TakingFromTheFullestFillsTheFullestSlabsFirst()
     {

@@ -82,7 +82,7 @@ internal sealed class SlabConsolidation
     private readonly List<int> _filling = [];
     /// <summary>Destination slots taken for one source, and the slabs they lie in.</summary>
     private readonly nint[] _slots;
-    private readonly List<int> _destinations = new(SlabAllocator.InterleavedSlabs);
+    private readonly List<int> _destinations = new(SlabAllocator.DestinationSlabs);
 
     /// <summary>
     /// One step of zs_compact for a class, as one unit of work: least-full slabs are isolated as sources and their
@@ -194,8 +194,8 @@ internal sealed class SlabConsolidation
         _tried.EnsureCapacity(_tried.Count + live.Count);
         _slabs.IsolateLocked(cls, src);
         int first = batch.Count;
-        // Destination slots from the fullest slabs, taken side by side (see TakeFromFullestLocked); never carve a
-        // new slab for this. A source's blocks fit in InterleavedSlabs slabs unless the fullest are nearly full.
+        // Destination slots from the fullest slabs, their lines prefetched (see TakeFromFullestLocked); never carve a
+        // new slab for this. A source's blocks fit in DestinationSlabs slabs unless the fullest are nearly full.
         Span<nint> slots = _slots;
         for (int i = 0; i < live.Count;)
         {

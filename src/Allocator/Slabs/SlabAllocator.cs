@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics.X86;
 using Compaction.Allocator.Layout;
 using Compaction.Allocator.Pages;
@@ -121,67 +120,49 @@ internal sealed unsafe class SlabAllocator
         return -1;
     }
 
-    /// <summary>Most slabs whose free-slot lists <see cref="TakeFromFullestLocked"/> walks side by side.</summary>
-    public const int InterleavedSlabs = 16;
+    /// <summary>Most slabs one <see cref="TakeFromFullestLocked"/> takes slots from.</summary>
+    public const int DestinationSlabs = 16;
 
     /// <summary>
     /// Takes up to <paramref name="max"/> slots from the fullest slabs of the class other than
     /// <paramref name="excludeHead"/>, never carving a new one: each slab is filled before the next fullest is used,
-    /// the slots <see cref="FindSlabLocked"/> and <see cref="TakeSlotsLocked"/> would give one at a time. The slabs are
-    /// chosen first (up to <see cref="InterleavedSlabs"/> of them), and then their free-slot lists are walked side by
-    /// side, one link of each in turn: a free-slot list is a chain of loads through the slots' own memory, one cache
-    /// miss per slot when its slots were freed in no particular order, and the chains of different slabs are
-    /// independent, so their misses overlap instead of following one another. Appends each slab used to
-    /// <paramref name="used"/>. Returns how many slots were taken. Caller holds the class lock.
+    /// the slots <see cref="FindSlabLocked"/> and <see cref="TakeSlotsLocked"/> would give one at a time. The slabs
+    /// (up to <see cref="DestinationSlabs"/>) are chosen first, since filling one moves it to the full group and off the
+    /// list being walked. A slab's free-slot list is a chain of loads through its own slots, one cache miss after
+    /// another when they were freed in no particular order, and which slots it gives is unknown until it is walked; so
+    /// every line of the part of a slab in use is asked for at once first (independent loads, which overlap), and the
+    /// walk, and the copy into those slots that follows, hit the cache. Only for a slab of at most
+    /// <see cref="PrefetchSlabBytes"/> in use that gives at least <see cref="PrefetchSlabFromSlots"/> slots: the lines
+    /// asked for stay within what a core's cache holds, and a larger slab holds larger slots, each a long copy that one
+    /// miss adds little to. Appends each slab used to <paramref name="used"/>. Returns how many slots were taken.
+    /// Caller holds the class lock.
     /// </summary>
     public int TakeFromFullestLocked(SlabClass cls, int excludeHead, Span<nint> dst, int max, List<int> used)
     {
         AssertLocked(cls);
         int c = cls.Index, size = Classes.Size[c], capacity = Classes.SlotsPerSlab[c];
         max = Math.Min(max, dst.Length);
-        Span<int> heads = stackalloc int[InterleavedSlabs];
-        Span<int> quota = stackalloc int[InterleavedSlabs];
+        Span<int> heads = stackalloc int[DestinationSlabs];
         int k = 0, planned = 0;
-        for (int g = 1; g < Groups && planned < max && k < InterleavedSlabs; g++)
-            for (int p = cls.GroupHeads[g]; p >= 0 && planned < max && k < InterleavedSlabs; p = _map.Page(p).Next)
+        for (int g = 1; g < Groups && planned < max && k < DestinationSlabs; g++)
+            for (int p = cls.GroupHeads[g]; p >= 0 && planned < max && k < DestinationSlabs; p = _map.Page(p).Next)
             {
                 if (p == excludeHead) continue;
-                int q = Math.Min(capacity - _map.Page(p).RefCount, max - planned);
-                heads[k] = p;
-                quota[k++] = q;
-                planned += q;
+                heads[k++] = p;
+                planned += capacity - _map.Page(p).RefCount;
             }
-        // A slab's free list is a chain through its own slots: each link is read only once the one before it has
-        // arrived, one cache miss after another. The slots the list will give are unknown until it is walked, so
-        // every line of the part of the slab in use is asked for at once (independent loads, which overlap); the
-        // walk then hits the cache, and so does the copy into those slots that follows. Only for a slab of at most
-        // PrefetchSlabBytes in use: the lines asked for by one call stay within what a core's cache holds, and a
-        // larger slab holds larger slots, each a long copy that one miss adds little to.
-        for (int i = 0; i < k; i++)
+        for (int i = 0, left = max; i < k; i++)
         {
             ref PageDescriptor d = ref _map.Page(heads[i]);
             long bytes = (long)d.Bump * size;
-            if (d.SlabFreeSlot >= 0 && quota[i] >= PrefetchSlabFromSlots && bytes <= PrefetchSlabBytes)
-                PrefetchRange(_map.AddressOf(heads[i]), bytes);
+            int share = Math.Min(capacity - d.RefCount, left);
+            left -= share;
+            if (d.SlabFreeSlot >= 0 && share >= PrefetchSlabFromSlots && bytes <= PrefetchSlabBytes) PrefetchRange(_map.AddressOf(heads[i]), bytes);
         }
-        // Side by side: each turn takes one slot from every slab with quota left. A slab's slots are its free list's
-        // first, then its never-used ones past Bump (no load needed).
         int n = 0;
-        for (bool any = true; any;)
+        for (int i = 0; i < k && n < max; i++)
         {
-            any = false;
-            for (int i = 0; i < k; i++)
-            {
-                if (quota[i] == 0) continue;
-                dst[n++] = TakeSlotLocked(ref _map.Page(heads[i]), _map.AddressOf(heads[i]), size);
-                quota[i]--;
-                any = true;
-            }
-        }
-        cls.UsedSlots += n;
-        for (int i = 0; i < k; i++)
-        {
-            Regroup(cls, heads[i], ref _map.Page(heads[i]));
+            n += TakeSlotsLocked(cls, heads[i], dst[n..], max - n);
             used.Add(heads[i]);
         }
         return n;
@@ -210,32 +191,26 @@ internal sealed unsafe class SlabAllocator
         ref PageDescriptor d = ref _map.Page(head);
         nint slab = _map.AddressOf(head);
         int n = 0;
-        while (n < max && d.RefCount < capacity) dst[n++] = TakeSlotLocked(ref d, slab, size);
+        while (n < max && d.RefCount < capacity)
+        {
+            int slot;
+            bool carved = d.SlabFreeSlot < 0;
+            if (!carved)
+            {
+                slot = d.SlabFreeSlot;
+                d.SlabFreeSlot = *(int*)(slab + slot * size);
+            }
+            else
+            {
+                slot = d.Bump++;
+            }
+            d.RefCount++;
+            if (_poison.Enabled) CheckAndPoisonTaken(slab + slot * size, size, carved);
+            dst[n++] = slab + slot * size;
+        }
         cls.UsedSlots += n;
         Regroup(cls, head, ref d);
         return n;
-    }
-
-    /// <summary>One free slot of the slab at <paramref name="slab"/> (descriptor <paramref name="d"/>, not full): the
-    /// head of its free-slot list, else the next never-used slot at <c>Bump</c>; counted in its RefCount (the caller
-    /// adds it to the class's UsedSlots and regroups the slab). Caller holds the class lock.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]   // the refill path of every thread cache
-    private nint TakeSlotLocked(ref PageDescriptor d, nint slab, int size)
-    {
-        int slot;
-        bool carved = d.SlabFreeSlot < 0;
-        if (!carved)
-        {
-            slot = d.SlabFreeSlot;
-            d.SlabFreeSlot = *(int*)(slab + slot * size);
-        }
-        else
-        {
-            slot = d.Bump++;
-        }
-        d.RefCount++;
-        if (_poison.Enabled) CheckAndPoisonTaken(slab + slot * size, size, carved);
-        return slab + slot * size;
     }
 
     /// <summary>Poisoning on: a slot leaving its slab is checked (a free-listed slot holds the pattern after its link;
