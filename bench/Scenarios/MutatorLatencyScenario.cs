@@ -144,7 +144,8 @@ public static unsafe class MutatorLatencyScenario
                     "the gap from one iteration's start to the next one's (longest gap: everything the mutator waited for between two operations, its own bookkeeping included). " +
                     $"*Paced* mutators sleep 1 ms after every {PacedBurst} iterations (the sleep is not a gap). " +
                     $"*Stepped*: a compactor thread wakes every {interval.TotalMilliseconds} ms and runs `RunCompactionStep` (proactiveness {d.Proactiveness}, " +
-                    $"default budget {Fmt.Mib(d.CompactionBudgetBytes)} / {d.CompactionBudgetTime.TotalMilliseconds} ms per pass, or none). " +
+                    $"default budget {Fmt.Mib(d.CompactionBudgetBytes)} / {d.CompactionBudgetTime.TotalMilliseconds} ms per wake, or none; every wake is also cut to the {d.CompactionSliceTime.TotalMilliseconds} ms slice, " +
+                    "and while the waste-driven run is on, each wake is its slice). " +
                     $"*Background thread*: the heap's own (`StartBackgroundCompaction`, proactiveness 0, interval 5 ms), whose waste-driven run compacts in " +
                     $"{d.CompactionSliceTime.TotalMilliseconds} ms slices paced to `CompactionCpuShare` = {d.CompactionCpuShare} of the process's CPU; " +
                     "*own-thread pacing*: the same with the process's CPU clock hidden from it, so that each wake is charged only its own thread's CPU. The heap is " +

@@ -58,12 +58,13 @@ public sealed class HeapOptions
     /// low = 100 - proactiveness. 0 turns proactive compaction off. Default 20 (watermarks 80 and 90).</summary>
     public int Proactiveness { get; set; } = 20;
 
-    /// <summary>Bytes a background pass may move before it stops (its position is kept for the next wake).
-    /// 0 means no limit. Default 8 MiB.</summary>
+    /// <summary>Bytes one background wake's pass (consolidation, then the proactive pass) may move before it stops; its
+    /// position is kept for the next wake. 0 means no limit. Default 8 MiB.</summary>
     public long CompactionBudgetBytes { get; set; } = 8L << 20;
 
-    /// <summary>Time a background pass may take before it stops. <see cref="TimeSpan.Zero"/> means no limit.
-    /// Default 2 ms.</summary>
+    /// <summary>Time one background wake's pass (consolidation, then the proactive pass) may take before it stops; its
+    /// position is kept for the next wake. Every wake is also cut to <see cref="CompactionSliceTime"/>, so this binds
+    /// only when set below that; <see cref="TimeSpan.Zero"/> leaves the slice alone to bound it. Default 2 ms.</summary>
     public TimeSpan CompactionBudgetTime { get; set; } = TimeSpan.FromMilliseconds(2);
 
     /// <summary>
@@ -90,9 +91,10 @@ public sealed class HeapOptions
     /// Default 8 MiB.</summary>
     public long WasteMinBytes { get; set; } = 8L << 20;
 
-    /// <summary>Longest slice of a waste-driven background wake; while a waste-driven run is on, the slice is the
-    /// whole wake (the daemon's consolidation and the proactive pass wait until the run ends). From 50 us to 1 s;
-    /// default 0.5 ms.</summary>
+    /// <summary>Longest slice of compaction work in one background wake (checked after every unit of work: a
+    /// consolidation batch, a pageblock of the zone pass, a thread cache drained): a waste-driven run's slice, or,
+    /// when no run is on, a slice of the daemon's consolidation and proactive pass (which wait while a run is on).
+    /// Also the slice an allocation keeping <see cref="MemoryLimit"/> compacts in. From 50 us to 1 s; default 0.5 ms.</summary>
     public TimeSpan CompactionSliceTime { get; set; } = TimeSpan.FromMilliseconds(0.5);
 
     /// <summary>Share of one core a waste-driven run may use, counted in the whole process's CPU time its slices

@@ -350,6 +350,8 @@ public class CompactionTests(ITestOutputHelper output)
         {
             ArenaBytes = 32L << 20, PageblockPages = PageblockPages, MovableZonePercent = 100,
             CompactionBudgetBytes = 0, CompactionBudgetTime = TimeSpan.Zero,
+            // A clock that never moves: the wake's slice is ample, so one wake runs the whole pass.
+            TimeProvider = new ManualTimeProvider(),
             // The proactive trigger alone: a waste-driven run, once started, is the whole of every wake until it ends.
             WasteHighRatio = 0,
         });

@@ -119,4 +119,43 @@ public sealed class DeterministicSliceTests(ITestOutputHelper output)
             live.ForEach(heap.Free);
         }
     }
+    /// <summary>Without a waste-driven run, the daemon's own pass (the consolidation of the classes worth it, then the
+    /// proactive pass) is cut into slices as well: a wake does one slice of it and the next wake resumes it. It used to
+    /// run for <see cref="HeapOptions.CompactionBudgetTime"/> (2 ms, about twenty units of work at 0.1 ms per
+    /// reading), or unbounded with no budget set, with the caches disabled. The clock moves 0.1 ms at every reading, so
+    /// that a consolidation batch reads it past half a millisecond: a slice of 0.5 ms holds one batch, with the
+    /// default budget or none, where the 2 ms budget held four and no budget all seventy in one wake. Every wake
+    /// advances, so the pass still ends (a wake that moves nothing).</summary>
+    [Theory]
+    [InlineData(2.0)]
+    [InlineData(0.0)]
+    public void TheDaemonsOwnPassIsOneSliceOfWorkPerWake(double budgetMs)
+    {
+        var clock = new SteppingTimeProvider(TimeSpan.FromMilliseconds(0.1));
+        using var heap = new NativeHeap(new HeapOptions
+        {
+            ArenaBytes = 128L << 20, PageblockPages = 64, Proactiveness = 20, TimeProvider = clock,
+            WasteHighRatio = 0,   // the daemon's own pass alone
+            DecommitDelay = TimeSpan.FromHours(1), CompactionSliceTime = TimeSpan.FromMilliseconds(0.5),
+            CompactionBudgetBytes = 0, CompactionBudgetTime = TimeSpan.FromMilliseconds(budgetMs),
+        });
+        List<BlockHandle> live = TestHeaps.FillAndKeepAQuarter(heap, 24L << 20, 512);
+        long most = 0, moved = 0;
+        int wakes = 0;
+        for (int step = 0; step < 5000; step++)
+        {
+            CompactionStatistics s = heap.RunCompactionStep(TimeSpan.FromMilliseconds(step));
+            wakes++;
+            most = Math.Max(most, s.Barriers);
+            moved += s.BytesMoved;
+            if (s.BytesMoved == 0 && moved > 0) break;   // the pass is done: nothing left worth moving
+        }
+        output.WriteLine($"budget {budgetMs} ms: {wakes} wakes, {moved:N0} B moved, at most {most} barriers in one wake");
+        Assert.True(moved >= 4L << 20, $"the pass consolidated the classes: {moved} B moved");
+        Assert.True(wakes > 3, $"the pass was cut into slices: {wakes} wakes");
+        Assert.True(most <= 2, $"a wake did {most} units of work; one slice of 0.5 ms holds one batch at this clock");
+        foreach (BlockHandle h in live) Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+        TestHeaps.AssertValid(heap);
+        live.ForEach(heap.Free);
+    }
 }

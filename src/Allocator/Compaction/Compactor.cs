@@ -128,9 +128,10 @@ internal sealed unsafe partial class Compactor
     }
 
     /// <summary>
-    /// The compaction half of one wake of the background compactor (kcompactd): consolidate size classes within the
-    /// budget; if the fragmentation score is above the high watermark, compact until it falls to the low one (or the
-    /// budget ends), backing off for 64 wakes when a pass made no progress; then a waste-driven slice when one is due.
+    /// The compaction half of one wake of the background compactor (kcompactd), one slice of work at most: during a
+    /// waste-driven run, that run's slice; otherwise a slice of the daemon's own pass (<see cref="DaemonSliceLocked"/>:
+    /// consolidate the size classes worth it; if the fragmentation score is above the high watermark, compact until it
+    /// falls to the low one, backing off for 64 wakes when a pass made no progress).
     /// Skips the wake if another compaction runs or this thread is inside one. Takes RunLock with a try-lock.
     /// Returns what the wake did, for the reclaimer's half of it, and any change of the waste-driven run's CPU share.
     /// </summary>
@@ -142,40 +143,17 @@ internal sealed unsafe partial class Compactor
             BackgroundStepStarting?.Invoke();
             Counters[CompactDaemonWake]++;
             CompactionSettings o = _cx.Options;
-            long budgetTicks = o.CompactionBudgetTime == TimeSpan.Zero ? 0 : (long)(o.CompactionBudgetTime.TotalSeconds * _cx.Options.Clock.TimestampFrequency);
             (int low, int high) = Fragmentation.Watermarks(o.Proactiveness);
             // While a waste-driven run is under way, its slice is the whole wake: it consolidates every class and
-            // compacts the zone itself, with the caches on, in at most CompactionSliceTime. Running the daemon's own
-            // consolidation and the proactive pass first (each up to CompactionBudgetTime, with the caches disabled)
-            // made a wake several milliseconds of work in one go, which a mutator sharing this core waited for. The
-            // run is decided first, so that the wake that starts one is a slice too, not a full drain of the caches and
-            // a consolidation as long as the budget allows before its first slice.
+            // compacts the zone itself, with the caches on, in at most CompactionSliceTime. The run is decided first,
+            // so that the wake that starts one is a slice too, not a drain and a consolidation before its first slice.
             bool wasteRun = _waste.DecideLocked();
             int score = wasteRun ? 0 : Score();
             bool proactive = !wasteRun && o.Proactiveness > 0 && _proactiveDefer == 0 && (score > high || (_proactiveResume && score > low));
             if (_proactiveDefer > 0) _proactiveDefer--;
-            // An idle wake costs no drain: caches are disabled only when some class is worth consolidating or a
+            // An idle wake costs no drain: the daemon's pass runs only when some class is worth consolidating or a
             // proactive pass is due (otherwise every wake would drain the caches, leaving part-used slabs to move).
-            if (!wasteRun && (proactive || _consolidation.AnyClassWorthConsolidating()))
-            {
-                using var caches = new CacheGuard(_caches, _cx.Options);
-                _consolidation.ConsolidateSlabs(new CompactControl { Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks, StartTicks = _cx.Options.Clock.GetTimestamp(), BytesMovedAtStart = Counters[BytesMoved] }, _daemonCursor);
-                if (proactive)
-                {
-                    // A pass starts above the high watermark; one that its budget cut short resumes at the next wake
-                    // (from the cached scanner positions) for as long as the score is above the low watermark.
-                    // proactive_compact_node: skip hints ignored, synchronous-light; a fresh pass covers the whole zone.
-                    CompactStatus status = CompactZone(new CompactControl
-                    {
-                        Mode = CompactMode.SyncLight, Proactive = true, Daemon = true, LowWatermark = low,
-                        WholeZone = !_proactiveResume, IgnoreSkipHint = true,
-                        BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = budgetTicks,
-                    });
-                    int after = Score();
-                    _proactiveResume = status == CompactStatus.BudgetExhausted && after > low;
-                    _proactiveDefer = after < score || _proactiveResume ? 0 : ProactiveDeferWakes;
-                }
-            }
+            if (!wasteRun && (proactive || _consolidation.AnyClassWorthConsolidating())) DaemonSliceLocked(proactive, score, low);
             if (!wasteRun && !proactive && score <= low) _proactiveResume = false;
             bool sliced = _waste.SliceLocked();
             (int change, int divisor) = _waste.TakeShareChange();
@@ -185,6 +163,69 @@ internal sealed unsafe partial class Compactor
         {
             RunLock.Exit();
         }
+    }
+
+    /// <summary>
+    /// The daemon's own pass (kcompactd: consolidation of the classes worth it, then the proactive pass when
+    /// <paramref name="proactive"/>), one slice of it per wake: at most <c>CompactionSliceTime</c>, or
+    /// <c>CompactionBudgetTime</c> when that is set lower, and <c>CompactionBudgetBytes</c>. The consolidation resumes
+    /// from its cursor and the proactive pass from the scanners' cached positions, so a pass spans as many wakes as it
+    /// needs. The caches stay on, as in a waste-driven slice: a fresh pass first drains them, in steps within the slice
+    /// (<see cref="ThreadCaches.DrainSome"/>), so that what they held goes back and can move; slots they take
+    /// afterwards only make a few slab moves fail (cache-held). Disabling them for the pass sent every allocation of
+    /// the mutators to the class locks the consolidation holds, and a full drain took milliseconds in one go.
+    /// Caller holds RunLock.
+    /// </summary>
+    private void DaemonSliceLocked(bool proactive, int score, int low)
+    {
+        Debug.Assert(RunLock.IsHeldByCurrentThread, "caller holds RunLock");
+        CompactionSettings o = _cx.Options;
+        TimeProvider clock = o.Clock;
+        long slice = Math.Max(1, (long)(o.CompactionSliceTime.TotalSeconds * clock.TimestampFrequency));
+        if (o.CompactionBudgetTime > TimeSpan.Zero)
+            slice = Math.Min(slice, Math.Max(1, (long)(o.CompactionBudgetTime.TotalSeconds * clock.TimestampFrequency)));
+        long start = clock.GetTimestamp();
+        if (_daemonDrainDue)
+        {
+            if (!_caches.DrainSome(ref _daemonDrain, clock, start + slice)) return;   // the slice went to the drain
+            _daemonDrain = default;
+            _daemonDrainDue = false;
+            _daemonCursor.Tried.Clear();   // the slabs found cache-held may move now
+        }
+        var consolidation = new CompactControl
+        {
+            Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = slice,
+            StartTicks = start, BytesMovedAtStart = Counters[BytesMoved],
+        };
+        bool consolidated = _consolidation.ConsolidateSlabs(consolidation, _daemonCursor);
+        bool passDone = consolidated;
+        if (proactive)
+        {
+            // A pass starts above the high watermark; one that its slice cut short resumes at the next wake (from the
+            // cached scanner positions) for as long as the score is above the low watermark. proactive_compact_node:
+            // skip hints ignored, synchronous-light; a fresh pass covers the whole zone. It runs in what is left of the
+            // slice, or at least a pageblock when the slice has done nothing yet, so that every wake advances it.
+            long left = slice - (clock.GetTimestamp() - start);
+            if (left > 0 || !consolidation.Worked)
+            {
+                CompactStatus status = CompactZone(new CompactControl
+                {
+                    Mode = CompactMode.SyncLight, Proactive = true, Daemon = true, LowWatermark = low,
+                    WholeZone = !_proactiveResume, IgnoreSkipHint = true,
+                    BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = Math.Max(1, left),
+                });
+                int after = Score();
+                _proactiveResume = status == CompactStatus.BudgetExhausted && after > low;
+                _proactiveDefer = after < score || _proactiveResume ? 0 : ProactiveDeferWakes;
+                passDone &= !_proactiveResume;
+            }
+            else
+            {
+                passDone = false;   // the consolidation took the slice: the proactive pass comes at the next wake
+            }
+        }
+        // The next wake starts a fresh pass, which drains the caches first.
+        if (passDone) _daemonDrainDue = true;
     }
 
     /// <summary>The proactive score (see <see cref="CompactionContext.Score"/>).</summary>
@@ -212,6 +253,9 @@ internal sealed unsafe partial class Compactor
 
     /// <summary>The daemon's consolidation, resumed wake after wake (see <see cref="ConsolidationCursor"/>).</summary>
     private readonly ConsolidationCursor _daemonCursor = new();
+    /// <summary>The daemon's next slice starts a fresh pass, which drains the caches first (in steps: <see cref="_daemonDrain"/>).</summary>
+    private bool _daemonDrainDue = true;
+    private DrainCursor _daemonDrain;
 
     /// <summary>__reset_isolation_suitable (see <see cref="MigrateScanner.ResetSkipBits"/>).</summary>
     public void ResetSkipBits() => _migrateScanner.ResetSkipBits();
