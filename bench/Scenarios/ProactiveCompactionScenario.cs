@@ -122,7 +122,8 @@ public static class ProactiveCompactionScenario
                     $"The same number of 2 MiB movable allocations is then timed in each mode: ideal x (100 - low watermark) / 100, the share proactive " +
                     $"compaction promises (Proactiveness {defaults.Proactiveness}: watermarks {low}/{high}). On demand: `DirectCompaction = true`, no background compactor. " +
                     $"Proactive: `RunCompactionStep` (the background compactor's wake, budget {Fmt.Mib(defaults.CompactionBudgetBytes)} / " +
-                    $"{defaults.CompactionBudgetTime.TotalMilliseconds} ms, or none) is called until the score is at most {low}, then the allocations are timed " +
+                    $"{defaults.CompactionBudgetTime.TotalMilliseconds} ms, or none; each wake is also cut to the {defaults.CompactionSliceTime.TotalMilliseconds} ms slice) " +
+                    $"is called until the score is at most {low}, then the allocations are timed " +
                     $"(direct compaction stays on). A warm-up repetition, then {reps} measured ones; percentiles over all measured allocations.",
         };
         var table = new MarkdownTable("<Mode", "Allocations", "p50 µs", "p95 µs", "max µs", "Failed", "Direct compactions",

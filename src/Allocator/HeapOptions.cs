@@ -58,8 +58,8 @@ public sealed class HeapOptions
     /// low = 100 - proactiveness. 0 turns proactive compaction off. Default 20 (watermarks 80 and 90).</summary>
     public int Proactiveness { get; set; } = 20;
 
-    /// <summary>Bytes one background wake's pass (consolidation, then the proactive pass) may move before it stops; its
-    /// position is kept for the next wake. 0 means no limit. Default 8 MiB.</summary>
+    /// <summary>Bytes each phase of one background wake's pass (the consolidation, then the proactive pass) may move
+    /// before it stops; its position is kept for the next wake. 0 means no limit. Default 8 MiB.</summary>
     public long CompactionBudgetBytes { get; set; } = 8L << 20;
 
     /// <summary>Time one background wake's pass (consolidation, then the proactive pass) may take before it stops; its
@@ -125,8 +125,9 @@ public sealed class HeapOptions
     public long RetainedBytesLimit { get; set; } = long.MaxValue;
 
     /// <summary>Leave per-thread caches on while compaction migrates blocks. Default false: caches are disabled and
-    /// drained for the length of a compaction run, because slots they hold make slab migration fail.
-    /// Benchmarks turn this on to show the difference.</summary>
+    /// drained for the length of an explicit or direct compaction and of a memory-limit slice, because slots they hold
+    /// make slab migration fail. The background compactor leaves them on either way (it drains them in steps when a
+    /// pass or cycle starts). Benchmarks turn this on to show the difference.</summary>
     public bool ThreadCachesDuringMigration { get; set; }
 
     /// <summary>

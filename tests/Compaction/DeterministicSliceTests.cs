@@ -121,11 +121,11 @@ public sealed class DeterministicSliceTests(ITestOutputHelper output)
     }
     /// <summary>Without a waste-driven run, the daemon's own pass (the consolidation of the classes worth it, then the
     /// proactive pass) is cut into slices as well: a wake does one slice of it and the next wake resumes it. It used to
-    /// run for <see cref="HeapOptions.CompactionBudgetTime"/> (2 ms, about twenty units of work at 0.1 ms per
-    /// reading), or unbounded with no budget set, with the caches disabled. The clock moves 0.1 ms at every reading, so
-    /// that a consolidation batch reads it past half a millisecond: a slice of 0.5 ms holds one batch, with the
-    /// default budget or none, where the 2 ms budget held four and no budget all seventy in one wake. Every wake
-    /// advances, so the pass still ends (a wake that moves nothing).</summary>
+    /// run for <see cref="HeapOptions.CompactionBudgetTime"/> (2 ms), or unbounded with no budget set, with the caches
+    /// disabled. The clock moves 0.1 ms at every reading, so that a consolidation batch reads it past half a
+    /// millisecond: a slice of 0.5 ms holds one batch, with the default budget or none, where the 2 ms budget held four
+    /// and no budget all seventy in one wake. The caches stay on throughout; every wake advances, so the pass ends; and
+    /// the next pass, on a heap fragmented again, starts with a drain of the caches.</summary>
     [Theory]
     [InlineData(2.0)]
     [InlineData(0.0)]
@@ -139,23 +139,85 @@ public sealed class DeterministicSliceTests(ITestOutputHelper output)
             DecommitDelay = TimeSpan.FromHours(1), CompactionSliceTime = TimeSpan.FromMilliseconds(0.5),
             CompactionBudgetBytes = 0, CompactionBudgetTime = TimeSpan.FromMilliseconds(budgetMs),
         });
+        bool cachesOff = false;
+        heap.Compactor!.BetweenConsolidationSources = _ => cachesOff |= heap.ThreadCachesDisabled;
         List<BlockHandle> live = TestHeaps.FillAndKeepAQuarter(heap, 24L << 20, 512);
-        long most = 0, moved = 0;
-        int wakes = 0;
-        for (int step = 0; step < 5000; step++)
-        {
-            CompactionStatistics s = heap.RunCompactionStep(TimeSpan.FromMilliseconds(step));
-            wakes++;
-            most = Math.Max(most, s.Barriers);
-            moved += s.BytesMoved;
-            if (s.BytesMoved == 0 && moved > 0) break;   // the pass is done: nothing left worth moving
-        }
+        (int wakes, long moved, long most) = StepUntilIdle(heap);
         output.WriteLine($"budget {budgetMs} ms: {wakes} wakes, {moved:N0} B moved, at most {most} barriers in one wake");
         Assert.True(moved >= 4L << 20, $"the pass consolidated the classes: {moved} B moved");
         Assert.True(wakes > 3, $"the pass was cut into slices: {wakes} wakes");
         Assert.True(most <= 2, $"a wake did {most} units of work; one slice of 0.5 ms holds one batch at this clock");
-        foreach (BlockHandle h in live) Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+        Assert.False(cachesOff, "the caches stayed on during the daemon's pass");
+
+        // A second pass on a heap fragmented again, with this thread's cache holding slots: its first wake drains them.
+        List<BlockHandle> more = TestHeaps.FillAndKeepAQuarter(heap, 8L << 20, 512);
+        for (int i = 0; i < 100; i++) heap.Free(heap.Allocate(512));
+        Assert.True(heap.CachedSlots() > 0);
+        heap.RunCompactionStep(TimeSpan.FromSeconds(10));
+        Assert.Equal(0, heap.CachedSlots());
+        StepUntilIdle(heap);
+        foreach (BlockHandle h in live.Concat(more)) Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
         TestHeaps.AssertValid(heap);
         live.ForEach(heap.Free);
+        more.ForEach(heap.Free);
+    }
+
+    /// <summary>The proactive half of the daemon's pass is sliced too, and shares the slice with a consolidation that
+    /// has work: the zone pass advances in every wake (at least a pageblock), so the score falls below the high
+    /// watermark (90) over many wakes, each one slice, while the classes are still being consolidated.</summary>
+    [Fact]
+    public void TheProactivePassAdvancesSliceBySliceBesideConsolidation()
+    {
+        var clock = new SteppingTimeProvider(TimeSpan.FromMilliseconds(0.1));
+        using var heap = new NativeHeap(new HeapOptions
+        {
+            ArenaBytes = 32L << 20, PageblockPages = 64, MovableZonePercent = 100, Proactiveness = 20, TimeProvider = clock,
+            WasteHighRatio = 0, DecommitDelay = TimeSpan.FromHours(1), CompactionSliceTime = TimeSpan.FromMilliseconds(0.5),
+            CompactionBudgetBytes = 0,
+        });
+        // Three quarters of every pageblock freed (the score above the high watermark, 90), and a size class worth
+        // consolidating beside it.
+        List<BlockHandle> small = TestHeaps.FillAndKeepAQuarter(heap, 1L << 20, 512);
+        var runs = new List<BlockHandle>();
+        while (heap.TryAllocate(20_000, BlockKind.Movable, out BlockHandle h)) runs.Add(h);
+        var kept = new List<BlockHandle>();
+        for (int i = 0; i < runs.Count; i++)
+            if (i % 4 != 0) heap.Free(runs[i]);
+            else { kept.Add(runs[i]); TestHeaps.Fill(heap, runs[i]); }
+        int before = heap.GetStatistics().FragmentationScore;
+        Assert.True(before > 90, $"score {before}");
+        int wakes = 0, scanningWakes = 0;
+        long most = 0;
+        for (; wakes < 5000 && heap.GetStatistics().FragmentationScore >= 90; wakes++)
+        {
+            CompactionStatistics s = heap.RunCompactionStep(TimeSpan.FromMilliseconds(wakes));
+            most = Math.Max(most, s.Barriers);
+            if (s.CompactDaemonMigrateScanned > 0) scanningWakes++;
+        }
+        int after = heap.GetStatistics().FragmentationScore;
+        output.WriteLine($"score {before} -> {after} in {wakes} wakes ({scanningWakes} with the zone pass); at most {most} barriers in one wake");
+        Assert.True(after < 90, $"score {after}: the proactive pass brought the score below the high watermark");
+        Assert.True(wakes > 3, $"the pass was cut into slices: {wakes} wakes");
+        Assert.True(scanningWakes * 2 >= wakes, $"the zone pass ran in {scanningWakes} of {wakes} wakes: consolidation starved it");
+        Assert.True(most <= 8, $"a wake did {most} units of work");
+        foreach (BlockHandle h in kept.Concat(small)) Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+        TestHeaps.AssertValid(heap);
+    }
+
+    /// <summary>Runs background steps until one moves nothing after some have moved (the pass is done); the wakes, the
+    /// bytes moved and the most barriers one wake issued.</summary>
+    private static (int wakes, long moved, long most) StepUntilIdle(NativeHeap heap)
+    {
+        long most = 0, moved = 0;
+        int wakes = 0;
+        for (; wakes < 5000; wakes++)
+        {
+            CompactionStatistics s = heap.RunCompactionStep(TimeSpan.FromMilliseconds(wakes));
+            most = Math.Max(most, s.Barriers);
+            moved += s.BytesMoved;
+            if (s.BytesMoved == 0 && moved > 0) break;   // the pass is done: nothing left worth moving
+        }
+        Assert.True(wakes < 5000, "the pass ended");
+        return (wakes + 1, moved, most);
     }
 }

@@ -50,7 +50,7 @@ internal sealed unsafe partial class Compactor
     private readonly WasteRun _waste;
     private readonly LimitSlices _limit;
     private int _proactiveDefer;
-    private bool _proactiveResume;   // the last proactive pass ended on its budget above the low watermark
+    private bool _proactiveResume;   // the proactive pass stopped at its slice's end above the low watermark: it resumes
 
     public Compactor(CompactionSettings options, PageAllocator pages, SlabAllocator movableSlabs, HandleTable handles, Migrator migrator, ThreadCaches caches,
                      LiveFootprint footprint, CompactionCounters counters)
@@ -154,7 +154,7 @@ internal sealed unsafe partial class Compactor
             // An idle wake costs no drain: the daemon's pass runs only when some class is worth consolidating or a
             // proactive pass is due (otherwise every wake would drain the caches, leaving part-used slabs to move).
             if (!wasteRun && (proactive || _consolidation.AnyClassWorthConsolidating())) DaemonSliceLocked(proactive, score, low);
-            if (!wasteRun && !proactive && score <= low) _proactiveResume = false;
+            else EndDaemonPassLocked();
             bool sliced = _waste.SliceLocked();
             (int change, int divisor) = _waste.TakeShareChange();
             return new(sliced ? BackgroundStepOutcome.WasteSlice : BackgroundStepOutcome.Ran, change, divisor);
@@ -168,13 +168,14 @@ internal sealed unsafe partial class Compactor
     /// <summary>
     /// The daemon's own pass (kcompactd: consolidation of the classes worth it, then the proactive pass when
     /// <paramref name="proactive"/>), one slice of it per wake: at most <c>CompactionSliceTime</c>, or
-    /// <c>CompactionBudgetTime</c> when that is set lower, and <c>CompactionBudgetBytes</c>. The consolidation resumes
-    /// from its cursor and the proactive pass from the scanners' cached positions, so a pass spans as many wakes as it
-    /// needs. The caches stay on, as in a waste-driven slice: a fresh pass first drains them, in steps within the slice
-    /// (<see cref="ThreadCaches.DrainSome"/>), so that what they held goes back and can move; slots they take
-    /// afterwards only make a few slab moves fail (cache-held). Disabling them for the pass sent every allocation of
-    /// the mutators to the class locks the consolidation holds, and a full drain took milliseconds in one go.
-    /// Caller holds RunLock.
+    /// <c>CompactionBudgetTime</c> when that is set lower. A pass spans as many wakes as it needs (the background thread
+    /// paces them like a waste-driven run's while it is under way: <see cref="DaemonPassUnderWay"/>): the consolidation
+    /// resumes from its cursor and the proactive pass from the scanners' cached positions. While both have work, the
+    /// consolidation gets half of each slice, so that the proactive pass advances too. The caches stay on, as in a
+    /// waste-driven slice: a pass first drains them, in steps within its slices (<see cref="ThreadCaches.DrainSome"/>),
+    /// so that what they held goes back and can move; slots they take afterwards only make a few slab moves fail
+    /// (cache-held), which a later pass retries. Disabling them for the pass sent every allocation of the mutators to
+    /// the class locks the consolidation holds, and a full drain took milliseconds in one go. Caller holds RunLock.
     /// </summary>
     private void DaemonSliceLocked(bool proactive, int score, int low)
     {
@@ -185,20 +186,31 @@ internal sealed unsafe partial class Compactor
         if (o.CompactionBudgetTime > TimeSpan.Zero)
             slice = Math.Min(slice, Math.Max(1, (long)(o.CompactionBudgetTime.TotalSeconds * clock.TimestampFrequency)));
         long start = clock.GetTimestamp();
-        if (_daemonDrainDue)
+        if (!_daemonPass)
+        {
+            Volatile.Write(ref _daemonPass, true);
+            _daemonDrain = default;
+            _daemonDrained = false;
+            _daemonConsolidated = false;
+            _daemonCursor.Reset();
+        }
+        if (!_daemonDrained)
         {
             if (!_caches.DrainSome(ref _daemonDrain, clock, start + slice)) return;   // the slice went to the drain
-            _daemonDrain = default;
-            _daemonDrainDue = false;
-            _daemonCursor.Tried.Clear();   // the slabs found cache-held may move now
+            _daemonDrained = true;
         }
-        var consolidation = new CompactControl
+        bool worked = false;
+        if (!_daemonConsolidated)
         {
-            Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = slice,
-            StartTicks = start, BytesMovedAtStart = Counters[BytesMoved],
-        };
-        bool consolidated = _consolidation.ConsolidateSlabs(consolidation, _daemonCursor);
-        bool passDone = consolidated;
+            var consolidation = new CompactControl
+            {
+                Mode = CompactMode.SyncLight, Daemon = true, BudgetBytes = o.CompactionBudgetBytes,
+                BudgetTicks = proactive ? Math.Max(1, slice / 2) : slice, StartTicks = start, BytesMovedAtStart = Counters[BytesMoved],
+            };
+            _daemonConsolidated = _consolidation.ConsolidateSlabs(consolidation, _daemonCursor);
+            worked = consolidation.Worked;
+        }
+        bool zoneDone = true;
         if (proactive)
         {
             // A pass starts above the high watermark; one that its slice cut short resumes at the next wake (from the
@@ -206,27 +218,44 @@ internal sealed unsafe partial class Compactor
             // skip hints ignored, synchronous-light; a fresh pass covers the whole zone. It runs in what is left of the
             // slice, or at least a pageblock when the slice has done nothing yet, so that every wake advances it.
             long left = slice - (clock.GetTimestamp() - start);
-            if (left > 0 || !consolidation.Worked)
+            zoneDone = false;
+            if (left > 0 || !worked)
             {
+                bool fresh = !_proactiveResume;
+                if (fresh) _proactiveStartScore = score;
                 CompactStatus status = CompactZone(new CompactControl
                 {
                     Mode = CompactMode.SyncLight, Proactive = true, Daemon = true, LowWatermark = low,
-                    WholeZone = !_proactiveResume, IgnoreSkipHint = true,
+                    WholeZone = fresh, IgnoreSkipHint = true,
                     BudgetBytes = o.CompactionBudgetBytes, BudgetTicks = Math.Max(1, left),
                 });
                 int after = Score();
                 _proactiveResume = status == CompactStatus.BudgetExhausted && after > low;
-                _proactiveDefer = after < score || _proactiveResume ? 0 : ProactiveDeferWakes;
-                passDone &= !_proactiveResume;
-            }
-            else
-            {
-                passDone = false;   // the consolidation took the slice: the proactive pass comes at the next wake
+                // Judged on the whole pass, not on its last slice: a pass that did not lower the score from where it
+                // started backs off.
+                _proactiveDefer = _proactiveResume || after < _proactiveStartScore ? 0 : ProactiveDeferWakes;
+                zoneDone = !_proactiveResume;
             }
         }
-        // The next wake starts a fresh pass, which drains the caches first.
-        if (passDone) _daemonDrainDue = true;
+        if (_daemonConsolidated && zoneDone) EndDaemonPassLocked();
     }
+
+    /// <summary>Ends the daemon's pass: the next wake with work starts a fresh one (drain, consolidation from the first
+    /// class, a proactive pass over the whole zone). Called when the pass is done, and at every wake that does not run
+    /// a slice of it (idle, or a waste-driven run's), so that a pass left midway (its classes no longer worth it, its
+    /// score at the low watermark, a run taking over) never resumes later from a stale cursor without a drain.
+    /// Caller holds RunLock.</summary>
+    private void EndDaemonPassLocked()
+    {
+        Debug.Assert(RunLock.IsHeldByCurrentThread, "caller holds RunLock");
+        Volatile.Write(ref _daemonPass, false);
+        _proactiveResume = false;
+    }
+
+    /// <summary>True while the daemon's own pass is under way (started, not done): the background thread then paces its
+    /// wakes by <c>CompactionCpuShare</c>, as during a waste-driven run, instead of sleeping its interval between
+    /// slices. Racy read (a bool; a stale value only shifts one wake).</summary>
+    public bool DaemonPassUnderWay => Volatile.Read(ref _daemonPass);
 
     /// <summary>The proactive score (see <see cref="CompactionContext.Score"/>).</summary>
     public int Score() => _cx.Score();
@@ -253,9 +282,11 @@ internal sealed unsafe partial class Compactor
 
     /// <summary>The daemon's consolidation, resumed wake after wake (see <see cref="ConsolidationCursor"/>).</summary>
     private readonly ConsolidationCursor _daemonCursor = new();
-    /// <summary>The daemon's next slice starts a fresh pass, which drains the caches first (in steps: <see cref="_daemonDrain"/>).</summary>
-    private bool _daemonDrainDue = true;
-    private DrainCursor _daemonDrain;
+    private bool _daemonPass;           // the daemon's pass is under way (see DaemonPassUnderWay)
+    private DrainCursor _daemonDrain;   // ... where its drain of the caches goes on
+    private bool _daemonDrained;        // ... which is done
+    private bool _daemonConsolidated;   // ... and so is its consolidation of the classes
+    private int _proactiveStartScore;   // the score when the current proactive pass started
 
     /// <summary>__reset_isolation_suitable (see <see cref="MigrateScanner.ResetSkipBits"/>).</summary>
     public void ResetSkipBits() => _migrateScanner.ResetSkipBits();

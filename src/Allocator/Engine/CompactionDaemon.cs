@@ -130,15 +130,16 @@ internal sealed class CompactionDaemon
     }
 
     /// <summary>How long the background thread sleeps before its next wake: the interval, or during a waste-driven
-    /// run what keeps the process's CPU spent on compaction at the share: a wake charged c nanoseconds of CPU (its
-    /// thread's, or the process's beyond the other threads' own rate, whichever is more; <see cref="CompactionPacer"/>)
-    /// that took w of wall time sleeps c / share - w, at least 1 ms; the share is the configured one divided by the
-    /// run's back-off (1 to 8).</summary>
+    /// run or while the daemon's own pass is under way what keeps the process's CPU spent on compaction at the share:
+    /// a wake charged c nanoseconds of CPU (its thread's, or the process's beyond the other threads' own rate, whichever
+    /// is more; <see cref="CompactionPacer"/>) that took w of wall time sleeps c / share - w, at least 1 ms; during a
+    /// waste-driven run the share is the configured one divided by the run's back-off (1 to 8).</summary>
     private TimeSpan NextWakeDelay(WakeCharge charge)
     {
-        if (_p.Compactor == null || !_p.Compactor.WasteRunActive) return _s.Interval;
-        double share = _s.CpuShare / _p.Compactor.WasteShareDivisor;   // lowered after cycles that gave back little
-        return CompactionPacer.PacedDelay(charge, share);
+        Compactor? compactor = _p.Compactor;
+        if (compactor == null) return _s.Interval;
+        if (compactor.WasteRunActive) return CompactionPacer.PacedDelay(charge, _s.CpuShare / compactor.WasteShareDivisor);
+        return compactor.DaemonPassUnderWay ? CompactionPacer.PacedDelay(charge, _s.CpuShare) : _s.Interval;
     }
 
     // ------------------------------------------------------------------ the thread
