@@ -218,4 +218,37 @@ public sealed class CompactionPacingTests
         heap.StopBackgroundCompaction();
         foreach (BlockHandle h in live) Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
     }
+
+    /// <summary>The daemon's own pass, once it spans wakes, is paced like a waste-driven run: the next slice comes
+    /// after the wake's charge over the share (here 2 ms at a tenth: 20 ms), not after <c>CompactionInterval</c> (10 s
+    /// here), which would stretch a pass of many slices over minutes. The bytes budget stops each wake after a batch.</summary>
+    [Fact]
+    public void ADaemonPassUnderWayIsPacedByTheShareNotTheInterval()
+    {
+        var clock = new ManualTimeProvider();
+        using var heap = new NativeHeap(new HeapOptions
+        {
+            ArenaBytes = 128L << 20, PageblockPages = 64, Proactiveness = 0, TimeProvider = clock, CpuClock = new SteppingCpuClock(2 * Ms, Ms / 2),
+            CompactionInterval = TimeSpan.FromSeconds(10), CompactionCpuShare = 0.1, CompactionBudgetBytes = 64 << 10,
+            WasteHighRatio = 0,   // the daemon's own pass alone: consolidation of the class below
+            DecommitDelay = TimeSpan.FromHours(1),
+        });
+        List<BlockHandle> live = TestHeaps.FillAndKeepAQuarter(heap, 24L << 20, 512);
+        heap.StartBackgroundCompaction();
+        WaitUntilAsleep(clock, 1);
+        clock.Advance(TimeSpan.FromSeconds(10));   // the first wake, at the interval: the pass starts
+        WaitUntilAsleep(clock, 2);
+        long first = heap.GetStatistics().Compaction.BytesMoved;
+        Assert.True(first > 0, "the first wake moved blocks");
+        Assert.True(heap.Compactor!.DaemonPassUnderWay, "the bytes budget left the pass under way");
+        clock.Advance(TimeSpan.FromMilliseconds(20) - TimeSpan.FromTicks(1));
+        Assert.Equal(2, clock.Arms);   // not yet due: the thread still sleeps
+        clock.Advance(TimeSpan.FromTicks(1));
+        WaitUntilAsleep(clock, 3);
+        CompactionStatistics s = heap.GetStatistics().Compaction;
+        Assert.Equal(2, s.CompactDaemonWake);
+        Assert.True(s.BytesMoved > first, "the second slice went on with the pass");
+        heap.StopBackgroundCompaction();
+        foreach (BlockHandle h in live) Assert.Equal(0, TestHeaps.CountCorrupt(heap, h));
+    }
 }
