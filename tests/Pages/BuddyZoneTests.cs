@@ -297,6 +297,31 @@ public sealed class BuddyZoneTests(ITestOutputHelper output)
         z.AssertValid();
     }
 
+    /// <summary>A fallback whose commit is refused (the memory limit, or the OS) changes nothing: the pageblocks keep
+    /// their type and the free lists are as they were. It used to retype them first and free the pages back after the
+    /// refusal, so each refused attempt flipped whole pageblocks to the other type. The same holds for a run of
+    /// contiguous pageblocks, retyped outright when taken.</summary>
+    [Fact]
+    public void ARefusedCommitLeavesTheFallbacksPageblocksOfTheirType()
+    {
+        using var z = new TestZone(4, MigrateType.Movable);   // pageblocks 0..7, none committed
+        z.Memory.LimitBytes = 1;                             // every commit refused
+        Assert.Equal(-1, z.Allocate(1, MigrateType.Unmovable));                 // a fallback to an order-5 block
+        Assert.Equal(-1, z.Allocate(3 * PageblockPages, MigrateType.Unmovable)); // contiguous pageblocks
+        Assert.Equal(0, z.Memory.CommittedBytes);
+        Assert.All(Enumerable.Range(0, 8), pb => Assert.Equal(MigrateType.Movable, z.Zone.MigrateTypeOf(pb)));
+        for (int o = 0; o <= MaxOrder; o++) Assert.Equal(0, z.Free(o, MigrateType.Unmovable));
+        Assert.Equal(0, z.Zone.Stats.PageblockFallbacks);
+        z.AssertValid();
+
+        // Once commits are allowed again, the same requests fall back as before.
+        z.Memory.LimitBytes = long.MaxValue;
+        Assert.True(z.Allocate(1, MigrateType.Unmovable) >= 0);
+        Assert.Equal(2, Enumerable.Range(0, 8).Count(pb => z.Zone.MigrateTypeOf(pb) == MigrateType.Unmovable));
+        Assert.Equal(1, z.Zone.Stats.PageblockFallbacks);
+        z.AssertValid();
+    }
+
     [Fact]
     public void ARunLargerThanTheMaxOrderTakesContiguousWhollyFreePageblocks()
     {

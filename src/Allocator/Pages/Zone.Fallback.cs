@@ -10,9 +10,13 @@ internal sealed unsafe partial class Zone
     /// __rmqueue_fallback: take the largest block of the other migrate type, so that types mix as little as possible.
     /// A whole pageblock (or more) changes type outright. A smaller block claims its pageblock when the request is
     /// large (at least half a pageblock order) or unmovable, and at least half of the pageblock is free or already of
-    /// the wanted type; otherwise only the block itself is stolen and the pageblock keeps its type.
+    /// the wanted type; otherwise only the block itself is stolen and the pageblock keeps its type. The pages the
+    /// allocation will use (<paramref name="count"/> from the block's head) are committed first: a commit the memory
+    /// limit or the OS refuses returns -1 with the lists and every pageblock's type as they were. Retyping first and
+    /// freeing the pages back after the refusal left the pageblocks (or the claimed one) of the other type, so under a
+    /// limit each refused attempt flipped a pageblock between the types and mixed them for nothing.
     /// </summary>
-    private int RemoveFallbackLocked(int order, MigrateType type)
+    private int RemoveFallbackLocked(int order, MigrateType type, int count)
     {
         Debug.Assert(Lock.IsHeldByCurrentThread, "caller holds the zone lock");
         MigrateType other = type == MigrateType.Movable ? MigrateType.Unmovable : MigrateType.Movable;
@@ -22,6 +26,7 @@ internal sealed unsafe partial class Zone
             // The frontier's blocks are max-order blocks of the zone's type (rule 3 in AllocatePagesLocked).
             if (head < 0 && o == _maxOrder && other == InitialType && ExtendFrontierLocked()) head = _freeHeads[o * MigrateTypes + (int)other];
             if (head < 0) continue;
+            if (!CommitRangeLocked(head, count)) return -1;
             bool purged = _map.Page(head).FreePurged;
             RemoveFreeBlockLocked(head, o, other);
             _map.Page(head).Kind = PageKind.FreeTail; // off the lists: the claim below must not move it

@@ -38,6 +38,9 @@ internal sealed unsafe partial class Zone
             }
             int startPb = pb - need + 1;
             int start = startPb << _map.PageblockOrder, end = (pb + 1) << _map.PageblockOrder;
+            // Committed before the pageblocks are taken and retyped, so that a refusal leaves them free and of their
+            // type (see RemoveFallbackLocked).
+            if (!CommitRangeLocked(start, count)) return -1;
             TakeFreeRangeLocked(start, end);
             for (int b = startPb; b <= pb; b++) _map.SetMigrateType(b, type);
             if (end - start > count) FreeRangeLocked(start + count, end - start - count);

@@ -146,7 +146,7 @@ internal sealed unsafe partial class Zone
             {
                 start = RemoveSmallestLocked(order, type, out int taken);
                 if (start < 0 && type == InitialType && ExtendFrontierLocked()) start = RemoveSmallestLocked(order, type, out taken);
-                if (start < 0) { start = RemoveFallbackLocked(order, type); taken = _maxOrder; }
+                if (start < 0) { start = RemoveFallbackLocked(order, type, count); taken = _maxOrder; }
                 if (start < 0) return -1;
                 // Hand back the tail of the power-of-two block (alloc_pages_exact).
                 if (count < (1 << order)) FreeRangeLocked(start + count, (1 << order) - count);
