@@ -308,6 +308,7 @@ public sealed class BuddyZoneTests(ITestOutputHelper output)
         z.Memory.LimitBytes = 1;                             // every commit refused
         Assert.Equal(-1, z.Allocate(1, MigrateType.Unmovable));                 // a fallback to an order-5 block
         Assert.Equal(-1, z.Allocate(3 * PageblockPages, MigrateType.Unmovable)); // contiguous pageblocks
+        Assert.True(ArenaMemory.TakeLimitRefusal());                            // a limit's refusal, as the heap sees it
         Assert.Equal(0, z.Memory.CommittedBytes);
         Assert.All(Enumerable.Range(0, 8), pb => Assert.Equal(MigrateType.Movable, z.Zone.MigrateTypeOf(pb)));
         for (int o = 0; o <= MaxOrder; o++) Assert.Equal(0, z.Free(o, MigrateType.Unmovable));

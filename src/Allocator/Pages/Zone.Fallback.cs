@@ -13,8 +13,8 @@ internal sealed unsafe partial class Zone
     /// the wanted type; otherwise only the block itself is stolen and the pageblock keeps its type. The pages the
     /// allocation will use (<paramref name="count"/> from the block's head) are committed first: a commit the memory
     /// limit or the OS refuses returns -1 with the lists and every pageblock's type as they were. Retyping first and
-    /// freeing the pages back after the refusal left the pageblocks (or the claimed one) of the other type, so under a
-    /// limit each refused attempt flipped a pageblock between the types and mixed them for nothing.
+    /// freeing the pages back after the refusal left the pageblocks of the other type, so under a limit each refused
+    /// attempt flipped whole pageblocks between the types and mixed them for nothing.
     /// </summary>
     private int RemoveFallbackLocked(int order, MigrateType type, int count)
     {

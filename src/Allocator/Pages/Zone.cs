@@ -157,8 +157,10 @@ internal sealed unsafe partial class Zone
         }
         if (!CommitRangeLocked(start, count))
         {
-            // The next-fit region stays where it was: the pages go back, and the retry after room is made (or the
-            // other zone) must find the region's remaining pages, not the pages of this refused attempt.
+            // Only the next-fit and own-type paths get here (a fallback and a run of pageblocks committed before they
+            // changed anything, so this commit was a no-op for them). The next-fit region stays where it was: the
+            // pages go back, and the retry after room is made (or the other zone) must find the region's remaining
+            // pages, not the pages of this refused attempt.
             FreeRangeLocked(start, count);
             return -1;
         }
