@@ -18,4 +18,11 @@ internal sealed record CompactionSettings(
     long WasteMinBytes,
     long RetainedBytesLimit,
     bool ThreadCachesDuringMigration,
-    TimeProvider Clock);
+    TimeProvider Clock)
+{
+    /// <summary><paramref name="time"/> in <see cref="Clock"/>'s timestamps, at least one (a budget never zero).</summary>
+    public long Ticks(TimeSpan time) => Math.Max(1, (long)(time.TotalSeconds * Clock.TimestampFrequency));
+
+    /// <summary>One slice of background work (<see cref="CompactionSliceTime"/>) in <see cref="Clock"/>'s timestamps.</summary>
+    public long SliceTicks => Ticks(CompactionSliceTime);
+}

@@ -182,9 +182,7 @@ internal sealed unsafe partial class Compactor
         Debug.Assert(RunLock.IsHeldByCurrentThread, "caller holds RunLock");
         CompactionSettings o = _cx.Options;
         TimeProvider clock = o.Clock;
-        long slice = Math.Max(1, (long)(o.CompactionSliceTime.TotalSeconds * clock.TimestampFrequency));
-        if (o.CompactionBudgetTime > TimeSpan.Zero)
-            slice = Math.Min(slice, Math.Max(1, (long)(o.CompactionBudgetTime.TotalSeconds * clock.TimestampFrequency)));
+        long slice = o.CompactionBudgetTime > TimeSpan.Zero ? Math.Min(o.SliceTicks, o.Ticks(o.CompactionBudgetTime)) : o.SliceTicks;
         long start = clock.GetTimestamp();
         if (!_daemonPass)
         {

@@ -130,7 +130,7 @@ internal sealed class WasteRun
         _cx.Counters[WasteWakes]++;
         long movedBefore = _cx.Counters[BytesMoved];
         long start = _cx.Options.Clock.GetTimestamp();
-        long slice = Math.Max(1, (long)(o.CompactionSliceTime.TotalSeconds * _cx.Options.Clock.TimestampFrequency));
+        long slice = o.SliceTicks;
         bool cycleEnded = false;
         // The caches stay on during a slice: disabling them for every slice (every few milliseconds) would send the
         // mutators to the slow path a tenth of the time. A cycle drains them when it starts (each slice until the
